@@ -1,0 +1,8 @@
+//! Protocol types shared by signald, p2pd and p2pctl, defined once.
+//!
+//! - [`signal`]: the WebSocket signaling frames (the wire contract with
+//!   third-party clients such as browsers).
+//! - [`control`]: the JSON-lines protocol of p2pd's local control socket.
+//! - [`lines`]: reading JSON lines with a length cap.
+
+pub mod signal;
