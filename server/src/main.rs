@@ -1,1 +1,132 @@
-fn main() {}
+//! `signald` command line: flags (each also from `SIGNALD_<NAME>`), bind,
+//! readiness line, signals. Only this file prints fatal errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use p2p_proto::signal::IceServer;
+use signald::Config;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// WebSocket signaling server: pairs two clients and relays their WebRTC
+/// offers, answers and candidates (protocol v1, see docs/protocol.md).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on; the WebSocket is at /ws, plus GET /healthz and /metrics.
+    #[arg(long, env = "SIGNALD_LISTEN", default_value = "127.0.0.1:8765")]
+    listen: SocketAddr,
+    /// How often the server sends `ping`.
+    #[arg(long, env = "SIGNALD_PING_INTERVAL", default_value = "30s", value_parser = duration)]
+    ping_interval: Duration,
+    /// A client silent for longer than this is closed with 4000.
+    #[arg(long, env = "SIGNALD_PING_TIMEOUT", default_value = "45s", value_parser = duration)]
+    ping_timeout: Duration,
+    /// ICE server for clients, `URL[,username,credential]`; repeatable. None by default.
+    #[arg(long = "ice-server", env = "SIGNALD_ICE_SERVER", value_delimiter = ' ',
+          value_parser = IceServer::parse_flag)]
+    ice_servers: Vec<IceServer>,
+    /// Connected clients at most (a token replacement does not count).
+    #[arg(long, env = "SIGNALD_MAX_CLIENTS", default_value_t = 100_000)]
+    max_clients: usize,
+    /// Largest message in bytes; exactly this size is allowed.
+    #[arg(long, env = "SIGNALD_MAX_MESSAGE_BYTES", default_value_t = 65536)]
+    max_message_bytes: usize,
+    /// Frames per second per connection (token bucket refill).
+    #[arg(long, env = "SIGNALD_RATE_LIMIT", default_value_t = 100)]
+    rate_limit: u32,
+    /// Token bucket size: frames allowed in a burst.
+    #[arg(long, env = "SIGNALD_RATE_BURST", default_value_t = 200)]
+    rate_burst: u32,
+    /// Close with 1008 once this many frames were dropped by the rate limit.
+    #[arg(long, env = "SIGNALD_RATE_CLOSE_AFTER", default_value_t = 100)]
+    rate_close_after: u32,
+    /// Frames queued for one client before it is dropped as not reading.
+    #[arg(long, env = "SIGNALD_MAX_QUEUE", default_value_t = 256)]
+    max_queue: usize,
+    /// TURN REST secret (not supported yet).
+    #[arg(long, env = "SIGNALD_TURN_SECRET_FILE", hide = true)]
+    turn_secret_file: Option<PathBuf>,
+    /// TURN credential lifetime (not supported yet).
+    #[arg(long, env = "SIGNALD_TURN_TTL", hide = true, value_parser = duration)]
+    turn_ttl: Option<Duration>,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 100ms)"))
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("signald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIGNALD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if cli.turn_secret_file.is_some() || cli.turn_ttl.is_some() {
+        bail!("--turn-secret-file and --turn-ttl are not supported yet");
+    }
+    let cfg = Config {
+        ping_interval: cli.ping_interval,
+        ping_timeout: cli.ping_timeout,
+        ice_servers: cli.ice_servers,
+        max_clients: cli.max_clients,
+        max_message_bytes: cli.max_message_bytes,
+        rate_limit: cli.rate_limit,
+        rate_burst: cli.rate_burst,
+        rate_close_after: cli.rate_close_after,
+        max_queue: cli.max_queue,
+        ..Config::default()
+    };
+    cfg.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        let listener = TcpListener::bind(cli.listen)
+            .await
+            .with_context(|| format!("binding {}", cli.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        // Tests and scripts wait for this exact line.
+        println!("signald listening on {addr}");
+        tracing::info!(%addr, "listening");
+        signald::run(listener, cfg, shutdown).await
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

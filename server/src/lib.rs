@@ -1,0 +1,187 @@
+//! signald: the WebSocket signaling server of the project.
+//!
+//! It gives each client an ID, pairs two clients on request and relays their
+//! WebRTC `offer`, `answer` and `candidate` frames, re-serialised, to the
+//! current peer only. `docs/protocol.md` is the contract in prose.
+//!
+//! [`run`] serves an already bound listener until `shutdown` resolves, so
+//! tests run the real server in-process on `127.0.0.1:0`.
+
+mod conn;
+mod http;
+mod id;
+mod metrics;
+mod registry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p_proto::signal::{IceServer, PROTOCOL_VERSION, ServerMsg};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{info, warn};
+
+use crate::registry::Registry;
+
+/// Everything the server needs to know; `main` builds it from the flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How often the server sends `ping`.
+    pub ping_interval: Duration,
+    /// A client silent for longer than this is closed with 4000.
+    /// Must be longer than `ping_interval`.
+    pub ping_timeout: Duration,
+    /// Sent in every `welcome`; empty means none (never a default server).
+    pub ice_servers: Vec<IceServer>,
+    /// Registered clients at most; a replacement does not count.
+    pub max_clients: usize,
+    /// Largest message in bytes; exactly this many is allowed.
+    pub max_message_bytes: usize,
+    /// Token bucket refill, frames per second.
+    pub rate_limit: u32,
+    /// Token bucket size.
+    pub rate_burst: u32,
+    /// Dropped frames after which the client is closed with 1008.
+    pub rate_close_after: u32,
+    /// Frames queued for one client before it is dropped as not reading.
+    pub max_queue: usize,
+    /// Time allowed for the HTTP request head.
+    pub handshake_timeout: Duration,
+    /// Time allowed for flushing and the close handshake when closing.
+    pub close_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(45),
+            ice_servers: Vec::new(),
+            max_clients: 100_000,
+            max_message_bytes: 64 * 1024,
+            rate_limit: 100,
+            rate_burst: 200,
+            rate_close_after: 100,
+            max_queue: 256,
+            handshake_timeout: Duration::from_secs(10),
+            close_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the relations between fields that flags cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.ping_interval.is_zero(),
+            "--ping-interval must be positive"
+        );
+        anyhow::ensure!(
+            self.ping_timeout > self.ping_interval,
+            "--ping-timeout ({:?}) must be longer than --ping-interval ({:?})",
+            self.ping_timeout,
+            self.ping_interval
+        );
+        anyhow::ensure!(
+            self.max_message_bytes > 0,
+            "--max-message-bytes must be positive"
+        );
+        anyhow::ensure!(self.rate_limit > 0, "--rate-limit must be positive");
+        anyhow::ensure!(self.rate_burst > 0, "--rate-burst must be positive");
+        anyhow::ensure!(
+            self.rate_close_after > 0,
+            "--rate-close-after must be positive"
+        );
+        anyhow::ensure!(self.max_queue > 0, "--max-queue must be positive");
+        Ok(())
+    }
+}
+
+/// State shared by every connection task.
+struct Shared {
+    cfg: Config,
+    reg: Registry,
+    ws_config: WebSocketConfig,
+}
+
+impl Shared {
+    fn welcome(&self, id: &str) -> Utf8Bytes {
+        ServerMsg::Welcome {
+            id: id.to_string(),
+            ping_interval_ms: self.cfg.ping_interval.as_millis() as u64,
+            ping_timeout_ms: self.cfg.ping_timeout.as_millis() as u64,
+            ice_servers: self.cfg.ice_servers.clone(),
+            protocol: PROTOCOL_VERSION,
+        }
+        .to_json()
+        .into()
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then closes every client with
+/// 1001 and returns once they are closed (or the close grace has passed).
+pub async fn run(
+    listener: TcpListener,
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    cfg.validate()?;
+    // The library's own limit sits above ours so that `too_large` is sent
+    // before the close; small buffers keep an idle client at a few KiB.
+    let lib_limit = cfg.max_message_bytes.saturating_mul(2).max(64 * 1024);
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(Some(lib_limit))
+        .max_frame_size(Some(lib_limit));
+    let grace = cfg.close_grace;
+    let shared = Arc::new(Shared {
+        reg: Registry::new(cfg.max_clients, cfg.max_queue),
+        cfg,
+        ws_config,
+    });
+    // Each connection task holds a clone; when all are dropped, all are done.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            res = listener.accept() => match res {
+                Ok((stream, _)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!("set TCP_NODELAY: {e}");
+                    }
+                    let srv = shared.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        conn::handle(stream, srv).await;
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, usually: back off, keep serving.
+                    warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    info!(
+        clients = shared.reg.clients(),
+        "shutting down: closing every client with 1001"
+    );
+    shared.reg.shutdown();
+    drop(done_tx);
+    if tokio::time::timeout(grace * 2, done_rx.recv())
+        .await
+        .is_err()
+    {
+        warn!("some connections did not close in time");
+    }
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! The one owner of client IDs and pairings.
+//!
+//! Every change to who is connected or who is paired with whom happens under
+//! the registry's map lock, so two overlapping disconnects can never notify a
+//! side twice or not at all. The relay hot path does not touch that lock: a
+//! connection reads its own `peer` slot (a per-client lock, uncontended
+//! except while a pairing changes) and pushes into the peer's outbox.
+//!
+//! Lock order, never reversed: map → `peer` locks → `out` locks. A relay holds
+//! one `peer` lock and then one `out` lock; only registry operations, which are
+//! serialised by the map lock, hold two `peer` locks at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::task::AtomicWaker;
+use p2p_proto::signal::{DisconnectReason, ErrorCode, ServerMsg};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::id;
+use crate::metrics::Metrics;
+
+/// Why someone other than the connection's own task ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// A new connection reclaimed the ID with its token (close 4002).
+    Replaced,
+    /// The outbound queue overflowed: the client does not read (close 1008).
+    SlowReader,
+    /// The server is shutting down (close 1001).
+    Shutdown,
+    /// The connection's own task ended it; nothing to act on.
+    Own,
+}
+
+/// Frames waiting to be written to one client, and whether it is ending.
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Utf8Bytes>,
+    /// Set once the client is removed; later frames are not queued.
+    end: Option<Kick>,
+}
+
+/// One connected client, shared by its connection task, its peer and the map.
+pub struct Slot {
+    pub id: Arc<str>,
+    /// The token that may reclaim this ID, if one was given. Never logged.
+    token: Option<Box<str>>,
+    /// The current peer. Changed only under the map lock.
+    peer: Mutex<Option<Arc<Slot>>>,
+    out: Mutex<Outbox>,
+    /// Wakes the connection task when a frame is queued or it is kicked.
+    pub waker: AtomicWaker,
+}
+
+enum Push {
+    Queued,
+    /// Over the queue bound: the client must be dropped.
+    Overflow,
+    /// The client is already ending; the frame is not needed.
+    Ending,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take every other client down with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Slot {
+    fn push(&self, frame: Utf8Bytes, max_queue: usize) -> Push {
+        let res = {
+            let mut out = lock(&self.out);
+            if out.end.is_some() {
+                Push::Ending
+            } else if out.frames.len() >= max_queue {
+                Push::Overflow
+            } else {
+                out.frames.push_back(frame);
+                Push::Queued
+            }
+        };
+        if matches!(res, Push::Queued) {
+            self.waker.wake();
+        }
+        res
+    }
+
+    /// Takes the next frame to write.
+    pub fn pop(&self) -> Option<Utf8Bytes> {
+        let mut out = lock(&self.out);
+        let f = out.frames.pop_front();
+        if f.is_none() && out.frames.capacity() > 16 {
+            // Give back what a burst grew, so idle clients stay small.
+            out.frames = VecDeque::new();
+        }
+        f
+    }
+
+    /// Why the client is ending, once it is.
+    pub fn ended(&self) -> Option<Kick> {
+        lock(&self.out).end
+    }
+
+    fn end(&self, why: Kick) {
+        let mut out = lock(&self.out);
+        if out.end.is_none() {
+            out.end = Some(why);
+        }
+        drop(out);
+        self.waker.wake();
+    }
+
+    /// The current peer's ID, if paired.
+    pub fn peer_id(&self) -> Option<Arc<str>> {
+        lock(&self.peer).as_ref().map(|p| p.id.clone())
+    }
+}
+
+/// Why registration was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    IdTaken,
+    ServerFull,
+    ShuttingDown,
+}
+
+/// Outcome of a relay attempt.
+pub enum Relayed {
+    Ok,
+    NotPaired,
+}
+
+struct Map {
+    clients: HashMap<Arc<str>, Arc<Slot>>,
+    shutting_down: bool,
+}
+
+/// Shared handle: IDs, pairings and the counters of the server.
+pub struct Registry {
+    map: Mutex<Map>,
+    max_clients: usize,
+    max_queue: usize,
+    pub metrics: Metrics,
+}
+
+impl Registry {
+    pub fn new(max_clients: usize, max_queue: usize) -> Self {
+        Self {
+            map: Mutex::new(Map {
+                clients: HashMap::new(),
+                shutting_down: false,
+            }),
+            max_clients,
+            max_queue,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Number of connected (registered) clients.
+    pub fn clients(&self) -> usize {
+        lock(&self.map).clients.len()
+    }
+
+    /// Registers a client. `welcome` makes its first frame from its final ID;
+    /// that frame is queued before anyone can pair with the new client.
+    ///
+    /// Check order: an ID held by a live connection is replaced when the
+    /// token matches, else `id_taken`; only then the client limit, which a
+    /// replacement does not count against.
+    pub fn register(
+        &self,
+        requested: Option<String>,
+        token: Option<String>,
+        welcome: impl FnOnce(&str) -> Utf8Bytes,
+    ) -> Result<Arc<Slot>, Refusal> {
+        let mut map = lock(&self.map);
+        if map.shutting_down {
+            return Err(Refusal::ShuttingDown);
+        }
+        let id: Arc<str> = match requested {
+            Some(id) => {
+                if let Some(old) = map.clients.get(id.as_str()).cloned() {
+                    let same = match (&old.token, &token) {
+                        (Some(a), Some(b)) => id::tokens_equal(a, b),
+                        _ => false,
+                    };
+                    if !same {
+                        return Err(Refusal::IdTaken);
+                    }
+                    self.remove_locked(&mut map, &old, DisconnectReason::Replaced, Kick::Replaced);
+                } else if map.clients.len() >= self.max_clients {
+                    return Err(Refusal::ServerFull);
+                }
+                id.into()
+            }
+            None => {
+                if map.clients.len() >= self.max_clients {
+                    return Err(Refusal::ServerFull);
+                }
+                loop {
+                    let id = id::random_id();
+                    if !map.clients.contains_key(id.as_str()) {
+                        break id.into();
+                    }
+                }
+            }
+        };
+        let mut out = Outbox::default();
+        out.frames.push_back(welcome(&id));
+        let slot = Arc::new(Slot {
+            id: id.clone(),
+            token: token.map(String::into_boxed_str),
+            peer: Mutex::new(None),
+            out: Mutex::new(out),
+            waker: AtomicWaker::new(),
+        });
+        map.clients.insert(id, slot.clone());
+        self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        Ok(slot)
+    }
+
+    /// Removes a client and ends its pairing, telling the peer `reason`.
+    /// Idempotent: a second call for the same client changes nothing.
+    pub fn remove(&self, slot: &Arc<Slot>, reason: DisconnectReason, why: Kick) {
+        let mut map = lock(&self.map);
+        self.remove_locked(&mut map, slot, reason, why);
+    }
+
+    fn remove_locked(&self, map: &mut Map, slot: &Arc<Slot>, reason: DisconnectReason, why: Kick) {
+        if map
+            .clients
+            .get(&slot.id)
+            .is_some_and(|s| Arc::ptr_eq(s, slot))
+        {
+            map.clients.remove(&slot.id);
+        }
+        slot.end(why);
+        self.detach_locked(map, slot, reason);
+    }
+
+    /// Ends `slot`'s pairing, if any, and tells the other side. Returns
+    /// whether there was one.
+    fn detach_locked(&self, map: &mut Map, slot: &Arc<Slot>, reason: DisconnectReason) -> bool {
+        let peer = {
+            let mut mine = lock(&slot.peer);
+            let Some(peer) = mine.take() else {
+                return false;
+            };
+            // Both sides change together: no relay can slip between them.
+            lock(&peer.peer).take();
+            peer
+        };
+        self.metrics.pairings.fetch_sub(1, Ordering::Relaxed);
+        let notice = ServerMsg::PeerDisconnected {
+            peer_id: slot.id.to_string(),
+            reason,
+        };
+        self.deliver_locked(map, &peer, notice.to_json().into());
+        true
+    }
+
+    /// Queues a frame; a client whose queue overflows is dropped.
+    fn deliver_locked(&self, map: &mut Map, to: &Arc<Slot>, frame: Utf8Bytes) {
+        if let Push::Overflow = to.push(frame, self.max_queue) {
+            self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
+            self.remove_locked(map, to, DisconnectReason::Left, Kick::SlowReader);
+        }
+    }
+
+    /// Queues a frame for the client itself (errors, pings). A client whose
+    /// own queue overflows does not read, and is dropped.
+    pub fn send_own(&self, slot: &Arc<Slot>, frame: Utf8Bytes) {
+        if let Push::Overflow = slot.push(frame, self.max_queue) {
+            self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
+            self.remove(slot, DisconnectReason::Left, Kick::SlowReader);
+        }
+    }
+
+    /// Queues an `error` frame for the client and counts it.
+    pub fn send_error(&self, slot: &Arc<Slot>, code: ErrorCode, message: impl Into<String>) {
+        self.metrics.error(code);
+        let frame = ServerMsg::Error {
+            code,
+            message: message.into(),
+        };
+        self.send_own(slot, frame.to_json().into());
+    }
+
+    /// Pairs `a` (the initiator) with `peer_id`. Checks run in the
+    /// contract's order after field validation: `self_pair`,
+    /// `already_paired`, `unknown_peer`, `peer_busy`.
+    pub fn pair(&self, a: &Arc<Slot>, peer_id: &str) -> Result<(), ErrorCode> {
+        if *a.id == *peer_id {
+            return Err(ErrorCode::SelfPair);
+        }
+        let mut map = lock(&self.map);
+        if lock(&a.peer).is_some() {
+            return Err(ErrorCode::AlreadyPaired);
+        }
+        if !map.clients.get(&a.id).is_some_and(|s| Arc::ptr_eq(s, a)) {
+            // `a` is being removed (replaced or dropped); it is closing anyway.
+            return Ok(());
+        }
+        let Some(b) = map.clients.get(peer_id).cloned() else {
+            return Err(ErrorCode::UnknownPeer);
+        };
+        let mut overflowed = Vec::new();
+        {
+            let mut pa = lock(&a.peer);
+            let mut pb = lock(&b.peer);
+            if pb.is_some() {
+                return Err(ErrorCode::PeerBusy);
+            }
+            // Queue `paired` while both locks are held, so that no relayed
+            // frame can reach either side before its `paired`.
+            for (to, peer, initiator) in [(a, &b, true), (&b, a, false)] {
+                let frame = ServerMsg::Paired {
+                    peer_id: peer.id.to_string(),
+                    initiator,
+                };
+                if let Push::Overflow = to.push(frame.to_json().into(), self.max_queue) {
+                    overflowed.push(to.clone());
+                }
+            }
+            *pa = Some(b.clone());
+            *pb = Some(a.clone());
+        }
+        self.metrics.pairings.fetch_add(1, Ordering::Relaxed);
+        for s in overflowed {
+            self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
+            self.remove_locked(&mut map, &s, DisconnectReason::Left, Kick::SlowReader);
+        }
+        Ok(())
+    }
+
+    /// Ends `a`'s pairing; its peer is told `unpaired`.
+    pub fn unpair(&self, a: &Arc<Slot>) -> Result<(), ErrorCode> {
+        let mut map = lock(&self.map);
+        if self.detach_locked(&mut map, a, DisconnectReason::Unpaired) {
+            Ok(())
+        } else {
+            Err(ErrorCode::NotPaired)
+        }
+    }
+
+    /// Relays a frame to `a`'s current peer. The hot path: no map lock.
+    pub fn relay(&self, a: &Arc<Slot>, frame: Utf8Bytes) -> Relayed {
+        let overflow = {
+            let mine = lock(&a.peer);
+            let Some(peer) = mine.as_ref() else {
+                return Relayed::NotPaired;
+            };
+            match peer.push(frame, self.max_queue) {
+                Push::Overflow => Some(peer.clone()),
+                Push::Queued | Push::Ending => None,
+            }
+        };
+        match overflow {
+            None => {
+                self.metrics.relayed.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(peer) => {
+                // The peer does not read: drop it, never stall the sender.
+                self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
+                self.remove(&peer, DisconnectReason::Left, Kick::SlowReader);
+            }
+        }
+        Relayed::Ok
+    }
+
+    /// Refuses new clients and tells every connection to close with 1001.
+    /// No `peer_disconnected` is sent: everyone is going.
+    pub fn shutdown(&self) {
+        let mut map = lock(&self.map);
+        map.shutting_down = true;
+        for (_, slot) in map.clients.drain() {
+            slot.end(Kick::Shutdown);
+            // Break the peer cycle so the slots are freed.
+            lock(&slot.peer).take();
+        }
+    }
+}

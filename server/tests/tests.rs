@@ -1,0 +1,9 @@
+//! Integration tests: the real server on 127.0.0.1:0, real WebSocket clients.
+
+mod util;
+
+mod binary;
+mod errors;
+mod flow;
+mod liveness;
+mod races;

@@ -1,0 +1,239 @@
+//! Helpers: an in-process server on 127.0.0.1:0 and a WebSocket test client
+//! that awaits frames under a timeout (never sleeps to synchronise).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use signald::Config;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expected event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A server running in this process; stopped (1001 to all) on `stop`.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn start(cfg: Config) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(signald::run(listener, cfg, async {
+        rx.await.ok();
+    }));
+    Server {
+        addr,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+pub async fn start_default() -> Server {
+    start(Config::default()).await
+}
+
+impl Server {
+    pub fn url(&self, query: &str) -> String {
+        if query.is_empty() {
+            format!("ws://{}/ws", self.addr)
+        } else {
+            format!("ws://{}/ws?{query}", self.addr)
+        }
+    }
+
+    /// Connects and reads the `welcome`.
+    pub async fn client(&self, query: &str) -> Client {
+        let mut c = Client {
+            ws: self.raw(query).await,
+            id: String::new(),
+        };
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        c.id = w["id"].as_str().expect("welcome.id").to_string();
+        c
+    }
+
+    /// Connects with the given ID and reads the `welcome`.
+    pub async fn named(&self, id: &str) -> Client {
+        let c = self.client(&format!("id={id}")).await;
+        assert_eq!(c.id, id);
+        c
+    }
+
+    /// Connects without reading anything.
+    pub async fn raw(&self, query: &str) -> Ws {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(self.url(query)))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        ws
+    }
+
+    /// Two clients, `a` paired with `b` (a is the initiator); `paired` read.
+    pub async fn pair(&self, a: &str, b: &str) -> (Client, Client) {
+        let mut ca = self.named(a).await;
+        let mut cb = self.named(b).await;
+        ca.send(json!({"type":"pair","peer_id":b})).await;
+        let pa = ca.recv().await;
+        assert_eq!(pa, json!({"type":"paired","peer_id":b,"initiator":true}));
+        let pb = cb.recv().await;
+        assert_eq!(pb, json!({"type":"paired","peer_id":a,"initiator":false}));
+        (ca, cb)
+    }
+
+    /// Fetches an HTTP path; returns (status line, body).
+    pub async fn http_get(&self, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(self.addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+            .await
+            .expect("http timed out")
+            .expect("read");
+        let (head, body) = out.split_once("\r\n\r\n").expect("http head");
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    }
+
+    /// The value of one metric line (`name` includes any labels).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
+            .parse()
+            .expect("metric value")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            tx.send(()).ok();
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server did not stop")
+                .expect("server task")
+                .expect("server result");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A test client.
+pub struct Client {
+    pub ws: Ws,
+    pub id: String,
+}
+
+/// Reads the next non-ping text frame as JSON (or the close code).
+pub async fn next_frame(ws: &mut Ws, skip_pings: bool) -> Result<Value, Option<u16>> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a frame");
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).expect("server sent JSON");
+                if skip_pings && v["type"] == "ping" {
+                    continue;
+                }
+                return Ok(v);
+            }
+            Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+impl Client {
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws
+            .send(Message::text(s.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// The next frame other than `ping`.
+    pub async fn recv(&mut self) -> Value {
+        match next_frame(&mut self.ws, true).await {
+            Ok(v) => v,
+            Err(code) => panic!("connection closed ({code:?}) while waiting for a frame"),
+        }
+    }
+
+    /// The next frame, `ping` included.
+    pub async fn recv_any(&mut self) -> Value {
+        match next_frame(&mut self.ws, false).await {
+            Ok(v) => v,
+            Err(code) => panic!("connection closed ({code:?}) while waiting for a frame"),
+        }
+    }
+
+    /// Expects an `error` frame with `code`.
+    pub async fn expect_error(&mut self, code: &str) {
+        let v = self.recv().await;
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["code"], code, "{v}");
+        assert!(v["message"].is_string(), "{v}");
+    }
+
+    /// Expects the close frame with `code`, skipping pings only.
+    pub async fn expect_close(&mut self, code: u16) {
+        expect_close(&mut self.ws, code).await;
+    }
+
+    /// A round trip that proves every earlier frame was handled: an
+    /// `unpair`-free probe, `offer` while unpaired gives `not_paired`.
+    pub async fn probe_unpaired(&mut self) {
+        self.send(json!({"type":"offer","sdp":"probe"})).await;
+        self.expect_error("not_paired").await;
+    }
+}
+
+pub async fn expect_close(ws: &mut Ws, code: u16) {
+    loop {
+        match next_frame(ws, true).await {
+            Ok(v) => panic!("expected close {code}, got frame {v}"),
+            Err(got) => {
+                assert_eq!(got, Some(code), "close code");
+                return;
+            }
+        }
+    }
+}
+
+pub fn close_code(c: u16) -> CloseCode {
+    CloseCode::from(c)
+}
