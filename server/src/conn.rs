@@ -221,7 +221,7 @@ async fn drive(ws: &mut Ws, slot: &Arc<Slot>, srv: &Shared) -> Ending {
     let reg = &srv.reg;
     let start = Instant::now();
     let mut last_seen = start;
-    let mut next_ping = start + cfg.ping_interval;
+    let mut next_ping = srv.ping_slot(start + cfg.ping_interval);
     let timer = tokio::time::sleep_until(next_ping.min(start + cfg.ping_timeout));
     tokio::pin!(timer);
     let mut bucket = Bucket::new(cfg.rate_limit, cfg.rate_burst, start);
@@ -241,7 +241,7 @@ async fn drive(ws: &mut Ws, slot: &Arc<Slot>, srv: &Shared) -> Ending {
                 }
                 if now >= next_ping {
                     reg.send_own(slot, Utf8Bytes::from_static(PING));
-                    next_ping = now + cfg.ping_interval;
+                    next_ping = srv.ping_slot(now + cfg.ping_interval);
                 }
                 timer.as_mut().reset(next_ping.min(deadline));
                 continue;

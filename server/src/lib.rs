@@ -105,9 +105,23 @@ struct Shared {
     cfg: Config,
     reg: Registry,
     ws_config: WebSocketConfig,
+    /// Origin of the ping slots.
+    epoch: tokio::time::Instant,
+    /// Pings are due on multiples of this, so that one timer wake-up sends
+    /// many of them: idle clients then cost a batch, not a wake-up each.
+    ping_slot: Duration,
 }
 
 impl Shared {
+    /// Rounds a ping time up to the next slot (at most a twentieth of the
+    /// interval and 20 ms late). Deadlines are never rounded.
+    fn ping_slot(&self, t: tokio::time::Instant) -> tokio::time::Instant {
+        let slot = self.ping_slot.as_nanos().max(1);
+        let since = t.saturating_duration_since(self.epoch).as_nanos();
+        let up = since.div_ceil(slot) * slot;
+        self.epoch + Duration::from_nanos(up as u64)
+    }
+
     fn welcome(&self, id: &str) -> Utf8Bytes {
         ServerMsg::Welcome {
             id: id.to_string(),
@@ -141,6 +155,8 @@ pub async fn run(
     let grace = cfg.close_grace;
     let shared = Arc::new(Shared {
         reg: Registry::new(cfg.max_clients, cfg.max_queue),
+        epoch: tokio::time::Instant::now(),
+        ping_slot: (cfg.ping_interval / 20).min(Duration::from_millis(20)),
         cfg,
         ws_config,
     });

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use p2p_proto::signal::IceServer;
 use signald::Config;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// WebSocket signaling server: pairs two clients and relays their WebRTC
@@ -101,9 +101,7 @@ fn run() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async {
-        let listener = TcpListener::bind(cli.listen)
-            .await
-            .with_context(|| format!("binding {}", cli.listen))?;
+        let listener = bind(cli.listen).with_context(|| format!("binding {}", cli.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -118,6 +116,19 @@ fn run() -> anyhow::Result<()> {
         tracing::info!(%addr, "listening");
         signald::run(listener, cfg, shutdown).await
     })
+}
+
+/// Binds with a deep accept queue: a burst of connects must not overflow it
+/// (each overflow costs that client a 1 s SYN retransmission).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
 }
 
 #[cfg(test)]

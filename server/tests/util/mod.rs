@@ -223,14 +223,9 @@ impl Client {
 }
 
 pub async fn expect_close(ws: &mut Ws, code: u16) {
-    loop {
-        match next_frame(ws, true).await {
-            Ok(v) => panic!("expected close {code}, got frame {v}"),
-            Err(got) => {
-                assert_eq!(got, Some(code), "close code");
-                return;
-            }
-        }
+    match next_frame(ws, true).await {
+        Ok(v) => panic!("expected close {code}, got frame {v}"),
+        Err(got) => assert_eq!(got, Some(code), "close code"),
     }
 }
 

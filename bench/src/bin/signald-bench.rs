@@ -1,0 +1,342 @@
+//! `signald-bench`: runs signald under `signald-load` processes and prints a
+//! Markdown table of what the server costs (RSS and CPU from `/proc`).
+//!
+//! Each scenario gets a fresh server. Idle clients are spread over several
+//! load processes (at most `--per-process` each, under the 20,000-fd limit),
+//! each from its own 127.0.0.x source address so ephemeral ports never run out.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use p2p_bench::procfs;
+use serde_json::Value;
+
+#[derive(Parser)]
+struct Cli {
+    /// The signald binary.
+    #[arg(long)]
+    signald: PathBuf,
+    /// The signald-load binary.
+    #[arg(long)]
+    load: PathBuf,
+    /// Idle client counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,19000")]
+    idle: Vec<usize>,
+    /// Idle clients per load process (the fd limit is 20,000 per process).
+    #[arg(long, default_value_t = 5000)]
+    per_process: usize,
+    /// Ping interval for the idle runs.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    ping_interval: Duration,
+    /// How long idle CPU is measured.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    idle_window: Duration,
+    /// Pair counts for the relay runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+    relay: Vec<usize>,
+    /// Relay measurement time.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    relay_duration: Duration,
+    /// Pairs for the latency run (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    latency_pairs: usize,
+    /// Latency measurement time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    latency_duration: Duration,
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    addr: String,
+}
+
+impl Server {
+    fn start(bin: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--max-clients", "100000"])
+            .args(args)
+            .env("SIGNALD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("signald listening on ")
+            .with_context(|| format!("unexpected readiness line {line:?}"))?
+            .to_string();
+        Ok(Self {
+            url: format!("ws://{addr}/ws"),
+            addr,
+            child,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(&self.addr)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .with_context(|| format!("metric {name}"))?
+            .parse()
+            .context("metric value")
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("signald exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+struct Load {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: BufReader<ChildStdout>,
+}
+
+impl Load {
+    fn start(bin: &PathBuf, args: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self {
+            stdin: child.stdin.take(),
+            out: BufReader::new(child.stdout.take().context("stdout")?),
+            child,
+        })
+    }
+
+    /// The next JSON line, which must be `event`.
+    fn expect(&mut self, event: &str) -> anyhow::Result<Value> {
+        let mut line = String::new();
+        if self.out.read_line(&mut line)? == 0 {
+            bail!("load process ended before {event:?}");
+        }
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("line {line:?}"))?;
+        if v["event"] != event {
+            bail!("expected {event:?}, got {v}");
+        }
+        Ok(v)
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("signald-load exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+/// A fresh 127.x.y.z source address per scenario and load process: a port
+/// reused towards the server while the server side still holds it in
+/// TIME_WAIT (from an earlier run) costs a 1 s SYN retransmission.
+fn source_ip(scenario: usize, k: usize) -> String {
+    let run = std::process::id() % 250 + 1;
+    format!("127.{run}.{}.{}", scenario % 250, 10 + k)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    println!("| scenario | figure |");
+    println!("| --- | --- |");
+    let mut scenario = 0;
+    for &n in &cli.idle {
+        scenario += 1;
+        idle(&cli, n, scenario)?;
+    }
+    for &pairs in &cli.relay {
+        scenario += 1;
+        relay(&cli, pairs, scenario)?;
+    }
+    if cli.latency_pairs > 0 {
+        latency(&cli, scenario + 1)?;
+    }
+    Ok(())
+}
+
+fn idle(cli: &Cli, n: usize, scenario: usize) -> anyhow::Result<()> {
+    let interval = humantime::format_duration(cli.ping_interval).to_string();
+    let timeout = humantime::format_duration(cli.ping_interval * 3 / 2).to_string();
+    let srv = Server::start(
+        &cli.signald,
+        &["--ping-interval", &interval, "--ping-timeout", &timeout],
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let rss0 = procfs::rss_bytes(srv.pid())?;
+    let procs = n.div_ceil(cli.per_process);
+    let mut loads = Vec::new();
+    for k in 0..procs {
+        let share = n / procs + usize::from(k < n % procs);
+        let args: Vec<String> = [
+            "--url",
+            &srv.url,
+            "--source-ip",
+            &source_ip(scenario, k),
+            "idle",
+            "--clients",
+            &share.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        loads.push(Load::start(&cli.load, &args)?);
+    }
+    let t0 = Instant::now();
+    let mut connected = 0u64;
+    let mut failed = 0u64;
+    for l in &mut loads {
+        let v = l.expect("connected")?;
+        connected += v["clients"].as_u64().unwrap_or(0);
+        failed += v["failed"].as_u64().unwrap_or(0);
+    }
+    let connect_secs = t0.elapsed().as_secs_f64();
+    // Let the first round of pings pass before measuring.
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu0 = procfs::cpu_time(srv.pid())?;
+    let w0 = Instant::now();
+    std::thread::sleep(cli.idle_window);
+    let cpu = procfs::cpu_time(srv.pid())? - cpu0;
+    let window = w0.elapsed();
+    let rss = procfs::rss_bytes(srv.pid())?;
+    let timeouts = srv.metric("signald_timeouts_total")?;
+    let clients_now = srv.metric("signald_clients")?;
+    let mut closes = 0;
+    let mut pings = 0;
+    for mut l in loads {
+        drop(l.stdin.take());
+        let v = l.expect("done")?;
+        closes += v["unexpected_closes"].as_u64().unwrap_or(0);
+        pings += v["pings"].as_u64().unwrap_or(0);
+        l.finish()?;
+    }
+    srv.stop()?;
+    let per_client = (rss.saturating_sub(rss0)) as f64 / connected.max(1) as f64 / 1024.0;
+    let cpu_pct = cpu.as_secs_f64() / window.as_secs_f64() * 100.0;
+    println!(
+        "| idle {n} clients ({procs} load processes), pings every {interval} | \
+         {connected} connected ({failed} failed) in {connect_secs:.1} s = {:.0} conn/s; \
+         server RSS {:.1} MiB → {per_client:.2} KiB/client; idle CPU {cpu_pct:.2}% of a core \
+         over {:.0} s; {pings} pings answered; false timeouts {timeouts} (server) + \
+         {closes} unexpected closes; clients at end {clients_now} |",
+        connected as f64 / connect_secs,
+        rss as f64 / 1048576.0,
+        window.as_secs_f64(),
+    );
+    Ok(())
+}
+
+fn relay_server(cli: &Cli) -> anyhow::Result<Server> {
+    // The per-connection rate limit (100/s by default) would measure itself.
+    Server::start(
+        &cli.signald,
+        &["--rate-limit", "100000000", "--rate-burst", "100000000"],
+    )
+}
+
+fn relay(cli: &Cli, pairs: usize, scenario: usize) -> anyhow::Result<()> {
+    let srv = relay_server(cli)?;
+    let window = if pairs == 1 { 64 } else { 8 };
+    let args: Vec<String> = [
+        "--url",
+        &srv.url,
+        "--source-ip",
+        &source_ip(scenario, 0),
+        "relay",
+        "--pairs",
+        &pairs.to_string(),
+        "--window",
+        &window.to_string(),
+        "--duration",
+        &humantime::format_duration(cli.relay_duration).to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut l = Load::start(&cli.load, &args)?;
+    l.expect("connected")?;
+    l.expect("start")?;
+    let cpu0 = procfs::cpu_time(srv.pid())?;
+    let v = l.expect("done")?;
+    let cpu = procfs::cpu_time(srv.pid())? - cpu0;
+    l.finish()?;
+    let relayed = srv.metric("signald_frames_relayed_total")?;
+    srv.stop()?;
+    let frames = v["frames"].as_f64().unwrap_or(0.0);
+    let secs = v["secs"].as_f64().unwrap_or(1.0);
+    let us = cpu.as_secs_f64() * 1e6 / frames.max(1.0);
+    println!(
+        "| relay {pairs} pair(s), {window} frames in flight per pair, candidate-sized JSON | \
+         {:.0} frames/s over {secs:.1} s ({relayed} relayed in all); server CPU {:.2} s \
+         = {:.4} CPU s per 1,000 frames = {us:.2} µs/frame |",
+        frames / secs,
+        cpu.as_secs_f64(),
+        us / 1000.0,
+    );
+    Ok(())
+}
+
+fn latency(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
+    let srv = relay_server(cli)?;
+    let args: Vec<String> = [
+        "--url",
+        &srv.url,
+        "--source-ip",
+        &source_ip(scenario, 0),
+        "latency",
+        "--pairs",
+        &cli.latency_pairs.to_string(),
+        "--rate",
+        "10",
+        "--duration",
+        &humantime::format_duration(cli.latency_duration).to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut l = Load::start(&cli.load, &args)?;
+    l.expect("connected")?;
+    l.expect("start")?;
+    let cpu0 = procfs::cpu_time(srv.pid())?;
+    let t0 = Instant::now();
+    let v = l.expect("done")?;
+    let cpu = procfs::cpu_time(srv.pid())? - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    l.finish()?;
+    srv.stop()?;
+    let ms = |k: &str| v[k].as_f64().unwrap_or(0.0) / 1000.0;
+    println!(
+        "| latency {} pairs × 10 frames/s, send → receipt | {} samples: p50 {:.3} ms, \
+         p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; server CPU {:.1}% of a core |",
+        cli.latency_pairs,
+        v["samples"],
+        ms("p50_us"),
+        ms("p99_us"),
+        ms("p999_us"),
+        ms("max_us"),
+        cpu.as_secs_f64() / wall * 100.0,
+    );
+    Ok(())
+}

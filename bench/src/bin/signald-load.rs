@@ -1,0 +1,452 @@
+//! `signald-load`: WebSocket load against signald, one scenario per run.
+//!
+//! Prints one JSON object per line on stdout (`connected`, `start`, `done`)
+//! so that `signald-bench` can time its measurements of the server.
+//! - `idle`: N clients answer every `ping` until stdin closes.
+//! - `relay`: P pairs bounce candidate-sized frames, W in flight per pair.
+//! - `latency`: P pairs, each initiator sends R frames/s; send→receipt times.
+
+use std::io::BufRead;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Parser)]
+struct Cli {
+    /// signald's WebSocket URL, e.g. ws://127.0.0.1:8765/ws
+    #[arg(long)]
+    url: String,
+    /// Local address to connect from (several 127.0.0.x spread the ports).
+    #[arg(long)]
+    source_ip: Option<IpAddr>,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Prefix of the IDs this process asks for.
+    #[arg(long, default_value = "load")]
+    prefix: String,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Hold N idle clients that answer pings, until stdin closes.
+    Idle {
+        #[arg(long)]
+        clients: usize,
+    },
+    /// Bounce frames between paired clients with a bounded window.
+    Relay {
+        #[arg(long)]
+        pairs: usize,
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Each initiator sends `rate` frames/s; the receiver measures latency.
+    Latency {
+        #[arg(long)]
+        pairs: usize,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+const PING: &str = r#"{"type":"ping"}"#;
+const PONG: &str = r#"{"type":"pong"}"#;
+
+/// A candidate as a browser sends it, about 230 bytes of JSON.
+fn candidate(stamp: u64) -> String {
+    json!({"type":"candidate","candidate":{
+        "candidate":"candidate:842163049 1 udp 1677729535 192.0.2.10 51234 typ srflx raddr 10.0.0.5 rport 51234 generation 0 ufrag Ab3d network-cost 999",
+        "sdpMid":stamp.to_string(),"sdpMLineIndex":0,"usernameFragment":"Ab3d"}})
+    .to_string()
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_us() -> u64 {
+    epoch().elapsed().as_micros() as u64
+}
+
+fn emit(v: serde_json::Value) {
+    println!("{v}");
+}
+
+struct Target {
+    url: String,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+}
+
+impl Target {
+    fn new(url: &str, source: Option<IpAddr>) -> anyhow::Result<Self> {
+        let hostport = url
+            .strip_prefix("ws://")
+            .and_then(|r| r.split('/').next())
+            .context("URL must be ws://HOST:PORT/ws")?;
+        Ok(Self {
+            url: url.to_string(),
+            addr: hostport
+                .parse()
+                .context("HOST:PORT must be an IP address")?,
+            source,
+        })
+    }
+
+    /// Connects (as `id` if given) and reads the `welcome`.
+    async fn connect(&self, id: Option<&str>) -> anyhow::Result<Ws> {
+        let sock = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = self.source {
+            // Without this, bind() picks a port unique for the address alone,
+            // which gets slow with thousands of sockets; with it the port is
+            // picked at connect() for the whole 4-tuple.
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket fd and a c_int option value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("IP_BIND_ADDRESS_NO_PORT");
+            }
+            sock.bind(SocketAddr::new(ip, 0)).context("bind source")?;
+        }
+        let stream = sock.connect(self.addr).await.context("connect")?;
+        stream.set_nodelay(true)?;
+        let url = match id {
+            Some(id) => format!("{}?id={id}", self.url),
+            None => self.url.clone(),
+        };
+        // Small buffers: thousands of clients live in this process.
+        let cfg = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            url,
+            MaybeTlsStream::Plain(stream),
+            Some(cfg),
+        )
+        .await
+        .context("upgrade")?;
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => Ok(ws),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+    }
+}
+
+/// Reads text frames until one starts with `prefix`.
+async fn wait_for(ws: &mut Ws, prefix: &str) -> anyhow::Result<()> {
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(t) = msg? {
+            if t.starts_with(prefix) {
+                return Ok(());
+            }
+            if t.contains("\"error\"") {
+                bail!("server error: {t}");
+            }
+        }
+    }
+    bail!("closed while waiting for {prefix}")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    epoch();
+    // One thread per process: connection set-up from a multi-threaded
+    // runtime measured ten times slower here, and the bench runs several
+    // processes anyway.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let target = Arc::new(Target::new(&cli.url, cli.source_ip)?);
+        match cli.mode {
+            Mode::Idle { clients } => idle(target, clients, cli.concurrency).await,
+            Mode::Relay {
+                pairs,
+                window,
+                warmup,
+                duration,
+            } => {
+                let pairs = connect_pairs(&target, pairs, &cli.prefix, cli.concurrency).await?;
+                relay(pairs, window, warmup, duration).await
+            }
+            Mode::Latency {
+                pairs,
+                rate,
+                warmup,
+                duration,
+            } => {
+                let pairs = connect_pairs(&target, pairs, &cli.prefix, cli.concurrency).await?;
+                latency(pairs, rate, warmup, duration).await
+            }
+        }
+    })
+}
+
+async fn idle(target: Arc<Target>, clients: usize, concurrency: usize) -> anyhow::Result<()> {
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let pings = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut setups = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (target, sem, pings, closed, failed) = (
+            target.clone(),
+            sem.clone(),
+            pings.clone(),
+            closed.clone(),
+            failed.clone(),
+        );
+        setups.push(tokio::spawn(async move {
+            let permit = sem.acquire_owned().await.expect("semaphore open");
+            let ws = target.connect(None).await;
+            drop(permit);
+            let mut ws = match ws {
+                Ok(ws) => ws,
+                Err(e) => {
+                    if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("signald-load: connect: {e:#}");
+                    }
+                    return;
+                }
+            };
+            tokio::spawn(async move {
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.as_str() == PING => {
+                            pings.fetch_add(1, Ordering::Relaxed);
+                            if ws.send(Message::text(PONG)).await.is_err() {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => {
+                            closed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            });
+        }));
+    }
+    for s in setups {
+        s.await?;
+    }
+    let failed_n = failed.load(Ordering::Relaxed);
+    emit(
+        json!({"event":"connected","clients":clients - failed_n,"failed":failed_n,
+                "secs":t0.elapsed().as_secs_f64()}),
+    );
+    // Hold until the orchestrator closes stdin.
+    tokio::task::spawn_blocking(|| {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            if line.is_err() {
+                break;
+            }
+        }
+    })
+    .await?;
+    emit(json!({"event":"done","pings":pings.load(Ordering::Relaxed),
+                "unexpected_closes":closed.load(Ordering::Relaxed)}));
+    Ok(())
+}
+
+/// Connects `n` pairs `{prefix}a{i}` ↔ `{prefix}b{i}` and pairs them.
+async fn connect_pairs(
+    target: &Arc<Target>,
+    n: usize,
+    prefix: &str,
+    concurrency: usize,
+) -> anyhow::Result<Vec<(Ws, Ws)>> {
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (target, sem) = (target.clone(), sem.clone());
+        let (a_id, b_id) = (format!("{prefix}a{i}"), format!("{prefix}b{i}"));
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            let mut a = target.connect(Some(&a_id)).await?;
+            let mut b = target.connect(Some(&b_id)).await?;
+            a.send(Message::text(
+                json!({"type":"pair","peer_id":b_id}).to_string(),
+            ))
+            .await?;
+            wait_for(&mut a, r#"{"type":"paired""#).await?;
+            wait_for(&mut b, r#"{"type":"paired""#).await?;
+            anyhow::Ok((a, b))
+        }));
+    }
+    let mut pairs = Vec::with_capacity(n);
+    for t in tasks {
+        pairs.push(t.await??);
+    }
+    emit(json!({"event":"connected","clients":2 * n,"secs":t0.elapsed().as_secs_f64()}));
+    Ok(pairs)
+}
+
+async fn relay(
+    pairs: Vec<(Ws, Ws)>,
+    window: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let received = Arc::new(AtomicU64::new(0));
+    let frame = candidate(0);
+    for (a, b) in pairs {
+        for (mut ws, initial) in [(a, window), (b, 0)] {
+            let (received, frame) = (received.clone(), frame.clone());
+            tokio::spawn(async move {
+                for _ in 0..initial {
+                    ws.feed(Message::text(frame.clone())).await?;
+                }
+                ws.flush().await?;
+                // Every frame received is answered with one: the window stays.
+                while let Some(msg) = ws.next().await {
+                    if let Message::Text(t) = msg?
+                        && t.starts_with(r#"{"type":"candidate""#)
+                    {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        ws.send(Message::text(frame.clone())).await?;
+                    }
+                }
+                anyhow::Ok(())
+            });
+        }
+    }
+    tokio::time::sleep(warmup).await;
+    let c0 = received.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    emit(json!({"event":"start"}));
+    tokio::time::sleep(duration).await;
+    let frames = received.load(Ordering::Relaxed) - c0;
+    let secs = t0.elapsed().as_secs_f64();
+    emit(json!({"event":"done","frames":frames,"secs":secs}));
+    Ok(())
+}
+
+async fn latency(
+    pairs: Vec<(Ws, Ws)>,
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let samples = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let measure_from = now_us() + warmup.as_micros() as u64;
+    let measure_to = measure_from + duration.as_micros() as u64;
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let n = pairs.len().max(1) as u64;
+    let mut receivers = Vec::new();
+    for (i, (mut a, mut b)) in pairs.into_iter().enumerate() {
+        // Spread the senders evenly over one period.
+        let offset = period.mul_f64(i as f64 / n as f64);
+        tokio::spawn(async move {
+            tokio::time::sleep(offset).await;
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if now_us() > measure_to + 500_000 { break; }
+                        a.send(Message::text(candidate(now_us()))).await?;
+                    }
+                    msg = a.next() => match msg {
+                        Some(Ok(Message::Text(t))) if t.as_str() == PING => {
+                            a.send(Message::text(PONG)).await?;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    },
+                }
+            }
+            anyhow::Ok(())
+        });
+        let samples = samples.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let msg = tokio::time::timeout(Duration::from_secs(2), b.next()).await;
+                let Ok(Some(Ok(msg))) = msg else { break };
+                let Message::Text(t) = msg else { continue };
+                if t.as_str() == PING {
+                    b.send(Message::text(PONG)).await?;
+                    continue;
+                }
+                let now = now_us();
+                let v: serde_json::Value = serde_json::from_str(&t)?;
+                let Some(sent) = v["candidate"]["sdpMid"]
+                    .as_str()
+                    .and_then(|s| s.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if sent >= measure_from && sent < measure_to {
+                    mine.push((now - sent) as u32);
+                }
+                if sent >= measure_to {
+                    break;
+                }
+            }
+            samples.lock().expect("samples lock").extend(mine);
+            anyhow::Ok(())
+        }));
+    }
+    emit(json!({"event":"start"}));
+    for r in receivers {
+        r.await??;
+    }
+    let mut s = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    s.sort_unstable();
+    let pct = |p: f64| -> u32 {
+        if s.is_empty() {
+            0
+        } else {
+            s[((s.len() as f64 * p) as usize).min(s.len() - 1)]
+        }
+    };
+    emit(
+        json!({"event":"done","samples":s.len(),"p50_us":pct(0.50),"p99_us":pct(0.99),
+                "p999_us":pct(0.999),"max_us":s.last().copied().unwrap_or(0)}),
+    );
+    Ok(())
+}

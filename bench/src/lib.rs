@@ -1,0 +1,8 @@
+//! Load generation and measurement helpers for the project's benchmarks.
+//!
+//! - `signald-load`: WebSocket clients against signald (idle, relay, latency).
+//! - `signald-bench`: starts signald, runs several `signald-load` processes
+//!   (each may hold at most 20,000 file descriptors here), reads the server's
+//!   RSS and CPU from `/proc`, and prints the table for `BENCHMARKS.md`.
+
+pub mod procfs;
