@@ -1,1 +1,105 @@
-fn main() {}
+//! p2pctl: the scriptable command line for p2pd.
+//!
+//! One file per command under `cmd/`; this file parses flags, runs the
+//! command, and is the only place that prints a fatal error. Exit codes:
+//! 0 success, 1 the daemon refused, 2 usage error, 3 no daemon answering.
+
+mod client;
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::CtlError;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "p2pctl",
+    version,
+    about = "Control p2pd: pair with a peer, send and receive messages over the data channel",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// p2pd's control socket (default: $XDG_RUNTIME_DIR/p2pd/p2pd.sock, else
+    /// /tmp/p2pd-$UID/p2pd.sock).
+    #[arg(long, env = "P2PD_SOCKET", global = true)]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the daemon's state.
+    Status(cmd::status::Args),
+    /// Pair with a peer; by default waits until the data channel is open.
+    Pair(cmd::pair::Args),
+    /// Send TEXT as one message, or each line of stdin as a message.
+    Send(cmd::send::Args),
+    /// Print received messages, one per line.
+    Tail(cmd::tail::Args),
+    /// End the current pairing.
+    Unpair(cmd::unpair::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(p2p_proto::control::default_socket_path);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("p2pctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cmd::run(cli.command, &socket)) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("p2pctl: {}", one_line(&e));
+            ExitCode::from(match e {
+                CtlError::NoDaemon { .. } => 3,
+                CtlError::Refused(_) | CtlError::Other(_) => 1,
+            })
+        }
+    }
+}
+
+/// The whole error chain on one line.
+fn one_line(e: &CtlError) -> String {
+    match e {
+        CtlError::Other(e) => format!("{e:#}"),
+        other => other.to_string(),
+    }
+}
+
+/// A closed stdout (`p2pctl tail | head`) is a normal way to stop.
+fn is_broken_pipe(e: &CtlError) -> bool {
+    match e {
+        CtlError::Other(e) => e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -5,4 +5,6 @@
 //! - [`control`]: the JSON-lines protocol of p2pd's local control socket.
 //! - [`lines`]: reading JSON lines with a length cap.
 
+pub mod control;
+pub mod lines;
 pub mod signal;

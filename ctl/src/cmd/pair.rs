@@ -1,0 +1,62 @@
+//! `p2pctl pair ID`: pair with a peer. By default it returns once the data
+//! channel is open, so that a following `p2pctl send` works; `--no-wait`
+//! returns once signald has made the pairing.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use p2p_proto::control::{LinkState, OkBody, Path, Reply, Request};
+
+use crate::client::{Client, Result};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The peer's ID at signald.
+    pub id: String,
+    /// Return as soon as the pairing is made, before the channel opens.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up if the channel is not open by then (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
+    let reply = client
+        .call(&Request::Pair {
+            peer_id: args.id.clone(),
+            wait: !args.no_wait,
+            timeout_ms: Some(args.timeout.as_millis() as u64),
+        })
+        .await?;
+    if let Reply::Ok {
+        body: OkBody::Pair { pair },
+        ..
+    } = reply
+    {
+        match (pair.state, &pair.path) {
+            (LinkState::Open, Some(path)) => {
+                println!(
+                    "paired with {}: channel open, {}",
+                    pair.peer_id,
+                    describe(path)
+                )
+            }
+            (LinkState::Open, None) => println!("paired with {}: channel open", pair.peer_id),
+            _ => println!("paired with {}: connecting", pair.peer_id),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `host 127.0.0.1:5000 -> host 127.0.0.1:5001, rtt 0.2 ms`
+pub fn describe(p: &Path) -> String {
+    let mut s = format!(
+        "{} {} -> {} {}",
+        p.local_type, p.local_address, p.remote_type, p.remote_address
+    );
+    if let Some(rtt) = p.rtt_ms {
+        s.push_str(&format!(", rtt {rtt:.1} ms"));
+    }
+    s
+}

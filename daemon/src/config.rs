@@ -1,0 +1,186 @@
+//! Command-line flags of p2pd (each also read from a `P2PD_*` variable) and
+//! the validated [`Config`] the rest of the daemon runs on.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{ArgAction, Parser};
+use p2p_proto::signal::{IceServer, valid_id};
+
+use crate::paths;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "p2pd",
+    version,
+    about = "Keeps a signaling link and a WebRTC data channel to one peer; controlled by p2pctl"
+)]
+pub struct Cli {
+    /// signald's WebSocket URL.
+    #[arg(long, env = "P2PD_SERVER", default_value = "ws://127.0.0.1:8765/ws")]
+    pub server: String,
+
+    /// The ID to register at signald (default: a random one from signald).
+    #[arg(long, env = "P2PD_ID")]
+    pub id: Option<String>,
+
+    /// File holding the token that proves ownership of --id (default: one
+    /// made once under $XDG_STATE_HOME/p2pd/).
+    #[arg(long, env = "P2PD_TOKEN_FILE", requires = "id")]
+    pub token_file: Option<PathBuf>,
+
+    /// Control socket path (default: $XDG_RUNTIME_DIR/p2pd/p2pd.sock, else
+    /// /tmp/p2pd-$UID/p2pd.sock).
+    #[arg(long, env = "P2PD_SOCKET")]
+    pub socket: Option<PathBuf>,
+
+    /// Local address for ICE's UDP sockets, IP or IP:PORT (repeatable;
+    /// default: every interface).
+    #[arg(long = "bind", env = "P2PD_BIND", value_delimiter = ',', value_parser = parse_bind)]
+    pub bind: Vec<SocketAddr>,
+
+    /// Extra STUN/TURN server, URL[,username,credential] (repeatable), used
+    /// beside the ones signald's welcome lists.
+    #[arg(long = "ice-server", env = "P2PD_ICE_SERVER", value_parser = IceServer::parse_flag)]
+    pub ice_servers: Vec<IceServer>,
+
+    /// Use only TURN relays (hides this host's addresses from the peer).
+    #[arg(long, env = "P2PD_RELAY_ONLY", action = ArgAction::SetTrue)]
+    pub relay_only: bool,
+
+    /// Accept incoming pairings only from this peer ID (repeatable). Without
+    /// it, any peer may pair.
+    #[arg(long = "allow-peer", env = "P2PD_ALLOW_PEER", value_delimiter = ',')]
+    pub allow_peers: Vec<String>,
+
+    /// Received messages kept for `p2pctl tail -n`.
+    #[arg(long, env = "P2PD_HISTORY", default_value_t = 1000)]
+    pub history: usize,
+
+    /// Detach from the terminal and run in the background.
+    #[arg(long, env = "P2PD_DAEMONIZE", action = ArgAction::SetTrue)]
+    pub daemonize: bool,
+
+    /// With --daemonize: write the daemon's PID here.
+    #[arg(long, env = "P2PD_PIDFILE", requires = "daemonize")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Longest wait between reconnect attempts to signald.
+    #[arg(long, env = "P2PD_RECONNECT_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reconnect_max: Duration,
+
+    /// ICE: silence on the selected path before the link counts as lost.
+    #[arg(long, env = "P2PD_ICE_DISCONNECTED_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ice_disconnected_timeout: Duration,
+
+    /// Longest a pairing may take to open its data channel before the daemon
+    /// gives up and is ready again.
+    #[arg(long, env = "P2PD_CONNECT_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 0))
+        .map_err(|_| format!("{s:?} is neither an IP address nor IP:PORT"))
+}
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: String,
+    pub id: Option<String>,
+    /// The token for `id`, when one is used.
+    pub token: Option<String>,
+    pub socket: PathBuf,
+    /// The socket path is the default one, in a directory p2pd owns.
+    pub socket_is_default: bool,
+    pub bind: Vec<SocketAddr>,
+    pub ice_servers: Vec<IceServer>,
+    pub relay_only: bool,
+    pub allow_peers: Vec<String>,
+    pub history: usize,
+    pub reconnect_max: Duration,
+    pub ice_disconnected_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Cli {
+    /// Validates flags and resolves paths and the token (creating the token
+    /// file on first use).
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        if !(self.server.starts_with("ws://") || self.server.starts_with("wss://")) {
+            bail!("--server {:?} is not a ws:// or wss:// URL", self.server);
+        }
+        if let Some(id) = &self.id
+            && !valid_id(id)
+        {
+            bail!("--id {id:?} is not 1-64 characters of A-Z a-z 0-9 _ -");
+        }
+        for p in &self.allow_peers {
+            if !valid_id(p) {
+                bail!("--allow-peer {p:?} is not a valid ID");
+            }
+        }
+        let token = match (&self.id, &self.token_file) {
+            (None, _) => None,
+            (Some(_), Some(f)) => Some(paths::read_token(f)?),
+            (Some(id), None) => {
+                let f = paths::default_token_file(id)?;
+                Some(
+                    paths::read_or_create_token(&f)
+                        .with_context(|| format!("token file {}", f.display()))?,
+                )
+            }
+        };
+        let socket_is_default = self.socket.is_none();
+        let socket = match self.socket {
+            Some(s) => s,
+            None => paths::default_socket(),
+        };
+        Ok(Config {
+            server: self.server,
+            id: self.id,
+            token,
+            socket,
+            socket_is_default,
+            bind: self.bind,
+            ice_servers: self.ice_servers,
+            relay_only: self.relay_only,
+            allow_peers: self.allow_peers,
+            history: self.history,
+            reconnect_max: self.reconnect_max.max(Duration::from_millis(50)),
+            ice_disconnected_timeout: self.ice_disconnected_timeout,
+            connect_timeout: self.connect_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bind_accepts_ip_or_socket_address() {
+        assert_eq!(
+            parse_bind("127.0.0.1").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert_eq!(
+            parse_bind("127.0.0.1:5000").unwrap(),
+            "127.0.0.1:5000".parse().unwrap()
+        );
+        assert!(parse_bind("localhost").is_err());
+    }
+}

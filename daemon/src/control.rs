@@ -1,0 +1,334 @@
+//! The control socket: a Unix socket (mode 0600, in a 0700 directory)
+//! speaking JSON lines, one task per client.
+//!
+//! Requests on one connection are answered in order. Replies are flushed
+//! when no further request is already buffered, so a client that pipelines
+//! (`p2pctl send`) gets its acknowledgements in batches rather than one
+//! write per line. `tail` turns the connection into an event stream.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use p2p_proto::control::{
+    ErrorBody, ErrorCode, MAX_LINE_BYTES, OkBody, Reply, Request, parse_request,
+};
+use p2p_proto::lines::{LineRead, read_line_capped};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::watch;
+
+use crate::engine::{Cmd, DEFAULT_PAIR_TIMEOUT, EngineHandle};
+use crate::peer::MAX_MESSAGE_BYTES;
+
+/// Binds the control socket at `path`, refusing when a live daemon already
+/// serves it and replacing a stale socket file.
+pub fn bind(path: &Path, own_dir: bool) -> anyhow::Result<Listener> {
+    if let Some(dir) = path.parent() {
+        crate::paths::ensure_private_dir(dir, own_dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                bail!(
+                    "{} exists and is not a socket; not touching it",
+                    path.display()
+                );
+            }
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => bail!(
+                    "another p2pd is already serving {} (stop it first, or pass --socket)",
+                    path.display()
+                ),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "replacing a stale control socket");
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing stale socket {}", path.display()))?;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("probing {}", path.display()));
+                }
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+    }
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .with_context(|| format!("socket path {}", path.display()))?;
+    ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .reclaim_name(true)
+        .create_tokio()
+        .with_context(|| format!("binding control socket {}", path.display()))
+}
+
+/// Accepts clients until shutdown.
+pub async fn serve(
+    listener: Listener,
+    path: PathBuf,
+    engine: EngineHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut clients = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            conn = listener.accept() => match conn {
+                Ok(stream) => {
+                    let engine = engine.clone();
+                    let shutdown = shutdown.clone();
+                    clients.spawn(async move {
+                        if let Err(e) = client(stream, engine, shutdown).await {
+                            tracing::debug!(error = %e, "control client ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "accepting a control client");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+        }
+    }
+    clients.shutdown().await;
+}
+
+async fn client(
+    stream: Stream,
+    engine: EngineHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(&stream);
+    let mut writer = BufWriter::new(&stream);
+    let mut line = Vec::new();
+    loop {
+        if reader.buffer().is_empty() {
+            writer.flush().await?;
+        }
+        let read = tokio::select! {
+            r = read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES) => r?,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let reply = match read {
+            LineRead::Eof => {
+                writer.flush().await?;
+                return Ok(());
+            }
+            LineRead::TooLong => Reply::err(
+                ErrorCode::LineTooLong,
+                format!("request line longer than {MAX_LINE_BYTES} bytes"),
+            ),
+            LineRead::Line => {
+                let parsed = std::str::from_utf8(&line)
+                    .map_err(|_| ErrorBody {
+                        code: ErrorCode::BadRequest,
+                        message: "request line is not UTF-8".into(),
+                    })
+                    .and_then(|l| parse_request(l.trim_end_matches('\r')));
+                match parsed {
+                    Err(e) => Reply::Err {
+                        ok: p2p_proto::control::False,
+                        error: e,
+                    },
+                    Ok(Request::Tail { replay, follow }) => {
+                        return tail(&mut reader, &mut writer, &engine, replay, follow, shutdown)
+                            .await;
+                    }
+                    Ok(req) => handle(req, &engine).await,
+                }
+            }
+        };
+        if matches!(reply, Reply::Err { .. }) {
+            engine
+                .counters
+                .control_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        writer.write_all(reply.to_line().as_bytes()).await?;
+    }
+}
+
+async fn handle(req: Request, engine: &EngineHandle) -> Reply {
+    let gone = || Reply::err(ErrorCode::ShuttingDown, "p2pd is shutting down");
+    match req {
+        Request::Send { text, data_b64 } => send(engine, text, data_b64).await,
+        Request::Status => match engine.call(Cmd::Status).await {
+            Some(status) => Reply::ok(OkBody::Status {
+                status: Box::new(status),
+            }),
+            None => gone(),
+        },
+        Request::Unpair => match engine.call(Cmd::Unpair).await {
+            Some(was_paired) => Reply::ok(OkBody::Unpair { was_paired }),
+            None => gone(),
+        },
+        Request::Pair {
+            peer_id,
+            wait,
+            timeout_ms,
+        } => {
+            let limit = timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_PAIR_TIMEOUT);
+            let call = engine.call(|reply| Cmd::Pair {
+                peer_id: peer_id.clone(),
+                wait,
+                reply,
+            });
+            match tokio::time::timeout(limit, call).await {
+                Ok(Some(Ok(outcome))) => Reply::ok(OkBody::Pair { pair: outcome }),
+                Ok(Some(Err(e))) => Reply::Err {
+                    ok: p2p_proto::control::False,
+                    error: e,
+                },
+                Ok(None) => gone(),
+                Err(_) => {
+                    engine.cancel_pair(peer_id.clone()).await;
+                    Reply::err(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the data channel to {peer_id} did not open within {}",
+                            humantime::format_duration(limit)
+                        ),
+                    )
+                }
+            }
+        }
+        Request::Tail { .. } => unreachable!("tail is handled by the connection loop"),
+    }
+}
+
+/// Hands one message to the open data channel, waiting while its send
+/// buffer is full.
+async fn send(engine: &EngineHandle, text: Option<String>, data_b64: Option<String>) -> Reply {
+    let payload = match (text, data_b64) {
+        (Some(t), None) => Payload::Text(t),
+        (None, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b) {
+            Ok(bytes) => Payload::Binary(bytes),
+            Err(e) => return Reply::err(ErrorCode::BadRequest, format!("data_b64: {e}")),
+        },
+        _ => {
+            return Reply::err(
+                ErrorCode::BadRequest,
+                "send needs exactly one of \"text\" or \"data_b64\"",
+            );
+        }
+    };
+    let len = payload.len();
+    if len > MAX_MESSAGE_BYTES {
+        return Reply::err(
+            ErrorCode::TooLarge,
+            format!(
+                "message of {len} bytes is over the data channel's limit of {MAX_MESSAGE_BYTES}"
+            ),
+        );
+    }
+    let link = engine.link.borrow().clone();
+    let Some(link) = link else {
+        return Reply::err(
+            ErrorCode::NotPaired,
+            "no open data channel: pair first (p2pctl pair ID)",
+        );
+    };
+    let sent = match payload {
+        Payload::Text(t) => link.dc.send_text(&t).await,
+        Payload::Binary(b) => link.dc.send(bytes::BytesMut::from(&b[..])).await,
+    };
+    match sent {
+        Ok(()) => {
+            engine
+                .counters
+                .messages_sent
+                .fetch_add(1, Ordering::Relaxed);
+            engine
+                .counters
+                .bytes_sent
+                .fetch_add(len as u64, Ordering::Relaxed);
+            Reply::empty()
+        }
+        Err(e) => Reply::err(
+            ErrorCode::SendFailed,
+            format!(
+                "the data channel to {} would not take the message: {e}",
+                link.peer_id
+            ),
+        ),
+    }
+}
+
+enum Payload {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Text(t) => t.len(),
+            Payload::Binary(b) => b.len(),
+        }
+    }
+}
+
+/// Answers `ok`, replays history, then streams events until the client
+/// hangs up (or at once without `follow`).
+async fn tail(
+    reader: &mut BufReader<&Stream>,
+    writer: &mut BufWriter<&Stream>,
+    engine: &EngineHandle,
+    replay: usize,
+    follow: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let Some(sub) = engine.hub.subscribe(replay, follow).await else {
+        let reply = Reply::err(ErrorCode::ShuttingDown, "p2pd is shutting down");
+        writer.write_all(reply.to_line().as_bytes()).await?;
+        return writer.flush().await;
+    };
+    writer
+        .write_all(Reply::empty().to_line().as_bytes())
+        .await?;
+    for ev in &sub.replay {
+        writer.write_all(ev.to_line().as_bytes()).await?;
+    }
+    writer.flush().await?;
+    let Some(mut live) = sub.live else {
+        return Ok(());
+    };
+    loop {
+        tokio::select! {
+            ev = live.recv() => {
+                let Some(ev) = ev else { return Ok(()) };
+                writer.write_all(ev.to_line().as_bytes()).await?;
+                // Batch what is already queued, then flush: each line is out
+                // as soon as nothing else is waiting.
+                while let Ok(ev) = live.try_recv() {
+                    writer.write_all(ev.to_line().as_bytes()).await?;
+                    if writer.buffer().len() > 64 * 1024 {
+                        break;
+                    }
+                }
+                writer.flush().await?;
+            }
+            // Anything the client sends after `tail` is ignored; EOF ends it.
+            r = reader.fill_buf() => {
+                let n = r?.len();
+                if n == 0 {
+                    return Ok(());
+                }
+                reader.consume(n);
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! p2pd: keeps a signaling link and a WebRTC data channel to one peer, and
+//! serves a local control socket for p2pctl.
+//!
+//! Tasks, each owning its state: [`signaling`] (the WebSocket), [`engine`]
+//! (the link and the peer connection), [`hub`] (history and `tail`
+//! followers) and [`control`] (one task per socket client).
+
+pub mod config;
+pub mod control;
+pub mod counters;
+pub mod engine;
+pub mod hub;
+pub mod paths;
+pub mod peer;
+pub mod signaling;
+pub mod udp;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+
+pub use config::{Cli, Config};
+
+/// Runs the daemon until `shutdown` resolves. `ready` is called once the
+/// control socket accepts connections.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let listener = control::bind(&cfg.socket, cfg.socket_is_default)?;
+    let runtime = Arc::new(udp::BufferedRuntime::new().context("probing UDP socket buffers")?);
+    tracing::info!(
+        socket = %cfg.socket.display(),
+        server = %cfg.server,
+        sctp_window = runtime.sctp_window(),
+        "p2pd ready"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let counters = Arc::new(counters::Counters::default());
+    let (hub, hub_task) = hub::Hub::start(cfg.history, counters.clone());
+    let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+    let (sig_out, sig_task) = signaling::start(
+        signaling::SigConfig {
+            server: cfg.server.clone(),
+            id: cfg.id.clone(),
+            token: cfg.token.clone(),
+            reconnect_max: cfg.reconnect_max,
+        },
+        sig_tx,
+        stop_rx.clone(),
+    );
+    let socket = cfg.socket.clone();
+    let (engine, inputs, handle) = engine::Engine::new(
+        cfg,
+        sig_out,
+        sig_rx,
+        hub,
+        counters,
+        runtime,
+        stop_rx.clone(),
+    );
+    let engine_task = tokio::spawn(engine.run(inputs));
+    let control_task = tokio::spawn(control::serve(listener, socket, handle, stop_rx));
+    ready();
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let joined = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = control_task.await;
+        let _ = engine_task.await;
+        let _ = sig_task.await;
+        // The hub ends once the engine and every client have dropped it.
+        let _ = hub_task.await;
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!("some tasks did not stop within 5 s");
+    }
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! The link to signald: one task owns the WebSocket, reconnects forever with
+//! capped exponential backoff and jitter, answers pings, and declares the
+//! server dead when nothing arrives for the `ping_timeout_ms` its welcome
+//! gave. The engine sees only [`SigEvent`]s and sends [`ClientMsg`]s.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use p2p_proto::signal::{ClientMsg, IceServer, ServerMsg};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// How long a connection attempt (TCP, upgrade and welcome) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First reconnect delay; doubles up to the configured maximum.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+
+/// What the engine hears from the signaling task.
+#[derive(Debug)]
+pub enum SigEvent {
+    /// Connected and welcomed.
+    Up {
+        id: String,
+        ping_interval_ms: u64,
+        ping_timeout_ms: u64,
+        ice_servers: Vec<IceServer>,
+    },
+    /// A frame from signald (never `welcome` or `ping`).
+    Msg(ServerMsg),
+    /// The connection ended or an attempt failed; a retry is scheduled.
+    Down { reason: String, retry_in: Duration },
+}
+
+pub struct SigConfig {
+    pub server: String,
+    pub id: Option<String>,
+    pub token: Option<String>,
+    pub reconnect_max: Duration,
+}
+
+/// Starts the signaling task. Outgoing frames queued while disconnected are
+/// dropped at the next connect: they belonged to a session that is over.
+pub fn start(
+    cfg: SigConfig,
+    events: mpsc::UnboundedSender<SigEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> (mpsc::Sender<ClientMsg>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let task = tokio::spawn(run(cfg, events, rx, shutdown));
+    (tx, task)
+}
+
+/// The upgrade URL: the server URL plus `id` and `token` query parameters.
+pub fn connect_url(server: &str, id: Option<&str>, token: Option<&str>) -> String {
+    let mut url = server.to_string();
+    let mut sep = if url.contains('?') { '&' } else { '?' };
+    for (k, v) in [("id", id), ("token", token)] {
+        if let Some(v) = v {
+            url.push(sep);
+            url.push_str(k);
+            url.push('=');
+            url.push_str(&percent_encode(v));
+            sep = '&';
+        }
+    }
+    url
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Capped exponential backoff with "equal jitter": half fixed, half random,
+/// so that many daemons restarted together do not reconnect in lockstep.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let exp = BACKOFF_START.saturating_mul(1u32 << attempt.min(16));
+    let d = exp.min(max);
+    let mut r = [0u8; 4];
+    let frac = match getrandom::fill(&mut r) {
+        Ok(()) => u32::from_le_bytes(r) as f64 / u32::MAX as f64,
+        Err(_) => 0.5,
+    };
+    d / 2 + d.mul_f64(frac / 2.0)
+}
+
+async fn run(
+    cfg: SigConfig,
+    events: mpsc::UnboundedSender<SigEvent>,
+    mut out: mpsc::Receiver<ClientMsg>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let url = connect_url(&cfg.server, cfg.id.as_deref(), cfg.token.as_deref());
+    let mut attempt = 0u32;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let reason = match timeout(CONNECT_TIMEOUT, connect(&url)).await {
+            Err(_) => format!("no welcome from {} within {CONNECT_TIMEOUT:?}", cfg.server),
+            Ok(Err(e)) => e,
+            Ok(Ok((ws, welcome))) => {
+                attempt = 0;
+                while out.try_recv().is_ok() {}
+                let ServerMsg::Welcome {
+                    id,
+                    ping_interval_ms,
+                    ping_timeout_ms,
+                    ice_servers,
+                    ..
+                } = welcome
+                else {
+                    unreachable!("connect returns a welcome")
+                };
+                tracing::info!(%id, server = %cfg.server, "signaling connected");
+                if events
+                    .send(SigEvent::Up {
+                        id,
+                        ping_interval_ms,
+                        ping_timeout_ms,
+                        ice_servers,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                let timeout = Duration::from_millis(ping_timeout_ms.max(1));
+                session(ws, timeout, &events, &mut out, &mut shutdown).await
+            }
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        let retry_in = backoff(attempt, cfg.reconnect_max);
+        attempt = attempt.saturating_add(1);
+        tracing::warn!(%reason, ?retry_in, "signaling down");
+        if events.send(SigEvent::Down { reason, retry_in }).is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = sleep(retry_in) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str) -> Result<(Ws, ServerMsg), String> {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                return match serde_json::from_str::<ServerMsg>(&t) {
+                    Ok(w @ ServerMsg::Welcome { .. }) => Ok((ws, w)),
+                    Ok(ServerMsg::Error { code, message }) => {
+                        Err(format!("signald refused us: {code}: {message}"))
+                    }
+                    _ => Err(format!("expected a welcome from signald, got {t}")),
+                };
+            }
+            Some(Ok(Message::Close(Some(cf)))) => {
+                return Err(format!(
+                    "signald closed the connection: code {} {}",
+                    u16::from(cf.code),
+                    cf.reason
+                ));
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => return Err(format!("unexpected first frame {other:?}")),
+            Some(Err(e)) => return Err(format!("signaling connection failed: {e}")),
+            None => return Err("signald closed the connection before its welcome".into()),
+        }
+    }
+}
+
+/// The URL without its token, for messages.
+fn redact(url: &str) -> String {
+    match url.find("token=") {
+        Some(i) => {
+            let end = url[i..].find('&').map(|j| i + j).unwrap_or(url.len());
+            format!("{}token=<hidden>{}", &url[..i], &url[end..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Runs one connected session; returns why it ended.
+async fn session(
+    mut ws: Ws,
+    ping_timeout: Duration,
+    events: &mpsc::UnboundedSender<SigEvent>,
+    out: &mut mpsc::Receiver<ClientMsg>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> String {
+    let mut deadline = Instant::now() + ping_timeout;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = timeout(Duration::from_millis(500), ws.close(None)).await;
+                return "shutting down".into();
+            }
+            _ = sleep_until(deadline) => {
+                return format!("nothing heard from signald for {} ms", ping_timeout.as_millis());
+            }
+            msg = out.recv() => {
+                let Some(msg) = msg else { return "engine stopped".into() };
+                let text = serde_json::to_string(&msg).expect("client messages serialise");
+                if let Err(e) = ws.send(Message::text(text)).await {
+                    return format!("sending to signald failed: {e}");
+                }
+            }
+            frame = ws.next() => {
+                deadline = Instant::now() + ping_timeout;
+                match frame {
+                    None => return "signald closed the connection".into(),
+                    Some(Err(e)) => return format!("signaling connection failed: {e}"),
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMsg>(&t) {
+                        Ok(ServerMsg::Ping) => {
+                            let pong = serde_json::to_string(&ClientMsg::Pong).expect("serialises");
+                            if let Err(e) = ws.send(Message::text(pong)).await {
+                                return format!("answering ping failed: {e}");
+                            }
+                        }
+                        Ok(m) => {
+                            if events.send(SigEvent::Msg(m)).is_err() {
+                                return "engine stopped".into();
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, frame = %t, "ignoring a frame from signald"),
+                    },
+                    Some(Ok(Message::Close(cf))) => {
+                        return match cf {
+                            Some(cf) => format!(
+                                "signald closed the connection: code {} {}",
+                                u16::from(cf.code),
+                                cf.reason
+                            ),
+                            None => "signald closed the connection".into(),
+                        };
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_carries_encoded_id_and_token() {
+        assert_eq!(
+            connect_url("ws://h/ws", Some("a"), Some("x&y=z%0123456789")),
+            "ws://h/ws?id=a&token=x%26y%3Dz%250123456789"
+        );
+        assert_eq!(connect_url("ws://h/ws", None, None), "ws://h/ws");
+        assert_eq!(
+            redact("ws://h/ws?id=a&token=secret&x=1"),
+            "ws://h/ws?id=a&token=<hidden>&x=1"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let max = Duration::from_secs(10);
+        for attempt in 0..40 {
+            let d = backoff(attempt, max);
+            let full = BACKOFF_START.saturating_mul(1 << attempt.min(16)).min(max);
+            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
+        }
+    }
+}
