@@ -23,7 +23,7 @@ struct Cli {
     /// The signald-load binary.
     #[arg(long)]
     load: PathBuf,
-    /// Idle client counts to measure.
+    /// Idle client counts to measure (0 skips).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,19000")]
     idle: Vec<usize>,
     /// Idle clients per load process (the fd limit is 20,000 per process).
@@ -35,7 +35,7 @@ struct Cli {
     /// How long idle CPU is measured.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     idle_window: Duration,
-    /// Pair counts for the relay runs.
+    /// Pair counts for the relay runs (0 skips).
     #[arg(long, value_delimiter = ',', default_value = "1,1000")]
     relay: Vec<usize>,
     /// Relay measurement time.
@@ -44,6 +44,9 @@ struct Cli {
     /// Pairs for the latency run (0 skips it).
     #[arg(long, default_value_t = 1000)]
     latency_pairs: usize,
+    /// Load processes sharing the latency pairs.
+    #[arg(long, default_value_t = 2)]
+    latency_procs: usize,
     /// Latency measurement time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     latency_duration: Duration,
@@ -163,11 +166,12 @@ fn main() -> anyhow::Result<()> {
     println!("| scenario | figure |");
     println!("| --- | --- |");
     let mut scenario = 0;
-    for &n in &cli.idle {
+    // A count of 0 skips that scenario.
+    for &n in cli.idle.iter().filter(|&&n| n > 0) {
         scenario += 1;
         idle(&cli, n, scenario)?;
     }
-    for &pairs in &cli.relay {
+    for &pairs in cli.relay.iter().filter(|&&n| n > 0) {
         scenario += 1;
         relay(&cli, pairs, scenario)?;
     }
@@ -300,42 +304,72 @@ fn relay(cli: &Cli, pairs: usize, scenario: usize) -> anyhow::Result<()> {
 
 fn latency(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
     let srv = relay_server(cli)?;
-    let args: Vec<String> = [
-        "--url",
-        &srv.url,
-        "--source-ip",
-        &source_ip(scenario, 0),
-        "latency",
-        "--pairs",
-        &cli.latency_pairs.to_string(),
-        "--rate",
-        "10",
-        "--duration",
-        &humantime::format_duration(cli.latency_duration).to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut l = Load::start(&cli.load, &args)?;
-    l.expect("connected")?;
-    l.expect("start")?;
+    let procs = cli.latency_procs.max(1);
+    let mut loads = Vec::new();
+    for k in 0..procs {
+        let pairs = cli.latency_pairs / procs + usize::from(k < cli.latency_pairs % procs);
+        let args: Vec<String> = [
+            "--url",
+            &srv.url,
+            "--source-ip",
+            &source_ip(scenario, k),
+            "--prefix",
+            &format!("lat{k}-"),
+            "latency",
+            "--pairs",
+            &pairs.to_string(),
+            "--rate",
+            "10",
+            "--duration",
+            &humantime::format_duration(cli.latency_duration).to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        loads.push(Load::start(&cli.load, &args)?);
+    }
+    for l in &mut loads {
+        l.expect("connected")?;
+    }
+    for l in &mut loads {
+        l.expect("start")?;
+    }
     let cpu0 = procfs::cpu_time(srv.pid())?;
     let t0 = Instant::now();
-    let v = l.expect("done")?;
+    let mut samples: Vec<u64> = Vec::new();
+    for l in &mut loads {
+        let v = l.expect("done")?;
+        samples.extend(
+            v["latencies_us"]
+                .as_array()
+                .context("latencies_us")?
+                .iter()
+                .filter_map(Value::as_u64),
+        );
+    }
     let cpu = procfs::cpu_time(srv.pid())? - cpu0;
     let wall = t0.elapsed().as_secs_f64();
-    l.finish()?;
+    for l in loads {
+        l.finish()?;
+    }
     srv.stop()?;
-    let ms = |k: &str| v[k].as_f64().unwrap_or(0.0) / 1000.0;
+    samples.sort_unstable();
+    let ms = |p: f64| -> f64 {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1000.0
+    };
     println!(
-        "| latency {} pairs × 10 frames/s, send → receipt | {} samples: p50 {:.3} ms, \
-         p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; server CPU {:.1}% of a core |",
+        "| latency {} pairs × 10 frames/s ({procs} load processes), send → receipt | \
+         {} samples: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; \
+         server CPU {:.1}% of a core |",
         cli.latency_pairs,
-        v["samples"],
-        ms("p50_us"),
-        ms("p99_us"),
-        ms("p999_us"),
-        ms("max_us"),
+        samples.len(),
+        ms(0.50),
+        ms(0.99),
+        ms(0.999),
+        ms(1.0),
         cpu.as_secs_f64() / wall * 100.0,
     );
     Ok(())

@@ -435,18 +435,8 @@ async fn latency(
     for r in receivers {
         r.await??;
     }
-    let mut s = std::mem::take(&mut *samples.lock().expect("samples lock"));
-    s.sort_unstable();
-    let pct = |p: f64| -> u32 {
-        if s.is_empty() {
-            0
-        } else {
-            s[((s.len() as f64 * p) as usize).min(s.len() - 1)]
-        }
-    };
-    emit(
-        json!({"event":"done","samples":s.len(),"p50_us":pct(0.50),"p99_us":pct(0.99),
-                "p999_us":pct(0.999),"max_us":s.last().copied().unwrap_or(0)}),
-    );
+    let s = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    // Raw samples: the orchestrator merges several processes.
+    emit(json!({"event":"done","latencies_us":s}));
     Ok(())
 }
