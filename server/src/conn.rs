@@ -85,6 +85,9 @@ enum Ending {
     TooLarge,
     /// Too many frames dropped by the rate limit (`rate_limited` queued).
     RateLimited,
+    /// A text frame that is not UTF-8 (`bad_message` queued). RFC 6455
+    /// requires failing the connection, and the library ends the stream.
+    BadUtf8,
     /// Someone else ended it.
     Kicked(Kick),
 }
@@ -126,6 +129,7 @@ async fn session(mut ws: Ws, query: Option<String>, srv: &Shared) {
             DisconnectReason::Left,
         ),
         Ending::RateLimited => (close_code::POLICY, "rate limit", DisconnectReason::Left),
+        Ending::BadUtf8 => (1007, "text frame is not UTF-8", DisconnectReason::Left),
         Ending::Kicked(Kick::Replaced) => {
             (close_code::REPLACED, "replaced", DisconnectReason::Replaced)
         }
@@ -251,9 +255,8 @@ async fn drive(ws: &mut Ws, slot: &Arc<Slot>, srv: &Shared) -> Ending {
                 return Ending::TooLarge;
             }
             Event::ReadError(WsError::Utf8(_)) => {
-                last_seen = Instant::now();
                 reg.send_error(slot, ErrorCode::BadMessage, "text frame is not UTF-8");
-                continue;
+                return Ending::BadUtf8;
             }
             Event::ReadError(e) => {
                 debug!(id = %slot.id, "read: {e}");

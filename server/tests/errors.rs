@@ -293,3 +293,46 @@ async fn default_limits_survive_a_big_flood() {
     // Others are unaffected.
     other.probe_unpaired().await;
 }
+
+#[tokio::test]
+async fn invalid_utf8_text_is_bad_message_then_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let srv = start_default().await;
+    let (mut a, mut b) = srv.pair("a", "b").await;
+    let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    a.ws.send(Message::Frame(bad)).await.unwrap();
+    a.expect_error("bad_message").await;
+    // RFC 6455 requires failing the connection: 1007, the peer told `left`.
+    a.expect_close(1007).await;
+    assert_eq!(
+        b.recv().await,
+        json!({"type":"peer_disconnected","peer_id":"a","reason":"left"})
+    );
+}
+
+#[tokio::test]
+async fn the_limit_counts_the_reassembled_message() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let limit = 1000;
+    let srv = start(Config {
+        max_message_bytes: limit,
+        ..Config::default()
+    })
+    .await;
+    let mut a = srv.named("a").await;
+    // Three fragments of 400 bytes: each under the limit, together over it.
+    let part = |op, fin| Frame::message(vec![b' '; 400], op, fin);
+    a.ws.feed(Message::Frame(part(OpCode::Data(Data::Text), false)))
+        .await
+        .unwrap();
+    a.ws.feed(Message::Frame(part(OpCode::Data(Data::Continue), false)))
+        .await
+        .unwrap();
+    a.ws.send(Message::Frame(part(OpCode::Data(Data::Continue), true)))
+        .await
+        .unwrap();
+    a.expect_error("too_large").await;
+    a.expect_close(1009).await;
+}
