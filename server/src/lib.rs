@@ -26,6 +26,9 @@ use tracing::{info, warn};
 
 use crate::registry::Registry;
 
+/// Longest ping slot, in milliseconds.
+const SLOT_MS: u64 = 20;
+
 /// Everything the server needs to know; `main` builds it from the flags.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -113,8 +116,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// Rounds a ping time up to the next slot (at most a twentieth of the
-    /// interval and 20 ms late). Deadlines are never rounded.
+    /// Rounds a ping time up to the next slot: at most 20 ms, a twentieth of
+    /// the interval, or a quarter of (timeout − interval) late. Deadlines
+    /// are never rounded.
     fn ping_slot(&self, t: tokio::time::Instant) -> tokio::time::Instant {
         let slot = self.ping_slot.as_nanos().max(1);
         let since = t.saturating_duration_since(self.epoch).as_nanos();
@@ -156,7 +160,9 @@ pub async fn run(
     let shared = Arc::new(Shared {
         reg: Registry::new(cfg.max_clients, cfg.max_queue),
         epoch: tokio::time::Instant::now(),
-        ping_slot: (cfg.ping_interval / 20).min(Duration::from_millis(20)),
+        ping_slot: (cfg.ping_interval / 20)
+            .min((cfg.ping_timeout - cfg.ping_interval) / 4)
+            .min(Duration::from_millis(SLOT_MS)),
         cfg,
         ws_config,
     });

@@ -69,21 +69,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Slot {
     fn push(&self, frame: Utf8Bytes, max_queue: usize) -> Push {
-        let res = {
-            let mut out = lock(&self.out);
-            if out.end.is_some() {
-                Push::Ending
-            } else if out.frames.len() >= max_queue {
-                Push::Overflow
-            } else {
-                out.frames.push_back(frame);
-                Push::Queued
-            }
-        };
+        let res = self.enqueue(frame, max_queue);
         if matches!(res, Push::Queued) {
             self.waker.wake();
         }
         res
+    }
+
+    /// Queues without waking the connection task: for frames its own task
+    /// queues, which it writes before it next waits anyway.
+    fn enqueue(&self, frame: Utf8Bytes, max_queue: usize) -> Push {
+        let mut out = lock(&self.out);
+        if out.end.is_some() {
+            Push::Ending
+        } else if out.frames.len() >= max_queue {
+            Push::Overflow
+        } else {
+            out.frames.push_back(frame);
+            Push::Queued
+        }
     }
 
     /// Takes the next frame to write.
@@ -268,10 +272,11 @@ impl Registry {
         }
     }
 
-    /// Queues a frame for the client itself (errors, pings). A client whose
-    /// own queue overflows does not read, and is dropped.
+    /// Queues a frame for the client itself (errors, pings); only its own
+    /// connection task calls this. A client whose own queue overflows does
+    /// not read, and is dropped.
     pub fn send_own(&self, slot: &Arc<Slot>, frame: Utf8Bytes) {
-        if let Push::Overflow = slot.push(frame, self.max_queue) {
+        if let Push::Overflow = slot.enqueue(frame, self.max_queue) {
             self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
             self.remove(slot, DisconnectReason::Left, Kick::SlowReader);
         }
