@@ -175,11 +175,11 @@ mod tests {
     fn bind_accepts_ip_or_socket_address() {
         assert_eq!(
             parse_bind("127.0.0.1").unwrap(),
-            "127.0.0.1:0".parse().unwrap()
+            "127.0.0.1:0".parse::<SocketAddr>().unwrap()
         );
         assert_eq!(
             parse_bind("127.0.0.1:5000").unwrap(),
-            "127.0.0.1:5000".parse().unwrap()
+            "127.0.0.1:5000".parse::<SocketAddr>().unwrap()
         );
         assert!(parse_bind("localhost").is_err());
     }

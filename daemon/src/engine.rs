@@ -138,6 +138,9 @@ pub struct Engine {
     generation: u64,
     waiters: Vec<Waiter>,
     connect_deadline: Option<tokio::time::Instant>,
+    /// Set when the connection was lost: reset then, unless signald's
+    /// notice (which names the real reason) arrives first.
+    loss_deadline: Option<(tokio::time::Instant, &'static str, ErrorBody)>,
     sig_out: mpsc::Sender<ClientMsg>,
     pc_tx: mpsc::UnboundedSender<PcEvent>,
     link_tx: watch::Sender<Option<Arc<OpenLink>>>,
@@ -194,6 +197,7 @@ impl Engine {
             generation: 0,
             waiters: Vec::new(),
             connect_deadline: None,
+            loss_deadline: None,
             sig_out,
             pc_tx,
             link_tx,
@@ -213,7 +217,13 @@ impl Engine {
     pub async fn run(mut self, mut inputs: Inputs) {
         loop {
             let deadline = self.connect_deadline;
+            let loss = self.loss_deadline.as_ref().map(|l| l.0);
             tokio::select! {
+                _ = sleep_until_opt(loss) => {
+                    if let Some((_, reason, e)) = self.loss_deadline.take() {
+                        self.fail_link(reason, e).await;
+                    }
+                }
                 _ = inputs.shutdown.changed() => break,
                 Some(cmd) = inputs.cmds.recv() => self.on_cmd(cmd).await,
                 Some(ev) = inputs.sig.recv() => self.on_signal(ev).await,
@@ -412,20 +422,31 @@ impl Engine {
                 self.reset(reason.as_str(), e, true).await;
             }
             ServerMsg::Error { code, message } => {
-                let mapped = match code {
-                    SigError::UnknownPeer => Some(ErrorCode::UnknownPeer),
-                    SigError::PeerBusy => Some(ErrorCode::PeerBusy),
-                    SigError::SelfPair => Some(ErrorCode::SelfPair),
-                    SigError::AlreadyPaired => Some(ErrorCode::AlreadyPaired),
-                    _ => None,
+                let Link::Requested { peer } = &self.link else {
+                    tracing::warn!(%code, %message, "error from signald");
+                    return;
                 };
-                match (mapped, &self.link) {
-                    (Some(code), Link::Requested { .. }) => {
-                        self.link = Link::Idle;
-                        self.fail_waiters(err(code, message));
+                let e = match code {
+                    SigError::UnknownPeer => err(
+                        ErrorCode::UnknownPeer,
+                        format!("no client with ID {peer} is connected to signald"),
+                    ),
+                    SigError::PeerBusy => err(
+                        ErrorCode::PeerBusy,
+                        format!("{peer} is busy: it is paired with someone else"),
+                    ),
+                    SigError::SelfPair => err(ErrorCode::SelfPair, "cannot pair with ourselves"),
+                    SigError::AlreadyPaired => err(
+                        ErrorCode::AlreadyPaired,
+                        format!("signald says we are already paired: {message}"),
+                    ),
+                    _ => {
+                        tracing::warn!(%code, %message, "error from signald");
+                        return;
                     }
-                    _ => tracing::warn!(%code, %message, "error from signald"),
-                }
+                };
+                self.link = Link::Idle;
+                self.fail_waiters(e);
             }
             ServerMsg::Welcome { .. } | ServerMsg::Ping => {}
         }
@@ -566,10 +587,9 @@ impl Engine {
                 if matches!(
                     s,
                     RTCIceConnectionState::Failed | RTCIceConnectionState::Disconnected
-                ) && !matches!(self.link, Link::Idle)
-                {
+                ) {
                     let e = self.no_path_error();
-                    self.fail_link("ice_failed", e).await;
+                    self.lost("ice_failed", e);
                 }
             }
             PcEventKind::PcState(s) => {
@@ -578,10 +598,9 @@ impl Engine {
                 if matches!(
                     s,
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                ) && !matches!(self.link, Link::Idle)
-                {
+                ) {
                     let e = self.no_path_error();
-                    self.fail_link("ice_failed", e).await;
+                    self.lost("ice_failed", e);
                 }
             }
             PcEventKind::DataChannel(dc) => {
@@ -608,13 +627,11 @@ impl Engine {
             }
             PcEventKind::ChannelOpen => self.on_channel_open().await,
             PcEventKind::ChannelClosed => {
-                if !matches!(self.link, Link::Idle) {
-                    let e = err(
-                        ErrorCode::Failed,
-                        "the data channel closed before it opened",
-                    );
-                    self.fail_link("channel_closed", e).await;
-                }
+                let e = err(
+                    ErrorCode::Failed,
+                    "the data channel closed before it opened",
+                );
+                self.lost("channel_closed", e);
             }
         }
     }
@@ -703,6 +720,18 @@ impl Engine {
 
     // ---- resets ---------------------------------------------------------------
 
+    /// The connection to the peer broke. Sends fail from now on; the reset
+    /// waits [`LOSS_GRACE`] for signald's notice, which usually follows
+    /// within a millisecond and tells why (`unpaired`, `left`, ...).
+    fn lost(&mut self, reason: &'static str, waiter_error: ErrorBody) {
+        if matches!(self.link, Link::Idle) || self.loss_deadline.is_some() {
+            return;
+        }
+        self.link_tx.send_replace(None);
+        let at = tokio::time::Instant::now() + LOSS_GRACE;
+        self.loss_deadline = Some((at, reason, waiter_error));
+    }
+
     /// Ends the link for a local reason: tells signald, then resets.
     async fn fail_link(&mut self, reason: &str, waiter_error: ErrorBody) {
         if self.server_state == ServerState::Connected && !matches!(self.link, Link::Idle) {
@@ -717,6 +746,7 @@ impl Engine {
         let peer = self.link.peer().map(str::to_string);
         self.link = Link::Idle;
         self.connect_deadline = None;
+        self.loss_deadline = None;
         self.link_tx.send_replace(None);
         if let Some(pc) = self.pc.take() {
             pc.close().await;
@@ -892,6 +922,9 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// How long a broken connection waits for signald to say why.
+const LOSS_GRACE: Duration = Duration::from_millis(250);
 
 /// How long `p2pctl pair` waits by default.
 pub const DEFAULT_PAIR_TIMEOUT: Duration = Duration::from_secs(30);

@@ -286,7 +286,12 @@ impl Pc {
             RTCStatsReportEntry::IceCandidatePair(p) => p,
             _ => return None,
         };
-        let cand = |id: &str| match report.get(id) {
+        // Pairs name their candidates by ICE id; the report keys them with
+        // a "RTCLocalIceCandidate_"/"RTCRemoteIceCandidate_" prefix.
+        let cand = |prefix: &str, id: &str| match report
+            .get(&format!("{prefix}{id}"))
+            .or_else(|| report.get(id))
+        {
             Some(
                 RTCStatsReportEntry::LocalCandidate(c) | RTCStatsReportEntry::RemoteCandidate(c),
             ) => Some((
@@ -295,8 +300,9 @@ impl Pc {
             )),
             _ => None,
         };
-        let (local_type, local_address) = cand(&pair.local_candidate_id)?;
-        let (remote_type, remote_address) = cand(&pair.remote_candidate_id)?;
+        let (local_type, local_address) = cand("RTCLocalIceCandidate_", &pair.local_candidate_id)?;
+        let (remote_type, remote_address) =
+            cand("RTCRemoteIceCandidate_", &pair.remote_candidate_id)?;
         let rtt = pair.current_round_trip_time;
         Some(Path {
             local_type,

@@ -49,11 +49,13 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
     let acks = acks?;
     let written = written?;
     if let Some((line, err)) = acks.first_error {
+        let more = match acks.failed {
+            1 => String::new(),
+            n => format!(", {} more refused", n - 1),
+        };
         return Err(CtlError::Other(anyhow::anyhow!(
-            "line {line} not sent: {} ({} of {} lines handed over)",
-            err,
+            "line {line} not sent: {err} ({} of {written} lines handed over{more})",
             acks.ok,
-            written.max(line)
         )));
     }
     if acks.ok != written {
@@ -112,6 +114,7 @@ async fn write_stdin(mut writer: RequestWriter, window: Arc<Semaphore>) -> Resul
 
 struct Acks {
     ok: u64,
+    failed: u64,
     first_error: Option<(u64, String)>,
 }
 
@@ -119,6 +122,7 @@ struct Acks {
 async fn read_acks(mut reader: ReplyReader, window: Arc<Semaphore>) -> Result<Acks> {
     let mut acks = Acks {
         ok: 0,
+        failed: 0,
         first_error: None,
     };
     let mut n = 0u64;
@@ -130,14 +134,15 @@ async fn read_acks(mut reader: ReplyReader, window: Arc<Semaphore>) -> Result<Ac
             Err(e) => return Err(e),
         };
         n += 1;
+        // Requests already in flight after a refusal are still answered
+        // (and may succeed): count them all so the report is exact.
         match reply {
             Ok(_) => {
-                if acks.first_error.is_none() {
-                    acks.ok += 1;
-                    window.add_permits(1);
-                }
+                acks.ok += 1;
+                window.add_permits(1);
             }
             Err(e) => {
+                acks.failed += 1;
                 if acks.first_error.is_none() {
                     acks.first_error = Some((n, e.message));
                     window.close();

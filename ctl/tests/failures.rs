@@ -1,0 +1,132 @@
+//! Losing the peer, the server, or the daemon itself.
+
+use p2p_proto::control::{LinkState, ServerState};
+
+use crate::util::{Daemon, Signald, Tail};
+
+#[test]
+fn send_while_unpaired_exits_1_with_one_line() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let out = a.ctl(&["send", "hello?"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("p2pctl: no open data channel"), "{err}");
+    let out = a.ctl_stdin(&["send"], b"one\ntwo\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1 not sent"), "{err}");
+    assert!(err.contains("(0 of "), "{err}");
+}
+
+#[test]
+fn no_daemon_exits_3_and_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::util::bin("p2pctl"))
+        .arg("--socket")
+        .arg(dir.path().join("none.sock"))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("p2pctl: no p2pd answering on"), "{err}");
+    let out = std::process::Command::new(crate::util::bin("p2pctl"))
+        .args(["pair"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sigkill_of_the_peer_resets_the_survivor_which_pairs_with_a_third() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let mut b = Daemon::start(&s.url(), "bob");
+    let c = Daemon::start(&s.url(), "carol");
+    let events = Tail::start(&a, &["--json"]);
+    a.pair(&b);
+    b.proc.signal(libc::SIGKILL);
+    b.proc.wait_exit();
+    let ev = events.wait_event("peer_disconnected");
+    assert_eq!(ev["peer_id"], "bob");
+    assert_eq!(ev["reason"], "left");
+    a.wait_idle();
+    c.pair(&a);
+    c.ok(&["send", "from carol"]);
+    assert_eq!(events.wait_event("message")["text"], "from carol");
+}
+
+#[test]
+fn sigstop_of_the_peer_times_it_out_at_the_server_and_resets_the_survivor() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    let events = Tail::start(&a, &["--json"]);
+    a.pair(&b);
+    b.proc.signal(libc::SIGSTOP);
+    let ev = events.wait_event("peer_disconnected");
+    assert_eq!(ev["peer_id"], "bob");
+    assert_eq!(ev["reason"], "timeout");
+    let st = a.wait_idle();
+    assert_eq!(st.server.state, ServerState::Connected);
+    b.proc.signal(libc::SIGCONT);
+    // Bob notices he was dropped, reconnects and is ready again.
+    b.wait_status("back and idle", |s| {
+        s.server.state == ServerState::Connected && s.link == LinkState::Idle
+    });
+    a.pair(&b);
+}
+
+#[test]
+fn signald_restart_both_daemons_reconnect_and_pair_again() {
+    let mut s = Signald::start();
+    let port = s.port;
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    a.pair(&b);
+    s.proc.signal(libc::SIGTERM);
+    assert!(s.proc.wait_exit().success());
+    a.wait_status("down and reset", |st| {
+        st.server.state != ServerState::Connected && st.link == LinkState::Idle
+    });
+    let s2 = Signald::start_on(port);
+    for d in [&a, &b] {
+        let st = d.wait_status("reconnected", |st| {
+            st.server.state == ServerState::Connected && st.server.reconnects >= 1
+        });
+        assert_eq!(st.link, LinkState::Idle);
+    }
+    b.pair(&a);
+    b.ok(&["send", "after restart"]);
+    drop(s2);
+}
+
+#[test]
+fn fifty_pair_unpair_cycles_leak_no_fds_or_threads() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    let cycle = |i: usize| {
+        let (x, y) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        x.pair(y);
+        x.ok(&["send", "ping"]);
+        x.ok(&["unpair"]);
+        x.wait_idle();
+        y.wait_idle();
+    };
+    for i in 0..5 {
+        cycle(i);
+    }
+    let before = (a.fds_and_threads(), b.fds_and_threads());
+    for i in 5..55 {
+        cycle(i);
+    }
+    let after = (a.fds_and_threads(), b.fds_and_threads());
+    for ((fd0, th0), (fd1, th1)) in [(before.0, after.0), (before.1, after.1)] {
+        // A leak of one fd or task thread per cycle would show as +50.
+        assert!(fd1 <= fd0 + 3, "fds grew from {fd0} to {fd1}");
+        assert!(th1 <= th0 + 4, "threads grew from {th0} to {th1}");
+    }
+    assert_eq!(a.status().counters.resets, 55);
+}

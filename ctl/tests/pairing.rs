@@ -1,0 +1,145 @@
+//! Pairing, unpairing and what `status` says about it.
+
+use p2p_proto::control::{LinkState, ServerState};
+
+use crate::util::{Daemon, Signald, Tail};
+
+#[test]
+fn pair_exchange_both_ways_and_send_works_as_soon_as_pair_returns() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    let tail_b = Tail::start(&b, &[]);
+    let tail_a = Tail::start(&a, &[]);
+
+    let out = a.ok(&["pair", "bob"]);
+    assert!(out.starts_with("paired with bob: channel open"), "{out}");
+    // No wait between pair and send: pair returns only once send works.
+    a.ok(&["send", "hello", "bob"]);
+    assert_eq!(tail_b.next_str(), "hello bob");
+
+    b.wait_open_with("alice");
+    b.ok(&["send", "hi alice"]);
+    assert_eq!(tail_a.next_str(), "hi alice");
+}
+
+#[test]
+fn status_json_has_the_documented_fields() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    let idle = a.status();
+    assert_eq!(idle.id.as_deref(), Some("alice"));
+    assert_eq!(idle.server.state, ServerState::Connected);
+    assert_eq!(idle.server.ping_interval_ms, Some(100));
+    assert_eq!(idle.server.ping_timeout_ms, Some(300));
+    assert!(idle.server.ice_servers.is_empty());
+    assert_eq!(idle.link, LinkState::Idle);
+    assert!(idle.peer.is_none());
+
+    a.pair(&b);
+    a.ok(&["send", "x"]);
+    let st = a.status();
+    assert_eq!(st.link, LinkState::Open);
+    let peer = st.peer.expect("peer");
+    assert_eq!(peer.id, "bob");
+    assert_eq!(peer.initiator, Some(true));
+    let path = peer.path.expect("selected path");
+    assert_eq!(path.local_type, "host");
+    assert!(path.local_address.starts_with("127.0.0.1:"), "{path:?}");
+    assert!(path.remote_address.starts_with("127.0.0.1:"), "{path:?}");
+    assert_eq!(st.ice_connection_state.as_deref(), Some("connected"));
+    assert_eq!(st.peer_connection_state.as_deref(), Some("connected"));
+    assert_eq!(st.data_channel_state.as_deref(), Some("open"));
+    assert_eq!(st.counters.messages_sent, 1);
+    assert_eq!(st.counters.bytes_sent, 1);
+    assert_eq!(st.counters.pairings, 1);
+
+    // The raw JSON carries every documented key, also when null.
+    let raw: serde_json::Value = serde_json::from_str(&b.ok(&["status", "--json"])).unwrap();
+    for key in [
+        "control_version",
+        "version",
+        "id",
+        "pid",
+        "uptime_ms",
+        "server",
+        "peer",
+        "link",
+        "ice_connection_state",
+        "peer_connection_state",
+        "data_channel_state",
+        "counters",
+    ] {
+        assert!(raw.get(key).is_some(), "status --json lacks {key}: {raw}");
+    }
+    let human = b.ok(&["status"]);
+    assert!(human.contains("peer:     alice (channel open"), "{human}");
+}
+
+#[test]
+fn unpair_then_pair_again_either_way() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    let events_b = Tail::start(&b, &["--json"]);
+    a.pair(&b);
+    assert_eq!(events_b.wait_event("channel_open")["peer_id"], "alice");
+
+    a.ok(&["unpair"]);
+    let ev = events_b.wait_event("peer_disconnected");
+    assert_eq!(ev["peer_id"], "alice");
+    assert_eq!(ev["reason"], "unpaired");
+    a.wait_idle();
+    b.wait_idle();
+    let st = a.status();
+    assert_eq!(st.counters.resets, 1);
+
+    // Unpairing again is a note, not an error.
+    let out = a.ctl(&["unpair"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not paired"));
+
+    b.pair(&a);
+    b.ok(&["send", "again"]);
+}
+
+#[test]
+fn pair_no_wait_returns_before_the_channel_is_open() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let _b = Daemon::start(&s.url(), "bob");
+    let out = a.ok(&["pair", "--no-wait", "bob"]);
+    assert!(out.starts_with("paired with bob"), "{out}");
+    a.wait_open_with("bob");
+}
+
+#[test]
+fn pair_refusals_have_their_reasons_and_exit_1() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    let c = Daemon::start(&s.url(), "carol");
+    let picky = Daemon::start_with(&s.url(), "picky", &["--allow-peer", "bob"]);
+
+    let refused = |d: &Daemon, args: &[&str], needle: &str| {
+        let out = d.ctl(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+        assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    };
+    refused(&a, &["pair", "nobody"], "nobody");
+    refused(&a, &["pair", "alice"], "ourselves");
+    refused(&a, &["pair", "picky"], "refused");
+    a.wait_idle();
+
+    b.pair(&c);
+    refused(&a, &["pair", "bob"], "busy");
+    refused(&b, &["pair", "alice"], "already paired with carol");
+    a.wait_idle();
+
+    // The allow-list admits bob once he is free.
+    b.ok(&["unpair"]);
+    b.pair(&picky);
+}
