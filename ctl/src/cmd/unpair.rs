@@ -11,12 +11,12 @@ use crate::client::{Client, Result};
 pub struct Args {}
 
 pub async fn run(mut client: Client, _args: Args) -> Result<ExitCode> {
-    match client.call(&Request::Unpair).await? {
-        Reply::Ok {
-            body: OkBody::Unpair { was_paired: false },
-            ..
-        } => eprintln!("p2pctl: not paired"),
-        _ => {}
+    if let Reply::Ok {
+        body: OkBody::Unpair { was_paired: false },
+        ..
+    } = client.call(&Request::Unpair).await?
+    {
+        eprintln!("p2pctl: not paired");
     }
     Ok(ExitCode::SUCCESS)
 }
