@@ -108,7 +108,11 @@ fn fifty_pair_unpair_cycles_leak_no_fds_or_threads() {
     let a = Daemon::start(&s.url(), "alice");
     let b = Daemon::start(&s.url(), "bob");
     let cycle = |i: usize| {
-        let (x, y) = if i.is_multiple_of(2) { (&a, &b) } else { (&b, &a) };
+        let (x, y) = if i.is_multiple_of(2) {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
         x.pair(y);
         x.ok(&["send", "ping"]);
         x.ok(&["unpair"]);

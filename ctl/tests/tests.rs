@@ -6,4 +6,5 @@ mod util;
 mod control_socket;
 mod data;
 mod failures;
+mod nat_lab;
 mod pairing;

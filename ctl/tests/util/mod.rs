@@ -38,6 +38,19 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A command for `program`, run inside network namespace `netns` if given
+/// (`ip netns exec` execs it, so the child's PID is the program's).
+pub fn in_netns(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+    }
+}
+
 /// A child process whose stderr is collected in the background.
 pub struct Proc {
     pub name: String,
@@ -150,15 +163,21 @@ impl Signald {
     }
 
     pub fn start_on(port: u16) -> Signald {
-        let mut cmd = Command::new(bin("signald"));
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--ping-interval",
-            "100ms",
-            "--ping-timeout",
-            "300ms",
-        ]);
+        let args = [
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--ping-interval".into(),
+            "100ms".into(),
+            "--ping-timeout".into(),
+            "300ms".into(),
+        ];
+        Self::start_in(None, &args)
+    }
+
+    /// Starts signald with `args`, inside network namespace `netns` if given.
+    pub fn start_in(netns: Option<&str>, args: &[String]) -> Signald {
+        let mut cmd = in_netns(netns, &bin("signald"));
+        cmd.args(args);
         let proc = Proc::spawn("signald", cmd);
         let line = proc.wait_line("listening on");
         let port = line
@@ -195,10 +214,23 @@ impl Daemon {
         d
     }
 
-    /// Spawns without waiting for anything.
+    /// Spawns on loopback without waiting for anything but its socket.
     pub fn spawn(server: &str, id: &str, extra: &[&str], dir: tempfile::TempDir) -> Daemon {
-        let mut cmd = Command::new(bin("p2pd"));
-        cmd.args(["--server", server, "--id", id, "--bind", "127.0.0.1"])
+        let extra = [&["--bind", "127.0.0.1"], extra].concat();
+        Self::spawn_in(None, server, id, &extra, dir)
+    }
+
+    /// Spawns inside network namespace `netns` (if given), binding what
+    /// `extra` says (by default every interface of that namespace).
+    pub fn spawn_in(
+        netns: Option<&str>,
+        server: &str,
+        id: &str,
+        extra: &[&str],
+        dir: tempfile::TempDir,
+    ) -> Daemon {
+        let mut cmd = in_netns(netns, &bin("p2pd"));
+        cmd.args(["--server", server, "--id", id])
             .arg("--socket")
             .arg(dir.path().join("p2pd.sock"))
             .args(["--reconnect-max", "300ms"])

@@ -1,0 +1,511 @@
+//! The NAT lab: real NATs in network namespaces, built and torn down by
+//! each test (`../shared/design/nat-lab.md` has the facts behind it).
+//!
+//! ```text
+//!  inet: bridge 198.51.100.0/24 — signald + coturn on .1, no forwarding
+//!   ├── r1: wan 198.51.100.11, NAT, lan 10.0.1.1 ── h1: 10.0.1.2 (p2pd)
+//!   └── r2: wan 198.51.100.12, NAT, lan 10.0.2.1 ── h2: 10.0.2.2 (p2pd)
+//! ```
+//!
+//! Routers drop unsolicited input on their WAN side; `MASQUERADE` gives a
+//! cone NAT (endpoint-independent mapping), `--random-fully` a symmetric
+//! one. Every veth is created inside the lab's namespaces, so deleting
+//! them removes everything; each test checks that the host namespace's
+//! links, routes and firewall ruleset are exactly as before. Needs root,
+//! `ip netns`, iptables and coturn (`scripts/test` installs them as root);
+//! elsewhere each test prints one `SKIPPED` line and passes.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use p2p_proto::control::{LinkState, ServerState, Status};
+
+use crate::util::{Daemon, Proc, Signald, Tail};
+
+const PUBLIC: &str = "198.51.100.1";
+const TURN_USER: &str = "lab";
+const TURN_PASS: &str = "lab-password";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Nat {
+    Cone,
+    Symmetric,
+}
+
+/// Runs a command, panicking with its output on failure.
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ns_sh(ns: &str, script: &str) {
+    run(&["ip", "netns", "exec", ns, "sh", "-ec", script]);
+}
+
+/// Why this machine cannot run the lab, if it cannot.
+fn cannot_run() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "iptables", "turnserver"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !found {
+            return Some(format!(
+                "{tool} is not installed (scripts/test installs it as root)"
+            ));
+        }
+    }
+    let probe = format!("p2pprobe{}", std::process::id());
+    let ok = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        return Some("`ip netns add` does not work here".into());
+    }
+    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+    None
+}
+
+macro_rules! lab_or_skip {
+    () => {
+        if let Some(why) = cannot_run() {
+            println!("SKIPPED nat lab: {why}");
+            return;
+        }
+    };
+}
+
+/// What the host namespace looks like to someone checking it was not
+/// touched.
+fn host_snapshot() -> String {
+    let mut s = run(&["ip", "-o", "link", "show"]);
+    // Counters and flags of links can change by themselves; keep names.
+    s = s
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    s.push_str(&run(&["ip", "route", "show", "table", "all"]));
+    s.push_str(&run(&["ip", "rule", "show"]));
+    s.push_str(
+        &run(&["iptables-save"])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    );
+    s
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// One lab topology; deleted (with everything in it) on drop.
+struct Lab {
+    prefix: String,
+    host_before: String,
+    dir: tempfile::TempDir,
+    procs: Vec<Proc>,
+    alive: Vec<String>,
+}
+
+impl Lab {
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn build(nat: Nat) -> Lab {
+        let host_before = host_snapshot();
+        let prefix = format!(
+            "p2p{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut lab = Lab {
+            prefix,
+            host_before,
+            dir: tempfile::tempdir().unwrap(),
+            procs: Vec::new(),
+            alive: Vec::new(),
+        };
+        for n in ["inet", "r1", "h1", "r2", "h2"] {
+            let ns = lab.ns(n);
+            run(&["ip", "netns", "add", &ns]);
+            lab.alive.push(ns.clone());
+            ns_sh(
+                &ns,
+                "ip link set lo up
+                 sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+                 sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+                 sysctl -qw net.ipv4.conf.all.rp_filter=0
+                 sysctl -qw net.ipv4.conf.default.rp_filter=0
+                 sysctl -qw net.ipv4.ip_forward=0",
+            );
+        }
+        let inet = lab.ns("inet");
+        ns_sh(
+            &inet,
+            &format!(
+                "ip link add br0 type bridge
+                 ip link set br0 address 02:00:00:00:00:01
+                 ip addr add {PUBLIC}/24 dev br0
+                 ip link set br0 up
+                 sysctl -qw net.bridge.bridge-nf-call-iptables=0 2>/dev/null || true"
+            ),
+        );
+        for (i, lan) in [(1, "10.0.1"), (2, "10.0.2")] {
+            let r = lab.ns(&format!("r{i}"));
+            let h = lab.ns(&format!("h{i}"));
+            run(&[
+                "ip",
+                "-n",
+                &inet,
+                "link",
+                "add",
+                &format!("wan{i}"),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "wan",
+                "netns",
+                &r,
+            ]);
+            run(&[
+                "ip", "-n", &r, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+                "netns", &h,
+            ]);
+            ns_sh(&inet, &format!("ip link set wan{i} master br0 up"));
+            let masquerade = match nat {
+                Nat::Cone => "MASQUERADE",
+                Nat::Symmetric => "MASQUERADE --random-fully",
+            };
+            ns_sh(
+                &r,
+                &format!(
+                    "ip addr add 198.51.100.1{i}/24 dev wan
+                     ip link set wan up
+                     ip addr add {lan}.1/24 dev lan
+                     ip link set lan up
+                     sysctl -qw net.ipv4.ip_forward=1
+                     iptables -t nat -A POSTROUTING -o wan -j {masquerade}
+                     iptables -P FORWARD DROP
+                     iptables -A FORWARD -i lan -o wan -j ACCEPT
+                     iptables -A FORWARD -i wan -o lan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+                     iptables -A INPUT -i wan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+                     iptables -A INPUT -i wan -j DROP"
+                ),
+            );
+            ns_sh(
+                &h,
+                &format!(
+                    "ip addr add {lan}.2/24 dev eth0
+                     ip link set eth0 up
+                     ip route add default via {lan}.1"
+                ),
+            );
+        }
+        lab
+    }
+
+    /// coturn on the public address, with a static user and private peer
+    /// addresses denied (else it tries to relay to LAN addresses and tears
+    /// the allocation down).
+    fn start_coturn(&mut self) {
+        let dir = self.dir.path();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns("inet"), "turnserver", "-n"])
+            .arg(format!("--listening-ip={PUBLIC}"))
+            .arg(format!("--relay-ip={PUBLIC}"))
+            .args([
+                "--listening-port=3478",
+                "--min-port=49152",
+                "--max-port=49252",
+            ])
+            .args(["--lt-cred-mech", "--realm=lab", "--fingerprint"])
+            .arg(format!("--user={TURN_USER}:{TURN_PASS}"))
+            .args([
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--verbose",
+                "--simple-log",
+            ])
+            .args([
+                "--denied-peer-ip=10.0.0.0-10.255.255.255",
+                "--denied-peer-ip=172.16.0.0-172.31.255.255",
+                "--denied-peer-ip=192.168.0.0-192.168.255.255",
+            ])
+            .arg(format!("--userdb={}", dir.join("turndb").display()))
+            .arg(format!("--log-file={}", dir.join("turn.log").display()))
+            .arg(format!("--pidfile={}", dir.join("turn.pid").display()));
+        let proc = Proc::spawn("coturn", cmd);
+        // Ready once its UDP port is bound.
+        let inet = self.ns("inet");
+        let deadline = std::time::Instant::now() + crate::util::WAIT;
+        loop {
+            let ss = run(&["ip", "netns", "exec", &inet, "ss", "-uln"]);
+            if ss.contains(&format!("{PUBLIC}:3478")) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "coturn did not bind; log:\n{}",
+                proc.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.procs.push(proc);
+    }
+
+    fn signald(&self, ice: &[String]) -> Signald {
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("{PUBLIC}:8765"),
+            "--ping-interval".into(),
+            "500ms".into(),
+            "--ping-timeout".into(),
+            "2s".into(),
+        ];
+        for s in ice {
+            args.push("--ice-server".into());
+            args.push(s.clone());
+        }
+        Signald::start_in(Some(&self.ns("inet")), &args)
+    }
+
+    fn daemon(&self, host: &str, id: &str, extra: &[&str]) -> Daemon {
+        let d = Daemon::spawn_in(
+            Some(&self.ns(host)),
+            &format!("ws://{PUBLIC}:8765/ws"),
+            id,
+            extra,
+            tempfile::tempdir().unwrap(),
+        );
+        d.wait_status("connected to signald", |s| {
+            s.server.state == ServerState::Connected
+        });
+        d
+    }
+
+    /// Deletes one namespace now (a router "losing power").
+    fn kill_ns(&mut self, name: &str) {
+        let ns = self.ns(name);
+        run(&["ip", "netns", "del", &ns]);
+        self.alive.retain(|n| *n != ns);
+    }
+
+    fn stun() -> String {
+        format!("stun:{PUBLIC}:3478")
+    }
+
+    fn turn() -> String {
+        format!("turn:{PUBLIC}:3478,{TURN_USER},{TURN_PASS}")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.procs.clear();
+        for ns in self.alive.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        if !std::thread::panicking() {
+            let after = host_snapshot();
+            assert_eq!(
+                self.host_before, after,
+                "the lab left the host namespace changed"
+            );
+        }
+    }
+}
+
+fn path_of(s: &Status) -> p2p_proto::control::Path {
+    s.peer
+        .as_ref()
+        .and_then(|p| p.path.clone())
+        .unwrap_or_else(|| panic!("no selected path in {s:#?}"))
+}
+
+fn pair_ok(a: &Daemon, b: &Daemon) -> p2p_proto::control::Path {
+    let out = a.ctl(&["pair", &b.id, "--timeout", "30s"]);
+    assert!(
+        out.status.success(),
+        "pair failed: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.proc.log(),
+        b.proc.log()
+    );
+    b.wait_open_with(&a.id);
+    path_of(&a.status())
+}
+
+/// 1. Cone NATs, STUN only: hole punching gives a direct path.
+#[test]
+fn lab_cone_nats_with_stun_connect_directly() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Cone);
+    lab.start_coturn();
+    let _s = lab.signald(&[Lab::stun()]);
+    let a = lab.daemon("h1", "h1", &[]);
+    let b = lab.daemon("h2", "h2", &[]);
+    let path = pair_ok(&a, &b);
+    assert_ne!(path.local_type, "relay", "{path:?}");
+    assert_ne!(path.remote_type, "relay", "{path:?}");
+    // Through the NAT: the peer is seen at its router's public address.
+    assert!(
+        path.remote_address.starts_with("198.51.100.12:"),
+        "{path:?}"
+    );
+    assert!(
+        ["srflx", "prflx"].contains(&path.remote_type.as_str()),
+        "{path:?}"
+    );
+    a.ok(&["send", "through the cone"]);
+}
+
+/// 2. Symmetric NATs, STUN only: no path; pair fails in bounded time with a
+/// reason a person can act on, and both daemons are ready again.
+#[test]
+fn lab_symmetric_nats_without_turn_fail_with_a_reason() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Symmetric);
+    lab.start_coturn();
+    let _s = lab.signald(&[Lab::stun()]);
+    let a = lab.daemon("h1", "h1", &[]);
+    let b = lab.daemon("h2", "h2", &[]);
+    let out = a.ctl(&["pair", "h2", "--timeout", "60s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no network path to the peer")
+            && err.contains("TURN relay; none is configured"),
+        "{err}"
+    );
+    a.wait_idle();
+    b.wait_idle();
+}
+
+/// 3. Symmetric NATs with TURN: relayed, and 1,000 lines arrive in order.
+#[test]
+fn lab_symmetric_nats_with_turn_relay_and_deliver_in_order() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Symmetric);
+    lab.start_coturn();
+    let _s = lab.signald(&[Lab::stun(), Lab::turn()]);
+    let a = lab.daemon("h1", "h1", &[]);
+    let b = lab.daemon("h2", "h2", &[]);
+    let path = pair_ok(&a, &b);
+    assert!(
+        path.local_type == "relay" || path.remote_type == "relay",
+        "{path:?}"
+    );
+    let tail = Tail::start(&b, &[]);
+    let input: String = (0..1000).map(|i| format!("relayed {i}\n")).collect();
+    let out = a.ctl_stdin(&["send"], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..1000 {
+        assert_eq!(tail.next_str(), format!("relayed {i}"));
+    }
+}
+
+/// 4. Cone NATs with TURN offered: ICE still prefers the direct path;
+/// `--relay-only` forces the relay.
+#[test]
+fn lab_cone_nats_prefer_direct_and_relay_only_forces_turn() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Cone);
+    lab.start_coturn();
+    let _s = lab.signald(&[Lab::stun(), Lab::turn()]);
+    let a = lab.daemon("h1", "h1", &[]);
+    let b = lab.daemon("h2", "h2", &[]);
+    let path = pair_ok(&a, &b);
+    assert!(
+        path.local_type != "relay" && path.remote_type != "relay",
+        "{path:?}"
+    );
+    a.ok(&["unpair"]);
+    b.wait_idle();
+    drop(b);
+    let b = lab.daemon("h2", "h2relay", &["--relay-only"]);
+    let path = pair_ok(&a, &b);
+    assert_eq!(path.remote_type, "relay", "{path:?}");
+    let st = b.status();
+    assert_eq!(path_of(&st).local_type, "relay", "{st:#?}");
+}
+
+/// 6. The peer's router dies mid-transfer: the survivor notices, says so
+/// in `status`, and pairs again once a new peer appears.
+#[test]
+fn lab_peer_router_dies_mid_transfer_and_the_survivor_recovers() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Cone);
+    lab.start_coturn();
+    let _s = lab.signald(&[Lab::stun()]);
+    let a = lab.daemon("h1", "h1", &[]);
+    let b = lab.daemon("h2", "h2", &[]);
+    pair_ok(&a, &b);
+    let events = Tail::start(&a, &["--json"]);
+    // A transfer in flight when the router goes.
+    let mut sender = b
+        .ctl_cmd(&["send"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        for i in 0..1_000_000 {
+            if writeln!(stdin, "line {i}").is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(a_message(&events), "line 0");
+    lab.kill_ns("r2");
+    let ev = events.wait_event("peer_disconnected");
+    assert_eq!(ev["peer_id"], "h2");
+    let st = a.wait_idle();
+    assert_eq!(st.link, LinkState::Idle);
+    let _ = sender.kill();
+    let _ = sender.wait();
+    drop(feeder);
+    // A new peer on the public network.
+    let c = Daemon::spawn_in(
+        Some(&lab.ns("inet")),
+        &format!("ws://{PUBLIC}:8765/ws"),
+        "newpeer",
+        &["--bind", PUBLIC],
+        tempfile::tempdir().unwrap(),
+    );
+    c.wait_status("connected", |s| s.server.state == ServerState::Connected);
+    pair_ok(&c, &a);
+}
+
+fn a_message(events: &Tail) -> String {
+    events.wait_event("message")["text"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
