@@ -12,6 +12,8 @@ mod http;
 mod id;
 mod metrics;
 mod registry;
+pub mod service;
+pub mod turn;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 
 use crate::registry::Registry;
+pub use crate::turn::{TurnRest, TurnSecret};
 
 /// Longest ping slot, in milliseconds.
 const SLOT_MS: u64 = 20;
@@ -55,6 +58,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Time allowed for flushing and the close handshake when closing.
     pub close_grace: Duration,
+    /// When set, every `welcome` carries fresh time-limited credentials for
+    /// each TURN server in `ice_servers` that has none of its own.
+    pub turn: Option<TurnRest>,
 }
 
 impl Default for Config {
@@ -71,6 +77,7 @@ impl Default for Config {
             max_queue: 256,
             handshake_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(2),
+            turn: None,
         }
     }
 }
@@ -99,6 +106,15 @@ impl Config {
             "--rate-close-after must be positive"
         );
         anyhow::ensure!(self.max_queue > 0, "--max-queue must be positive");
+        if let Some(turn) = &self.turn {
+            anyhow::ensure!(!turn.ttl.is_zero(), "--turn-ttl must be positive");
+            anyhow::ensure!(
+                self.ice_servers.iter().any(|s| s.username.is_none()
+                    && s.urls.iter().any(|u| u.starts_with("turn:") || u.starts_with("turns:"))),
+                "--turn-secret-file needs at least one --ice-server turn: or turns: URL \
+                 without its own username and credential"
+            );
+        }
         Ok(())
     }
 }
@@ -131,7 +147,10 @@ impl Shared {
             id: id.to_string(),
             ping_interval_ms: self.cfg.ping_interval.as_millis() as u64,
             ping_timeout_ms: self.cfg.ping_timeout.as_millis() as u64,
-            ice_servers: self.cfg.ice_servers.clone(),
+            ice_servers: match &self.cfg.turn {
+                Some(turn) => turn.for_client(&self.cfg.ice_servers, id, std::time::SystemTime::now()),
+                None => self.cfg.ice_servers.clone(),
+            },
             protocol: PROTOCOL_VERSION,
         }
         .to_json()
