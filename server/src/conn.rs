@@ -147,7 +147,7 @@ async fn session(mut ws: Ws, query: Option<String>, srv: &Shared) {
     if matches!(ending, Ending::Timeout) {
         srv.reg.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
     }
-    debug!(id = %slot.id, code, "closing");
+    debug!(id = %slot.id, code, reason = ?reason, "closing");
     match ending {
         // The close handshake already ran or the socket is gone.
         Ending::Left => finish(&mut ws, srv).await,

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::Parser;
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
 use p2p_proto::signal::IceServer;
-use signald::Config;
+use signald::service::{self, LogFormat};
+use signald::{Config, TurnRest, TurnSecret};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -49,12 +50,22 @@ struct Cli {
     /// Frames queued for one client before it is dropped as not reading.
     #[arg(long, env = "SIGNALD_MAX_QUEUE", default_value_t = 256)]
     max_queue: usize,
-    /// TURN REST secret (not supported yet).
-    #[arg(long, env = "SIGNALD_TURN_SECRET_FILE", hide = true)]
+    /// File holding the TURN REST shared secret (coturn's
+    /// static-auth-secret). Every welcome then carries time-limited
+    /// credentials for each turn:/turns: server given without its own.
+    #[arg(long, env = "SIGNALD_TURN_SECRET_FILE")]
     turn_secret_file: Option<PathBuf>,
-    /// TURN credential lifetime (not supported yet).
-    #[arg(long, env = "SIGNALD_TURN_TTL", hide = true, value_parser = duration)]
-    turn_ttl: Option<Duration>,
+    /// Lifetime of those TURN credentials.
+    #[arg(long, env = "SIGNALD_TURN_TTL", default_value = "1h", value_parser = duration,
+          requires = "turn_secret_file")]
+    turn_ttl: Duration,
+    /// Log output: text or json on stderr, or journald. Default: journald
+    /// when stderr is the journal (JOURNAL_STREAM), else text.
+    #[arg(long, env = "SIGNALD_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Print the man page (roff) on stdout and exit.
+    #[arg(long, hide = true)]
+    man: bool,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -73,16 +84,24 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SIGNALD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if cli.turn_secret_file.is_some() || cli.turn_ttl.is_some() {
-        bail!("--turn-secret-file and --turn-ttl are not supported yet");
+    if cli.man {
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the man page")?;
+        return Ok(());
     }
+    service::init_logging(
+        cli.log_format,
+        tracing_subscriber::EnvFilter::try_from_env("SIGNALD_LOG")
+            .unwrap_or_else(|_| "info".into()),
+    );
+    let turn = match &cli.turn_secret_file {
+        Some(path) => Some(TurnRest {
+            secret: TurnSecret::from_file(path)?,
+            ttl: cli.turn_ttl,
+        }),
+        None => None,
+    };
     let cfg = Config {
         ping_interval: cli.ping_interval,
         ping_timeout: cli.ping_timeout,
@@ -93,15 +112,22 @@ fn run() -> anyhow::Result<()> {
         rate_burst: cli.rate_burst,
         rate_close_after: cli.rate_close_after,
         max_queue: cli.max_queue,
+        turn,
         ..Config::default()
     };
     cfg.validate()?;
+    // SAFETY: no other thread exists yet (the runtime is built below).
+    let activated = unsafe { service::take_activated_listener()? };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    let socket_activated = activated.is_some();
     rt.block_on(async {
-        let listener = bind(cli.listen).with_context(|| format!("binding {}", cli.listen))?;
+        let listener = match activated {
+            Some(l) => TcpListener::from_std(l).context("adopting the activated socket")?,
+            None => bind(cli.listen).with_context(|| format!("binding {}", cli.listen))?,
+        };
         let addr = listener.local_addr().context("reading the bound address")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -110,10 +136,16 @@ fn run() -> anyhow::Result<()> {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
+            if let Err(e) = service::notify("STOPPING=1") {
+                tracing::warn!("sd_notify STOPPING=1: {e}");
+            }
         };
         // Tests and scripts wait for this exact line.
         println!("signald listening on {addr}");
-        tracing::info!(%addr, "listening");
+        tracing::info!(%addr, socket_activated, "listening");
+        // The socket is listening: connects queue in its backlog from now on,
+        // so the service manager may start dependents.
+        service::notify("READY=1").context("sd_notify READY=1")?;
         signald::run(listener, cfg, shutdown).await
     })
 }

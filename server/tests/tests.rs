@@ -7,3 +7,4 @@ mod errors;
 mod flow;
 mod liveness;
 mod races;
+mod service;

@@ -1,0 +1,225 @@
+//! signald under a service manager: `sd_notify` readiness and stopping,
+//! socket activation, and TURN REST credentials in `welcome` with the
+//! secret kept out of the logs. Runs the built binary.
+
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
+use std::os::linux::net::SocketAddrExt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, Command};
+
+use crate::util::{self, WAIT};
+
+fn signald() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_signald"));
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("JOURNAL_STREAM")
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn readiness_line(child: &mut Child) -> String {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("readiness line in time")
+        .expect("read stdout")
+        .expect("a readiness line");
+    line.strip_prefix("signald listening on ")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .to_string()
+}
+
+async fn recv_notify(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(WAIT, sock.recv(&mut buf))
+        .await
+        .expect("a notification in time")
+        .expect("recv");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("pid") as libc::pid_t;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+}
+
+#[tokio::test]
+async fn notify_ready_only_once_listening_then_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    // A port known before start, so the test can connect on READY alone.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = signald()
+        .args(["--listen", &addr])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("SIGNALD_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(recv_notify(&notify).await.trim(), "READY=1");
+    // READY means the listener accepts: connect at once, no retry.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("connect right after READY=1");
+    assert_eq!(util::next_frame(&mut ws, true).await.unwrap()["type"], "welcome");
+    sigterm(&child);
+    assert_eq!(recv_notify(&notify).await.trim(), "STOPPING=1");
+    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn abstract_notify_socket_is_reached() {
+    let name = format!("signald-notify-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let std_sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+    std_sock.set_nonblocking(true).unwrap();
+    let notify = UnixDatagram::from_std(std_sock).unwrap();
+    let mut child = signald()
+        .args(["--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .env("SIGNALD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    readiness_line(&mut child).await;
+    assert_eq!(recv_notify(&notify).await.trim(), "READY=1");
+    sigterm(&child);
+    child.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn socket_activation_takes_fd_3() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    // LISTEN_PID must be signald's own PID: `exec` keeps the shell's.
+    cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_signald"))
+        // Would fail if used: proves the passed socket is taken instead.
+        .args(["--listen", "192.0.2.1:1"])
+        .env("SIGNALD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: dup2 is async-signal-safe; fd 3 is then the listener, without
+    // FD_CLOEXEC, as systemd passes it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
+    assert_eq!(readiness_line(&mut child).await, addr.to_string());
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?id=act"))
+        .await
+        .unwrap();
+    assert_eq!(util::next_frame(&mut ws, true).await.unwrap()["id"], "act");
+    sigterm(&child);
+    assert!(child.wait().await.unwrap().success());
+}
+
+fn hmac_sha1_b64(key: &[u8], msg: &str) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key).unwrap();
+    mac.update(msg.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn turn_rest_credentials_per_client_and_never_logged() {
+    const SECRET: &str = "turn-shared-secret-3f9a7c";
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("turn-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let mut child = signald()
+        .args(["--listen", "127.0.0.1:0", "--turn-ttl", "10m"])
+        .arg("--turn-secret-file")
+        .arg(&secret_file)
+        .args(["--ice-server", "stun:127.0.0.1:3478"])
+        .args(["--ice-server", "turn:127.0.0.1:3478?transport=udp"])
+        .args(["--ice-server", "turns:127.0.0.1:5349,static,fixed"])
+        .env("SIGNALD_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = readiness_line(&mut child).await;
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    for id in ["alice", "bob", "alice"] {
+        let before = unix_now();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?id={id}"))
+            .await
+            .unwrap();
+        let w = util::next_frame(&mut ws, true).await.unwrap();
+        let after = unix_now();
+        let servers = w["ice_servers"].as_array().unwrap();
+        assert_eq!(servers.len(), 3);
+        assert_eq!(servers[0], json!({"urls": ["stun:127.0.0.1:3478"]}));
+        assert_eq!(
+            servers[2],
+            json!({"urls": ["turns:127.0.0.1:5349"], "username": "static", "credential": "fixed"})
+        );
+        let turn = &servers[1];
+        assert_eq!(turn["urls"], json!(["turn:127.0.0.1:3478?transport=udp"]));
+        let user = turn["username"].as_str().unwrap();
+        let (expiry, who) = user.split_once(':').unwrap();
+        assert_eq!(who, id);
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!((before + 600..=after + 600).contains(&expiry), "{expiry}");
+        let cred = turn["credential"].as_str().unwrap();
+        assert_eq!(cred, hmac_sha1_b64(SECRET.as_bytes(), user));
+        seen.push(cred.to_string());
+        ws.close(None).await.ok();
+    }
+    sigterm(&child);
+    assert!(child.wait().await.unwrap().success());
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).await.unwrap();
+    assert!(log.contains("registered"), "debug logging was on:\n{log}");
+    assert!(!log.contains(SECRET), "secret in the log:\n{log}");
+    for cred in &seen {
+        assert!(!log.contains(cred.as_str()), "credential in the log:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn turn_secret_without_a_turn_server_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("s");
+    std::fs::write(&secret_file, "x").unwrap();
+    let out = signald()
+        .args(["--listen", "127.0.0.1:0", "--ice-server", "stun:127.0.0.1:3478"])
+        .arg("--turn-secret-file")
+        .arg(&secret_file)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("turn:"), "{err}");
+}
