@@ -738,6 +738,7 @@ struct OneWay {
     mb_s: f64,
     drops: u64,
     send_status: String,
+    cpu: String,
     note: String,
 }
 
@@ -754,7 +755,7 @@ impl OneWay {
         };
         format!(
             "{lines}{:.1} MB/s ({} of {} received, {} out of order/corrupt, {:.2} s); \
-             UDP RcvbufErrors +{}; send exit: {}{}",
+             UDP RcvbufErrors +{}; send exit: {}; {}{}",
             self.mb_s,
             self.received,
             self.n,
@@ -762,6 +763,7 @@ impl OneWay {
             self.secs,
             self.drops,
             self.send_status,
+            self.cpu,
             self.note,
         )
     }
@@ -799,6 +801,7 @@ fn one_way(cli: &Cli, a: &mut Daemon, b: &mut Daemon, n: usize, size: usize) -> 
     });
     b.wait_status("counting the tail", |s| s.counters.subscribers > subs)?;
     let drops0 = rcvbuf_errors()?;
+    let (cpu_a0, cpu_b0) = (procfs::cpu_time(a.pid)?, procfs::cpu_time(b.pid)?);
     let (progress_tx, progress) = mpsc::channel::<(usize, usize)>();
     let reader = std::thread::spawn(move || {
         let mut r = BufReader::with_capacity(1 << 20, out);
@@ -867,6 +870,15 @@ fn one_way(cli: &Cli, a: &mut Daemon, b: &mut Daemon, n: usize, size: usize) -> 
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    // CPU of each process over the run, in % of a core (the four share 2).
+    let share = |d: Duration| d.as_secs_f64() / secs * 100.0;
+    let cpu = format!(
+        "CPU % of a core: p2pctl send {:.0}, p2pd a {:.0}, p2pd b {:.0}, p2pctl tail {:.0}",
+        share(procfs::cpu_time(send.id()).unwrap_or_default()),
+        share(procfs::cpu_time(a.pid)? - cpu_a0),
+        share(procfs::cpu_time(b.pid)? - cpu_b0),
+        share(procfs::cpu_time(tail.id()).unwrap_or_default()),
+    );
     // Let in-flight datagrams land before reading the drop counter.
     std::thread::sleep(Duration::from_millis(200));
     let drops = rcvbuf_errors()?.saturating_sub(drops0);
@@ -913,6 +925,7 @@ fn one_way(cli: &Cli, a: &mut Daemon, b: &mut Daemon, n: usize, size: usize) -> 
         mb_s: (got * size) as f64 / secs / 1e6,
         drops,
         send_status,
+        cpu,
         note,
     };
     eprintln!("one way {size} B: {}", t.describe());
