@@ -511,3 +511,212 @@ fn a_message(events: &Tail) -> String {
         .unwrap()
         .to_string()
 }
+
+/// A userspace link impairment (the kernel here has no `tc netem`): two
+/// threads, one per direction, copy Ethernet frames between two interfaces
+/// of a namespace through AF_PACKET sockets, holding each frame for `delay`
+/// and dropping a `loss` fraction at random.
+struct Impairment {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Impairment {
+    fn start(ns: &str, a: &str, b: &str, delay: std::time::Duration, loss: f64) -> Impairment {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = [(a, b), (b, a)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (from, to))| {
+                let (ns, from, to, stop) = (
+                    ns.to_string(),
+                    from.to_string(),
+                    to.to_string(),
+                    stop.clone(),
+                );
+                std::thread::spawn(move || {
+                    forward(&ns, &from, &to, delay, loss, 0x9e37_79b9 + i as u64, &stop)
+                })
+            })
+            .collect();
+        Impairment { stop, threads }
+    }
+}
+
+impl Drop for Impairment {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Joins network namespace `ns` (this thread only).
+fn enter_netns(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    // SAFETY: setns on a valid namespace fd affects only the calling thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// A raw AF_PACKET socket bound to interface `name`, non-blocking.
+fn packet_socket(name: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket calls on values we own; the fd is wrapped at once.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+            proto as i32,
+        );
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let cname = std::ffi::CString::new(name).unwrap();
+        let index = libc::if_nametoindex(cname.as_ptr());
+        assert!(index > 0, "no interface {name}");
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = index as i32;
+        let rc = libc::bind(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(rc, 0, "bind {name}: {}", std::io::Error::last_os_error());
+        owned
+    }
+}
+
+fn forward(
+    ns: &str,
+    from: &str,
+    to: &str,
+    delay: std::time::Duration,
+    loss: f64,
+    mut seed: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::os::fd::AsRawFd;
+    use std::time::Instant;
+    enter_netns(ns);
+    let rx = packet_socket(from);
+    let tx = packet_socket(to);
+    let mut queue: std::collections::VecDeque<(Instant, Vec<u8>)> = Default::default();
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        while queue.front().is_some_and(|(due, _)| *due <= now) {
+            let (_, frame) = queue.pop_front().unwrap();
+            // SAFETY: sending a buffer we own on a socket we own.
+            unsafe { libc::send(tx.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        }
+        let wait_ms = queue
+            .front()
+            .map(|(due, _)| due.saturating_duration_since(now).as_millis() as i32 + 1)
+            .unwrap_or(20)
+            .min(20);
+        let mut pfd = libc::pollfd {
+            fd: rx.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own.
+        if unsafe { libc::poll(&mut pfd, 1, wait_ms) } <= 0 {
+            continue;
+        }
+        loop {
+            // SAFETY: receiving into our buffer; `from` is a sockaddr_ll.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            let n = unsafe {
+                libc::recvfrom(
+                    rx.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    &mut addr as *mut _ as *mut libc::sockaddr,
+                    &mut len,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            // Our own sends on this interface come back as outgoing.
+            if addr.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                continue;
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            if (seed % 10_000) as f64 / 10_000.0 < loss {
+                continue;
+            }
+            queue.push_back((Instant::now() + delay, buf[..n as usize].to_vec()));
+        }
+    }
+}
+
+/// 5. One uplink delayed 50 ms with 2% loss each way: pairs, and 10,000
+/// lines arrive complete and in order.
+#[test]
+fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Cone);
+    // Put an impairment box between r2's WAN and the internet bridge.
+    let inet = lab.ns("inet");
+    let r2 = lab.ns("r2");
+    let d = lab.ns("d2");
+    run(&["ip", "netns", "add", &d]);
+    lab.alive.push(d.clone());
+    ns_sh(&inet, "ip link del wan2");
+    run(&[
+        "ip", "-n", &r2, "link", "add", "wan", "type", "veth", "peer", "name", "imp0", "netns", &d,
+    ]);
+    run(&[
+        "ip", "-n", &d, "link", "add", "imp1", "type", "veth", "peer", "name", "wan2", "netns", &inet,
+    ]);
+    ns_sh(&inet, "ip link set wan2 master br0 up");
+    ns_sh(
+        &d,
+        "ip link set lo up
+         sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+         ip link set imp0 up
+         ip link set imp1 up
+         for i in imp0 imp1; do ethtool -K $i tx off tso off gso off gro off >/dev/null 2>&1 || true; done",
+    );
+    ns_sh(
+        &r2,
+        "ip addr add 198.51.100.12/24 dev wan
+         ip link set wan up
+         ethtool -K wan tx off tso off gso off gro off >/dev/null 2>&1 || true",
+    );
+    ns_sh(
+        &inet,
+        "ethtool -K wan2 tx off tso off gso off gro off >/dev/null 2>&1 || true",
+    );
+    let _impair = Impairment::start(&d, "imp0", "imp1", std::time::Duration::from_millis(50), 0.02);
+    lab.start_coturn();
+    let _s = lab.signald(&[Lab::stun()]);
+    let a = lab.daemon("h1", "h1", &[]);
+    let b = lab.daemon("h2", "h2", &[]);
+    let path = pair_ok(&a, &b);
+    assert!(
+        path.remote_address.starts_with("198.51.100.12:"),
+        "{path:?}"
+    );
+    let tail = Tail::start(&b, &[]);
+    let input: String = (0..10_000).map(|i| format!("impaired {i}\n")).collect();
+    let out = a.ctl_stdin(&["send"], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..10_000 {
+        assert_eq!(tail.next_str(), format!("impaired {i}"));
+    }
+}
