@@ -305,6 +305,56 @@ impl Lab {
         d
     }
 
+    /// Puts an impairment box between r2's WAN and the internet bridge:
+    /// 50 ms each way and 2% loss each way. Drop the result before the lab.
+    fn impair_r2_uplink(&mut self) -> Impairment {
+        let inet = self.ns("inet");
+        let r2 = self.ns("r2");
+        let d = self.ns("d2");
+        run(&["ip", "netns", "add", &d]);
+        self.alive.push(d.clone());
+        ns_sh(&inet, "ip link del wan2");
+        run(&[
+            "ip", "-n", &r2, "link", "add", "wan", "type", "veth", "peer", "name", "imp0", "netns",
+            &d,
+        ]);
+        run(&[
+            "ip", "-n", &d, "link", "add", "imp1", "type", "veth", "peer", "name", "wan2", "netns",
+            &inet,
+        ]);
+        let offloads = "tx off tso off gso off gro off >/dev/null 2>&1 || true";
+        ns_sh(
+            &inet,
+            &format!("ip link set wan2 master br0 up\nethtool -K wan2 {offloads}"),
+        );
+        ns_sh(
+            &d,
+            &format!(
+                "ip link set lo up
+                 sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+                 ip link set imp0 up
+                 ip link set imp1 up
+                 ethtool -K imp0 {offloads}
+                 ethtool -K imp1 {offloads}"
+            ),
+        );
+        ns_sh(
+            &r2,
+            &format!(
+                "ip addr add 198.51.100.12/24 dev wan
+                 ip link set wan up
+                 ethtool -K wan {offloads}"
+            ),
+        );
+        Impairment::start(
+            &d,
+            "imp0",
+            "imp1",
+            std::time::Duration::from_millis(50),
+            0.02,
+        )
+    }
+
     /// Deletes one namespace now (a router "losing power").
     fn kill_ns(&mut self, name: &str) {
         let ns = self.ns(name);
@@ -666,39 +716,7 @@ fn forward(
 fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
     lab_or_skip!();
     let mut lab = Lab::build(Nat::Cone);
-    // Put an impairment box between r2's WAN and the internet bridge.
-    let inet = lab.ns("inet");
-    let r2 = lab.ns("r2");
-    let d = lab.ns("d2");
-    run(&["ip", "netns", "add", &d]);
-    lab.alive.push(d.clone());
-    ns_sh(&inet, "ip link del wan2");
-    run(&[
-        "ip", "-n", &r2, "link", "add", "wan", "type", "veth", "peer", "name", "imp0", "netns", &d,
-    ]);
-    run(&[
-        "ip", "-n", &d, "link", "add", "imp1", "type", "veth", "peer", "name", "wan2", "netns", &inet,
-    ]);
-    ns_sh(&inet, "ip link set wan2 master br0 up");
-    ns_sh(
-        &d,
-        "ip link set lo up
-         sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-         ip link set imp0 up
-         ip link set imp1 up
-         for i in imp0 imp1; do ethtool -K $i tx off tso off gso off gro off >/dev/null 2>&1 || true; done",
-    );
-    ns_sh(
-        &r2,
-        "ip addr add 198.51.100.12/24 dev wan
-         ip link set wan up
-         ethtool -K wan tx off tso off gso off gro off >/dev/null 2>&1 || true",
-    );
-    ns_sh(
-        &inet,
-        "ethtool -K wan2 tx off tso off gso off gro off >/dev/null 2>&1 || true",
-    );
-    let _impair = Impairment::start(&d, "imp0", "imp1", std::time::Duration::from_millis(50), 0.02);
+    let _impair = lab.impair_r2_uplink();
     lab.start_coturn();
     let _s = lab.signald(&[Lab::stun()]);
     let a = lab.daemon("h1", "h1", &[]);
@@ -719,4 +737,112 @@ fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
     for i in 0..10_000 {
         assert_eq!(tail.next_str(), format!("impaired {i}"));
     }
+}
+
+/// The lab benchmark (`scripts/bench-nat-lab`): connect time and throughput
+/// per path, printed as a Markdown table. Ignored by `cargo test`: speed is
+/// measured here, never asserted.
+#[test]
+#[ignore = "benchmark; run with scripts/bench-nat-lab"]
+fn lab_bench_paths() {
+    lab_or_skip!();
+    use std::time::{Duration, Instant};
+    struct Row {
+        path: &'static str,
+        selected: String,
+        open_p50: Duration,
+        open_max: Duration,
+        lines_per_s: f64,
+        big_mb_s: f64,
+    }
+    let mut rows = Vec::new();
+    for (name, nat, turn, impaired) in [
+        ("direct (cone NATs, STUN)", Nat::Cone, false, false),
+        (
+            "relayed (symmetric NATs, TURN)",
+            Nat::Symmetric,
+            true,
+            false,
+        ),
+        (
+            "impaired (cone, 50 ms + 2% loss each way)",
+            Nat::Cone,
+            false,
+            true,
+        ),
+    ] {
+        let mut lab = Lab::build(nat);
+        let impair = impaired.then(|| lab.impair_r2_uplink());
+        lab.start_coturn();
+        let ice = if turn {
+            vec![Lab::stun(), Lab::turn()]
+        } else {
+            vec![Lab::stun()]
+        };
+        let s = lab.signald(&ice);
+        let a = lab.daemon("h1", "h1", &[]);
+        let b = lab.daemon("h2", "h2", &[]);
+        let mut opens = Vec::new();
+        for _ in 0..7 {
+            let t = Instant::now();
+            pair_ok(&a, &b);
+            opens.push(t.elapsed());
+            a.ok(&["unpair"]);
+            a.wait_idle();
+            b.wait_idle();
+        }
+        opens.sort();
+        let selected = {
+            let p = pair_ok(&a, &b);
+            format!("{} -> {}", p.local_type, p.remote_type)
+        };
+        let tail = Tail::start(&b, &[]);
+        // 100-byte lines (99 bytes + newline).
+        let n_lines = if impaired { 20_000 } else { 100_000 };
+        let line = "x".repeat(99);
+        let input: String = (0..n_lines).map(|_| format!("{line}\n")).collect();
+        let t = Instant::now();
+        let out = a.ctl_stdin(&["send"], input.as_bytes());
+        assert!(out.status.success());
+        for _ in 0..n_lines {
+            tail.next();
+        }
+        let lines_per_s = n_lines as f64 / t.elapsed().as_secs_f64();
+        // 16 KiB messages.
+        let n_big = if impaired { 200 } else { 2_000 };
+        let big = "y".repeat(16 * 1024 - 1);
+        let input: String = (0..n_big).map(|_| format!("{big}\n")).collect();
+        let t = Instant::now();
+        let out = a.ctl_stdin(&["send"], input.as_bytes());
+        assert!(out.status.success());
+        for _ in 0..n_big {
+            tail.next();
+        }
+        let big_mb_s = (n_big * 16 * 1024) as f64 / t.elapsed().as_secs_f64() / 1e6;
+        rows.push(Row {
+            path: name,
+            selected,
+            open_p50: opens[opens.len() / 2],
+            open_max: *opens.last().unwrap(),
+            lines_per_s,
+            big_mb_s,
+        });
+        drop((tail, a, b, s, impair));
+    }
+    let mut table = String::from(
+        "| path | selected pair | pair to open p50 / max | 100-byte lines/s | 16 KiB msgs MB/s |\n|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        table.push_str(&format!(
+            "| {} | {} | {:.0} / {:.0} ms | {:.0} | {:.1} |\n",
+            r.path,
+            r.selected,
+            r.open_p50.as_secs_f64() * 1e3,
+            r.open_max.as_secs_f64() * 1e3,
+            r.lines_per_s,
+            r.big_mb_s
+        ));
+    }
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(table.as_bytes());
 }
