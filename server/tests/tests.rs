@@ -8,3 +8,4 @@ mod flow;
 mod liveness;
 mod races;
 mod service;
+mod units;

@@ -1,0 +1,88 @@
+//! The systemd units in systemd/ for signald, checked offline with
+//! `systemd-analyze verify` (clean) and `security --offline=true` (the
+//! exposure ratings docs/operations.md promises). Skipped with one printed
+//! line where systemd-analyze is absent (`apt-get install systemd`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn systemd_analyze() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("systemd-analyze"))
+            .find(|f| f.is_file())
+    });
+    if found.is_none() {
+        // Straight to stderr: the test harness would hide a println!.
+        use std::io::Write;
+        writeln!(
+            std::io::stderr(),
+            "SKIPPED signald units: systemd-analyze not found (apt-get install systemd)"
+        )
+        .ok();
+    }
+    found
+}
+
+/// Copies units into a temp dir with ExecStart pointing at the built binary
+/// (verify insists that the command exists).
+fn stage(units: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let paths = units
+        .iter()
+        .map(|u| {
+            let text = std::fs::read_to_string(src.join(u)).unwrap();
+            let text = text.replace("/usr/local/bin/signald", env!("CARGO_BIN_EXE_signald"));
+            let p = dir.path().join(u);
+            std::fs::write(&p, text).unwrap();
+            p
+        })
+        .collect();
+    (dir, paths)
+}
+
+fn verify(tool: &Path, units: &[PathBuf]) {
+    let out = Command::new(tool)
+        .args(["verify", "--man=no"])
+        .args(units)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "verify {units:?}: {}\n{err}", out.status);
+}
+
+/// The overall exposure rating, e.g. 1.2 from "… signald.service: 1.2 OK 🙂".
+fn exposure(tool: &Path, unit: &Path) -> f64 {
+    let out = Command::new(tool)
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no rating in:\n{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let after = line.rsplit_once(": ").unwrap().1;
+    after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn standalone_unit_verifies_and_rates_ok() {
+    let Some(tool) = systemd_analyze() else { return };
+    let (_dir, units) = stage(&["signald.service"]);
+    verify(&tool, &units);
+    let level = exposure(&tool, &units[0]);
+    assert!(level <= 1.5, "signald.service exposure {level} > 1.5");
+}
+
+#[test]
+fn socket_activated_units_verify_and_rate_safe() {
+    let Some(tool) = systemd_analyze() else { return };
+    let (_dir, units) = stage(&["signald.socket", "signald-activated.service"]);
+    verify(&tool, &units);
+    let level = exposure(&tool, &units[1]);
+    assert!(level <= 0.2, "signald-activated.service exposure {level} > 0.2");
+}
