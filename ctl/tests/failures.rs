@@ -134,3 +134,30 @@ fn fifty_pair_unpair_cycles_leak_no_fds_or_threads() {
     }
     assert_eq!(a.status().counters.resets, 55);
 }
+
+#[test]
+fn a_restarted_daemon_reclaims_its_id_with_the_kept_token() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    let events = Tail::start(&b, &["--json"]);
+    a.pair(&b);
+    // The old alice hangs (its connection still open at signald); a new
+    // alice with the same state directory, hence the same token, replaces
+    // it at once instead of getting id_taken.
+    a.proc.signal(libc::SIGSTOP);
+    let token = std::fs::read_to_string(a.dir.path().join("state/p2pd/alice.token")).unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir2.path().join("state/p2pd")).unwrap();
+    std::fs::write(dir2.path().join("state/p2pd/alice.token"), &token).unwrap();
+    let a2 = Daemon::spawn(&s.url(), "alice", &[], dir2);
+    a2.wait_status("registered as alice", |st| {
+        st.server.state == ServerState::Connected && st.id.as_deref() == Some("alice")
+    });
+    let ev = events.wait_event("peer_disconnected");
+    assert_eq!(ev["peer_id"], "alice");
+    assert_eq!(ev["reason"], "replaced");
+    b.wait_idle();
+    a2.pair(&b);
+    a.proc.signal(libc::SIGCONT);
+}
