@@ -55,6 +55,12 @@ struct Cli {
     /// How long the CPU of a connected, quiet daemon is measured.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     idle_window: Duration,
+    /// Run signald with its default per-connection rate limit (100 frames/s,
+    /// burst 200). Back-to-back pair/unpair cycles exceed it after ~80
+    /// cycles, so by default the limit is raised: the cycles measure p2pd's
+    /// leaks, not signald's limiter.
+    #[arg(long)]
+    default_rate_limit: bool,
     /// How long one throughput run may go without progress before it is
     /// declared stalled.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -658,6 +664,10 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
     ));
 
     println!("machine: {}", machine());
+    println!(
+        "load average at the end (other tenants included): {}",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
     println!("ICE path: {path}");
     println!();
     println!("| figure | p2pd | raw loopback | target | met? | comparison |");
@@ -703,6 +713,11 @@ fn snapshot(a: &Daemon, b: &Daemon) -> anyhow::Result<Snapshot> {
 fn start_signald(cli: &Cli, procs: &mut Procs) -> anyhow::Result<String> {
     let mut child = Command::new(&cli.signald)
         .args(["--listen", "127.0.0.1:0"])
+        .args(if cli.default_rate_limit {
+            &[][..]
+        } else {
+            &["--rate-limit", "100000", "--rate-burst", "100000"][..]
+        })
         .env("SIGNALD_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
