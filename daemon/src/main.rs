@@ -1,16 +1,64 @@
 //! p2pd's entry point: flags, optional daemonizing (before any runtime
-//! exists), logging, then the runtime. Only this file prints fatal errors.
+//! exists), logging, readiness, then the runtime. Only this file prints
+//! fatal errors.
+//!
+//! Readiness is told two ways, both once the control socket accepts: to a
+//! service manager by `sd_notify` (`READY=1`, then `STOPPING=1` on
+//! shutdown) when `NOTIFY_SOCKET` is set, and with `--daemonize` to the
+//! launching process through a pipe, so that it exits 0 only when the
+//! daemon serves and otherwise prints the daemon's startup error and exits 1.
 
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
-use clap::Parser;
+use anyhow::{Context, bail};
+use clap::{CommandFactory, Parser};
 use p2pd::Cli;
 
+/// Flags of the binary: the daemon's own, plus where logs go.
+#[derive(Parser, Debug)]
+#[command(
+    name = "p2pd",
+    version,
+    about = "Keeps a signaling link and a WebRTC data channel to one peer; controlled by p2pctl"
+)]
+struct Args {
+    #[command(flatten)]
+    cli: Cli,
+
+    /// Append logs to this file instead of stderr. With --daemonize the
+    /// default is $XDG_STATE_HOME/p2pd/p2pd.log (~/.local/state/p2pd/p2pd.log).
+    #[arg(long, env = "P2PD_LOG_FILE")]
+    log_file: Option<PathBuf>,
+
+    /// Log output: text or json, or journald. Default: journald when stderr
+    /// is the journal (JOURNAL_STREAM), else text.
+    #[arg(long, env = "P2PD_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+
+    /// Print the man page (roff) on stdout and exit.
+    #[arg(long, hide = true)]
+    man: bool,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let args = Args::parse();
+    if args.man {
+        return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("p2pd: writing the man page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(args) {
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("p2pd: {e:#}");
@@ -19,12 +67,173 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = cli.into_config()?;
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let daemonize = args.cli.daemonize;
+    let pidfile = args.cli.pidfile.clone();
+    let mut cfg = args.cli.into_config()?;
+    let mut log_file = args.log_file;
+    let mut started = None;
+    let mut own_pidfile = None;
+    if daemonize {
+        // The daemon runs in /: every path it is given must not depend on
+        // where it was launched.
+        cfg.socket = std::path::absolute(&cfg.socket).context("resolving --socket")?;
+        let pidfile = pidfile
+            .map(|p| std::path::absolute(&p).context("resolving --pidfile"))
+            .transpose()?;
+        let log_path = match log_file.take() {
+            Some(p) => p,
+            None => default_log_file()?,
+        };
+        let log = open_log(&log_path)?;
+        match detach(pidfile.as_deref(), log, &log_path)? {
+            Detached::Parent(code) => return Ok(code),
+            Detached::Daemon(pipe) => {
+                started = Some(pipe);
+                own_pidfile = pidfile;
+            }
+        }
+    }
+    let log = log_file.as_deref().map(open_log).transpose()?;
+    init_logging(args.log_format, log);
+
+    let started = Arc::new(Mutex::new(started));
+    let result = serve(cfg, started.clone());
+    // Still holding the pipe means startup failed: tell the launcher why.
+    let pipe = started.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let (Some(mut pipe), Err(e)) = (pipe, &result) {
+        writeln!(pipe, "{e:#}").ok();
+    }
+    if let Some(p) = &own_pidfile {
+        remove_quietly(p);
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Builds the runtime (after any fork: a runtime's threads do not survive
+/// one) and runs the daemon.
+fn serve(cfg: p2pd::Config, started: Arc<Mutex<Option<File>>>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    rt.block_on(p2pd::run(cfg, shutdown_signal(), || {}))
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(p2pd::run(cfg, shutdown_signal(), move || {
+        if let Err(e) = notify("READY=1") {
+            tracing::warn!("sd_notify READY=1: {e}");
+        }
+        if let Some(mut pipe) = started.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // The launcher exits 0 on this line; EOF without it means failure.
+            if let Err(e) = pipe.write_all(b"ok\n") {
+                tracing::warn!("telling the launcher we are ready: {e}");
+            }
+        }
+    }))
+}
+
+fn remove_quietly(p: &Path) {
+    match std::fs::remove_file(p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %p.display(), "removing the pidfile: {e}"),
+    }
+}
+
+enum Detached {
+    /// The launching process, with the exit code it should end with.
+    Parent(ExitCode),
+    /// The daemon, with the pipe on which it reports readiness.
+    Daemon(File),
+}
+
+/// Forks into the background with the `daemonize` crate: stdout and stderr
+/// go to `log`, the PID to `pidfile` (locked: a second daemon with the same
+/// pidfile fails). The launcher waits on a pipe until the daemon reports
+/// readiness (exit 0) or fails (its error is printed, exit 1).
+fn detach(pidfile: Option<&Path>, log: File, log_path: &Path) -> anyhow::Result<Detached> {
+    let (mut read_end, write_end) = pipe()?;
+    let mut d = daemonize::Daemonize::new()
+        .working_directory("/")
+        .umask(0o077)
+        .stdout(log.try_clone().context("duplicating the log file")?)
+        .stderr(log);
+    if let Some(p) = pidfile {
+        d = d.pid_file(p);
+    }
+    match d.execute() {
+        daemonize::Outcome::Parent(Err(e)) => bail!("daemonizing: {e}"),
+        daemonize::Outcome::Parent(Ok(_)) => {
+            drop(write_end);
+            let mut msg = String::new();
+            read_end
+                .read_to_string(&mut msg)
+                .context("waiting for the daemon to start")?;
+            if msg == "ok\n" {
+                return Ok(Detached::Parent(ExitCode::SUCCESS));
+            }
+            let msg = msg.trim();
+            if msg.is_empty() {
+                eprintln!(
+                    "p2pd: the daemon exited during startup; see {}",
+                    log_path.display()
+                );
+            } else {
+                eprintln!("p2pd: {msg}");
+            }
+            Ok(Detached::Parent(ExitCode::FAILURE))
+        }
+        daemonize::Outcome::Child(Err(e)) => {
+            drop(read_end);
+            let mut w = write_end;
+            // The crate's error kinds are private; its text is stable.
+            let why = match pidfile {
+                Some(p) if e.to_string().starts_with("unable to lock pid file") => {
+                    format!("another p2pd holds the pidfile {} ({e})", p.display())
+                }
+                _ => format!("daemonizing: {e}"),
+            };
+            writeln!(w, "{why}").ok();
+            std::process::exit(1);
+        }
+        daemonize::Outcome::Child(Ok(_)) => {
+            drop(read_end);
+            Ok(Detached::Daemon(write_end))
+        }
+    }
+}
+
+fn pipe() -> anyhow::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both descriptors on success, which we own then.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a pipe");
+    }
+    // SAFETY: fresh descriptors from pipe2, owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((File::from(r), File::from(w)))
+}
+
+/// `$XDG_STATE_HOME/p2pd/p2pd.log`, else `~/.local/state/p2pd/p2pd.log`.
+fn default_log_file() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
+        Some(d) if d.is_absolute() => d,
+        _ => match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(".local").join("state"),
+            None => bail!("neither XDG_STATE_HOME nor HOME is set; pass --log-file"),
+        },
+    };
+    let dir = base.join("p2pd");
+    p2pd::paths::ensure_private_dir(&dir, true)?;
+    Ok(dir.join("p2pd.log"))
+}
+
+fn open_log(path: &Path) -> anyhow::Result<File> {
+    let path = std::path::absolute(path).context("resolving --log-file")?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening log file {}", path.display()))
 }
 
 async fn shutdown_signal() {
@@ -35,15 +244,109 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    if let Err(e) = notify("STOPPING=1") {
+        tracing::warn!("sd_notify STOPPING=1: {e}");
+    }
 }
 
-fn init_logging() {
+/// Sends `state` to the service manager when `NOTIFY_SOCKET` names one (a
+/// leading `@` is an abstract socket): sd_notify(3) in a few lines.
+fn notify(state: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let addr = match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(&path)?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// Straight to the systemd journal, with structured fields.
+    Journald,
+}
+
+/// True when stderr is the journal stream systemd set up: `JOURNAL_STREAM`
+/// is `DEV:INODE` of fd 2 (systemd.exec(5)).
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the buffer on success, which we check.
+    if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded.
+    let st = unsafe { st.assume_init() };
+    dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
+}
+
+/// Installs the global subscriber writing to `file` or stderr. Journald
+/// falls back to text when the journal socket is missing, and says so.
+fn init_logging(format: Option<LogFormat>, file: Option<File>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_env("P2PD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let to_file = file.is_some();
+    let writer = || match &file {
+        Some(f) => BoxMakeWriter::new(Arc::new(f.try_clone().expect("duplicating the log file"))),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let wanted = format.unwrap_or(if !to_file && stderr_is_journal() {
+        LogFormat::Journald
+    } else {
+        LogFormat::Text
+    });
+    let registry = tracing_subscriber::registry().with(filter);
+    let mut fallback = None;
+    match wanted {
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(layer) => return registry.with(layer).init(),
+            Err(e) => fallback = Some(e),
+        },
+        LogFormat::Json => {
+            return registry
+                .with(tracing_subscriber::fmt::layer().json().with_writer(writer()))
+                .init();
+        }
+        LogFormat::Text => {}
+    }
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(!to_file && std::io::stderr().is_terminal())
+                .with_writer(writer()),
+        )
         .init();
+    if let Some(e) = fallback {
+        tracing::warn!("journald not reachable ({e}); logging text instead");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
 }
