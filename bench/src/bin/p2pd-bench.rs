@@ -613,7 +613,11 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
         format!("{rss_idle:.1} / {rss_conn:.1} / {rss_after_traffic:.1} MiB"),
         "–",
         "≤ 15 MiB idle, ≤ 30 MiB connected",
-        met(rss_idle <= 15.0 && rss_conn <= 30.0),
+        match (rss_idle <= 15.0 && rss_conn <= 30.0, rss_after_traffic <= 30.0) {
+            (true, true) => "yes",
+            (true, false) => "before traffic; **no** after it",
+            _ => "**no**",
+        },
         "–",
     ));
 
