@@ -43,6 +43,10 @@ pub enum Command {
     Tail(cmd::tail::Args),
     /// End the current pairing.
     Unpair(cmd::unpair::Args),
+    /// Print a shell completion script (bash, zsh, fish, …) on stdout.
+    Completions(cmd::completions::Args),
+    /// Print the p2pctl(1) man page (roff) on stdout.
+    Man(cmd::completions::ManArgs),
 }
 
 fn main() -> ExitCode {

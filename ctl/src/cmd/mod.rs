@@ -1,5 +1,6 @@
 //! One module per command: an `Args` struct and `run`.
 
+pub mod completions;
 pub mod pair;
 pub mod send;
 pub mod status;
@@ -13,8 +14,15 @@ use crate::Command;
 use crate::client::{Client, Result};
 
 pub async fn run(command: Command, socket: &Path) -> Result<ExitCode> {
+    // These describe p2pctl itself: no daemon needed.
+    match command {
+        Command::Completions(args) => return completions::run(args),
+        Command::Man(args) => return completions::man(args),
+        _ => {}
+    }
     let client = Client::connect(socket).await?;
     match command {
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
         Command::Status(args) => status::run(client, args).await,
         Command::Pair(args) => pair::run(client, args).await,
         Command::Send(args) => send::run(client, args).await,
