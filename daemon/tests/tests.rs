@@ -2,5 +2,6 @@
 //! under a service manager (sd_notify), as a classic daemon, and its
 //! systemd user unit.
 
+mod install;
 mod service;
 mod units;
