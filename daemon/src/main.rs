@@ -324,7 +324,11 @@ fn init_logging(format: Option<LogFormat>, file: Option<File>) {
         },
         LogFormat::Json => {
             return registry
-                .with(tracing_subscriber::fmt::layer().json().with_writer(writer()))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .with_writer(writer()),
+                )
                 .init();
         }
         LogFormat::Text => {}

@@ -14,7 +14,10 @@ fn repo() -> PathBuf {
 /// The directory holding this build's binaries; signald and p2pctl must be
 /// there too (`cargo test --workspace` builds them all).
 fn bin_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_p2pd")).parent().unwrap().to_path_buf();
+    let dir = Path::new(env!("CARGO_BIN_EXE_p2pd"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     for b in ["signald", "p2pctl"] {
         assert!(
             dir.join(b).is_file(),
@@ -81,10 +84,13 @@ fn round_trip(mode: &[&str], units: &[&str]) {
         let man = std::fs::read_to_string(prefix.join(format!("share/man/man1/{b}.1"))).unwrap();
         assert!(man.contains(&format!(".TH {b} 1")), "{b}.1:\n{man}");
     }
-    let v = Command::new(prefix.join("bin/p2pctl")).arg("--version").output().unwrap();
-    assert!(v.status.success());
-    let bash = std::fs::read_to_string(prefix.join("share/bash-completion/completions/p2pctl"))
+    let v = Command::new(prefix.join("bin/p2pctl"))
+        .arg("--version")
+        .output()
         .unwrap();
+    assert!(v.status.success());
+    let bash =
+        std::fs::read_to_string(prefix.join("share/bash-completion/completions/p2pctl")).unwrap();
     assert!(bash.contains("complete"), "{bash}");
     for u in units {
         let text = std::fs::read_to_string(prefix.join(u)).unwrap();

@@ -114,7 +114,11 @@ fn daemonize_detaches_writes_pidfile_serves_and_refuses_a_second() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(start.elapsed() < WAIT, "launcher took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < WAIT,
+        "launcher took {:?}",
+        start.elapsed()
+    );
     // The launcher is gone and the daemon is not its child any more: its
     // pidfile names a live process that serves the socket.
     let pid: i32 = std::fs::read_to_string(&pidfile)

@@ -25,7 +25,9 @@ fn systemd_analyze() -> Option<PathBuf> {
 
 #[test]
 fn user_unit_verifies() {
-    let Some(tool) = systemd_analyze() else { return };
+    let Some(tool) = systemd_analyze() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/p2pd.service");
     let text = std::fs::read_to_string(src)

@@ -110,7 +110,9 @@ impl Config {
             anyhow::ensure!(!turn.ttl.is_zero(), "--turn-ttl must be positive");
             anyhow::ensure!(
                 self.ice_servers.iter().any(|s| s.username.is_none()
-                    && s.urls.iter().any(|u| u.starts_with("turn:") || u.starts_with("turns:"))),
+                    && s.urls
+                        .iter()
+                        .any(|u| u.starts_with("turn:") || u.starts_with("turns:"))),
                 "--turn-secret-file needs at least one --ice-server turn: or turns: URL \
                  without its own username and credential"
             );
@@ -148,7 +150,9 @@ impl Shared {
             ping_interval_ms: self.cfg.ping_interval.as_millis() as u64,
             ping_timeout_ms: self.cfg.ping_timeout.as_millis() as u64,
             ice_servers: match &self.cfg.turn {
-                Some(turn) => turn.for_client(&self.cfg.ice_servers, id, std::time::SystemTime::now()),
+                Some(turn) => {
+                    turn.for_client(&self.cfg.ice_servers, id, std::time::SystemTime::now())
+                }
                 None => self.cfg.ice_servers.clone(),
             },
             protocol: PROTOCOL_VERSION,

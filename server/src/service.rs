@@ -148,7 +148,11 @@ pub fn init_logging(format: Option<LogFormat>, filter: tracing_subscriber::EnvFi
         },
         LogFormat::Json => {
             return registry
-                .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .with_writer(std::io::stderr),
+                )
                 .init();
         }
         LogFormat::Text => {}

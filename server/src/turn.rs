@@ -86,7 +86,9 @@ impl TurnRest {
         servers
             .iter()
             .map(|s| {
-                if s.username.is_none() && s.credential.is_none() && s.urls.iter().any(|u| is_turn(u))
+                if s.username.is_none()
+                    && s.credential.is_none()
+                    && s.urls.iter().any(|u| is_turn(u))
                 {
                     IceServer {
                         urls: s.urls.clone(),

@@ -3,8 +3,8 @@
 //! secret kept out of the logs. Runs the built binary.
 
 use std::os::fd::AsRawFd;
-use std::process::Stdio;
 use std::os::linux::net::SocketAddrExt;
+use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -77,10 +77,16 @@ async fn notify_ready_only_once_listening_then_stopping() {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .expect("connect right after READY=1");
-    assert_eq!(util::next_frame(&mut ws, true).await.unwrap()["type"], "welcome");
+    assert_eq!(
+        util::next_frame(&mut ws, true).await.unwrap()["type"],
+        "welcome"
+    );
     sigterm(&child);
     assert_eq!(recv_notify(&notify).await.trim(), "STOPPING=1");
-    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status}");
 }
 
@@ -146,7 +152,10 @@ fn hmac_sha1_b64(key: &[u8], msg: &str) -> String {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test]
@@ -203,7 +212,10 @@ async fn turn_rest_credentials_per_client_and_never_logged() {
     assert!(log.contains("registered"), "debug logging was on:\n{log}");
     assert!(!log.contains(SECRET), "secret in the log:\n{log}");
     for cred in &seen {
-        assert!(!log.contains(cred.as_str()), "credential in the log:\n{log}");
+        assert!(
+            !log.contains(cred.as_str()),
+            "credential in the log:\n{log}"
+        );
     }
 }
 
@@ -213,7 +225,12 @@ async fn turn_secret_without_a_turn_server_is_refused() {
     let secret_file = dir.path().join("s");
     std::fs::write(&secret_file, "x").unwrap();
     let out = signald()
-        .args(["--listen", "127.0.0.1:0", "--ice-server", "stun:127.0.0.1:3478"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ice-server",
+            "stun:127.0.0.1:3478",
+        ])
         .arg("--turn-secret-file")
         .arg(&secret_file)
         .output()

@@ -50,7 +50,11 @@ fn verify(tool: &Path, units: &[PathBuf]) {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.trim().is_empty(), "verify {units:?}: {}\n{err}", out.status);
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "verify {units:?}: {}\n{err}",
+        out.status
+    );
 }
 
 /// The overall exposure rating, e.g. 1.2 from "… signald.service: 1.2 OK 🙂".
@@ -64,14 +68,21 @@ fn exposure(tool: &Path, unit: &Path) -> f64 {
     let line = text
         .lines()
         .find(|l| l.contains("Overall exposure level"))
-        .unwrap_or_else(|| panic!("no rating in:\n{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no rating in:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     let after = line.rsplit_once(": ").unwrap().1;
     after.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 #[test]
 fn standalone_unit_verifies_and_rates_ok() {
-    let Some(tool) = systemd_analyze() else { return };
+    let Some(tool) = systemd_analyze() else {
+        return;
+    };
     let (_dir, units) = stage(&["signald.service"]);
     verify(&tool, &units);
     let level = exposure(&tool, &units[0]);
@@ -80,9 +91,14 @@ fn standalone_unit_verifies_and_rates_ok() {
 
 #[test]
 fn socket_activated_units_verify_and_rate_safe() {
-    let Some(tool) = systemd_analyze() else { return };
+    let Some(tool) = systemd_analyze() else {
+        return;
+    };
     let (_dir, units) = stage(&["signald.socket", "signald-activated.service"]);
     verify(&tool, &units);
     let level = exposure(&tool, &units[1]);
-    assert!(level <= 0.2, "signald-activated.service exposure {level} > 0.2");
+    assert!(
+        level <= 0.2,
+        "signald-activated.service exposure {level} > 0.2"
+    );
 }

@@ -69,8 +69,13 @@ mod tests {
     #[test]
     fn man_page_is_roff_for_p2pctl() {
         let mut out = Vec::new();
-        clap_mangen::Man::new(Cli::command()).render(&mut out).unwrap();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut out)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with(".ie") || text.contains(".TH p2pctl"), "{text}");
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH p2pctl"),
+            "{text}"
+        );
     }
 }
