@@ -240,3 +240,25 @@ async fn turn_secret_without_a_turn_server_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("turn:"), "{err}");
 }
+
+#[tokio::test]
+async fn journald_without_a_journal_falls_back_to_text() {
+    if std::path::Path::new("/run/systemd/journal/socket").exists() {
+        // A journal is there to log to: nothing to fall back from.
+        return;
+    }
+    let mut child = signald()
+        .args(["--listen", "127.0.0.1:0", "--log-format", "journald"])
+        .env("SIGNALD_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    readiness_line(&mut child).await;
+    sigterm(&child);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("journald not reachable"), "{err}");
+    assert!(err.contains("listening"), "text logging goes on: {err}");
+}
