@@ -132,7 +132,8 @@ struct Ctl {
 
 impl Ctl {
     fn connect(path: &Path) -> anyhow::Result<Self> {
-        let s = UnixStream::connect(path).with_context(|| format!("connecting {}", path.display()))?;
+        let s =
+            UnixStream::connect(path).with_context(|| format!("connecting {}", path.display()))?;
         s.set_read_timeout(Some(WAIT))?;
         s.set_write_timeout(Some(WAIT))?;
         Ok(Self {
@@ -150,7 +151,12 @@ impl Ctl {
 
     fn read_value(&mut self) -> anyhow::Result<Value> {
         let mut line = String::new();
-        if self.r.read_line(&mut line).context("reading the control socket")? == 0 {
+        if self
+            .r
+            .read_line(&mut line)
+            .context("reading the control socket")?
+            == 0
+        {
             bail!("p2pd closed the control connection");
         }
         serde_json::from_str(&line).with_context(|| format!("bad line {line:?}"))
@@ -244,7 +250,11 @@ impl Daemon {
         })
     }
 
-    fn wait_status(&mut self, what: &str, pred: impl Fn(&Status) -> bool) -> anyhow::Result<Status> {
+    fn wait_status(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&Status) -> bool,
+    ) -> anyhow::Result<Status> {
         let deadline = Instant::now() + WAIT;
         loop {
             let s = self.ctl.status()?;
@@ -339,11 +349,19 @@ fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|x| x.1.trim().to_string()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|x| x.1.trim().to_string())
+            })
         })
         .unwrap_or_default();
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     format!(
         "nproc {}, CPU {cpu}, kernel {}, net.core.rmem_max {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -441,7 +459,10 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
     let cpu_max = cpu_a.max(cpu_b);
     let open_p50 = pct(&opens, 0.5);
     rows.push(row(
-        &format!("pair → open (`pair` wait:true to its reply), {} pairings", opens.len()),
+        &format!(
+            "pair → open (`pair` wait:true to its reply), {} pairings",
+            opens.len()
+        ),
         format!(
             "p50 {}, p90 {}, max {} (min {})",
             ms(open_p50),
@@ -489,7 +510,9 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
         Ok(n)
     });
     let mut a_follow = Ctl::follower(&a.socket)?;
-    b.wait_status("counting the echo follower", |s| s.counters.subscribers >= 1)?;
+    b.wait_status("counting the echo follower", |s| {
+        s.counters.subscribers >= 1
+    })?;
     let mut a_send = Ctl::connect(&a.socket)?;
     let mut rtt = Vec::new();
     let mut half = Vec::new();
@@ -499,7 +522,9 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
         a_send.call(&json!({"cmd": "send", "text": text}))?;
         let got = a_follow.next_message()?;
         let dt = t0.elapsed();
-        let at_b = seen.recv_timeout(WAIT).context("b's follower saw nothing")?;
+        let at_b = seen
+            .recv_timeout(WAIT)
+            .context("b's follower saw nothing")?;
         if got != text {
             bail!("echo {i}: got {got:?}");
         }
@@ -578,7 +603,9 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
         ));
     }
     b_follow_shut.shutdown(std::net::Shutdown::Both)?;
-    let echoed = echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    let echoed = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
     drop(a_follow);
     drop(a_send);
     eprintln!("echoed {echoed}");
@@ -588,7 +615,10 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
     if cli.lines > 0 {
         let t = one_way(cli, &mut a, &mut b, cli.lines, 100)?;
         rows.push(row(
-            &format!("{} × 100-byte lines, `p2pctl send` (stdin) → `p2pctl tail`", cli.lines),
+            &format!(
+                "{} × 100-byte lines, `p2pctl send` (stdin) → `p2pctl tail`",
+                cli.lines
+            ),
             t.describe(),
             &tcp,
             "≥ 100,000 lines/s, complete, in order",
@@ -599,7 +629,10 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
     if cli.big > 0 {
         let t = one_way(cli, &mut a, &mut b, cli.big, 16384)?;
         rows.push(row(
-            &format!("{} × 16 KiB messages, `p2pctl send` (stdin) → `p2pctl tail`", cli.big),
+            &format!(
+                "{} × 16 KiB messages, `p2pctl send` (stdin) → `p2pctl tail`",
+                cli.big
+            ),
             t.describe(),
             &tcp,
             "≥ 100 MB/s, 0 UDP receive drops",
@@ -613,7 +646,10 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
         format!("{rss_idle:.1} / {rss_conn:.1} / {rss_after_traffic:.1} MiB"),
         "–",
         "≤ 15 MiB idle, ≤ 30 MiB connected",
-        match (rss_idle <= 15.0 && rss_conn <= 30.0, rss_after_traffic <= 30.0) {
+        match (
+            rss_idle <= 15.0 && rss_conn <= 30.0,
+            rss_after_traffic <= 30.0,
+        ) {
             (true, true) => "yes",
             (true, false) => "before traffic; **no** after it",
             _ => "**no**",
@@ -670,7 +706,9 @@ fn run(cli: &Cli, procs: &mut Procs) -> anyhow::Result<()> {
     println!("machine: {}", machine());
     println!(
         "load average at the end (other tenants included): {}",
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     println!("ICE path: {path}");
     println!();
@@ -801,7 +839,13 @@ fn payload(i: usize, size: usize, buf: &mut Vec<u8>) {
 
 /// `n` messages of `size` bytes from `p2pctl send` on a to `p2pctl tail` on
 /// b; timed from spawning the sender to the last line at the receiver.
-fn one_way(cli: &Cli, a: &mut Daemon, b: &mut Daemon, n: usize, size: usize) -> anyhow::Result<OneWay> {
+fn one_way(
+    cli: &Cli,
+    a: &mut Daemon,
+    b: &mut Daemon,
+    n: usize,
+    size: usize,
+) -> anyhow::Result<OneWay> {
     let subs = b.ctl.status()?.counters.subscribers;
     let mut tail = Command::new(&cli.p2pctl)
         .arg("--socket")
@@ -927,7 +971,7 @@ fn one_way(cli: &Cli, a: &mut Daemon, b: &mut Daemon, n: usize, size: usize) -> 
     let _ = reader.join();
     let tail_err = err_thread.join().unwrap_or_default();
     for (who, e) in [("send", send_err.trim()), ("tail", tail_err.trim())] {
-        if !e.is_empty() && !(who == "tail" && e.contains("closed")) {
+        if !e.is_empty() && (who != "tail" || !e.contains("closed")) {
             eprintln!("p2pctl {who} stderr: {e}");
             if who == "send" || e.contains("missed") {
                 note.push_str(&format!("; p2pctl {who}: {e}"));
@@ -978,7 +1022,8 @@ fn udp_rtt(n: usize) -> anyhow::Result<(Duration, Duration)> {
             v.push(t0.elapsed());
         }
     }
-    t.join().map_err(|_| anyhow::anyhow!("udp echo panicked"))??;
+    t.join()
+        .map_err(|_| anyhow::anyhow!("udp echo panicked"))??;
     v.sort();
     Ok((pct(&v, 0.5), pct(&v, 0.99)))
 }
@@ -1007,6 +1052,8 @@ fn tcp_throughput(dur: Duration) -> anyhow::Result<f64> {
         }
     }
     drop(s);
-    let (total, end) = rx.join().map_err(|_| anyhow::anyhow!("tcp reader panicked"))??;
+    let (total, end) = rx
+        .join()
+        .map_err(|_| anyhow::anyhow!("tcp reader panicked"))??;
     Ok(total as f64 / (end - t0).as_secs_f64() / 1e6)
 }
