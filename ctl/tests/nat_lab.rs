@@ -23,8 +23,9 @@ use p2p_proto::control::{LinkState, ServerState, Status};
 use crate::util::{Daemon, Proc, Signald, Tail};
 
 const PUBLIC: &str = "198.51.100.1";
-const TURN_USER: &str = "lab";
-const TURN_PASS: &str = "lab-password";
+/// coturn's `static-auth-secret`; signald mints time-limited credentials
+/// from it for every welcome (the TURN REST scheme).
+const TURN_SECRET: &str = "lab-turn-shared-secret";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Nat {
@@ -51,8 +52,13 @@ fn ns_sh(ns: &str, script: &str) {
     run(&["ip", "netns", "exec", ns, "sh", "-ec", script]);
 }
 
-/// Why this machine cannot run the lab, if it cannot.
+/// Why this machine cannot run the lab, if it cannot (probed once).
 fn cannot_run() -> Option<String> {
+    static VERDICT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    VERDICT.get_or_init(probe_lab).clone()
+}
+
+fn probe_lab() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
@@ -225,9 +231,9 @@ impl Lab {
         lab
     }
 
-    /// coturn on the public address, with a static user and private peer
-    /// addresses denied (else it tries to relay to LAN addresses and tears
-    /// the allocation down).
+    /// coturn on the public address, checking TURN REST credentials against
+    /// the shared secret, with private peer addresses denied (else it tries
+    /// to relay to LAN addresses and tears the allocation down).
     fn start_coturn(&mut self) {
         let dir = self.dir.path();
         let mut cmd = Command::new("ip");
@@ -239,8 +245,8 @@ impl Lab {
                 "--min-port=49152",
                 "--max-port=49252",
             ])
-            .args(["--lt-cred-mech", "--realm=lab", "--fingerprint"])
-            .arg(format!("--user={TURN_USER}:{TURN_PASS}"))
+            .args(["--use-auth-secret", "--realm=lab", "--fingerprint"])
+            .arg(format!("--static-auth-secret={TURN_SECRET}"))
             .args([
                 "--no-cli",
                 "--no-tls",
@@ -276,14 +282,20 @@ impl Lab {
     }
 
     fn signald(&self, ice: &[String]) -> Signald {
-        let mut args = vec![
-            "--listen".to_string(),
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
             format!("{PUBLIC}:8765"),
             "--ping-interval".into(),
             "500ms".into(),
             "--ping-timeout".into(),
             "2s".into(),
         ];
+        if ice.iter().any(|s| s.starts_with("turn:")) {
+            let secret = self.dir.path().join("turn-secret");
+            std::fs::write(&secret, format!("{TURN_SECRET}\n")).unwrap();
+            args.push("--turn-secret-file".into());
+            args.push(secret.display().to_string());
+        }
         for s in ice {
             args.push("--ice-server".into());
             args.push(s.clone());
@@ -367,7 +379,7 @@ impl Lab {
     }
 
     fn turn() -> String {
-        format!("turn:{PUBLIC}:3478,{TURN_USER},{TURN_PASS}")
+        format!("turn:{PUBLIC}:3478")
     }
 }
 
@@ -404,7 +416,11 @@ fn pair_ok(a: &Daemon, b: &Daemon) -> p2p_proto::control::Path {
         b.proc.log()
     );
     b.wait_open_with(&a.id);
-    path_of(&a.status())
+    // The stats may name the selected pair a moment after the open.
+    let st = a.wait_status("reporting the selected path", |s| {
+        s.peer.as_ref().is_some_and(|p| p.path.is_some())
+    });
+    path_of(&st)
 }
 
 /// 1. Cone NATs, STUN only: hole punching gives a direct path.

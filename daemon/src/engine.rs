@@ -408,8 +408,16 @@ impl Engine {
                     return;
                 }
                 let open = matches!(self.link, Link::Open { .. });
-                let e = if reason == DisconnectReason::Unpaired && !open {
+                // Before any description came back the peer can only have
+                // refused (e.g. its --allow-peer list); after it, an unpair
+                // means the peer gave up on connecting.
+                let negotiated = self.pc.as_ref().is_some_and(|pc| pc.remote_described);
+                let e = if reason == DisconnectReason::Unpaired && !open && !negotiated {
                     err(ErrorCode::Refused, format!("{peer_id} refused the pairing"))
+                } else if reason == DisconnectReason::Unpaired && !open {
+                    let mut e = self.no_path_error();
+                    e.message = format!("{} ({peer_id} gave up first)", e.message);
+                    e
                 } else {
                     err(
                         ErrorCode::Failed,
@@ -544,6 +552,7 @@ impl Engine {
         pc.pc
             .set_remote_description(RTCSessionDescription::offer(sdp)?)
             .await?;
+        pc.remote_described = true;
         pc.flush_early_candidates().await?;
         let answer = pc.pc.create_answer(None).await?;
         pc.pc.set_local_description(answer.clone()).await?;
@@ -560,6 +569,7 @@ impl Engine {
         pc.pc
             .set_remote_description(RTCSessionDescription::answer(sdp)?)
             .await?;
+        pc.remote_described = true;
         pc.flush_early_candidates().await?;
         Ok(())
     }

@@ -75,6 +75,8 @@ pub struct Pc {
     pub ice_state: RTCIceConnectionState,
     pub pc_state: RTCPeerConnectionState,
     pub channel_open: bool,
+    /// The peer's offer or answer has been applied.
+    pub remote_described: bool,
     /// `a=mid` of our data section, put into trickled candidates.
     pub mid: Option<String>,
 }
@@ -196,6 +198,7 @@ impl Pc {
             ice_state: RTCIceConnectionState::New,
             pc_state: RTCPeerConnectionState::New,
             channel_open: false,
+            remote_described: false,
             mid: None,
         })
     }
