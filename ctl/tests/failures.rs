@@ -161,3 +161,32 @@ fn a_restarted_daemon_reclaims_its_id_with_the_kept_token() {
     a2.pair(&b);
     a.proc.signal(libc::SIGCONT);
 }
+
+#[test]
+fn a_pairing_rate_limited_by_signald_fails_with_that_reason() {
+    // Burst 3: `pair`, the offer and a candidate fit; the next frame of
+    // the pairing is dropped by signald.
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--ping-interval",
+        "1s",
+        "--ping-timeout",
+        "3s",
+        "--rate-limit",
+        "1",
+        "--rate-burst",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec();
+    let s = Signald::start_in(None, &args);
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    let out = a.ctl(&["pair", "bob"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("rate limited"), "{err}");
+    a.wait_idle();
+    b.wait_idle();
+}

@@ -430,6 +430,19 @@ impl Engine {
                 self.reset(reason.as_str(), e, true).await;
             }
             ServerMsg::Error { code, message } => {
+                if code == SigError::RateLimited && !matches!(self.link, Link::Idle) {
+                    // signald dropped a frame this pairing needs (an offer,
+                    // a candidate...): it cannot complete, so say why.
+                    tracing::warn!(%message, "signald rate-limited us");
+                    let e = err(
+                        ErrorCode::Failed,
+                        format!(
+                            "signald dropped a frame of this pairing (rate limited: {message}); try again in a moment"
+                        ),
+                    );
+                    self.fail_link("rate_limited", e).await;
+                    return;
+                }
                 let Link::Requested { peer } = &self.link else {
                     tracing::warn!(%code, %message, "error from signald");
                     return;
