@@ -423,7 +423,7 @@ fn pair_ok(a: &Daemon, b: &Daemon) -> p2p_proto::control::Path {
     path_of(&st)
 }
 
-/// 1. Cone NATs, STUN only: hole punching gives a direct path.
+/// Case 1: Cone NATs, STUN only: hole punching gives a direct path.
 #[test]
 fn lab_cone_nats_with_stun_connect_directly() {
     lab_or_skip!();
@@ -447,7 +447,7 @@ fn lab_cone_nats_with_stun_connect_directly() {
     a.ok(&["send", "through the cone"]);
 }
 
-/// 2. Symmetric NATs, STUN only: no path; pair fails in bounded time with a
+/// Case 2: Symmetric NATs, STUN only: no path; pair fails in bounded time with a
 /// reason a person can act on, and both daemons are ready again.
 #[test]
 fn lab_symmetric_nats_without_turn_fail_with_a_reason() {
@@ -469,7 +469,7 @@ fn lab_symmetric_nats_without_turn_fail_with_a_reason() {
     b.wait_idle();
 }
 
-/// 3. Symmetric NATs with TURN: relayed, and 1,000 lines arrive in order.
+/// Case 3: Symmetric NATs with TURN: relayed, and 1,000 lines arrive in order.
 #[test]
 fn lab_symmetric_nats_with_turn_relay_and_deliver_in_order() {
     lab_or_skip!();
@@ -496,7 +496,7 @@ fn lab_symmetric_nats_with_turn_relay_and_deliver_in_order() {
     }
 }
 
-/// 4. Cone NATs with TURN offered: ICE still prefers the direct path;
+/// Case 4: Cone NATs with TURN offered: ICE still prefers the direct path;
 /// `--relay-only` forces the relay.
 #[test]
 fn lab_cone_nats_prefer_direct_and_relay_only_forces_turn() {
@@ -521,7 +521,7 @@ fn lab_cone_nats_prefer_direct_and_relay_only_forces_turn() {
     assert_eq!(path_of(&st).local_type, "relay", "{st:#?}");
 }
 
-/// 6. The peer's router dies mid-transfer: the survivor notices, says so
+/// Case 6: The peer's router dies mid-transfer: the survivor notices, says so
 /// in `status`, and pairs again once a new peer appears.
 #[test]
 fn lab_peer_router_dies_mid_transfer_and_the_survivor_recovers() {
@@ -712,7 +712,7 @@ fn forward(
                 break;
             }
             // Our own sends on this interface come back as outgoing.
-            if addr.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if addr.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             seed ^= seed << 13;
@@ -726,7 +726,7 @@ fn forward(
     }
 }
 
-/// 5. One uplink delayed 50 ms with 2% loss each way: pairs, and 10,000
+/// Case 5: One uplink delayed 50 ms with 2% loss each way: pairs, and 10,000
 /// lines arrive complete and in order.
 #[test]
 fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
