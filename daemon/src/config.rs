@@ -59,6 +59,11 @@ pub struct Cli {
     #[arg(long, env = "P2PD_HISTORY", default_value_t = 1000)]
     pub history: usize,
 
+    /// Bytes of message payload the history may hold at most (the oldest
+    /// messages go first), so that large messages cannot pin memory.
+    #[arg(long, env = "P2PD_HISTORY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub history_bytes: usize,
+
     /// Detach from the terminal and run in the background.
     #[arg(long, env = "P2PD_DAEMONIZE", action = ArgAction::SetTrue)]
     pub daemonize: bool,
@@ -105,6 +110,7 @@ pub struct Config {
     pub relay_only: bool,
     pub allow_peers: Vec<String>,
     pub history: usize,
+    pub history_bytes: usize,
     pub reconnect_max: Duration,
     pub ice_disconnected_timeout: Duration,
     pub connect_timeout: Duration,
@@ -154,6 +160,7 @@ impl Cli {
             relay_only: self.relay_only,
             allow_peers: self.allow_peers,
             history: self.history,
+            history_bytes: self.history_bytes,
             reconnect_max: self.reconnect_max.max(Duration::from_millis(50)),
             ice_disconnected_timeout: self.ice_disconnected_timeout,
             connect_timeout: self.connect_timeout,

@@ -108,8 +108,10 @@ async fn client(
     engine: EngineHandle,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut reader = BufReader::new(&stream);
-    let mut writer = BufWriter::new(&stream);
+    // 64 KiB: a whole maximum-size message per read, and acknowledgements
+    // for a pipelining client written in large batches.
+    let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+    let mut writer = BufWriter::with_capacity(64 * 1024, &stream);
     let mut line = Vec::new();
     loop {
         if reader.buffer().is_empty() {

@@ -40,6 +40,24 @@ pub struct Subscription {
     pub live: Option<mpsc::Receiver<SharedEvent>>,
 }
 
+/// How much received history the hub keeps for `tail -n`.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    pub messages: usize,
+    /// Payload bytes (text, or decoded binary) across the kept messages.
+    pub bytes: usize,
+}
+
+/// Payload size of a message event, 0 for other events.
+fn payload_len(ev: &Event) -> usize {
+    match &ev.kind {
+        EventKind::Message { text, data_b64, .. } => {
+            text.as_ref().map_or(0, String::len) + data_b64.as_ref().map_or(0, |b| b.len() / 4 * 3)
+        }
+        _ => 0,
+    }
+}
+
 /// Cloneable handle on the hub task.
 #[derive(Clone)]
 pub struct Hub {
@@ -48,7 +66,10 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the hub task; it ends when every handle is dropped.
-    pub fn start(history: usize, counters: Arc<Counters>) -> (Hub, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        history: HistoryLimits,
+        counters: Arc<Counters>,
+    ) -> (Hub, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(1024);
         let task = tokio::spawn(run(rx, history, counters));
         (Hub { tx }, task)
@@ -93,8 +114,9 @@ struct Follower {
     missed: u64,
 }
 
-async fn run(mut rx: mpsc::Receiver<HubCmd>, cap: usize, counters: Arc<Counters>) {
-    let mut history: VecDeque<SharedEvent> = VecDeque::with_capacity(cap.min(1024));
+async fn run(mut rx: mpsc::Receiver<HubCmd>, limits: HistoryLimits, counters: Arc<Counters>) {
+    let mut history: VecDeque<SharedEvent> = VecDeque::new();
+    let mut history_bytes = 0usize;
     let mut followers: Vec<Follower> = Vec::new();
     while let Some(cmd) = rx.recv().await {
         match cmd {
@@ -115,11 +137,15 @@ async fn run(mut rx: mpsc::Receiver<HubCmd>, cap: usize, counters: Arc<Counters>
             }
             HubCmd::Publish(ev) => {
                 let ev = Arc::new(ev);
-                if matches!(ev.kind, EventKind::Message { .. }) && cap > 0 {
-                    if history.len() == cap {
-                        history.pop_front();
-                    }
+                if matches!(ev.kind, EventKind::Message { .. }) && limits.messages > 0 {
+                    history_bytes += payload_len(&ev);
                     history.push_back(ev.clone());
+                    while history.len() > limits.messages
+                        || (history_bytes > limits.bytes && history.len() > 1)
+                    {
+                        let old = history.pop_front().expect("non-empty");
+                        history_bytes -= payload_len(&old);
+                    }
                 }
                 let mut i = 0;
                 while i < followers.len() {
@@ -204,7 +230,13 @@ mod tests {
     #[tokio::test]
     async fn replay_then_live_without_gap() {
         let counters = Arc::new(Counters::default());
-        let (hub, _task) = Hub::start(3, counters);
+        let (hub, _task) = Hub::start(
+            HistoryLimits {
+                messages: 3,
+                bytes: 1 << 20,
+            },
+            counters,
+        );
         for i in 0..5 {
             hub.publish(msg(i)).await;
         }
@@ -216,10 +248,39 @@ mod tests {
         assert_eq!(text(&live.recv().await.unwrap()), "5");
     }
 
+    #[tokio::test]
+    async fn history_is_bounded_by_bytes_too() {
+        let counters = Arc::new(Counters::default());
+        let (hub, _task) = Hub::start(
+            HistoryLimits {
+                messages: 100,
+                bytes: 10,
+            },
+            counters,
+        );
+        for t in ["aaaa", "bbbb", "cccc"] {
+            hub.publish(EventKind::Message {
+                from: "p".into(),
+                text: Some(t.into()),
+                data_b64: None,
+            })
+            .await;
+        }
+        let sub = hub.subscribe(100, false).await.unwrap();
+        let kept: Vec<_> = sub.replay.iter().map(|e| text(e)).collect();
+        assert_eq!(kept, ["bbbb", "cccc"]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn stuck_follower_is_told_how_many_it_missed() {
         let counters = Arc::new(Counters::default());
-        let (hub, _task) = Hub::start(0, counters.clone());
+        let (hub, _task) = Hub::start(
+            HistoryLimits {
+                messages: 0,
+                bytes: 0,
+            },
+            counters.clone(),
+        );
         let mut live = hub.subscribe(0, true).await.unwrap().live.unwrap();
         let total = FOLLOWER_QUEUE as u32 + 10;
         for i in 0..total {

@@ -42,7 +42,13 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let counters = Arc::new(counters::Counters::default());
-    let (hub, hub_task) = hub::Hub::start(cfg.history, counters.clone());
+    let (hub, hub_task) = hub::Hub::start(
+        hub::HistoryLimits {
+            messages: cfg.history,
+            bytes: cfg.history_bytes,
+        },
+        counters.clone(),
+    );
     let (sig_tx, sig_rx) = mpsc::unbounded_channel();
     let (sig_out, sig_task) = signaling::start(
         signaling::SigConfig {
