@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use p2p_proto::signal::{ClientMsg, IceServer, ServerMsg};
+use p2p_proto::signal::{ClientMsg, IceServer, ServerMsg, close_code};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First reconnect delay; doubles up to the configured maximum.
 const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Marks the attempt after being replaced: wait the whole maximum.
+const REPLACED_ATTEMPT: u32 = u32::MAX / 2;
 
 /// What the engine hears from the signaling task.
 #[derive(Debug)]
@@ -134,13 +136,30 @@ async fn run(
                     return;
                 }
                 let timeout = Duration::from_millis(ping_timeout_ms.max(1));
-                session(ws, timeout, &events, &mut out, &mut shutdown).await
+                let ended = session(ws, timeout, &events, &mut out, &mut shutdown).await;
+                if ended.contains(&format!("code {}", close_code::REPLACED)) {
+                    // Another connection took our ID with our token: most
+                    // likely a second p2pd with the same --id. Retrying at
+                    // once would take it back and start a tug of war, so
+                    // wait the longest backoff and say so.
+                    attempt = REPLACED_ATTEMPT;
+                    format!(
+                        "replaced at signald by another connection with our ID and token (a second p2pd with --id {}?)",
+                        cfg.id.as_deref().unwrap_or("?")
+                    )
+                } else {
+                    ended
+                }
             }
         };
         if *shutdown.borrow() {
             return;
         }
-        let retry_in = backoff(attempt, cfg.reconnect_max);
+        let retry_in = if attempt == REPLACED_ATTEMPT {
+            cfg.reconnect_max
+        } else {
+            backoff(attempt, cfg.reconnect_max)
+        };
         attempt = attempt.saturating_add(1);
         tracing::warn!(%reason, ?retry_in, "signaling down");
         if events.send(SigEvent::Down { reason, retry_in }).is_err() {
