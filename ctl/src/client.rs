@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
-use p2p_proto::control::{ErrorBody, Event, MAX_LINE_BYTES, Reply, Request};
+use p2p_proto::control::{ErrorBody, MAX_LINE_BYTES, Reply, Request};
 use p2p_proto::lines::{LineRead, read_line_capped};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
 
@@ -129,15 +129,10 @@ impl ReplyReader {
         }
     }
 
-    /// The next streamed event and its raw line; `None` when the daemon
-    /// hung up.
-    pub async fn read_event(&mut self) -> Result<Option<(Event, &[u8])>> {
-        if self.read_line().await?.is_none() {
-            return Ok(None);
-        }
-        let ev: Event = serde_json::from_slice(&self.line)
-            .map_err(|e| anyhow::anyhow!("unreadable event from p2pd: {e}"))?;
-        Ok(Some((ev, &self.line[..])))
+    /// The next streamed event line, undecoded; `None` when the daemon hung
+    /// up. Decode it with [`decode_event`] or a lighter view of [`Event`].
+    pub async fn next_event_line(&mut self) -> Result<Option<&[u8]>> {
+        self.read_line().await
     }
 
     /// Whether more bytes are already buffered (so output can wait to flush).
@@ -154,6 +149,12 @@ impl ReplyReader {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Decodes an event line from [`ReplyReader::next_event_line`].
+pub fn decode_event<'a, T: serde::Deserialize<'a>>(line: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(line)
+        .map_err(|e| anyhow::anyhow!("unreadable event from p2pd: {e}").into())
 }
 
 /// One end of a shared stream: `&Stream` reads and writes, so the reader and

@@ -303,6 +303,15 @@ impl Lab {
         Signald::start_in(Some(&self.ns("inet")), &args)
     }
 
+    /// coturn, signald with `ice`, and p2pd `h1` and `h2` on the two LANs.
+    fn start_peers(&mut self, ice: &[String]) -> (Signald, Daemon, Daemon) {
+        self.start_coturn();
+        let s = self.signald(ice);
+        let a = self.daemon("h1", "h1", &[]);
+        let b = self.daemon("h2", "h2", &[]);
+        (s, a, b)
+    }
+
     fn daemon(&self, host: &str, id: &str, extra: &[&str]) -> Daemon {
         let d = Daemon::spawn_in(
             Some(&self.ns(host)),
@@ -428,10 +437,7 @@ fn pair_ok(a: &Daemon, b: &Daemon) -> p2p_proto::control::Path {
 fn lab_cone_nats_with_stun_connect_directly() {
     lab_or_skip!();
     let mut lab = Lab::build(Nat::Cone);
-    lab.start_coturn();
-    let _s = lab.signald(&[Lab::stun()]);
-    let a = lab.daemon("h1", "h1", &[]);
-    let b = lab.daemon("h2", "h2", &[]);
+    let (_s, a, b) = lab.start_peers(&[Lab::stun()]);
     let path = pair_ok(&a, &b);
     assert_ne!(path.local_type, "relay", "{path:?}");
     assert_ne!(path.remote_type, "relay", "{path:?}");
@@ -453,10 +459,7 @@ fn lab_cone_nats_with_stun_connect_directly() {
 fn lab_symmetric_nats_without_turn_fail_with_a_reason() {
     lab_or_skip!();
     let mut lab = Lab::build(Nat::Symmetric);
-    lab.start_coturn();
-    let _s = lab.signald(&[Lab::stun()]);
-    let a = lab.daemon("h1", "h1", &[]);
-    let b = lab.daemon("h2", "h2", &[]);
+    let (_s, a, b) = lab.start_peers(&[Lab::stun()]);
     let out = a.ctl(&["pair", "h2", "--timeout", "60s"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -474,10 +477,7 @@ fn lab_symmetric_nats_without_turn_fail_with_a_reason() {
 fn lab_symmetric_nats_with_turn_relay_and_deliver_in_order() {
     lab_or_skip!();
     let mut lab = Lab::build(Nat::Symmetric);
-    lab.start_coturn();
-    let _s = lab.signald(&[Lab::stun(), Lab::turn()]);
-    let a = lab.daemon("h1", "h1", &[]);
-    let b = lab.daemon("h2", "h2", &[]);
+    let (_s, a, b) = lab.start_peers(&[Lab::stun(), Lab::turn()]);
     let path = pair_ok(&a, &b);
     assert!(
         path.local_type == "relay" || path.remote_type == "relay",
@@ -502,10 +502,7 @@ fn lab_symmetric_nats_with_turn_relay_and_deliver_in_order() {
 fn lab_cone_nats_prefer_direct_and_relay_only_forces_turn() {
     lab_or_skip!();
     let mut lab = Lab::build(Nat::Cone);
-    lab.start_coturn();
-    let _s = lab.signald(&[Lab::stun(), Lab::turn()]);
-    let a = lab.daemon("h1", "h1", &[]);
-    let b = lab.daemon("h2", "h2", &[]);
+    let (_s, a, b) = lab.start_peers(&[Lab::stun(), Lab::turn()]);
     let path = pair_ok(&a, &b);
     assert!(
         path.local_type != "relay" && path.remote_type != "relay",
@@ -527,10 +524,7 @@ fn lab_cone_nats_prefer_direct_and_relay_only_forces_turn() {
 fn lab_peer_router_dies_mid_transfer_and_the_survivor_recovers() {
     lab_or_skip!();
     let mut lab = Lab::build(Nat::Cone);
-    lab.start_coturn();
-    let _s = lab.signald(&[Lab::stun()]);
-    let a = lab.daemon("h1", "h1", &[]);
-    let b = lab.daemon("h2", "h2", &[]);
+    let (_s, a, b) = lab.start_peers(&[Lab::stun()]);
     pair_ok(&a, &b);
     let events = Tail::start(&a, &["--json"]);
     // A transfer in flight when the router goes.
@@ -733,10 +727,7 @@ fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
     lab_or_skip!();
     let mut lab = Lab::build(Nat::Cone);
     let _impair = lab.impair_r2_uplink();
-    lab.start_coturn();
-    let _s = lab.signald(&[Lab::stun()]);
-    let a = lab.daemon("h1", "h1", &[]);
-    let b = lab.daemon("h2", "h2", &[]);
+    let (_s, a, b) = lab.start_peers(&[Lab::stun()]);
     let path = pair_ok(&a, &b);
     assert!(
         path.remote_address.starts_with("198.51.100.12:"),
@@ -789,15 +780,12 @@ fn lab_bench_paths() {
     ] {
         let mut lab = Lab::build(nat);
         let impair = impaired.then(|| lab.impair_r2_uplink());
-        lab.start_coturn();
         let ice = if turn {
             vec![Lab::stun(), Lab::turn()]
         } else {
             vec![Lab::stun()]
         };
-        let s = lab.signald(&ice);
-        let a = lab.daemon("h1", "h1", &[]);
-        let b = lab.daemon("h2", "h2", &[]);
+        let (s, a, b) = lab.start_peers(&ice);
         let mut opens = Vec::new();
         for _ in 0..7 {
             let t = Instant::now();

@@ -7,10 +7,27 @@
 use std::process::ExitCode;
 
 use base64::Engine as _;
-use p2p_proto::control::{EventKind, Request};
+use std::borrow::Cow;
+
+use p2p_proto::control::Request;
 use tokio::io::{AsyncWriteExt, BufWriter};
 
-use crate::client::{Client, Result};
+use crate::client::{Client, Result, decode_event};
+
+/// The part of an event (`p2p_proto::control::Event`) that plain output
+/// needs, decoded without building the whole event: this is the hot path
+/// of `p2pctl tail`.
+#[derive(serde::Deserialize)]
+struct PlainView<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data_b64: Option<Cow<'a, str>>,
+    #[serde(default)]
+    missed: Option<u64>,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -35,33 +52,32 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
     let mut out = BufWriter::with_capacity(64 * 1024, tokio::io::stdout());
     let io = |e: std::io::Error| anyhow::Error::new(e).context("writing to stdout");
     loop {
-        let Some((event, raw)) = client.reader.read_event().await? else {
+        let Some(raw) = client.reader.next_event_line().await? else {
             break;
         };
         if args.json {
             out.write_all(raw).await.map_err(io)?;
             out.write_all(b"\n").await.map_err(io)?;
         } else {
-            match event.kind {
-                EventKind::Message {
-                    text: Some(text), ..
-                } => {
+            let event: PlainView = decode_event(raw)?;
+            match (event.event.as_ref(), event.text, event.data_b64) {
+                ("message", Some(text), _) => {
                     out.write_all(text.as_bytes()).await.map_err(io)?;
                     out.write_all(b"\n").await.map_err(io)?;
                 }
-                EventKind::Message {
-                    data_b64: Some(b64),
-                    ..
-                } => {
+                ("message", None, Some(b64)) => {
                     let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(b64)
+                        .decode(b64.as_bytes())
                         .map_err(|e| anyhow::anyhow!("bad binary message from p2pd: {e}"))?;
                     out.write_all(&bytes).await.map_err(io)?;
                     out.write_all(b"\n").await.map_err(io)?;
                 }
-                EventKind::Lagged { missed } => {
+                ("lagged", _, _) => {
                     out.flush().await.map_err(io)?;
-                    eprintln!("p2pctl: this tail was too slow and missed {missed} messages");
+                    eprintln!(
+                        "p2pctl: this tail was too slow and missed {} messages",
+                        event.missed.unwrap_or(0)
+                    );
                 }
                 _ => {}
             }
@@ -75,4 +91,34 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
         return Err(anyhow::anyhow!("p2pd closed the connection (did it stop?)").into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2p_proto::control::{Event, EventKind};
+
+    /// The light view must read what the daemon writes.
+    #[test]
+    fn plain_view_reads_the_daemons_events() {
+        let line = Event {
+            ts_ms: 1,
+            kind: EventKind::Message {
+                from: "a".into(),
+                text: Some("tab\there \"q\"".into()),
+                data_b64: None,
+            },
+        }
+        .to_line();
+        let v: PlainView = decode_event(line.trim_end().as_bytes()).unwrap();
+        assert_eq!(v.event, "message");
+        assert_eq!(v.text.as_deref(), Some("tab\there \"q\""));
+        let line = Event {
+            ts_ms: 1,
+            kind: EventKind::Lagged { missed: 7 },
+        }
+        .to_line();
+        let v: PlainView = decode_event(line.trim_end().as_bytes()).unwrap();
+        assert_eq!((v.event.as_ref(), v.missed), ("lagged", Some(7)));
+    }
 }
