@@ -9,7 +9,7 @@
 //! daemon serves and otherwise prints the daemon's startup error and exits 1.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser};
+use p2p_service::{Ansi, LogFormat};
 use p2pd::Cli;
 
 /// Flags of the binary: the daemon's own, plus where logs go.
@@ -95,7 +96,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let log = log_file.as_deref().map(open_log).transpose()?;
-    init_logging(args.log_format, log);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("P2PD_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if let Some(e) = p2p_service::init_logging(args.log_format, filter, log, Ansi::Terminal) {
+        tracing::warn!("journald not reachable ({e}); logging text instead");
+    }
 
     let started = Arc::new(Mutex::new(started));
     let result = serve(cfg, started.clone());
@@ -118,7 +124,7 @@ fn serve(cfg: p2pd::Config, started: Arc<Mutex<Option<File>>>) -> anyhow::Result
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(p2pd::run(cfg, shutdown_signal(), move || {
-        if let Err(e) = notify("READY=1") {
+        if let Err(e) = p2p_service::notify("READY=1") {
             tracing::warn!("sd_notify READY=1: {e}");
         }
         if let Some(mut pipe) = started.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -244,104 +250,8 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    if let Err(e) = notify("STOPPING=1") {
+    if let Err(e) = p2p_service::notify("STOPPING=1") {
         tracing::warn!("sd_notify STOPPING=1: {e}");
-    }
-}
-
-/// Sends `state` to the service manager when `NOTIFY_SOCKET` names one (a
-/// leading `@` is an abstract socket): sd_notify(3) in a few lines.
-fn notify(state: &str) -> std::io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
-    };
-    let addr = match path.as_bytes().strip_prefix(b"@") {
-        Some(name) => SocketAddr::from_abstract_name(name)?,
-        None => SocketAddr::from_pathname(&path)?,
-    };
-    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
-    Ok(())
-}
-
-/// Where log lines go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-    /// Straight to the systemd journal, with structured fields.
-    Journald,
-}
-
-/// True when stderr is the journal stream systemd set up: `JOURNAL_STREAM`
-/// is `DEV:INODE` of fd 2 (systemd.exec(5)).
-fn stderr_is_journal() -> bool {
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
-        return false;
-    };
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills the buffer on success, which we check.
-    if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {
-        return false;
-    }
-    // SAFETY: fstat succeeded.
-    let st = unsafe { st.assume_init() };
-    dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
-}
-
-/// Installs the global subscriber writing to `file` or stderr. Journald
-/// falls back to text when the journal socket is missing, and says so.
-fn init_logging(format: Option<LogFormat>, file: Option<File>) {
-    use tracing_subscriber::EnvFilter;
-    use tracing_subscriber::fmt::writer::BoxMakeWriter;
-    use tracing_subscriber::prelude::*;
-    let filter = EnvFilter::try_from_env("P2PD_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let to_file = file.is_some();
-    let writer = || match &file {
-        Some(f) => BoxMakeWriter::new(Arc::new(f.try_clone().expect("duplicating the log file"))),
-        None => BoxMakeWriter::new(std::io::stderr),
-    };
-    let wanted = format.unwrap_or(if !to_file && stderr_is_journal() {
-        LogFormat::Journald
-    } else {
-        LogFormat::Text
-    });
-    let registry = tracing_subscriber::registry().with(filter);
-    let mut fallback = None;
-    match wanted {
-        LogFormat::Journald => match tracing_journald::layer() {
-            Ok(layer) => return registry.with(layer).init(),
-            Err(e) => fallback = Some(e),
-        },
-        LogFormat::Json => {
-            return registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .with_writer(writer()),
-                )
-                .init();
-        }
-        LogFormat::Text => {}
-    }
-    registry
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(!to_file && std::io::stderr().is_terminal())
-                .with_writer(writer()),
-        )
-        .init();
-    if let Some(e) = fallback {
-        tracing::warn!("journald not reachable ({e}); logging text instead");
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use p2p_proto::signal::IceServer;
-use signald::service::{self, LogFormat};
+use p2p_service::{Ansi, LogFormat};
+use signald::service;
 use signald::{Config, TurnRest, TurnSecret};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
@@ -90,11 +91,16 @@ fn run() -> anyhow::Result<()> {
             .context("writing the man page")?;
         return Ok(());
     }
-    service::init_logging(
+    let fallback = p2p_service::init_logging(
         cli.log_format,
         tracing_subscriber::EnvFilter::try_from_env("SIGNALD_LOG")
             .unwrap_or_else(|_| "info".into()),
+        None,
+        Ansi::Default,
     );
+    if let Some(e) = fallback {
+        tracing::warn!("journald not reachable ({e}); logging text to stderr");
+    }
     let turn = match &cli.turn_secret_file {
         Some(path) => Some(TurnRest {
             secret: TurnSecret::from_file(path)?,
@@ -136,7 +142,7 @@ fn run() -> anyhow::Result<()> {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            if let Err(e) = service::notify("STOPPING=1") {
+            if let Err(e) = p2p_service::notify("STOPPING=1") {
                 tracing::warn!("sd_notify STOPPING=1: {e}");
             }
         };
@@ -145,7 +151,7 @@ fn run() -> anyhow::Result<()> {
         tracing::info!(%addr, socket_activated, "listening");
         // The socket is listening: connects queue in its backlog from now on,
         // so the service manager may start dependents.
-        service::notify("READY=1").context("sd_notify READY=1")?;
+        p2p_service::notify("READY=1").context("sd_notify READY=1")?;
         signald::run(listener, cfg, shutdown).await
     })
 }
