@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One line on stderr, which is also the log file once detached.
             eprintln!("p2pd: {e:#}");
             ExitCode::FAILURE
         }
