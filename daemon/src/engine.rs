@@ -140,7 +140,7 @@ pub struct Engine {
     connect_deadline: Option<tokio::time::Instant>,
     /// Set when the connection was lost: reset then, unless signald's
     /// notice (which names the real reason) arrives first.
-    loss_deadline: Option<(tokio::time::Instant, &'static str, ErrorBody)>,
+    loss_deadline: Option<Loss>,
     sig_out: mpsc::Sender<ClientMsg>,
     pc_tx: mpsc::UnboundedSender<PcEvent>,
     link_tx: watch::Sender<Option<Arc<OpenLink>>>,
@@ -217,11 +217,15 @@ impl Engine {
     pub async fn run(mut self, mut inputs: Inputs) {
         loop {
             let deadline = self.connect_deadline;
-            let loss = self.loss_deadline.as_ref().map(|l| l.0);
+            let loss = self.loss_deadline.as_ref().map(|l| l.at);
             tokio::select! {
                 _ = sleep_until_opt(loss) => {
-                    if let Some((_, reason, e)) = self.loss_deadline.take() {
-                        self.fail_link(reason, e).await;
+                    if let Some(loss) = self.loss_deadline.take() {
+                        if loss.tell_signald {
+                            self.fail_link(loss.reason, loss.error).await;
+                        } else {
+                            self.reset(loss.reason, loss.error, true).await;
+                        }
                     }
                 }
                 _ = inputs.shutdown.changed() => break,
@@ -612,7 +616,7 @@ impl Engine {
                     RTCIceConnectionState::Failed | RTCIceConnectionState::Disconnected
                 ) {
                     let e = self.no_path_error();
-                    self.lost("ice_failed", e);
+                    self.lost("ice_failed", e, true);
                 }
             }
             PcEventKind::PcState(s) => {
@@ -623,7 +627,9 @@ impl Engine {
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
                 ) {
                     let e = self.no_path_error();
-                    self.lost("ice_failed", e);
+                    // Closed is the peer closing cleanly: it tells signald.
+                    let failed = s == RTCPeerConnectionState::Failed;
+                    self.lost("ice_failed", e, failed);
                 }
             }
             PcEventKind::DataChannel(dc) => {
@@ -654,7 +660,9 @@ impl Engine {
                     ErrorCode::Failed,
                     "the data channel closed before it opened",
                 );
-                self.lost("channel_closed", e);
+                // A channel closes cleanly only when the peer closed it, and
+                // the peer then tells signald itself.
+                self.lost("channel_closed", e, false);
             }
         }
     }
@@ -746,13 +754,22 @@ impl Engine {
     /// The connection to the peer broke. Sends fail from now on; the reset
     /// waits [`LOSS_GRACE`] for signald's notice, which usually follows
     /// within a millisecond and tells why (`unpaired`, `left`, ...).
-    fn lost(&mut self, reason: &'static str, waiter_error: ErrorBody) {
+    ///
+    /// `tell_signald` is false when the peer closed the connection cleanly:
+    /// it tells signald itself, and an `unpair` of ours, arriving late over
+    /// a slow link, could end the *next* pairing signald has made for us
+    /// meanwhile (signald's frames carry no pairing identity).
+    fn lost(&mut self, reason: &'static str, error: ErrorBody, tell_signald: bool) {
         if matches!(self.link, Link::Idle) || self.loss_deadline.is_some() {
             return;
         }
         self.link_tx.send_replace(None);
-        let at = tokio::time::Instant::now() + LOSS_GRACE;
-        self.loss_deadline = Some((at, reason, waiter_error));
+        self.loss_deadline = Some(Loss {
+            at: tokio::time::Instant::now() + LOSS_GRACE,
+            reason,
+            error,
+            tell_signald,
+        });
     }
 
     /// Ends the link for a local reason: tells signald, then resets.
@@ -944,6 +961,14 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// A lost connection waiting for signald's notice (see `Engine::lost`).
+struct Loss {
+    at: tokio::time::Instant,
+    reason: &'static str,
+    error: ErrorBody,
+    tell_signald: bool,
 }
 
 /// How long a broken connection waits for signald to say why.
