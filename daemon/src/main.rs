@@ -105,13 +105,15 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let started = Arc::new(Mutex::new(started));
     let result = serve(cfg, started.clone());
+    // Clean up before telling the launcher anything: once it hears from
+    // us it exits, and whoever ran it may look at the pidfile right away.
+    if let Some(p) = &own_pidfile {
+        remove_quietly(p);
+    }
     // Still holding the pipe means startup failed: tell the launcher why.
     let pipe = started.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let (Some(mut pipe), Err(e)) = (pipe, &result) {
         writeln!(pipe, "{e:#}").ok();
-    }
-    if let Some(p) = &own_pidfile {
-        remove_quietly(p);
     }
     result.map(|()| ExitCode::SUCCESS)
 }
