@@ -39,7 +39,10 @@ fn status_json_has_the_documented_fields() {
 
     a.pair(&b);
     a.ok(&["send", "x"]);
-    let st = a.status();
+    // The stats may name the selected pair a moment after the open.
+    let st = a.wait_status("reporting the selected path", |s| {
+        s.peer.as_ref().is_some_and(|p| p.path.is_some())
+    });
     assert_eq!(st.link, LinkState::Open);
     let peer = st.peer.expect("peer");
     assert_eq!(peer.id, "bob");

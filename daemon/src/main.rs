@@ -125,7 +125,10 @@ fn serve(cfg: p2pd::Config, started: Arc<Mutex<Option<File>>>) -> anyhow::Result
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(p2pd::run(cfg, shutdown_signal(), move || {
+    // The handlers go in before anything can announce readiness: a SIGTERM
+    // right after READY=1 must mean a clean stop, not the default death.
+    let shutdown = rt.block_on(async { shutdown_signal() })?;
+    rt.block_on(p2pd::run(cfg, shutdown, move || {
         if let Err(e) = p2p_service::notify("READY=1") {
             tracing::warn!("sd_notify READY=1: {e}");
         }
@@ -244,17 +247,21 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("opening log file {}", path.display()))
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now; the returned future resolves
+/// on the first of them (after telling the service manager we are stopping).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    if let Err(e) = p2p_service::notify("STOPPING=1") {
-        tracing::warn!("sd_notify STOPPING=1: {e}");
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if let Err(e) = p2p_service::notify("STOPPING=1") {
+            tracing::warn!("sd_notify STOPPING=1: {e}");
+        }
+    })
 }
 
 #[cfg(test)]
