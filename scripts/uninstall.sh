@@ -17,7 +17,8 @@ while [ $# -gt 0 ]; do
 done
 files="$("$here/install.sh" "${args[@]}" --list)"
 # The prefix is the part every path shares before bin/.
-prefix="$(echo "$files" | head -n1)"
+# (No `| head`: with pipefail, head closing early can kill echo with SIGPIPE.)
+prefix="${files%%$'\n'*}"
 prefix="${prefix%/bin/*}"
 echo "$files" | while read -r f; do
     if [ -e "$f" ] || [ -L "$f" ]; then

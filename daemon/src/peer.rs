@@ -285,42 +285,44 @@ impl Pc {
         }
     }
 
-    /// The selected candidate pair, from the connection's stats.
+    /// The selected candidate pair, from the ICE transport; the round-trip
+    /// time from the connection's stats when they have it. (The stats alone
+    /// do not do: a peer-reflexive remote candidate has no stats entry.)
     pub async fn path(&self) -> Option<Path> {
-        let report = self
-            .pc
-            .get_stats(std::time::Instant::now(), StatsSelector::None)
-            .await;
-        let transport = report.transport()?;
-        let pair = match report.get(&transport.selected_candidate_pair_id)? {
-            RTCStatsReportEntry::IceCandidatePair(p) => p,
-            _ => return None,
+        let sctp = self.pc.sctp().await?;
+        let pair = sctp
+            .transport()
+            .ice_transport()
+            .get_selected_candidate_pair()
+            .await
+            .ok()??;
+        let describe = |c: &webrtc::peer_connection::RTCIceCandidate| {
+            (c.typ.to_string(), format!("{}:{}", c.address, c.port))
         };
-        // Pairs name their candidates by ICE id; the report keys them with
-        // a "RTCLocalIceCandidate_"/"RTCRemoteIceCandidate_" prefix.
-        let cand = |prefix: &str, id: &str| match report
-            .get(&format!("{prefix}{id}"))
-            .or_else(|| report.get(id))
-        {
-            Some(
-                RTCStatsReportEntry::LocalCandidate(c) | RTCStatsReportEntry::RemoteCandidate(c),
-            ) => Some((
-                c.candidate_type.to_string(),
-                format!("{}:{}", c.address.clone().unwrap_or_default(), c.port),
-            )),
-            _ => None,
-        };
-        let (local_type, local_address) = cand("RTCLocalIceCandidate_", &pair.local_candidate_id)?;
-        let (remote_type, remote_address) =
-            cand("RTCRemoteIceCandidate_", &pair.remote_candidate_id)?;
-        let rtt = pair.current_round_trip_time;
+        let (local_type, local_address) = describe(pair.local());
+        let (remote_type, remote_address) = describe(pair.remote());
         Some(Path {
             local_type,
             local_address,
             remote_type,
             remote_address,
-            rtt_ms: (rtt > 0.0).then_some(rtt * 1000.0),
+            rtt_ms: self.rtt_ms().await,
         })
+    }
+
+    /// ICE's current round-trip time on the selected pair, in milliseconds.
+    async fn rtt_ms(&self) -> Option<f64> {
+        let report = self
+            .pc
+            .get_stats(std::time::Instant::now(), StatsSelector::None)
+            .await;
+        let transport = report.transport()?;
+        match report.get(&transport.selected_candidate_pair_id)? {
+            RTCStatsReportEntry::IceCandidatePair(p) if p.current_round_trip_time > 0.0 => {
+                Some(p.current_round_trip_time * 1000.0)
+            }
+            _ => None,
+        }
     }
 
     /// Closes the connection and waits for its reader, so that nothing of

@@ -30,3 +30,14 @@ pub async fn run(command: Command, socket: &Path) -> Result<ExitCode> {
         Command::Unpair(args) => unpair::run(client, args).await,
     }
 }
+
+/// Writes `text` to stdout. Unlike `print!`, a closed stdout is an error
+/// (which `main` turns into a quiet exit 0), not a panic.
+pub fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| anyhow::Error::new(e).context("writing to stdout").into())
+}

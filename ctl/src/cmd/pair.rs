@@ -34,17 +34,18 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
         ..
     } = reply
     {
-        match (pair.state, &pair.path) {
+        let line = match (pair.state, &pair.path) {
             (LinkState::Open, Some(path)) => {
-                println!(
-                    "paired with {}: channel open, {}",
+                format!(
+                    "paired with {}: channel open, {}\n",
                     pair.peer_id,
                     describe(path)
                 )
             }
-            (LinkState::Open, None) => println!("paired with {}: channel open", pair.peer_id),
-            _ => println!("paired with {}: connecting", pair.peer_id),
-        }
+            (LinkState::Open, None) => format!("paired with {}: channel open\n", pair.peer_id),
+            _ => format!("paired with {}: connecting\n", pair.peer_id),
+        };
+        super::out(&line)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,9 +27,9 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
     };
     if args.json {
         let text = serde_json::to_string_pretty(&status).map_err(anyhow::Error::from)?;
-        println!("{text}");
+        super::out(&format!("{text}\n"))?;
     } else {
-        print!("{}", summary(&status));
+        super::out(&summary(&status))?;
     }
     Ok(ExitCode::SUCCESS)
 }
