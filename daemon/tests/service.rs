@@ -49,6 +49,21 @@ fn recv(sock: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).trim().to_string()
 }
 
+/// Sends SIGTERM to a detached daemon when dropped, unless disarmed once
+/// the test has stopped it itself (its PID could be reused after that).
+struct StopOnDrop(Option<i32>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: signalling the daemon this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
 fn sigterm(pid: i32) {
     // SAFETY: signalling a process this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -127,6 +142,8 @@ fn daemonize_detaches_writes_pidfile_serves_and_refuses_a_second() {
         .parse()
         .unwrap();
     assert_ne!(pid as u32, std::process::id());
+    // A detached daemon is nobody's child: stop it even if an assert fails.
+    let mut stop = StopOnDrop(Some(pid));
     // SAFETY: signal 0 only checks that the process exists.
     assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "daemon {pid} not running");
     status(&sock);
@@ -162,6 +179,7 @@ fn daemonize_detaches_writes_pidfile_serves_and_refuses_a_second() {
     assert!(String::from_utf8_lossy(&fourth.stderr).contains("already serving"));
 
     status(&sock);
+    stop.0 = None;
     sigterm(pid);
     wait_gone(pid);
     assert!(!pidfile.exists(), "pidfile left behind");
