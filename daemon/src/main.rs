@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser};
-use p2p_service::{Ansi, LogFormat};
+use p2p_service::LogFormat;
 use p2pd::Cli;
 
 /// Flags of the binary: the daemon's own, plus where logs go.
@@ -99,7 +99,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("P2PD_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if let Some(e) = p2p_service::init_logging(args.log_format, filter, log, Ansi::Terminal) {
+    if let Some(e) = p2p_service::init_logging(args.log_format, filter, log) {
         tracing::warn!("journald not reachable ({e}); logging text instead");
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use p2p_proto::signal::IceServer;
-use p2p_service::{Ansi, LogFormat};
+use p2p_service::LogFormat;
 use signald::service;
 use signald::{Config, TurnRest, TurnSecret};
 use tokio::net::{TcpListener, TcpSocket};
@@ -96,7 +96,6 @@ fn run() -> anyhow::Result<()> {
         tracing_subscriber::EnvFilter::try_from_env("SIGNALD_LOG")
             .unwrap_or_else(|_| "info".into()),
         None,
-        Ansi::Default,
     );
     if let Some(e) = fallback {
         tracing::warn!("journald not reachable ({e}); logging text to stderr");

@@ -69,18 +69,9 @@ pub enum LogFormat {
     Journald,
 }
 
-/// When text logs carry ANSI colours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ansi {
-    /// tracing-subscriber's default: always, unless `NO_COLOR` is set (signald).
-    Default,
-    /// Only when writing to stderr and stderr is a terminal (p2pd).
-    Terminal,
-}
-
 /// Installs the global subscriber, filtered by `filter` (each binary reads
 /// its own variable, e.g. `SIGNALD_LOG` or `P2PD_LOG`), writing to `file`
-/// or else stderr.
+/// or else stderr. Text carries colours only on a terminal.
 ///
 /// The format is `format`, or by default journald when stderr is the
 /// journal stream (and no `file` is given), else text. When journald is
@@ -95,7 +86,6 @@ pub fn init_logging(
     format: Option<LogFormat>,
     filter: EnvFilter,
     file: Option<File>,
-    ansi: Ansi,
 ) -> Option<io::Error> {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::prelude::*;
@@ -131,11 +121,11 @@ pub fn init_logging(
         }
         LogFormat::Text => {}
     }
-    let text = tracing_subscriber::fmt::layer().with_writer(writer());
-    let text = match ansi {
-        Ansi::Default => text,
-        Ansi::Terminal => text.with_ansi(!to_file && io::stderr().is_terminal()),
-    };
+    // Colours only for a person at a terminal: never into a file, a pipe or
+    // the journal's stream.
+    let text = tracing_subscriber::fmt::layer()
+        .with_writer(writer())
+        .with_ansi(!to_file && io::stderr().is_terminal());
     registry.with(text).init();
     fallback
 }
