@@ -236,7 +236,12 @@ impl Daemon {
             .args(["--reconnect-max", "300ms"])
             .args(extra)
             .env("XDG_STATE_HOME", dir.path().join("state"))
-            .env("P2PD_LOG", "info");
+            // P2PD_TEST_LOG=debug (or any filter) makes the daemons of a
+            // failing test print more in the output dumped on failure.
+            .env(
+                "P2PD_LOG",
+                std::env::var("P2PD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         let proc = Proc::spawn(&format!("p2pd {id}"), cmd);
         let d = Daemon {
             proc,
