@@ -733,6 +733,16 @@ fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
         path.remote_address.starts_with("198.51.100.12:"),
         "{path:?}"
     );
+    // The impairment is really in the path: 50 ms each way is a floor for
+    // the round trip ICE measures.
+    let st = a.wait_status("reporting ICE's round trip", |s| {
+        s.peer
+            .as_ref()
+            .and_then(|p| p.path.as_ref())
+            .is_some_and(|p| p.rtt_ms.is_some())
+    });
+    let rtt = path_of(&st).rtt_ms.unwrap();
+    assert!(rtt >= 95.0, "round trip {rtt} ms through a 2 x 50 ms link");
     let tail = Tail::start(&b, &[]);
     let input: String = (0..10_000).map(|i| format!("impaired {i}\n")).collect();
     let out = a.ctl_stdin(&["send"], input.as_bytes());
