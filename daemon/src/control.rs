@@ -138,10 +138,7 @@ async fn client(
                     })
                     .and_then(|l| parse_request(l.trim_end_matches('\r')));
                 match parsed {
-                    Err(e) => Reply::Err {
-                        ok: p2p_proto::control::False,
-                        error: e,
-                    },
+                    Err(e) => e.into(),
                     Ok(Request::Tail { replay, follow }) => {
                         return tail(&mut reader, &mut writer, &engine, replay, follow, shutdown)
                             .await;
@@ -189,10 +186,7 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
             });
             match tokio::time::timeout(limit, call).await {
                 Ok(Some(Ok(outcome))) => Reply::ok(OkBody::Pair { pair: outcome }),
-                Ok(Some(Err(e))) => Reply::Err {
-                    ok: p2p_proto::control::False,
-                    error: e,
-                },
+                Ok(Some(Err(e))) => e.into(),
                 Ok(None) => gone(),
                 Err(_) => {
                     engine.cancel_pair(peer_id.clone()).await;

@@ -520,15 +520,14 @@ impl Engine {
             state: LinkState::Connecting,
             path: None,
         };
-        self.waiters.retain_mut(|w| {
-            if w.wait {
-                return true;
-            }
-            let (tx, _) = oneshot::channel();
-            let reply = std::mem::replace(&mut w.reply, tx);
-            let _ = reply.send(Ok(outcome.clone()));
-            false
-        });
+        // `--no-wait` requests are answered now; the others once open.
+        let (now, later) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition::<Vec<_>, _>(|w| !w.wait);
+        self.waiters = later;
+        for w in now {
+            let _ = w.reply.send(Ok(outcome.clone()));
+        }
         if self.pc.is_none() {
             self.fresh_pc().await;
         }
@@ -868,8 +867,10 @@ impl Engine {
     }
 
     async fn status(&self) -> Status {
+        // An unused connection has no channel and no path, so one branch
+        // covers idle and busy alike.
         let (ice, pcs, dcs, path) = match &self.pc {
-            Some(pc) if self.pc_used || !matches!(self.link, Link::Idle) => {
+            Some(pc) => {
                 let dcs = match &pc.dc {
                     Some(dc) => dc.ready_state().await.ok().map(|s| s.to_string()),
                     None => None,
@@ -886,12 +887,6 @@ impl Engine {
                     path,
                 )
             }
-            Some(pc) => (
-                Some(pc.ice_state.to_string()),
-                Some(pc.pc_state.to_string()),
-                None,
-                None,
-            ),
             None => (None, None, None, None),
         };
         let peer = match &self.link {

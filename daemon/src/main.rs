@@ -127,7 +127,10 @@ fn serve(cfg: p2pd::Config, started: Arc<Mutex<Option<File>>>) -> anyhow::Result
         .context("starting the tokio runtime")?;
     // The handlers go in before anything can announce readiness: a SIGTERM
     // right after READY=1 must mean a clean stop, not the default death.
-    let shutdown = rt.block_on(async { shutdown_signal() })?;
+    let shutdown = {
+        let _in_runtime = rt.enter();
+        shutdown_signal()?
+    };
     rt.block_on(p2pd::run(cfg, shutdown, move || {
         if let Err(e) = p2p_service::notify("READY=1") {
             tracing::warn!("sd_notify READY=1: {e}");

@@ -16,8 +16,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First reconnect delay; doubles up to the configured maximum.
 const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Marks the attempt after being replaced: wait the whole maximum.
-const REPLACED_ATTEMPT: u32 = u32::MAX / 2;
 
 /// What the engine hears from the signaling task.
 #[derive(Debug)]
@@ -107,9 +105,13 @@ async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let reason = match timeout(CONNECT_TIMEOUT, connect(&url)).await {
-            Err(_) => format!("no welcome from {} within {CONNECT_TIMEOUT:?}", cfg.server),
-            Ok(Err(e)) => e,
+        // (why, whether to wait the longest backoff before retrying)
+        let (reason, wait_longest) = match timeout(CONNECT_TIMEOUT, connect(&url)).await {
+            Err(_) => (
+                format!("no welcome from {} within {CONNECT_TIMEOUT:?}", cfg.server),
+                false,
+            ),
+            Ok(Err(e)) => (e, false),
             Ok(Ok((ws, welcome))) => {
                 attempt = 0;
                 while out.try_recv().is_ok() {}
@@ -136,26 +138,26 @@ async fn run(
                     return;
                 }
                 let timeout = Duration::from_millis(ping_timeout_ms.max(1));
-                let ended = session(ws, timeout, &events, &mut out, &mut shutdown).await;
-                if ended.contains(&format!("code {}", close_code::REPLACED)) {
+                match session(ws, timeout, &events, &mut out, &mut shutdown).await {
                     // Another connection took our ID with our token: most
                     // likely a second p2pd with the same --id. Retrying at
                     // once would take it back and start a tug of war, so
                     // wait the longest backoff and say so.
-                    attempt = REPLACED_ATTEMPT;
-                    format!(
-                        "replaced at signald by another connection with our ID and token (a second p2pd with --id {}?)",
-                        cfg.id.as_deref().unwrap_or("?")
-                    )
-                } else {
-                    ended
+                    Ended::Replaced => (
+                        format!(
+                            "replaced at signald by another connection with our ID and token (a second p2pd with --id {}?)",
+                            cfg.id.as_deref().unwrap_or("?")
+                        ),
+                        true,
+                    ),
+                    Ended::Other(reason) => (reason, false),
                 }
             }
         };
         if *shutdown.borrow() {
             return;
         }
-        let retry_in = if attempt == REPLACED_ATTEMPT {
+        let retry_in = if wait_longest {
             cfg.reconnect_max
         } else {
             backoff(attempt, cfg.reconnect_max)
@@ -219,6 +221,14 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Why a connected session ended.
+enum Ended {
+    /// signald closed us with 4002: another connection took our ID with
+    /// our token.
+    Replaced,
+    Other(String),
+}
+
 /// Runs one connected session; returns why it ended.
 async fn session(
     mut ws: Ws,
@@ -226,51 +236,52 @@ async fn session(
     events: &mpsc::UnboundedSender<SigEvent>,
     out: &mut mpsc::Receiver<ClientMsg>,
     shutdown: &mut watch::Receiver<bool>,
-) -> String {
+) -> Ended {
     let mut deadline = Instant::now() + ping_timeout;
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
                 let _ = timeout(Duration::from_millis(500), ws.close(None)).await;
-                return "shutting down".into();
+                return Ended::Other("shutting down".into());
             }
             _ = sleep_until(deadline) => {
-                return format!("nothing heard from signald for {} ms", ping_timeout.as_millis());
+                return Ended::Other(format!("nothing heard from signald for {} ms", ping_timeout.as_millis()));
             }
             msg = out.recv() => {
-                let Some(msg) = msg else { return "engine stopped".into() };
+                let Some(msg) = msg else { return Ended::Other("engine stopped".into()) };
                 let text = serde_json::to_string(&msg).expect("client messages serialise");
                 if let Err(e) = ws.send(Message::text(text)).await {
-                    return format!("sending to signald failed: {e}");
+                    return Ended::Other(format!("sending to signald failed: {e}"));
                 }
             }
             frame = ws.next() => {
                 deadline = Instant::now() + ping_timeout;
                 match frame {
-                    None => return "signald closed the connection".into(),
-                    Some(Err(e)) => return format!("signaling connection failed: {e}"),
+                    None => return Ended::Other("signald closed the connection".into()),
+                    Some(Err(e)) => return Ended::Other(format!("signaling connection failed: {e}")),
                     Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMsg>(&t) {
                         Ok(ServerMsg::Ping) => {
                             let pong = serde_json::to_string(&ClientMsg::Pong).expect("serialises");
                             if let Err(e) = ws.send(Message::text(pong)).await {
-                                return format!("answering ping failed: {e}");
+                                return Ended::Other(format!("answering ping failed: {e}"));
                             }
                         }
                         Ok(m) => {
                             if events.send(SigEvent::Msg(m)).is_err() {
-                                return "engine stopped".into();
+                                return Ended::Other("engine stopped".into());
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, frame = %t, "ignoring a frame from signald"),
                     },
                     Some(Ok(Message::Close(cf))) => {
                         return match cf {
-                            Some(cf) => format!(
+                            Some(cf) if u16::from(cf.code) == close_code::REPLACED => Ended::Replaced,
+                            Some(cf) => Ended::Other(format!(
                                 "signald closed the connection: code {} {}",
                                 u16::from(cf.code),
                                 cf.reason
-                            ),
-                            None => "signald closed the connection".into(),
+                            )),
+                            None => Ended::Other("signald closed the connection".into()),
                         };
                     }
                     Some(Ok(_)) => {}

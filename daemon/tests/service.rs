@@ -32,6 +32,19 @@ fn p2pd_on(dir: &Path, sock: &Path) -> Command {
     cmd
 }
 
+/// Runs `p2pd --daemonize --pidfile PIDFILE --log-file LOG` in `dir` and
+/// waits for the launcher to exit.
+fn daemonize(dir: &Path, pidfile: impl AsRef<Path>, log: &Path) -> std::process::Output {
+    p2pd(dir)
+        .arg("--daemonize")
+        .arg("--pidfile")
+        .arg(pidfile.as_ref())
+        .arg("--log-file")
+        .arg(log)
+        .output()
+        .unwrap()
+}
+
 /// Asks the daemon for its status over the control socket.
 fn status(sock: &Path) -> String {
     let mut s = UnixStream::connect(sock).expect("control socket accepts");
@@ -115,14 +128,7 @@ fn daemonize_detaches_writes_pidfile_serves_and_refuses_a_second() {
     let pidfile = dir.path().join("p2pd.pid");
     let log = dir.path().join("p2pd.log");
     let start = Instant::now();
-    let out = p2pd(dir.path())
-        .arg("--daemonize")
-        .arg("--pidfile")
-        .arg(&pidfile)
-        .arg("--log-file")
-        .arg(&log)
-        .output()
-        .unwrap();
+    let out = daemonize(dir.path(), &pidfile, &log);
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -149,27 +155,13 @@ fn daemonize_detaches_writes_pidfile_serves_and_refuses_a_second() {
     status(&sock);
 
     // Same socket, another pidfile: the control socket refuses.
-    let second = p2pd(dir.path())
-        .arg("--daemonize")
-        .arg("--pidfile")
-        .arg(dir.path().join("other.pid"))
-        .arg("--log-file")
-        .arg(&log)
-        .output()
-        .unwrap();
+    let second = daemonize(dir.path(), dir.path().join("other.pid"), &log);
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("already serving"), "{err}");
     assert!(!dir.path().join("other.pid").exists());
     // Same pidfile: the lock refuses before anything else.
-    let third = p2pd(dir.path())
-        .arg("--daemonize")
-        .arg("--pidfile")
-        .arg(&pidfile)
-        .arg("--log-file")
-        .arg(&log)
-        .output()
-        .unwrap();
+    let third = daemonize(dir.path(), &pidfile, &log);
     assert_eq!(third.status.code(), Some(1));
     let err = String::from_utf8_lossy(&third.stderr);
     assert!(err.contains("holds the pidfile"), "{err}");

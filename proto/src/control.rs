@@ -91,28 +91,6 @@ pub enum ErrorCode {
     ShuttingDown,
 }
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad_request",
-            Self::UnknownCommand => "unknown_command",
-            Self::LineTooLong => "line_too_long",
-            Self::NotConnected => "not_connected",
-            Self::NotPaired => "not_paired",
-            Self::AlreadyPaired => "already_paired",
-            Self::UnknownPeer => "unknown_peer",
-            Self::PeerBusy => "peer_busy",
-            Self::SelfPair => "self_pair",
-            Self::Refused => "refused",
-            Self::Timeout => "timeout",
-            Self::Failed => "failed",
-            Self::TooLarge => "too_large",
-            Self::SendFailed => "send_failed",
-            Self::ShuttingDown => "shutting_down",
-        }
-    }
-}
-
 /// The error object of a failed reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -203,18 +181,22 @@ impl Reply {
         Reply::ok(OkBody::Empty {})
     }
     pub fn err(code: ErrorCode, message: impl Into<String>) -> Self {
-        Reply::Err {
-            ok: False,
-            error: ErrorBody {
-                code,
-                message: message.into(),
-            },
+        ErrorBody {
+            code,
+            message: message.into(),
         }
+        .into()
     }
     pub fn to_line(&self) -> String {
         let mut s = serde_json::to_string(self).expect("replies always serialise");
         s.push('\n');
         s
+    }
+}
+
+impl From<ErrorBody> for Reply {
+    fn from(error: ErrorBody) -> Self {
+        Reply::Err { ok: False, error }
     }
 }
 
@@ -526,11 +508,11 @@ mod tests {
             serde_json::from_str(r#"{"ok":false,"error":{"code":"timeout","message":"m"}}"#)
                 .unwrap();
         assert!(matches!(r, Reply::Err { .. }));
-        for code in [ErrorCode::BadRequest, ErrorCode::ShuttingDown] {
-            assert_eq!(
-                serde_json::to_string(&code).unwrap(),
-                format!("\"{}\"", code.as_str())
-            );
+        for (code, name) in [
+            (ErrorCode::BadRequest, "bad_request"),
+            (ErrorCode::ShuttingDown, "shutting_down"),
+        ] {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));
         }
     }
 
