@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 
-use crate::util::{Daemon, Signald};
+use p2p_testkit::{Daemon, Signald};
 
 fn reply(r: &mut impl BufRead) -> serde_json::Value {
     let mut line = String::new();
@@ -73,7 +73,7 @@ fn socket_is_private_and_a_second_daemon_is_refused() {
     let mode = std::fs::metadata(a.socket()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
-    let mut second = std::process::Command::new(crate::util::bin("p2pd"))
+    let mut second = std::process::Command::new(p2p_testkit::bin("p2pd"))
         .args(["--server", &s.url(), "--socket"])
         .arg(a.socket())
         .stderr(std::process::Stdio::piped())
@@ -96,7 +96,7 @@ fn a_stale_socket_file_is_replaced() {
     // A socket file nobody listens on, as a crashed daemon leaves behind.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let d = Daemon::spawn(&s.url(), "alice", &[], dir);
+    let d = Daemon::builder(&s.url(), "alice").dir(dir).spawn();
     d.wait_status("up", |st| st.id.as_deref() == Some("alice"));
 }
 
@@ -105,7 +105,7 @@ fn sigterm_exits_0_and_removes_the_socket() {
     let s = Signald::start();
     let mut a = Daemon::start(&s.url(), "alice");
     let sock = a.socket();
-    a.proc.signal(libc::SIGTERM);
-    assert!(a.proc.wait_exit().success());
+    a.proc().signal(libc::SIGTERM);
+    assert!(a.proc_mut().wait_exit().success());
     assert!(!sock.exists(), "socket left behind");
 }

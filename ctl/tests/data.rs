@@ -1,26 +1,13 @@
 //! The data path: stdin streaming, history, binary messages, limits.
 
-use crate::util::{Daemon, Signald, Tail};
+use p2p_testkit::{Daemon, Signald, Tail, paired, transfer};
 
 #[test]
 fn hundred_thousand_stdin_lines_arrive_complete_and_in_order() {
-    let s = Signald::start();
-    let a = Daemon::start(&s.url(), "alice");
-    let b = Daemon::start(&s.url(), "bob");
-    a.pair(&b);
+    let (_s, a, b) = paired("alice", "bob");
     let tail = Tail::start(&b, &[]);
     const N: usize = 100_000;
-    let input: String = (0..N).map(|i| format!("line {i}\n")).collect();
-    let out = a.ctl_stdin(&["send"], input.as_bytes());
-    assert!(
-        out.status.success(),
-        "send failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for i in 0..N {
-        let got = tail.next_str();
-        assert_eq!(got, format!("line {i}"), "message {i} out of order or lost");
-    }
+    transfer(&a, &tail, N, "line");
     let st = b.wait_status("counting every message", |s| {
         s.counters.messages_received == N as u64
     });
@@ -56,10 +43,7 @@ fn tail_replays_history_with_n_and_json_carries_sender_and_time() {
 
 #[test]
 fn binary_lines_travel_as_binary_messages() {
-    let s = Signald::start();
-    let a = Daemon::start(&s.url(), "alice");
-    let b = Daemon::start(&s.url(), "bob");
-    a.pair(&b);
+    let (_s, a, b) = paired("alice", "bob");
     let raw = Tail::start(&b, &[]);
     let json = Tail::start(&b, &["--json"]);
     let out = a.ctl_stdin(&["send"], b"\xff\xfe\x00bin\ntext\n");
@@ -74,10 +58,7 @@ fn binary_lines_travel_as_binary_messages() {
 
 #[test]
 fn empty_lines_are_messages_too() {
-    let s = Signald::start();
-    let a = Daemon::start(&s.url(), "alice");
-    let b = Daemon::start(&s.url(), "bob");
-    a.pair(&b);
+    let (_s, a, b) = paired("alice", "bob");
     let tail = Tail::start(&b, &[]);
     let out = a.ctl_stdin(&["send"], b"a\n\nb\n");
     assert!(
@@ -92,10 +73,7 @@ fn empty_lines_are_messages_too() {
 
 #[test]
 fn oversized_message_is_refused_loudly_and_the_link_survives() {
-    let s = Signald::start();
-    let a = Daemon::start(&s.url(), "alice");
-    let b = Daemon::start(&s.url(), "bob");
-    a.pair(&b);
+    let (_s, a, b) = paired("alice", "bob");
     let tail = Tail::start(&b, &[]);
     let exactly = "x".repeat(65536);
     let over = "y".repeat(65537);

@@ -2,7 +2,7 @@
 
 use p2p_proto::control::{LinkState, ServerState};
 
-use crate::util::{Daemon, Signald, Tail};
+use p2p_testkit::{Daemon, Signald, Tail};
 
 #[test]
 fn send_while_unpaired_exits_1_with_one_line() {
@@ -22,7 +22,7 @@ fn send_while_unpaired_exits_1_with_one_line() {
 #[test]
 fn no_daemon_exits_3_and_usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(crate::util::bin("p2pctl"))
+    let out = std::process::Command::new(p2p_testkit::bin("p2pctl"))
         .arg("--socket")
         .arg(dir.path().join("none.sock"))
         .arg("status")
@@ -31,7 +31,7 @@ fn no_daemon_exits_3_and_usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("p2pctl: no p2pd answering on"), "{err}");
-    let out = std::process::Command::new(crate::util::bin("p2pctl"))
+    let out = std::process::Command::new(p2p_testkit::bin("p2pctl"))
         .args(["pair"])
         .output()
         .unwrap();
@@ -46,8 +46,8 @@ fn sigkill_of_the_peer_resets_the_survivor_which_pairs_with_a_third() {
     let c = Daemon::start(&s.url(), "carol");
     let events = Tail::start(&a, &["--json"]);
     a.pair(&b);
-    b.proc.signal(libc::SIGKILL);
-    b.proc.wait_exit();
+    b.proc().signal(libc::SIGKILL);
+    b.proc_mut().wait_exit();
     let ev = events.wait_event("peer_disconnected");
     assert_eq!(ev["peer_id"], "bob");
     assert_eq!(ev["reason"], "left");
@@ -64,13 +64,13 @@ fn sigstop_of_the_peer_times_it_out_at_the_server_and_resets_the_survivor() {
     let b = Daemon::start(&s.url(), "bob");
     let events = Tail::start(&a, &["--json"]);
     a.pair(&b);
-    b.proc.signal(libc::SIGSTOP);
+    b.proc().signal(libc::SIGSTOP);
     let ev = events.wait_event("peer_disconnected");
     assert_eq!(ev["peer_id"], "bob");
     assert_eq!(ev["reason"], "timeout");
     let st = a.wait_idle();
     assert_eq!(st.server.state, ServerState::Connected);
-    b.proc.signal(libc::SIGCONT);
+    b.proc().signal(libc::SIGCONT);
     // Bob notices he was dropped, reconnects and is ready again.
     b.wait_status("back and idle", |s| {
         s.server.state == ServerState::Connected && s.link == LinkState::Idle
@@ -81,12 +81,12 @@ fn sigstop_of_the_peer_times_it_out_at_the_server_and_resets_the_survivor() {
 #[test]
 fn signald_restart_both_daemons_reconnect_and_pair_again() {
     let mut s = Signald::start();
-    let port = s.port;
+    let port = s.port();
     let a = Daemon::start(&s.url(), "alice");
     let b = Daemon::start(&s.url(), "bob");
     a.pair(&b);
-    s.proc.signal(libc::SIGTERM);
-    assert!(s.proc.wait_exit().success());
+    s.proc().signal(libc::SIGTERM);
+    assert!(s.proc_mut().wait_exit().success());
     a.wait_status("down and reset", |st| {
         st.server.state != ServerState::Connected && st.link == LinkState::Idle
     });
@@ -145,12 +145,12 @@ fn a_restarted_daemon_reclaims_its_id_with_the_kept_token() {
     // The old alice hangs (its connection still open at signald); a new
     // alice with the same state directory, hence the same token, replaces
     // it at once instead of getting id_taken.
-    a.proc.signal(libc::SIGSTOP);
-    let token = std::fs::read_to_string(a.dir.path().join("state/p2pd/alice.token")).unwrap();
+    a.proc().signal(libc::SIGSTOP);
+    let token = std::fs::read_to_string(a.state_dir().join("alice.token")).unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir2.path().join("state/p2pd")).unwrap();
     std::fs::write(dir2.path().join("state/p2pd/alice.token"), &token).unwrap();
-    let a2 = Daemon::spawn(&s.url(), "alice", &[], dir2);
+    let a2 = Daemon::builder(&s.url(), "alice").dir(dir2).spawn();
     a2.wait_status("registered as alice", |st| {
         st.server.state == ServerState::Connected && st.id.as_deref() == Some("alice")
     });
@@ -159,14 +159,14 @@ fn a_restarted_daemon_reclaims_its_id_with_the_kept_token() {
     assert_eq!(ev["reason"], "replaced");
     b.wait_idle();
     a2.pair(&b);
-    a.proc.signal(libc::SIGCONT);
+    a.proc().signal(libc::SIGCONT);
 }
 
 #[test]
 fn a_pairing_rate_limited_by_signald_fails_with_that_reason() {
     // Burst 3: `pair`, the offer and a candidate fit; the next frame of
     // the pairing is dropped by signald.
-    let args: Vec<String> = [
+    let s = Signald::start_with(&[
         "--listen",
         "127.0.0.1:0",
         "--ping-interval",
@@ -177,10 +177,7 @@ fn a_pairing_rate_limited_by_signald_fails_with_that_reason() {
         "1",
         "--rate-burst",
         "3",
-    ]
-    .map(String::from)
-    .to_vec();
-    let s = Signald::start_in(None, &args);
+    ]);
     let a = Daemon::start(&s.url(), "alice");
     let b = Daemon::start(&s.url(), "bob");
     let out = a.ctl(&["pair", "bob"]);

@@ -2,7 +2,7 @@
 
 use p2p_proto::control::{LinkState, ServerState};
 
-use crate::util::{Daemon, Signald, Tail};
+use p2p_testkit::{Daemon, Signald, Tail};
 
 #[test]
 fn pair_exchange_both_ways_and_send_works_as_soon_as_pair_returns() {
@@ -125,21 +125,14 @@ fn pair_refusals_have_their_reasons_and_exit_1() {
     let c = Daemon::start(&s.url(), "carol");
     let picky = Daemon::start_with(&s.url(), "picky", &["--allow-peer", "bob"]);
 
-    let refused = |d: &Daemon, args: &[&str], needle: &str| {
-        let out = d.ctl(args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
-        assert_eq!(err.lines().count(), 1, "one line: {err:?}");
-    };
-    refused(&a, &["pair", "nobody"], "nobody");
-    refused(&a, &["pair", "alice"], "ourselves");
-    refused(&a, &["pair", "picky"], "refused");
+    a.refused(&["pair", "nobody"], "nobody");
+    a.refused(&["pair", "alice"], "ourselves");
+    a.refused(&["pair", "picky"], "refused");
     a.wait_idle();
 
     b.pair(&c);
-    refused(&a, &["pair", "bob"], "busy");
-    refused(&b, &["pair", "alice"], "already paired with carol");
+    a.refused(&["pair", "bob"], "busy");
+    b.refused(&["pair", "alice"], "already paired with carol");
     a.wait_idle();
 
     // The allow-list admits bob once he is free.

@@ -1,8 +1,6 @@
 //! End-to-end tests: real signald and p2pd processes on 127.0.0.1, real
 //! WebRTC data channels, driven through the real p2pctl.
 
-mod util;
-
 mod control_socket;
 mod data;
 mod failures;

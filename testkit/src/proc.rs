@@ -1,0 +1,177 @@
+//! Child processes of a test: spawn a built binary, collect its stdout and
+//! stderr in the background, wait for a line, signal it, and kill it on
+//! drop (printing what it said when the test is failing).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any single awaited state; reaching it fails the test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A program built by this workspace, found beside the running test or
+/// benchmark executable (`target/<profile>/` or its `deps/`): `cargo test
+/// --workspace` builds every binary of the workspace there.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe.parent().expect("a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo test --workspace`, scripts/test)",
+        p.display()
+    );
+    p
+}
+
+/// A command for `program`, run inside network namespace `netns` if given
+/// (`ip netns exec` execs it, so the child's PID is the program's).
+pub fn in_netns(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+    }
+}
+
+/// A child process whose stdout and stderr are collected in the background.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin from /dev/null and both outputs collected.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push_str(&format!("{line}\n"));
+                    // The test may have stopped listening; the log still has it.
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+            lines,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits for an output line containing `needle`; returns it.
+    pub fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "{} never printed {needle:?}; its output:\n{}",
+                    self.name,
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// Everything the process printed so far, stdout and stderr.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child has no memory effects.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits (at most [`WAIT`]) for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit; output:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// File descriptors and threads of the process, from /proc.
+    pub fn fds_and_threads(&self) -> (usize, usize) {
+        let pid = self.pid();
+        let count = |p: String| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
+        (
+            count(format!("/proc/{pid}/fd")),
+            count(format!("/proc/{pid}/task")),
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- {} output -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// Polls `probe` every few milliseconds until it returns `Some`, failing
+/// the test with `what` and the last value seen after [`WAIT`].
+pub fn wait_for<T, L: std::fmt::Debug>(
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, L>,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => panic!("never {what}; last seen: {last:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! A real `signald` process.
+
+use crate::proc::{Proc, bin, in_netns};
+
+/// A running signald; killed on drop.
+pub struct Signald {
+    proc: Proc,
+    addr: String,
+}
+
+impl Signald {
+    /// On 127.0.0.1, an ephemeral port, with short ping timings
+    /// (100 ms / 300 ms) so that losses show quickly.
+    pub fn start() -> Signald {
+        Self::start_on(0)
+    }
+
+    /// Like [`start`](Self::start) on a given port (to restart in place).
+    pub fn start_on(port: u16) -> Signald {
+        let listen = format!("127.0.0.1:{port}");
+        Self::start_with(&[
+            "--listen",
+            &listen,
+            "--ping-interval",
+            "100ms",
+            "--ping-timeout",
+            "300ms",
+        ])
+    }
+
+    /// With exactly these arguments (give `--listen`).
+    pub fn start_with(args: &[&str]) -> Signald {
+        Self::start_in(None, args)
+    }
+
+    /// With these arguments, inside network namespace `netns` if given.
+    pub fn start_in(netns: Option<&str>, args: &[&str]) -> Signald {
+        let mut cmd = in_netns(netns, &bin("signald"));
+        cmd.args(args).env("SIGNALD_LOG", "info");
+        Self::spawn(cmd)
+    }
+
+    /// Spawns a prepared command (environment, file descriptors...) and
+    /// waits for its `signald listening on ADDR` line.
+    pub fn spawn(cmd: std::process::Command) -> Signald {
+        let proc = Proc::spawn("signald", cmd);
+        let line = proc.wait_line("signald listening on ");
+        let addr = line
+            .rsplit("listening on ")
+            .next()
+            .map(|a| a.trim().to_string())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Signald { proc, addr }
+    }
+
+    /// `HOST:PORT` as signald printed it.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {}", self.addr))
+    }
+
+    /// The WebSocket URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn proc(&self) -> &Proc {
+        &self.proc
+    }
+
+    pub fn proc_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
