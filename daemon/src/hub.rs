@@ -1,43 +1,80 @@
-//! The hub: one task owning the message history and the `tail` followers.
+//! The hub: the message history and the `tail` followers.
 //!
-//! Everything that followers see passes through here in order. Delivery to a
-//! follower is lossless while it keeps up: when its queue is full the hub
-//! waits (up to [`STALL_GRACE`]) and so slows the data channel itself, which
-//! is what a pipe should do. A follower that makes no progress for that long
-//! is marked lagging: it misses events (counted), and once it has drained
-//! half its queue it first gets a `lagged` event saying exactly how many.
+//! Every event is serialised once, when it is published, and the same line
+//! is queued for each follower. There are two ways in, and only one waits:
+//!
+//! - [`Hub::publish_event`] (the engine: pairing, signaling changes) queues
+//!   at once and never waits, so no follower can delay `status` or ICE.
+//! - [`Hub::publish_message`] (the data channel's reader) first waits while
+//!   a follower's queue is full, which slows the data channel itself: that
+//!   is what a pipe should do. A follower that makes no progress for
+//!   [`STALL_GRACE`] is marked lagging: it misses events (counted), and once
+//!   its queue has drained to half it gets a `lagged` event saying exactly
+//!   how many, then the stream resumes.
+//!
+//! A follower's queue is bounded in bytes ([`FOLLOWER_QUEUE_BYTES`]) and in
+//! events ([`FOLLOWER_QUEUE`]): a stopped `tail` pins at most that much.
+//! A follower that hangs up is forgotten at once (its handle's `Drop`).
+//!
+//! The state is behind a std `Mutex`: nothing awaits while holding it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use p2p_proto::control::{Event, EventKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::counters::Counters;
 
-/// Events a follower may have queued before it counts as slow.
+/// Events a follower may have queued before it counts as full.
 pub const FOLLOWER_QUEUE: usize = 8192;
-/// How long the hub waits for a stuck follower before it starts losing.
+/// Bytes of event lines a follower may have queued before it counts as
+/// full. One line larger than this still goes into an empty queue.
+pub const FOLLOWER_QUEUE_BYTES: usize = 1024 * 1024;
+/// How long a message waits for a full follower before that follower
+/// starts missing events.
 pub const STALL_GRACE: Duration = Duration::from_secs(2);
 
-pub type SharedEvent = Arc<Event>;
+/// One published event, serialised once and shared by every queue.
+#[derive(Debug, Clone)]
+pub struct Line(Arc<LineInner>);
 
-enum HubCmd {
-    Publish(Event),
-    Subscribe {
-        replay: usize,
-        follow: bool,
-        reply: oneshot::Sender<Subscription>,
-    },
+#[derive(Debug)]
+struct LineInner {
+    /// The JSON object and its `\n`.
+    text: String,
+    /// Payload bytes of a message (what `--history-bytes` counts), else 0.
+    payload: usize,
 }
 
-/// What `tail` gets: the replayed messages, then (when following) the live
-/// stream, with nothing lost or repeated between the two.
-pub struct Subscription {
-    pub replay: Vec<SharedEvent>,
-    pub live: Option<mpsc::Receiver<SharedEvent>>,
+impl Line {
+    fn new(kind: EventKind) -> Line {
+        let payload = match &kind {
+            EventKind::Message { text, data_b64, .. } => {
+                text.as_ref().map_or(0, String::len)
+                    + data_b64.as_ref().map_or(0, |b| b.len() / 4 * 3)
+            }
+            _ => 0,
+        };
+        let text = Event {
+            ts_ms: now_ms(),
+            kind,
+        }
+        .to_line();
+        Line(Arc::new(LineInner { text, payload }))
+    }
+
+    /// The event's JSON line, newline included.
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+
+    fn len(&self) -> usize {
+        self.0.text.len()
+    }
 }
 
 /// How much received history the hub keeps for `tail -n`.
@@ -48,56 +85,260 @@ pub struct HistoryLimits {
     pub bytes: usize,
 }
 
-/// Payload size of a message event, 0 for other events.
-fn payload_len(ev: &Event) -> usize {
-    match &ev.kind {
-        EventKind::Message { text, data_b64, .. } => {
-            text.as_ref().map_or(0, String::len) + data_b64.as_ref().map_or(0, |b| b.len() / 4 * 3)
+/// Cloneable handle on the hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Woken when a follower takes from its queue or leaves, for a
+    /// message waiting for room.
+    room: Notify,
+    limits: HistoryLimits,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct State {
+    history: VecDeque<Line>,
+    history_bytes: usize,
+    followers: Vec<Slot>,
+    next_id: u64,
+}
+
+/// One follower's queue.
+struct Slot {
+    id: u64,
+    queue: VecDeque<Line>,
+    bytes: usize,
+    /// Events missed since the last one queued; > 0 means lagging.
+    missed: u64,
+    /// Since when a message has been waiting for room in this queue.
+    full_since: Option<Instant>,
+    wake: Arc<Notify>,
+}
+
+impl Slot {
+    fn is_full(&self) -> bool {
+        !self.queue.is_empty()
+            && (self.bytes >= FOLLOWER_QUEUE_BYTES || self.queue.len() >= FOLLOWER_QUEUE)
+    }
+
+    fn drained_to_half(&self) -> bool {
+        self.bytes <= FOLLOWER_QUEUE_BYTES / 2 && self.queue.len() <= FOLLOWER_QUEUE / 2
+    }
+
+    fn push(&mut self, line: Line) {
+        self.bytes += line.len();
+        self.queue.push_back(line);
+        self.wake.notify_one();
+    }
+
+    /// Queues `line`, or counts it as missed while lagging (resuming with a
+    /// `lagged` notice once the queue has drained to half).
+    fn offer(&mut self, line: &Line, counters: &Counters) {
+        if self.missed > 0 {
+            if !self.drained_to_half() {
+                self.missed += 1;
+                counters.missed_by_subscribers.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let missed = std::mem::take(&mut self.missed);
+            self.push(Line::new(EventKind::Lagged { missed }));
         }
-        _ => 0,
+        self.push(line.clone());
     }
 }
 
-/// Cloneable handle on the hub task.
-#[derive(Clone)]
-pub struct Hub {
-    tx: mpsc::Sender<HubCmd>,
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic elsewhere must not take every follower down with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Hub {
-    /// Starts the hub task; it ends when every handle is dropped.
-    pub fn start(
-        history: HistoryLimits,
-        counters: Arc<Counters>,
-    ) -> (Hub, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(1024);
-        let task = tokio::spawn(run(rx, history, counters));
-        (Hub { tx }, task)
-    }
-
-    /// Publishes an event, waiting while followers catch up (backpressure).
-    pub async fn publish(&self, kind: EventKind) {
-        let ev = Event {
-            ts_ms: now_ms(),
-            kind,
-        };
-        // The hub outlives every publisher; a closed hub means shutdown.
-        if self.tx.send(HubCmd::Publish(ev)).await.is_err() {
-            tracing::debug!("hub gone; event dropped during shutdown");
+    pub fn new(limits: HistoryLimits, counters: Arc<Counters>) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                room: Notify::new(),
+                limits,
+                counters,
+            }),
         }
     }
 
-    pub async fn subscribe(&self, replay: usize, follow: bool) -> Option<Subscription> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(HubCmd::Subscribe {
-                replay,
-                follow,
-                reply,
-            })
-            .await
-            .ok()?;
-        rx.await.ok()
+    /// Queues a control event for every follower now; never waits.
+    pub fn publish_event(&self, kind: EventKind) {
+        let line = Line::new(kind);
+        let mut st = lock(&self.inner.state);
+        for f in &mut st.followers {
+            f.offer(&line, &self.inner.counters);
+        }
+    }
+
+    /// Records a received message in the history and queues it for every
+    /// follower, first waiting while one of them is full (at most
+    /// [`STALL_GRACE`] for each: then that one starts missing events).
+    pub async fn publish_message(&self, kind: EventKind) {
+        let line = Line::new(kind);
+        let inner = &*self.inner;
+        // Followers marked lagging while this message waited: they have
+        // counted it as missed already.
+        let mut lagged_now: Vec<u64> = Vec::new();
+        loop {
+            let room = inner.room.notified();
+            tokio::pin!(room);
+            let wait_until = {
+                let mut st = lock(&inner.state);
+                let now = Instant::now();
+                let mut wait_until: Option<Instant> = None;
+                for f in st.followers.iter_mut().filter(|f| f.missed == 0) {
+                    if !f.is_full() {
+                        f.full_since = None;
+                        continue;
+                    }
+                    let since = *f.full_since.get_or_insert(now);
+                    if now >= since + STALL_GRACE {
+                        tracing::warn!("a tail follower is stuck; it will miss events");
+                        f.full_since = None;
+                        f.missed = 1;
+                        lagged_now.push(f.id);
+                        inner
+                            .counters
+                            .missed_by_subscribers
+                            .fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let until = since + STALL_GRACE;
+                        wait_until = Some(wait_until.map_or(until, |w| w.min(until)));
+                    }
+                }
+                match wait_until {
+                    Some(until) => {
+                        // Registered before the lock is released: a follower
+                        // that takes from its queue now still wakes us.
+                        room.as_mut().enable();
+                        until
+                    }
+                    None => {
+                        self.deliver(&mut st, line, &lagged_now);
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout_at(wait_until, room).await;
+        }
+    }
+
+    /// Adds a message to the history and queues it for every follower but
+    /// those in `skip` (they counted it as missed).
+    fn deliver(&self, st: &mut State, line: Line, skip: &[u64]) {
+        let limits = self.inner.limits;
+        if limits.messages > 0 {
+            st.history_bytes += line.0.payload;
+            st.history.push_back(line.clone());
+            while st.history.len() > limits.messages
+                || (st.history_bytes > limits.bytes && st.history.len() > 1)
+            {
+                let old = st.history.pop_front().expect("non-empty");
+                st.history_bytes -= old.0.payload;
+            }
+        }
+        for f in st.followers.iter_mut().filter(|f| !skip.contains(&f.id)) {
+            f.offer(&line, &self.inner.counters);
+        }
+    }
+
+    /// Up to `replay` messages from history, then (with `follow`) the live
+    /// stream, with nothing lost or repeated between the two.
+    pub fn subscribe(&self, replay: usize, follow: bool) -> Subscription {
+        let mut st = lock(&self.inner.state);
+        let skip = st.history.len().saturating_sub(replay);
+        let replayed = st.history.iter().skip(skip).cloned().collect();
+        let live = follow.then(|| {
+            let id = st.next_id;
+            st.next_id += 1;
+            let wake = Arc::new(Notify::new());
+            st.followers.push(Slot {
+                id,
+                queue: VecDeque::new(),
+                bytes: 0,
+                missed: 0,
+                full_since: None,
+                wake: wake.clone(),
+            });
+            self.count_followers(&st);
+            Follower {
+                hub: self.clone(),
+                id,
+                wake,
+            }
+        });
+        Subscription {
+            replay: replayed,
+            live,
+        }
+    }
+
+    fn count_followers(&self, st: &State) {
+        self.inner
+            .counters
+            .subscribers
+            .store(st.followers.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What `tail` gets.
+pub struct Subscription {
+    pub replay: Vec<Line>,
+    /// `None` without `follow`.
+    pub live: Option<Follower>,
+}
+
+/// A live follower; dropping it unsubscribes at once.
+pub struct Follower {
+    hub: Hub,
+    id: u64,
+    wake: Arc<Notify>,
+}
+
+impl Follower {
+    /// The next line, waiting for one.
+    pub async fn recv(&mut self) -> Line {
+        let wake = self.wake.clone();
+        loop {
+            let woken = wake.notified();
+            if let Some(line) = self.try_recv() {
+                return line;
+            }
+            woken.await;
+        }
+    }
+
+    /// The next line if one is queued.
+    pub fn try_recv(&mut self) -> Option<Line> {
+        let inner = &*self.hub.inner;
+        let mut st = lock(&inner.state);
+        let slot = st.followers.iter_mut().find(|f| f.id == self.id)?;
+        let line = slot.queue.pop_front()?;
+        slot.bytes -= line.len();
+        if slot.full_since.is_some() {
+            inner.room.notify_waiters();
+        }
+        Some(line)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let inner = &*self.hub.inner;
+        let mut st = lock(&inner.state);
+        st.followers.retain(|f| f.id != self.id);
+        self.hub.count_followers(&st);
+        drop(st);
+        // A message may be waiting for this follower's room.
+        inner.room.notify_waiters();
     }
 }
 
@@ -108,200 +349,5 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-struct Follower {
-    tx: mpsc::Sender<SharedEvent>,
-    /// Events missed since the last one delivered; > 0 means lagging.
-    missed: u64,
-}
-
-async fn run(mut rx: mpsc::Receiver<HubCmd>, limits: HistoryLimits, counters: Arc<Counters>) {
-    let mut history: VecDeque<SharedEvent> = VecDeque::new();
-    let mut history_bytes = 0usize;
-    let mut followers: Vec<Follower> = Vec::new();
-    while let Some(cmd) = rx.recv().await {
-        match cmd {
-            HubCmd::Subscribe {
-                replay,
-                follow,
-                reply,
-            } => {
-                let skip = history.len().saturating_sub(replay);
-                let replay = history.iter().skip(skip).cloned().collect();
-                let live = follow.then(|| {
-                    let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
-                    followers.push(Follower { tx, missed: 0 });
-                    rx
-                });
-                // A client that hung up meanwhile just drops the reply.
-                let _ = reply.send(Subscription { replay, live });
-            }
-            HubCmd::Publish(ev) => {
-                let ev = Arc::new(ev);
-                if matches!(ev.kind, EventKind::Message { .. }) && limits.messages > 0 {
-                    history_bytes += payload_len(&ev);
-                    history.push_back(ev.clone());
-                    while history.len() > limits.messages
-                        || (history_bytes > limits.bytes && history.len() > 1)
-                    {
-                        let old = history.pop_front().expect("non-empty");
-                        history_bytes -= payload_len(&old);
-                    }
-                }
-                let mut i = 0;
-                while i < followers.len() {
-                    if deliver(&mut followers[i], &ev, &counters).await {
-                        i += 1;
-                    } else {
-                        followers.swap_remove(i);
-                    }
-                }
-            }
-        }
-        counters
-            .subscribers
-            .store(followers.len() as u64, Ordering::Relaxed);
-    }
-}
-
-/// Hands `ev` to one follower; false when the follower has gone.
-async fn deliver(f: &mut Follower, ev: &SharedEvent, counters: &Counters) -> bool {
-    use mpsc::error::TrySendError;
-    if f.missed > 0 {
-        // Lagging: resume only once half the queue is free, so that a
-        // barely-reading follower does not stall the link again and again.
-        if f.tx.is_closed() {
-            return false;
-        }
-        if f.tx.capacity() < FOLLOWER_QUEUE / 2 {
-            f.missed += 1;
-            counters
-                .missed_by_subscribers
-                .fetch_add(1, Ordering::Relaxed);
-            return true;
-        }
-        let notice = Arc::new(Event {
-            ts_ms: now_ms(),
-            kind: EventKind::Lagged { missed: f.missed },
-        });
-        if f.tx.try_send(notice).is_err() {
-            return !f.tx.is_closed();
-        }
-        f.missed = 0;
-    }
-    match f.tx.try_send(ev.clone()) {
-        Ok(()) => true,
-        Err(TrySendError::Closed(_)) => false,
-        Err(TrySendError::Full(ev)) => {
-            match tokio::time::timeout(STALL_GRACE, f.tx.send(ev)).await {
-                Ok(Ok(())) => true,
-                Ok(Err(_)) => false,
-                Err(_) => {
-                    tracing::warn!("a tail follower is stuck; it will miss events");
-                    f.missed = 1;
-                    counters
-                        .missed_by_subscribers
-                        .fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(i: u32) -> EventKind {
-        EventKind::Message {
-            from: "p".into(),
-            text: Some(i.to_string()),
-            data_b64: None,
-        }
-    }
-
-    fn text(ev: &Event) -> String {
-        match &ev.kind {
-            EventKind::Message { text, .. } => text.clone().unwrap(),
-            other => format!("{other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn replay_then_live_without_gap() {
-        let counters = Arc::new(Counters::default());
-        let (hub, _task) = Hub::start(
-            HistoryLimits {
-                messages: 3,
-                bytes: 1 << 20,
-            },
-            counters,
-        );
-        for i in 0..5 {
-            hub.publish(msg(i)).await;
-        }
-        let sub = hub.subscribe(10, true).await.unwrap();
-        let replay: Vec<_> = sub.replay.iter().map(|e| text(e)).collect();
-        assert_eq!(replay, ["2", "3", "4"]);
-        hub.publish(msg(5)).await;
-        let mut live = sub.live.unwrap();
-        assert_eq!(text(&live.recv().await.unwrap()), "5");
-    }
-
-    #[tokio::test]
-    async fn history_is_bounded_by_bytes_too() {
-        let counters = Arc::new(Counters::default());
-        let (hub, _task) = Hub::start(
-            HistoryLimits {
-                messages: 100,
-                bytes: 10,
-            },
-            counters,
-        );
-        for t in ["aaaa", "bbbb", "cccc"] {
-            hub.publish(EventKind::Message {
-                from: "p".into(),
-                text: Some(t.into()),
-                data_b64: None,
-            })
-            .await;
-        }
-        let sub = hub.subscribe(100, false).await.unwrap();
-        let kept: Vec<_> = sub.replay.iter().map(|e| text(e)).collect();
-        assert_eq!(kept, ["bbbb", "cccc"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn stuck_follower_is_told_how_many_it_missed() {
-        let counters = Arc::new(Counters::default());
-        let (hub, _task) = Hub::start(
-            HistoryLimits {
-                messages: 0,
-                bytes: 0,
-            },
-            counters.clone(),
-        );
-        let mut live = hub.subscribe(0, true).await.unwrap().live.unwrap();
-        let total = FOLLOWER_QUEUE as u32 + 10;
-        for i in 0..total {
-            hub.publish(msg(i)).await;
-        }
-        // Make sure the hub has handled every publish (paused time lets the
-        // grace period pass instantly).
-        let _ = hub.subscribe(0, false).await.unwrap();
-        let mut got = Vec::new();
-        for _ in 0..FOLLOWER_QUEUE {
-            got.push(text(&live.recv().await.unwrap()));
-        }
-        assert_eq!(
-            got.last().unwrap(),
-            &(FOLLOWER_QUEUE as u32 - 1).to_string()
-        );
-        hub.publish(msg(total)).await;
-        let _ = hub.subscribe(0, false).await.unwrap();
-        let lag = live.recv().await.unwrap();
-        assert_eq!(lag.kind, EventKind::Lagged { missed: 10 });
-        assert_eq!(text(&live.recv().await.unwrap()), total.to_string());
-        assert_eq!(counters.missed_by_subscribers.load(Ordering::Relaxed), 10);
-    }
-}
+mod tests;

@@ -2,17 +2,23 @@
 //! serves a local control socket for p2pctl.
 //!
 //! Tasks, each owning its state: [`signaling`] (the WebSocket), [`engine`]
-//! (the link and the peer connection), [`hub`] (history and `tail`
-//! followers) and [`control`] (one task per socket client).
+//! (the link's state machine, [`link`], and the peer connection, [`peer`]),
+//! the data channel's reader ([`channel`]) and [`control`] (one task per
+//! socket client). [`hub`] (history and `tail` followers) is shared state
+//! behind a lock that nothing awaits under; [`status`] assembles what
+//! `p2pctl status` prints.
 
+pub mod channel;
 pub mod config;
 pub mod control;
 pub mod counters;
 pub mod engine;
 pub mod hub;
+pub mod link;
 pub mod paths;
 pub mod peer;
 pub mod signaling;
+pub mod status;
 pub mod udp;
 
 use std::future::Future;
@@ -42,7 +48,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let counters = Arc::new(counters::Counters::default());
-    let (hub, hub_task) = hub::Hub::start(
+    let hub = hub::Hub::new(
         hub::HistoryLimits {
             messages: cfg.history,
             bytes: cfg.history_bytes,
@@ -81,8 +87,6 @@ pub async fn run(
         let _ = control_task.await;
         let _ = engine_task.await;
         let _ = sig_task.await;
-        // The hub ends once the engine and every client have dropped it.
-        let _ = hub_task.await;
     })
     .await;
     if joined.is_err() {

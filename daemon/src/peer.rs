@@ -2,30 +2,31 @@
 //! that `docs/webrtc.md` explains (loopback binding, no mDNS, sized socket
 //! buffers and SCTP window, send backpressure, a fast first open).
 //!
-//! The engine owns the [`Pc`]; the crate's callbacks and the channel reader
-//! only forward [`PcEvent`]s to it (tagged with the connection's generation
-//! so that late events from a closed connection are recognised), except for
-//! received messages, which go straight to the hub in order.
+//! The engine owns the [`Pc`] and drives it through a small API (`offer`,
+//! `answer`, `accept_answer`, `add_candidate`, `close`). The crate's
+//! callbacks only forward [`PcEvent`]s to the engine, tagged with the
+//! connection's generation so that late events from a closed connection
+//! are recognised; received messages go from the channel's reader
+//! ([`crate::channel`]) straight to the hub, in order.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use p2p_proto::control::{EventKind, Path};
+use p2p_proto::control::Path;
 use p2p_proto::signal::{CandidateInit, IceServer};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::transport::RTCDtlsRole;
 use tokio::sync::mpsc;
-use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
-    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCStatsReportEntry,
-    SettingEngineBuilder, StatsSelector,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
+use crate::channel::{self, Reader};
 use crate::counters::Counters;
 use crate::hub::Hub;
 use crate::udp::BufferedRuntime;
@@ -48,13 +49,35 @@ pub struct PcSettings {
     pub runtime: Arc<BufferedRuntime>,
 }
 
+/// Where a connection sends what it hears, given once when it is built.
+#[derive(Clone)]
+pub struct PcContext {
+    pub generation: u64,
+    pub events: mpsc::UnboundedSender<PcEvent>,
+    pub hub: Hub,
+    pub counters: Arc<Counters>,
+}
+
+impl PcContext {
+    /// Forwards an event to the engine. The engine outlives every
+    /// connection it builds; a send error means it is shutting down and
+    /// nobody cares about this event.
+    pub fn forward(&self, kind: PcEventKind) {
+        let _ = self.events.send(PcEvent {
+            generation: self.generation,
+            kind,
+        });
+    }
+}
+
 pub struct PcEvent {
     pub generation: u64,
     pub kind: PcEventKind,
 }
 
 pub enum PcEventKind {
-    /// A local candidate to trickle; `None` at the end of gathering.
+    /// A local candidate to trickle (without `sdpMid`: see
+    /// [`Pc::local_candidate`]); `None` at the end of gathering.
     Candidate(Option<CandidateInit>),
     IceState(RTCIceConnectionState),
     PcState(RTCPeerConnectionState),
@@ -64,37 +87,37 @@ pub enum PcEventKind {
     ChannelClosed,
 }
 
-/// A peer connection with what the engine tracks about it.
-pub struct Pc {
-    pub generation: u64,
-    pub pc: Arc<dyn PeerConnection>,
-    pub dc: Option<Arc<dyn DataChannel>>,
-    reader: Option<tokio::task::JoinHandle<()>>,
-    /// Remote candidates that arrived before the remote description.
-    pub early_candidates: Vec<RTCIceCandidateInit>,
-    pub ice_state: RTCIceConnectionState,
-    pub pc_state: RTCPeerConnectionState,
-    pub channel_open: bool,
-    /// The peer's offer or answer has been applied.
-    pub remote_described: bool,
-    /// `a=mid` of our data section, put into trickled candidates.
-    pub mid: Option<String>,
+/// The connection's states as its callbacks last reported them.
+#[derive(Clone, Copy)]
+struct States {
+    ice: RTCIceConnectionState,
+    pc: RTCPeerConnectionState,
 }
 
-#[derive(Clone)]
+/// A peer connection with what the engine needs to know about it.
+pub struct Pc {
+    ctx: PcContext,
+    pc: Arc<dyn PeerConnection>,
+    states: Arc<Mutex<States>>,
+    channel: Option<Reader>,
+    /// Remote candidates that arrived before the remote description.
+    early_candidates: Vec<RTCIceCandidateInit>,
+    /// The peer's offer or answer has been applied.
+    described: bool,
+    /// An offer or answer was made: closing this connection is a reset.
+    used: bool,
+    /// `a=mid` of our data section, put into trickled candidates.
+    mid: Option<String>,
+}
+
 struct Handler {
-    generation: u64,
-    tx: mpsc::UnboundedSender<PcEvent>,
+    ctx: PcContext,
+    states: Arc<Mutex<States>>,
 }
 
 impl Handler {
-    fn forward(&self, kind: PcEventKind) {
-        // The engine outlives every connection it builds; a send error means
-        // it is shutting down and nobody cares about this event.
-        let _ = self.tx.send(PcEvent {
-            generation: self.generation,
-            kind,
-        });
+    fn states(&self) -> std::sync::MutexGuard<'_, States> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -102,7 +125,7 @@ impl Handler {
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         match event.candidate.to_json() {
-            Ok(init) => self.forward(PcEventKind::Candidate(Some(CandidateInit {
+            Ok(init) => self.ctx.forward(PcEventKind::Candidate(Some(CandidateInit {
                 candidate: init.candidate,
                 sdp_mid: None,
                 sdp_mline_index: Some(0),
@@ -114,31 +137,29 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
-            self.forward(PcEventKind::Candidate(None));
+            self.ctx.forward(PcEventKind::Candidate(None));
         }
     }
 
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
-        self.forward(PcEventKind::IceState(state));
+        self.states().ice = state;
+        self.ctx.forward(PcEventKind::IceState(state));
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        self.forward(PcEventKind::PcState(state));
+        self.states().pc = state;
+        self.ctx.forward(PcEventKind::PcState(state));
     }
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
-        self.forward(PcEventKind::DataChannel(dc));
+        self.ctx.forward(PcEventKind::DataChannel(dc));
     }
 }
 
 impl Pc {
     /// Builds a fresh peer connection; no sockets carry traffic until the
     /// offer/answer starts.
-    pub async fn build(
-        generation: u64,
-        settings: &PcSettings,
-        events: mpsc::UnboundedSender<PcEvent>,
-    ) -> anyhow::Result<Pc> {
+    pub async fn build(settings: &PcSettings, ctx: PcContext) -> anyhow::Result<Pc> {
         let window = settings.runtime.sctp_window();
         let setting_engine = SettingEngineBuilder::new()
             // Lab namespaces have no multicast; mDNS would fail there and
@@ -180,66 +201,100 @@ impl Pc {
             config = config.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
         }
         let bind: Vec<SocketAddr> = if settings.bind.is_empty() {
-            vec!["0.0.0.0:0".parse().expect("valid")]
+            vec![SocketAddr::from(([0, 0, 0, 0], 0))]
         } else {
             settings.bind.clone()
         };
+        let states = Arc::new(Mutex::new(States {
+            ice: RTCIceConnectionState::New,
+            pc: RTCPeerConnectionState::New,
+        }));
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config.build())
             .with_setting_engine(setting_engine)
             .with_runtime(settings.runtime.clone())
             .with_handler(Arc::new(Handler {
-                generation,
-                tx: events,
+                ctx: ctx.clone(),
+                states: states.clone(),
             }))
             .with_udp_addrs(bind)
             .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT)
             .build()
             .await?;
         Ok(Pc {
-            generation,
+            ctx,
             pc: Arc::new(pc),
-            dc: None,
-            reader: None,
+            states,
+            channel: None,
             early_candidates: Vec::new(),
-            ice_state: RTCIceConnectionState::New,
-            pc_state: RTCPeerConnectionState::New,
-            channel_open: false,
-            remote_described: false,
+            described: false,
+            used: false,
             mid: None,
         })
     }
 
-    /// The initiator's channel: ordered and reliable, negotiated in band.
-    pub async fn create_channel(&mut self) -> anyhow::Result<Arc<dyn DataChannel>> {
+    pub fn generation(&self) -> u64 {
+        self.ctx.generation
+    }
+
+    /// The initiator's side: creates the channel (ordered, reliable,
+    /// negotiated in band) and returns the offer's SDP.
+    pub async fn offer(&mut self, peer_id: &str) -> anyhow::Result<String> {
+        self.used = true;
         let dc = self
             .pc
             .create_data_channel(CHANNEL_LABEL, Some(RTCDataChannelInit::default()))
             .await?;
-        Ok(dc)
+        // The initiator pokes the driver until the channel opens (see
+        // `docs/webrtc.md`, "fast open").
+        self.channel = Some(channel::start(dc, true, peer_id, &self.ctx));
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer.clone()).await?;
+        self.learn_mid().await;
+        Ok(offer.sdp)
     }
 
-    /// Starts the task that reads `dc`: messages to the hub, open/close to
-    /// the engine. `nudge` makes it poke the connection's driver until the
-    /// channel opens (see `docs/webrtc.md`, "fast open").
-    pub fn attach_channel(
-        &mut self,
-        dc: Arc<dyn DataChannel>,
-        nudge: bool,
-        peer_id: String,
-        hub: Hub,
-        counters: Arc<Counters>,
-        events: mpsc::UnboundedSender<PcEvent>,
-    ) {
-        self.dc = Some(dc.clone());
-        let generation = self.generation;
-        self.reader = Some(tokio::spawn(read_channel(
-            dc, nudge, generation, peer_id, hub, counters, events,
-        )));
+    /// The answerer's side: applies the offer and returns the answer's SDP.
+    pub async fn answer(&mut self, offer: String) -> anyhow::Result<String> {
+        self.used = true;
+        self.pc
+            .set_remote_description(RTCSessionDescription::offer(offer)?)
+            .await?;
+        self.described = true;
+        self.flush_early_candidates().await?;
+        let answer = self.pc.create_answer(None).await?;
+        self.pc.set_local_description(answer.clone()).await?;
+        self.learn_mid().await;
+        Ok(answer.sdp)
+    }
+
+    /// The initiator applies the peer's answer.
+    pub async fn accept_answer(&mut self, answer: String) -> anyhow::Result<()> {
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(answer)?)
+            .await?;
+        self.described = true;
+        self.flush_early_candidates().await
+    }
+
+    /// The answerer takes the channel the peer opened; false if it already
+    /// has one (a second channel is ignored).
+    pub fn adopt_channel(&mut self, dc: Arc<dyn DataChannel>, peer_id: &str) -> bool {
+        if self.channel.is_some() {
+            return false;
+        }
+        self.channel = Some(channel::start(dc, false, peer_id, &self.ctx));
+        true
+    }
+
+    /// A local candidate as the peer needs it: with our data section's mid.
+    pub fn local_candidate(&self, mut c: CandidateInit) -> CandidateInit {
+        c.sdp_mid = self.mid.clone();
+        c
     }
 
     /// Remembers our data section's `a=mid` from the local description.
-    pub async fn learn_mid(&mut self) {
+    async fn learn_mid(&mut self) {
         if let Some(desc) = self.pc.local_description().await {
             self.mid = desc
                 .sdp
@@ -250,7 +305,7 @@ impl Pc {
     }
 
     /// Adds a remote candidate, or keeps it until the remote description.
-    pub async fn add_remote_candidate(&mut self, c: CandidateInit) -> anyhow::Result<()> {
+    pub async fn add_candidate(&mut self, c: CandidateInit) -> anyhow::Result<()> {
         let init = RTCIceCandidateInit {
             candidate: c.candidate,
             sdp_mid: c.sdp_mid,
@@ -258,7 +313,7 @@ impl Pc {
             username_fragment: c.username_fragment,
             ..Default::default()
         };
-        if self.pc.remote_description().await.is_none() {
+        if !self.described {
             self.early_candidates.push(init);
             return Ok(());
         }
@@ -268,7 +323,7 @@ impl Pc {
     }
 
     /// Adds the candidates that came before the remote description.
-    pub async fn flush_early_candidates(&mut self) -> anyhow::Result<()> {
+    async fn flush_early_candidates(&mut self) -> anyhow::Result<()> {
         for c in std::mem::take(&mut self.early_candidates) {
             self.pc.add_ice_candidate(c).await?;
         }
@@ -280,9 +335,33 @@ impl Pc {
     /// that does makes the new pair's first check go out now rather than at
     /// the next 200 ms tick.
     async fn nudge(&self) {
-        if let Some(dc) = &self.dc {
-            let _ = dc.set_buffered_amount_low_threshold(0).await;
+        if let Some(ch) = &self.channel {
+            channel::wake_driver(ch.channel()).await;
         }
+    }
+
+    /// The data channel, once there is one.
+    pub fn channel(&self) -> Option<Arc<dyn DataChannel>> {
+        self.channel.as_ref().map(|c| c.channel().clone())
+    }
+
+    /// Whether an offer or answer was made with this connection.
+    pub fn was_used(&self) -> bool {
+        self.used
+    }
+
+    pub fn ice_state(&self) -> RTCIceConnectionState {
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).ice
+    }
+
+    pub fn pc_state(&self) -> RTCPeerConnectionState {
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).pc
+    }
+
+    /// The data channel's W3C state name, `None` without a channel.
+    pub async fn channel_state(&self) -> Option<String> {
+        let ch = self.channel.as_ref()?;
+        ch.channel().ready_state().await.ok().map(|s| s.to_string())
     }
 
     /// The selected candidate pair, from the ICE transport; the round-trip
@@ -327,85 +406,12 @@ impl Pc {
 
     /// Closes the connection and waits for its reader, so that nothing of
     /// it (tasks, sockets) outlives this call.
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         if let Err(e) = self.pc.close().await {
             tracing::warn!(error = %e, "closing the peer connection");
         }
-        if let Some(reader) = self.reader.take() {
-            match tokio::time::timeout(Duration::from_secs(2), reader).await {
-                Ok(_) => {}
-                Err(_) => tracing::warn!("data channel reader did not stop in 2 s"),
-            }
-        }
-    }
-}
-
-async fn read_channel(
-    dc: Arc<dyn DataChannel>,
-    mut nudge: bool,
-    generation: u64,
-    peer_id: String,
-    hub: Hub,
-    counters: Arc<Counters>,
-    events: mpsc::UnboundedSender<PcEvent>,
-) {
-    let forward = |kind| {
-        let _ = events.send(PcEvent { generation, kind });
-    };
-    let nudge_until = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut tick = tokio::time::interval(Duration::from_millis(2));
-    loop {
-        let event = if nudge {
-            tokio::select! {
-                ev = dc.poll() => ev,
-                _ = tick.tick() => {
-                    if tokio::time::Instant::now() > nudge_until {
-                        nudge = false;
-                    }
-                    // Wakes the driver so queued handshake packets leave now.
-                    let _ = dc.set_buffered_amount_low_threshold(0).await;
-                    continue;
-                }
-            }
-        } else {
-            dc.poll().await
-        };
-        match event {
-            Some(DataChannelEvent::OnOpen) => {
-                nudge = false;
-                forward(PcEventKind::ChannelOpen);
-            }
-            Some(DataChannelEvent::OnMessage(msg)) => {
-                counters.messages_received.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .bytes_received
-                    .fetch_add(msg.data.len() as u64, Ordering::Relaxed);
-                let (text, data_b64) = if msg.is_string {
-                    match String::from_utf8(msg.data.to_vec()) {
-                        Ok(t) => (Some(t), None),
-                        Err(e) => (
-                            None,
-                            Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
-                        ),
-                    }
-                } else {
-                    (
-                        None,
-                        Some(base64::engine::general_purpose::STANDARD.encode(&msg.data)),
-                    )
-                };
-                hub.publish(EventKind::Message {
-                    from: peer_id.clone(),
-                    text,
-                    data_b64,
-                })
-                .await;
-            }
-            Some(DataChannelEvent::OnClose) | None => {
-                forward(PcEventKind::ChannelClosed);
-                return;
-            }
-            Some(_) => {}
+        if let Some(reader) = self.channel {
+            reader.join().await;
         }
     }
 }

@@ -4,7 +4,11 @@
 //! Requests on one connection are answered in order. Replies are flushed
 //! when no further request is already buffered, so a client that pipelines
 //! (`p2pctl send`) gets its acknowledgements in batches rather than one
-//! write per line. `tail` turns the connection into an event stream.
+//! write per line. `send` is [`send`]'s; `tail` turns the connection into an
+//! event stream ([`tail`]).
+
+mod send;
+mod tail;
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use base64::Engine as _;
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
@@ -21,11 +24,10 @@ use p2p_proto::control::{
     ErrorBody, ErrorCode, MAX_LINE_BYTES, OkBody, Reply, Request, parse_request,
 };
 use p2p_proto::lines::{LineRead, read_line_capped};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::watch;
 
 use crate::engine::{Cmd, DEFAULT_PAIR_TIMEOUT, EngineHandle};
-use crate::peer::MAX_MESSAGE_BYTES;
 
 /// Binds the control socket at `path`, refusing when a live daemon already
 /// serves it and replacing a stale socket file.
@@ -140,7 +142,7 @@ async fn client(
                 match parsed {
                     Err(e) => e.into(),
                     Ok(Request::Tail { replay, follow }) => {
-                        return tail(&mut reader, &mut writer, &engine, replay, follow, shutdown)
+                        return tail::serve(&mut reader, &mut writer, &engine, replay, follow, shutdown)
                             .await;
                     }
                     Ok(req) => handle(req, &engine).await,
@@ -149,7 +151,7 @@ async fn client(
         };
         if matches!(reply, Reply::Err { .. }) {
             engine
-                .counters
+                .counters()
                 .control_errors
                 .fetch_add(1, Ordering::Relaxed);
         }
@@ -160,7 +162,7 @@ async fn client(
 async fn handle(req: Request, engine: &EngineHandle) -> Reply {
     let gone = || Reply::err(ErrorCode::ShuttingDown, "p2pd is shutting down");
     match req {
-        Request::Send { text, data_b64 } => send(engine, text, data_b64).await,
+        Request::Send { text, data_b64 } => send::send(engine, text, data_b64).await,
         Request::Status => match engine.call(Cmd::Status).await {
             Some(status) => Reply::ok(OkBody::Status {
                 status: Box::new(status),
@@ -176,155 +178,22 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
             wait,
             timeout_ms,
         } => {
-            let limit = timeout_ms
+            let timeout = timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_PAIR_TIMEOUT);
             let call = engine.call(|reply| Cmd::Pair {
-                peer_id: peer_id.clone(),
+                peer_id,
                 wait,
+                timeout,
                 reply,
             });
-            match tokio::time::timeout(limit, call).await {
-                Ok(Some(Ok(outcome))) => Reply::ok(OkBody::Pair { pair: outcome }),
-                Ok(Some(Err(e))) => e.into(),
-                Ok(None) => gone(),
-                Err(_) => {
-                    engine.cancel_pair(peer_id.clone()).await;
-                    Reply::err(
-                        ErrorCode::Timeout,
-                        format!(
-                            "the data channel to {peer_id} did not open within {}",
-                            humantime::format_duration(limit)
-                        ),
-                    )
-                }
+            match call.await {
+                Some(Ok(outcome)) => Reply::ok(OkBody::Pair { pair: outcome }),
+                Some(Err(e)) => e.into(),
+                None => gone(),
             }
         }
         Request::Tail { .. } => unreachable!("tail is handled by the connection loop"),
     }
 }
 
-/// Hands one message to the open data channel, waiting while its send
-/// buffer is full.
-async fn send(engine: &EngineHandle, text: Option<String>, data_b64: Option<String>) -> Reply {
-    let payload = match (text, data_b64) {
-        (Some(t), None) => Payload::Text(t),
-        (None, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b) {
-            Ok(bytes) => Payload::Binary(bytes),
-            Err(e) => return Reply::err(ErrorCode::BadRequest, format!("data_b64: {e}")),
-        },
-        _ => {
-            return Reply::err(
-                ErrorCode::BadRequest,
-                "send needs exactly one of \"text\" or \"data_b64\"",
-            );
-        }
-    };
-    let len = payload.len();
-    if len > MAX_MESSAGE_BYTES {
-        return Reply::err(
-            ErrorCode::TooLarge,
-            format!(
-                "message of {len} bytes is over the data channel's limit of {MAX_MESSAGE_BYTES}"
-            ),
-        );
-    }
-    let link = engine.link.borrow().clone();
-    let Some(link) = link else {
-        return Reply::err(
-            ErrorCode::NotPaired,
-            "no open data channel: pair first (p2pctl pair ID)",
-        );
-    };
-    let sent = match payload {
-        Payload::Text(t) => link.dc.send_text(&t).await,
-        Payload::Binary(b) => link.dc.send(bytes::BytesMut::from(&b[..])).await,
-    };
-    match sent {
-        Ok(()) => {
-            engine
-                .counters
-                .messages_sent
-                .fetch_add(1, Ordering::Relaxed);
-            engine
-                .counters
-                .bytes_sent
-                .fetch_add(len as u64, Ordering::Relaxed);
-            Reply::empty()
-        }
-        Err(e) => Reply::err(
-            ErrorCode::SendFailed,
-            format!(
-                "the data channel to {} would not take the message: {e}",
-                link.peer_id
-            ),
-        ),
-    }
-}
-
-enum Payload {
-    Text(String),
-    Binary(Vec<u8>),
-}
-
-impl Payload {
-    fn len(&self) -> usize {
-        match self {
-            Payload::Text(t) => t.len(),
-            Payload::Binary(b) => b.len(),
-        }
-    }
-}
-
-/// Answers `ok`, replays history, then streams events until the client
-/// hangs up (or at once without `follow`).
-async fn tail(
-    reader: &mut BufReader<&Stream>,
-    writer: &mut BufWriter<&Stream>,
-    engine: &EngineHandle,
-    replay: usize,
-    follow: bool,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let Some(sub) = engine.hub.subscribe(replay, follow).await else {
-        let reply = Reply::err(ErrorCode::ShuttingDown, "p2pd is shutting down");
-        writer.write_all(reply.to_line().as_bytes()).await?;
-        return writer.flush().await;
-    };
-    writer
-        .write_all(Reply::empty().to_line().as_bytes())
-        .await?;
-    for ev in &sub.replay {
-        writer.write_all(ev.to_line().as_bytes()).await?;
-    }
-    writer.flush().await?;
-    let Some(mut live) = sub.live else {
-        return Ok(());
-    };
-    loop {
-        tokio::select! {
-            ev = live.recv() => {
-                let Some(ev) = ev else { return Ok(()) };
-                writer.write_all(ev.to_line().as_bytes()).await?;
-                // Batch what is already queued, then flush: each line is out
-                // as soon as nothing else is waiting.
-                while let Ok(ev) = live.try_recv() {
-                    writer.write_all(ev.to_line().as_bytes()).await?;
-                    if writer.buffer().len() > 64 * 1024 {
-                        break;
-                    }
-                }
-                writer.flush().await?;
-            }
-            // Anything the client sends after `tail` is ignored; EOF ends it.
-            r = reader.fill_buf() => {
-                let n = r?.len();
-                if n == 0 {
-                    return Ok(());
-                }
-                reader.consume(n);
-            }
-            _ = shutdown.changed() => return Ok(()),
-        }
-    }
-}

@@ -1,0 +1,723 @@
+//! The link to the peer as one state machine, without I/O.
+//!
+//! [`Core::handle`] takes one [`Input`] (a control request, a frame from
+//! signald, something the peer connection reported, the clock) and returns
+//! the [`Effect`]s the engine must carry out: frames to send, offers to
+//! make, events to publish, the connection to reset. Results of effects
+//! that can fail come back as inputs. Every change of state goes through
+//! [`Core::apply`], which also emits what goes with it (the event, the
+//! answer to a waiting `pair`, the `unpair` to signald), so no transition
+//! can forget one. Unit tests drive the core with fake inputs and explicit
+//! instants (`tests.rs`).
+//!
+//! signald answers every `pair` with exactly one frame (`paired` with
+//! `initiator: true`, or an error), in order. A request we abandon before
+//! its answer (a timeout, a local `unpair`) is followed by our `unpair`, so
+//! its late `paired` must be ignored rather than revive the link:
+//! [`Core`] counts those answers still to come.
+
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use p2p_proto::control::{
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, LinkState, PairOutcome, Path,
+};
+use p2p_proto::signal::{CandidateInit, ClientMsg, DisconnectReason as SigReason, ErrorCode as SigError, ServerMsg};
+use tokio::time::Instant;
+
+pub use state::{Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Requested, Waiter};
+
+/// How long a broken connection waits for signald to say why.
+pub const LOSS_GRACE: Duration = Duration::from_millis(250);
+
+/// What the core is told.
+#[derive(Debug)]
+pub enum Input {
+    /// `pair`: ask signald to pair us with `peer`.
+    Pair {
+        peer: String,
+        wait_open: bool,
+        timeout: Duration,
+        reply: PairReply,
+    },
+    /// `unpair`; the reply says whether there was a pairing (or request).
+    Unpair(tokio::sync::oneshot::Sender<bool>),
+    /// Welcomed by signald as `id`; `turn` says whether a TURN server is
+    /// configured (for the message when no path is found).
+    SignalingUp { id: String, turn: bool },
+    SignalingDown { why: String },
+    /// A frame from signald (never `welcome` or `ping`).
+    Server(ServerMsg),
+    /// A frame the core asked for could not be handed to the signaling
+    /// connection (its queue is full or it is gone).
+    SignalFailed { what: &'static str, why: String },
+    /// Results of [`Effect::Offer`], [`Effect::Answer`], [`Effect::AcceptAnswer`].
+    Offered(Result<String, String>),
+    Answered(Result<String, String>),
+    AnswerApplied(Result<(), String>),
+    /// A local candidate to trickle (`None`: gathering is complete).
+    LocalCandidate(Option<CandidateInit>),
+    /// ICE reached connected or completed.
+    IceConnected,
+    /// The connection broke. `clean` when the peer closed it (it tells
+    /// signald itself).
+    Lost { reason: DisconnectReason, clean: bool },
+    /// The data channel opened on this path.
+    ChannelOpen { path: Option<Path> },
+    /// Time passed; deadlines up to `now` are due.
+    Tick,
+    /// The daemon is stopping.
+    Shutdown,
+}
+
+/// What the engine must do.
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    Signal(ClientMsg),
+    Publish(EventKind),
+    /// Create the channel and the offer; answer with [`Input::Offered`].
+    Offer { peer: String },
+    /// Apply the offer and make the answer; answer with [`Input::Answered`].
+    Answer { sdp: String },
+    /// Apply the answer; answer with [`Input::AnswerApplied`].
+    AcceptAnswer { sdp: String },
+    AddCandidate(CandidateInit),
+    /// The channel to `peer` is open: `send` may use it.
+    Expose { peer: String },
+    /// The channel is going: `send` fails from now on.
+    Withdraw,
+    /// Close the peer connection and build a fresh one.
+    Reset,
+}
+
+/// What the core knows of the signaling connection.
+#[derive(Debug)]
+enum Signaling {
+    Down { why: String },
+    Up { id: String, turn: bool },
+}
+
+/// Fixed settings of the link.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Incoming pairings are refused from IDs not listed (empty: any).
+    pub allow_peers: Vec<String>,
+    /// Longest a pairing may take to open its channel.
+    pub connect_timeout: Duration,
+    /// signald's URL, for messages.
+    pub server: String,
+}
+
+/// One change of state; [`Core::apply`] is the only place that makes it.
+enum Change {
+    Request(Requested),
+    Pair(Connecting),
+    Open(Open, Option<Path>),
+    Lose(Closing),
+    /// A pairing ends (or a pending request is abandoned) for this reason.
+    End(Ending),
+    /// A pending request is refused by signald: no pairing was made.
+    Refuse(ErrorBody),
+}
+
+pub struct Core {
+    link: Link,
+    signaling: Signaling,
+    /// Answers to abandoned `pair` requests still to come from signald.
+    abandoned: usize,
+    policy: Policy,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+    ErrorBody {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Core {
+    pub fn new(policy: Policy) -> Core {
+        Core {
+            link: Link::Idle,
+            signaling: Signaling::Down {
+                why: "connecting".into(),
+            },
+            abandoned: 0,
+            policy,
+        }
+    }
+
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.link.state()
+    }
+
+    /// The next deadline, for the engine's timer.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.link.deadline()
+    }
+
+    /// The peer whose incoming data channel we take, if we are answering.
+    pub fn answering(&self) -> Option<&str> {
+        match &self.link {
+            Link::Connecting(c) if !c.initiator => Some(&c.peer),
+            _ => None,
+        }
+    }
+
+    /// Handles one input at `now`; returns what to do.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match input {
+            Input::Pair {
+                peer,
+                wait_open,
+                timeout,
+                reply,
+            } => match self.check_pair(&peer) {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(()) => {
+                    let waiter = Waiter {
+                        wait_open,
+                        reply,
+                        timeout,
+                        deadline: now + timeout,
+                    };
+                    self.apply(Change::Request(Requested { peer, waiter }), &mut fx);
+                }
+            },
+            Input::Unpair(reply) => {
+                let ending = match &self.link {
+                    Link::Idle => None,
+                    // Already ending: end now, as it would have.
+                    Link::Closing(c) => Some(c.ending.clone()),
+                    _ => Some(Ending {
+                        reason: DisconnectReason::LocalUnpair,
+                        error: err(ErrorCode::Failed, "unpaired locally before the channel opened"),
+                        tell_signald: true,
+                    }),
+                };
+                let _ = reply.send(ending.is_some());
+                if let Some(e) = ending {
+                    self.apply(Change::End(e), &mut fx);
+                }
+            }
+            Input::SignalingUp { id, turn } => self.signaling = Signaling::Up { id, turn },
+            Input::SignalingDown { why } => {
+                let error = err(ErrorCode::Failed, format!("lost the signaling connection: {why}"));
+                self.signaling = Signaling::Down { why };
+                if self.link.peer().is_some() {
+                    let e = Ending {
+                        reason: DisconnectReason::SignalingLost,
+                        error,
+                        tell_signald: false,
+                    };
+                    self.apply(Change::End(e), &mut fx);
+                }
+                // Frames of the old session are gone, answers included.
+                self.abandoned = 0;
+            }
+            Input::Server(m) => self.on_server(m, now, &mut fx),
+            Input::SignalFailed { what, why } => self.on_signal_failed(what, why, &mut fx),
+            Input::Offered(r) => match r {
+                Ok(sdp) if matches!(self.link, Link::Connecting(_)) => {
+                    fx.push(Effect::Signal(ClientMsg::Offer { sdp }));
+                }
+                Ok(_) => {}
+                Err(e) => self.fail(format!("making the offer: {e}"), &mut fx),
+            },
+            Input::Answered(r) => match r {
+                Ok(sdp) => {
+                    if let Link::Connecting(c) = &mut self.link {
+                        c.negotiation = Negotiation::Described;
+                        fx.push(Effect::Signal(ClientMsg::Answer { sdp }));
+                    }
+                }
+                Err(e) => self.fail(format!("answering the offer: {e}"), &mut fx),
+            },
+            Input::AnswerApplied(r) => match r {
+                Ok(()) => {
+                    if let Link::Connecting(c) = &mut self.link {
+                        c.negotiation = Negotiation::Described;
+                    }
+                }
+                Err(e) => self.fail(format!("applying the answer: {e}"), &mut fx),
+            },
+            Input::LocalCandidate(candidate) => {
+                if matches!(self.link, Link::Connecting(_) | Link::Open(_)) {
+                    fx.push(Effect::Signal(ClientMsg::Candidate { candidate }));
+                }
+            }
+            Input::IceConnected => {
+                if let Link::Connecting(c) = &mut self.link {
+                    c.ice_connected = true;
+                }
+            }
+            Input::Lost { reason, clean } => self.on_lost(reason, clean, now, &mut fx),
+            Input::ChannelOpen { path } => {
+                if let Link::Connecting(c) = &self.link {
+                    let open = Open {
+                        peer: c.peer.clone(),
+                        initiator: c.initiator,
+                        since: now,
+                    };
+                    self.apply(Change::Open(open, path), &mut fx);
+                }
+            }
+            Input::Tick => self.on_tick(now, &mut fx),
+            Input::Shutdown => {
+                if self.link.peer().is_some() {
+                    let e = Ending {
+                        reason: DisconnectReason::Shutdown,
+                        error: err(ErrorCode::ShuttingDown, "p2pd is shutting down"),
+                        tell_signald: false,
+                    };
+                    self.apply(Change::End(e), &mut fx);
+                }
+            }
+        }
+        fx
+    }
+
+    fn check_pair(&self, peer: &str) -> Result<(), ErrorBody> {
+        let id = match &self.signaling {
+            Signaling::Down { why } => {
+                return Err(err(
+                    ErrorCode::NotConnected,
+                    format!("not connected to signald at {}: {why}", self.policy.server),
+                ));
+            }
+            Signaling::Up { id, .. } => id,
+        };
+        if !p2p_proto::signal::valid_id(peer) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
+            ));
+        }
+        if let Some(current) = self.link.peer() {
+            return Err(err(
+                ErrorCode::AlreadyPaired,
+                format!("already paired with {current}; run `p2pctl unpair` first"),
+            ));
+        }
+        if id == peer {
+            return Err(err(ErrorCode::SelfPair, "cannot pair with ourselves"));
+        }
+        Ok(())
+    }
+
+    fn on_server(&mut self, m: ServerMsg, now: Instant, fx: &mut Vec<Effect>) {
+        match m {
+            ServerMsg::Paired { peer_id, initiator } => self.on_paired(peer_id, initiator, now, fx),
+            ServerMsg::Offer { sdp, from } => match &self.link {
+                Link::Connecting(c)
+                    if !c.initiator && c.peer == from && c.negotiation == Negotiation::AwaitingOffer =>
+                {
+                    fx.push(Effect::Answer { sdp });
+                }
+                _ => tracing::debug!(%from, "ignoring an offer we are not waiting for"),
+            },
+            ServerMsg::Answer { sdp, from } => match &self.link {
+                Link::Connecting(c)
+                    if c.initiator && c.peer == from && c.negotiation == Negotiation::Offering =>
+                {
+                    fx.push(Effect::AcceptAnswer { sdp });
+                }
+                _ => tracing::debug!(%from, "ignoring an answer we did not ask for"),
+            },
+            ServerMsg::Candidate { candidate, from } => {
+                let ours = matches!(self.link, Link::Connecting(_) | Link::Open(_))
+                    && self.link.peer() == Some(from.as_str());
+                // `null` ends the candidates; nothing waits for it.
+                if let (true, Some(c)) = (ours, candidate) {
+                    fx.push(Effect::AddCandidate(c));
+                }
+            }
+            ServerMsg::PeerDisconnected { peer_id, reason } => {
+                if self.link.is_paired() && self.link.peer() == Some(peer_id.as_str()) {
+                    let error = self.notice_error(&peer_id, reason);
+                    let e = Ending {
+                        reason: reason.into(),
+                        error,
+                        tell_signald: false,
+                    };
+                    self.apply(Change::End(e), fx);
+                }
+            }
+            ServerMsg::Error { code, message } => self.on_error(code, message, fx),
+            ServerMsg::Welcome { .. } | ServerMsg::Ping => {}
+        }
+    }
+
+    fn on_paired(&mut self, peer: String, initiator: bool, now: Instant, fx: &mut Vec<Effect>) {
+        if initiator {
+            // The answer to one of our `pair` requests.
+            if self.abandoned > 0 {
+                self.abandoned -= 1;
+                tracing::debug!(%peer, "a pairing we gave up on was made; our unpair follows it");
+                return;
+            }
+            let ours = matches!(&self.link, Link::Requested(r) if r.peer == peer);
+            if !ours {
+                tracing::warn!(%peer, "signald paired us as initiator without a request; unpairing");
+                fx.push(Effect::Signal(ClientMsg::Unpair));
+                return;
+            }
+            let Link::Requested(r) = std::mem::replace(&mut self.link, Link::Idle) else {
+                unreachable!("checked above")
+            };
+            let deadline = now + self.policy.connect_timeout;
+            let waiter = if r.waiter.wait_open {
+                Some(r.waiter)
+            } else {
+                r.waiter.answer(Ok(PairOutcome {
+                    peer_id: peer.clone(),
+                    state: LinkState::Connecting,
+                    path: None,
+                }));
+                None
+            };
+            let c = Connecting {
+                peer: peer.clone(),
+                initiator: true,
+                negotiation: Negotiation::Offering,
+                ice_connected: false,
+                deadline,
+                waiter,
+            };
+            self.apply(Change::Pair(c), fx);
+            fx.push(Effect::Offer { peer });
+            return;
+        }
+        // Someone paired with us.
+        if !self.policy.allow_peers.is_empty() && !self.policy.allow_peers.contains(&peer) {
+            tracing::warn!(%peer, "refusing a pairing from a peer not in --allow-peer");
+            fx.push(Effect::Signal(ClientMsg::Unpair));
+            fx.push(Effect::Publish(EventKind::PeerDisconnected {
+                peer_id: peer,
+                reason: DisconnectReason::RefusedByAllowList,
+            }));
+            return;
+        }
+        match &self.link {
+            Link::Idle => {}
+            Link::Requested(r) => {
+                // Our request lost the race; signald answers it with an
+                // error that is still to come.
+                let e = err(
+                    ErrorCode::AlreadyPaired,
+                    format!("{peer} paired with us before {} could", r.peer),
+                );
+                self.abandoned += 1;
+                self.apply(Change::Refuse(e), fx);
+            }
+            _ => {
+                tracing::warn!(new = %peer, "signald paired us again; dropping the old link");
+                let e = Ending {
+                    reason: DisconnectReason::Superseded,
+                    error: err(ErrorCode::Failed, format!("replaced by a pairing with {peer}")),
+                    tell_signald: false,
+                };
+                self.apply(Change::End(e), fx);
+            }
+        }
+        let c = Connecting {
+            peer,
+            initiator: false,
+            negotiation: Negotiation::AwaitingOffer,
+            ice_connected: false,
+            deadline: now + self.policy.connect_timeout,
+            waiter: None,
+        };
+        self.apply(Change::Pair(c), fx);
+    }
+
+    fn on_error(&mut self, code: SigError, message: String, fx: &mut Vec<Effect>) {
+        let answers_pair = matches!(
+            code,
+            SigError::UnknownPeer | SigError::PeerBusy | SigError::SelfPair | SigError::AlreadyPaired
+        );
+        if answers_pair && self.abandoned > 0 {
+            self.abandoned -= 1;
+            return;
+        }
+        if code == SigError::RateLimited && self.link.peer().is_some() {
+            // signald dropped a frame this pairing needs (the pair itself,
+            // an offer, a candidate): it cannot complete, so say why.
+            tracing::warn!(%message, "signald rate-limited us");
+            let error = err(
+                ErrorCode::Failed,
+                format!(
+                    "signald dropped a frame of this pairing (rate limited: {message}); try again in a moment"
+                ),
+            );
+            let change = if self.link.is_paired() {
+                Change::End(Ending {
+                    reason: DisconnectReason::RateLimited,
+                    error,
+                    tell_signald: true,
+                })
+            } else {
+                // The dropped frame was the `pair` itself: that was its answer.
+                Change::Refuse(error)
+            };
+            self.apply(change, fx);
+            return;
+        }
+        let Link::Requested(r) = &self.link else {
+            if code != SigError::NotPaired {
+                tracing::warn!(%code, %message, "error from signald");
+            }
+            return;
+        };
+        let e = match code {
+            SigError::UnknownPeer => err(
+                ErrorCode::UnknownPeer,
+                format!("no client with ID {} is connected to signald", r.peer),
+            ),
+            SigError::PeerBusy => err(
+                ErrorCode::PeerBusy,
+                format!("{} is busy: it is paired with someone else", r.peer),
+            ),
+            SigError::SelfPair => err(ErrorCode::SelfPair, "cannot pair with ourselves"),
+            SigError::AlreadyPaired => err(
+                ErrorCode::AlreadyPaired,
+                format!("signald says we are already paired: {message}"),
+            ),
+            _ => {
+                tracing::warn!(%code, %message, "error from signald");
+                return;
+            }
+        };
+        self.apply(Change::Refuse(e), fx);
+    }
+
+    fn on_signal_failed(&mut self, what: &'static str, why: String, fx: &mut Vec<Effect>) {
+        tracing::warn!(what, %why, "a frame for signald could not be queued");
+        if let Link::Requested(_) = &self.link {
+            // The `pair` itself never left: no answer will come.
+            let e = err(
+                ErrorCode::NotConnected,
+                format!("the signaling connection would not take the {what}: {why}"),
+            );
+            self.apply(Change::Refuse(e), fx);
+        } else if self.link.is_paired() {
+            let e = Ending {
+                reason: DisconnectReason::SignalingLost,
+                error: err(
+                    ErrorCode::Failed,
+                    format!("the signaling connection would not take the {what}: {why}"),
+                ),
+                tell_signald: false,
+            };
+            self.apply(Change::End(e), fx);
+        }
+    }
+
+    fn on_lost(&mut self, reason: DisconnectReason, clean: bool, now: Instant, fx: &mut Vec<Effect>) {
+        let (peer, initiator, described, waiter) = match std::mem::replace(&mut self.link, Link::Idle) {
+            Link::Connecting(c) => (
+                c.peer,
+                c.initiator,
+                c.negotiation == Negotiation::Described,
+                c.waiter,
+            ),
+            Link::Open(o) => (o.peer, o.initiator, true, None),
+            other => {
+                self.link = other;
+                return;
+            }
+        };
+        let c = Closing {
+            ending: Ending {
+                reason,
+                error: self.no_path_error(),
+                // The peer closing cleanly tells signald itself.
+                tell_signald: !clean,
+            },
+            peer,
+            initiator,
+            described,
+            until: now + LOSS_GRACE,
+            waiter,
+        };
+        self.apply(Change::Lose(c), fx);
+    }
+
+    fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let ending = match &self.link {
+            Link::Requested(r) if r.waiter.deadline <= now => Some(Ending {
+                reason: DisconnectReason::ConnectTimeout,
+                error: err(
+                    ErrorCode::Timeout,
+                    format!("signald did not answer the pairing with {} in time", r.peer),
+                ),
+                tell_signald: true,
+            }),
+            Link::Connecting(c) if c.deadline <= now => Some(self.timeout(c, self.policy.connect_timeout)),
+            Link::Connecting(c) => match &c.waiter {
+                Some(w) if w.deadline <= now => Some(self.timeout(c, w.timeout)),
+                _ => None,
+            },
+            Link::Closing(c) if c.until <= now => Some(c.ending.clone()),
+            _ => None,
+        };
+        if let Some(e) = ending {
+            self.apply(Change::End(e), fx);
+        }
+    }
+
+    /// Why a pairing timed out: no path, if ICE never connected.
+    fn timeout(&self, c: &Connecting, limit: Duration) -> Ending {
+        let error = if c.ice_connected {
+            err(
+                ErrorCode::Timeout,
+                format!(
+                    "the data channel to {} did not open within {}",
+                    c.peer,
+                    humantime::format_duration(limit)
+                ),
+            )
+        } else {
+            ErrorBody {
+                code: ErrorCode::Timeout,
+                ..self.no_path_error()
+            }
+        };
+        Ending {
+            reason: DisconnectReason::ConnectTimeout,
+            error,
+            tell_signald: true,
+        }
+    }
+
+    /// A local failure of the pairing under way.
+    fn fail(&mut self, why: String, fx: &mut Vec<Effect>) {
+        if self.link.is_paired() {
+            tracing::warn!(%why, "negotiation failed");
+            let e = Ending {
+                reason: DisconnectReason::Failed,
+                error: err(ErrorCode::Failed, why),
+                tell_signald: true,
+            };
+            self.apply(Change::End(e), fx);
+        }
+    }
+
+    /// What a waiting `pair` is told when signald says the peer is gone.
+    fn notice_error(&self, peer: &str, reason: SigReason) -> ErrorBody {
+        let (open, described) = match &self.link {
+            Link::Open(_) => (true, true),
+            Link::Connecting(c) => (false, c.negotiation == Negotiation::Described),
+            Link::Closing(c) => (false, c.described),
+            _ => (false, false),
+        };
+        if reason == SigReason::Unpaired && !open && !described {
+            // Before any description came back the peer can only have
+            // refused (e.g. its --allow-peer list).
+            err(ErrorCode::Refused, format!("{peer} refused the pairing"))
+        } else if reason == SigReason::Unpaired && !open {
+            let mut e = self.no_path_error();
+            e.message = format!("{} ({peer} gave up first)", e.message);
+            e
+        } else {
+            err(
+                ErrorCode::Failed,
+                format!("{peer} went away ({}) before the channel opened", reason.as_str()),
+            )
+        }
+    }
+
+    /// The reason a person can act on when ICE finds no path.
+    fn no_path_error(&self) -> ErrorBody {
+        let turn = matches!(self.signaling, Signaling::Up { turn: true, .. });
+        let message = if turn {
+            "no network path to the peer, not even through the TURN relay: check that the relay is reachable from both sides"
+        } else {
+            "no network path to the peer: both sides are behind NATs that need a TURN relay; none is configured"
+        };
+        err(ErrorCode::Failed, message)
+    }
+
+    /// The one place the link changes state, with what goes with each
+    /// change: the frame to signald, the event, the answer to a waiting
+    /// `pair`, the effects on the connection.
+    fn apply(&mut self, change: Change, fx: &mut Vec<Effect>) {
+        match change {
+            Change::Request(r) => {
+                fx.push(Effect::Signal(ClientMsg::Pair {
+                    peer_id: r.peer.clone(),
+                }));
+                self.link = Link::Requested(r);
+            }
+            Change::Pair(c) => {
+                fx.push(Effect::Publish(EventKind::Paired {
+                    peer_id: c.peer.clone(),
+                    initiator: c.initiator,
+                }));
+                self.link = Link::Connecting(c);
+            }
+            Change::Open(o, path) => {
+                let old = std::mem::replace(&mut self.link, Link::Idle);
+                tracing::info!(peer = %o.peer, ?path, "data channel open");
+                fx.push(Effect::Expose { peer: o.peer.clone() });
+                fx.push(Effect::Publish(EventKind::ChannelOpen {
+                    peer_id: o.peer.clone(),
+                    path: path.clone(),
+                }));
+                if let Some(w) = old.take_waiter() {
+                    w.answer(Ok(PairOutcome {
+                        peer_id: o.peer.clone(),
+                        state: LinkState::Open,
+                        path,
+                    }));
+                }
+                self.link = Link::Open(o);
+            }
+            Change::Lose(c) => {
+                fx.push(Effect::Withdraw);
+                self.link = Link::Closing(c);
+            }
+            Change::Refuse(e) => {
+                if let Some(w) = std::mem::replace(&mut self.link, Link::Idle).take_waiter() {
+                    w.answer(Err(e));
+                }
+            }
+            Change::End(e) => {
+                let old = std::mem::replace(&mut self.link, Link::Idle);
+                let paired = old.is_paired();
+                let peer = old.peer().map(str::to_string);
+                if matches!(old, Link::Requested(_)) {
+                    // Its answer is still to come; our unpair follows it.
+                    self.abandoned += 1;
+                }
+                if e.tell_signald && matches!(self.signaling, Signaling::Up { .. }) {
+                    fx.push(Effect::Signal(ClientMsg::Unpair));
+                }
+                if let Some(w) = old.take_waiter() {
+                    w.answer(Err(e.error.clone()));
+                }
+                if paired {
+                    if let Some(peer_id) = peer {
+                        tracing::info!(peer = %peer_id, reason = %e.reason, "link ended");
+                        fx.push(Effect::Withdraw);
+                        fx.push(Effect::Publish(EventKind::PeerDisconnected {
+                            peer_id,
+                            reason: e.reason,
+                        }));
+                    }
+                    fx.push(Effect::Reset);
+                }
+            }
+        }
+    }
+}

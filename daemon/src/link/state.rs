@@ -1,0 +1,171 @@
+//! The link's states. Each variant carries exactly what that state needs
+//! (the peer, the role, the deadline, the waiting `pair` request, how far
+//! negotiation got), so that no combination that cannot happen can be
+//! written down: an open link has no deadline, an idle one no peer.
+
+use p2p_proto::control::{DisconnectReason, ErrorBody, LinkState, PairOutcome};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Where a `pair` request's reply goes.
+pub type PairReply = oneshot::Sender<Result<PairOutcome, ErrorBody>>;
+
+/// A `pair` request waiting for its answer.
+#[derive(Debug)]
+pub struct Waiter {
+    /// Answer once the channel is open (`wait: true`), else once paired.
+    pub wait_open: bool,
+    pub reply: PairReply,
+    /// The request's own timeout (`timeout_ms`), and when it passes.
+    pub timeout: std::time::Duration,
+    pub deadline: Instant,
+}
+
+impl Waiter {
+    pub fn answer(self, r: Result<PairOutcome, ErrorBody>) {
+        // The client may have hung up; then nobody wants the answer.
+        let _ = self.reply.send(r);
+    }
+}
+
+#[derive(Debug)]
+pub enum Link {
+    /// No peer; a fresh peer connection waits for the next pairing.
+    Idle,
+    /// We sent signald `pair`; its answer has not come.
+    Requested(Requested),
+    /// Paired at signald; offer/answer and ICE under way.
+    Connecting(Connecting),
+    /// The data channel is open.
+    Open(Open),
+    /// The connection broke; waiting a moment for signald's notice, which
+    /// names the real reason, before resetting.
+    Closing(Closing),
+}
+
+#[derive(Debug)]
+pub struct Requested {
+    pub peer: String,
+    pub waiter: Waiter,
+}
+
+#[derive(Debug)]
+pub struct Connecting {
+    pub peer: String,
+    pub initiator: bool,
+    pub negotiation: Negotiation,
+    /// Whether ICE reached connected (a timeout then is not "no path").
+    pub ice_connected: bool,
+    /// `--connect-timeout` from the pairing.
+    pub deadline: Instant,
+    /// A `pair --wait` request, answered once the channel opens.
+    pub waiter: Option<Waiter>,
+}
+
+/// How far the offer/answer exchange got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Negotiation {
+    /// The initiator is making or has sent its offer; no answer yet.
+    Offering,
+    /// The answerer waits for the offer.
+    AwaitingOffer,
+    /// The peer's description is applied on our side.
+    Described,
+}
+
+#[derive(Debug)]
+pub struct Open {
+    pub peer: String,
+    pub initiator: bool,
+    pub since: Instant,
+}
+
+#[derive(Debug)]
+pub struct Closing {
+    pub peer: String,
+    pub initiator: bool,
+    /// How the link ends unless signald's notice comes first.
+    pub ending: Ending,
+    /// Whether the peer's description had been applied (a notice that the
+    /// peer unpaired then means it gave up, not that it refused).
+    pub described: bool,
+    pub until: Instant,
+    pub waiter: Option<Waiter>,
+}
+
+/// How a pairing ends: the event's reason, what a waiting `pair` is told,
+/// and whether signald must be told (`unpair`).
+#[derive(Debug, Clone)]
+pub struct Ending {
+    pub reason: DisconnectReason,
+    pub error: ErrorBody,
+    /// False when signald already knows (its notice, the peer closing
+    /// cleanly, our signaling gone): a late `unpair` of ours could end the
+    /// next pairing signald made for us, since its frames carry no pairing
+    /// identity.
+    pub tell_signald: bool,
+}
+
+impl Link {
+    /// The peer, in every state but idle.
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            Link::Idle => None,
+            Link::Requested(r) => Some(&r.peer),
+            Link::Connecting(c) => Some(&c.peer),
+            Link::Open(o) => Some(&o.peer),
+            Link::Closing(c) => Some(&c.peer),
+        }
+    }
+
+    /// Whether we made the offer; unknown while the request is pending.
+    pub fn initiator(&self) -> Option<bool> {
+        match self {
+            Link::Idle | Link::Requested(_) => None,
+            Link::Connecting(c) => Some(c.initiator),
+            Link::Open(o) => Some(o.initiator),
+            Link::Closing(c) => Some(c.initiator),
+        }
+    }
+
+    /// Whether signald has paired us (a pairing exists to be ended).
+    pub fn is_paired(&self) -> bool {
+        matches!(
+            self,
+            Link::Connecting(_) | Link::Open(_) | Link::Closing(_)
+        )
+    }
+
+    pub fn state(&self) -> LinkState {
+        match self {
+            Link::Idle => LinkState::Idle,
+            Link::Requested(_) => LinkState::Requested,
+            Link::Connecting(_) => LinkState::Connecting,
+            Link::Open(_) => LinkState::Open,
+            Link::Closing(_) => LinkState::Closing,
+        }
+    }
+
+    /// The next moment something is due, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Link::Idle | Link::Open(_) => None,
+            Link::Requested(r) => Some(r.waiter.deadline),
+            Link::Connecting(c) => Some(match &c.waiter {
+                Some(w) => c.deadline.min(w.deadline),
+                None => c.deadline,
+            }),
+            Link::Closing(c) => Some(c.until),
+        }
+    }
+
+    /// Takes the waiting `pair` request out of whatever state holds it.
+    pub fn take_waiter(self) -> Option<Waiter> {
+        match self {
+            Link::Idle | Link::Open(_) => None,
+            Link::Requested(r) => Some(r.waiter),
+            Link::Connecting(c) => c.waiter,
+            Link::Closing(c) => c.waiter,
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! What `status` reports: the signaling connection as the engine saw it
+//! ([`ServerView`]) and the link as the state machine holds it, assembled
+//! into the documented [`Status`] object.
+
+use std::time::Instant;
+
+use p2p_proto::control::{ServerState, Status, StatusPeer, StatusServer};
+use p2p_proto::signal::IceServer;
+
+use crate::counters::Counters;
+use crate::link::{Core, Link};
+use crate::peer::Pc;
+
+/// The signaling connection's history, for `status.server`.
+pub struct ServerView {
+    url: String,
+    /// Our ID: the one asked for until a welcome names it.
+    id: Option<String>,
+    state: ServerState,
+    since: Instant,
+    ever_connected: bool,
+    reconnects: u64,
+    last_error: Option<String>,
+    ping: Option<(u64, u64)>,
+    welcome_ice: Vec<IceServer>,
+}
+
+impl ServerView {
+    pub fn new(url: String, id: Option<String>) -> ServerView {
+        ServerView {
+            url,
+            id,
+            state: ServerState::Connecting,
+            since: Instant::now(),
+            ever_connected: false,
+            reconnects: 0,
+            last_error: None,
+            ping: None,
+            welcome_ice: Vec::new(),
+        }
+    }
+
+    /// Welcomed as `id`.
+    pub fn up(&mut self, id: &str, ping: (u64, u64), ice: Vec<IceServer>) {
+        if self.ever_connected {
+            self.reconnects += 1;
+        }
+        self.ever_connected = true;
+        self.id = Some(id.to_string());
+        self.set_state(ServerState::Connected);
+        self.last_error = None;
+        self.ping = Some(ping);
+        self.welcome_ice = ice;
+    }
+
+    /// The connection ended or an attempt failed; whether it had been up.
+    pub fn down(&mut self, reason: &str) -> bool {
+        let was_up = self.is_connected();
+        self.set_state(ServerState::Disconnected);
+        self.last_error = Some(reason.to_string());
+        was_up
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.state == ServerState::Connected
+    }
+
+    pub fn welcome_ice(&self) -> &[IceServer] {
+        &self.welcome_ice
+    }
+
+    fn set_state(&mut self, s: ServerState) {
+        if self.state != s {
+            self.state = s;
+            self.since = Instant::now();
+        }
+    }
+}
+
+/// What the engine knows, for [`build`].
+pub struct Parts<'a> {
+    pub started: Instant,
+    pub server: &'a ServerView,
+    pub core: &'a Core,
+    pub pc: Option<&'a Pc>,
+    pub ice_servers: &'a [IceServer],
+    pub counters: &'a Counters,
+}
+
+/// The whole `status` object.
+pub async fn build(parts: Parts<'_>) -> Status {
+    let Parts {
+        started,
+        server,
+        core,
+        pc,
+        ice_servers,
+        counters,
+    } = parts;
+    let link = core.link();
+    // An unused connection has no channel and no path, so one branch
+    // covers idle and busy alike.
+    let (ice, pcs, dcs, path) = match pc {
+        Some(pc) => {
+            let path = match link {
+                Link::Open(_) => pc.path().await,
+                _ => None,
+            };
+            (
+                Some(pc.ice_state().to_string()),
+                Some(pc.pc_state().to_string()),
+                pc.channel_state().await,
+                path,
+            )
+        }
+        None => (None, None, None, None),
+    };
+    let peer = link.peer().map(|id| StatusPeer {
+        id: id.to_string(),
+        initiator: link.initiator(),
+        open_for_ms: match link {
+            Link::Open(o) => Some(o.since.elapsed().as_millis() as u64),
+            _ => None,
+        },
+        path,
+    });
+    Status {
+        control_version: p2p_proto::control::CONTROL_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        id: server.id.clone(),
+        pid: std::process::id(),
+        uptime_ms: started.elapsed().as_millis() as u64,
+        server: StatusServer {
+            url: server.url.clone(),
+            state: server.state,
+            since_ms: server.since.elapsed().as_millis() as u64,
+            reconnects: server.reconnects,
+            last_error: server.last_error.clone(),
+            ping_interval_ms: server.ping.map(|p| p.0),
+            ping_timeout_ms: server.ping.map(|p| p.1),
+            ice_servers: ice_servers.iter().flat_map(|s| s.urls.clone()).collect(),
+        },
+        peer,
+        link: link.state(),
+        ice_connection_state: ice,
+        peer_connection_state: pcs,
+        data_channel_state: dcs,
+        counters: counters.snapshot(),
+    }
+}

@@ -1,0 +1,177 @@
+//! Replies of the daemon: `{"ok":true, ...payload}` or `{"ok":false,"error":{...}}`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{LinkState, Path, Status};
+
+/// Error codes of failed replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not a request object.
+    BadRequest,
+    /// `cmd` names no request.
+    UnknownCommand,
+    /// The line is longer than [`MAX_LINE_BYTES`].
+    LineTooLong,
+    /// No signaling connection right now.
+    NotConnected,
+    /// `send` or `unpair`-dependent request with no open data channel.
+    NotPaired,
+    /// `pair` while a pairing exists or is under way.
+    AlreadyPaired,
+    /// signald knows no client with that ID.
+    UnknownPeer,
+    /// The peer is paired with someone else.
+    PeerBusy,
+    /// Asked to pair with ourselves.
+    SelfPair,
+    /// The peer ended the pairing before the channel opened.
+    Refused,
+    /// The channel did not open in time.
+    Timeout,
+    /// The pairing broke down before the channel opened (ICE/DTLS failure,
+    /// signaling lost, ...): the message says why.
+    Failed,
+    /// A message above the data channel's maximum message size.
+    TooLarge,
+    /// The data channel would not take the message (it closed meanwhile).
+    SendFailed,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+/// The error object of a failed reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// A reply line. Success carries the request's own payload fields flattened
+/// beside `"ok": true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Err {
+        ok: False,
+        error: ErrorBody,
+    },
+    Ok {
+        ok: True,
+        #[serde(flatten)]
+        body: OkBody,
+    },
+}
+
+/// `true` as a type, so that `ok` decides between the reply variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct True;
+/// `false` as a type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct False;
+
+macro_rules! bool_const {
+    ($ty:ident, $val:expr) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bool($val)
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if bool::deserialize(d)? == $val {
+                    Ok($ty)
+                } else {
+                    Err(serde::de::Error::custom(concat!(
+                        "expected ",
+                        stringify!($val)
+                    )))
+                }
+            }
+        }
+    };
+}
+bool_const!(True, true);
+bool_const!(False, false);
+
+/// Payloads of successful replies, one per request kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OkBody {
+    Status {
+        status: Box<Status>,
+    },
+    Pair {
+        pair: PairOutcome,
+    },
+    Unpair {
+        was_paired: bool,
+    },
+    /// `send`, `tail` (before its events) and anything else with no payload.
+    Empty {},
+}
+
+/// What `pair` achieved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairOutcome {
+    pub peer_id: String,
+    /// `requested` with `wait: false`; `open` once the channel is open.
+    pub state: LinkState,
+    /// The selected ICE path, once open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<Path>,
+}
+
+impl Reply {
+    pub fn ok(body: OkBody) -> Self {
+        Reply::Ok { ok: True, body }
+    }
+    pub fn empty() -> Self {
+        Reply::ok(OkBody::Empty {})
+    }
+    pub fn err(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
+        .into()
+    }
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("replies always serialise");
+        s.push('\n');
+        s
+    }
+}
+
+impl From<ErrorBody> for Reply {
+    fn from(error: ErrorBody) -> Self {
+        Reply::Err { ok: False, error }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_have_the_documented_shape() {
+        assert_eq!(Reply::empty().to_line(), "{\"ok\":true}\n");
+        assert_eq!(
+            Reply::err(ErrorCode::NotPaired, "x").to_line(),
+            "{\"ok\":false,\"error\":{\"code\":\"not_paired\",\"message\":\"x\"}}\n"
+        );
+        let r: Reply = serde_json::from_str(r#"{"ok":true,"was_paired":true}"#).unwrap();
+        assert_eq!(r, Reply::ok(OkBody::Unpair { was_paired: true }));
+        let r: Reply =
+            serde_json::from_str(r#"{"ok":false,"error":{"code":"timeout","message":"m"}}"#)
+                .unwrap();
+        assert!(matches!(r, Reply::Err { .. }));
+        for (code, name) in [
+            (ErrorCode::BadRequest, "bad_request"),
+            (ErrorCode::ShuttingDown, "shutting_down"),
+        ] {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Requests a control client sends, one JSON object per line.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ErrorBody, ErrorCode};
+
+/// A request from a control client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// The daemon's state as a [`Status`].
+    Status,
+    /// Pair with `peer_id`. With `wait` the reply comes once the data channel
+    /// is open (or the attempt failed); `timeout_ms` bounds that wait.
+    Pair {
+        peer_id: String,
+        #[serde(default)]
+        wait: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// End the current pairing (a no-op reply `was_paired: false` if none).
+    Unpair,
+    /// Hand one message to the data channel. Exactly one of `text` (UTF-8)
+    /// or `data_b64` (binary, standard base64) is set.
+    Send {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_b64: Option<String>,
+    },
+    /// Replay up to `replay` messages from history, then (with `follow`)
+    /// stream every new event.
+    Tail {
+        #[serde(default)]
+        replay: usize,
+        #[serde(default = "yes")]
+        follow: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+
+/// Parses one request line, telling unknown commands from malformed lines.
+pub fn parse_request(line: &str) -> Result<Request, ErrorBody> {
+    // The hot path (a stream of `send`s) parses once; only a failure pays
+    // for the second look that classifies it.
+    serde_json::from_str(line).map_err(|full| classify_bad_request(line, full))
+}
+
+fn classify_bad_request(line: &str, full: serde_json::Error) -> ErrorBody {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        cmd: std::borrow::Cow<'a, str>,
+    }
+    const CMDS: [&str; 5] = ["status", "pair", "unpair", "send", "tail"];
+    match serde_json::from_str::<Head>(line) {
+        Err(e) => ErrorBody {
+            code: ErrorCode::BadRequest,
+            message: format!("expected a JSON object with a string \"cmd\": {e}"),
+        },
+        Ok(head) if !CMDS.contains(&head.cmd.as_ref()) => ErrorBody {
+            code: ErrorCode::UnknownCommand,
+            message: format!(
+                "unknown command {:?} (known: {})",
+                head.cmd,
+                CMDS.join(", ")
+            ),
+        },
+        Ok(head) => ErrorBody {
+            code: ErrorCode::BadRequest,
+            message: format!("bad {:?} request: {full}", head.cmd),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::Status,
+            Request::Unpair,
+            Request::Pair {
+                peer_id: "b".into(),
+                wait: true,
+                timeout_ms: Some(5),
+            },
+            Request::Send {
+                text: Some("hi".into()),
+                data_b64: None,
+            },
+            Request::Tail {
+                replay: 3,
+                follow: false,
+            },
+        ] {
+            let line = serde_json::to_string(&r).unwrap();
+            assert_eq!(parse_request(&line), Ok(r));
+        }
+        assert_eq!(
+            parse_request(r#"{"cmd":"tail"}"#),
+            Ok(Request::Tail {
+                replay: 0,
+                follow: true
+            })
+        );
+    }
+
+    #[test]
+    fn bad_and_unknown_requests() {
+        assert_eq!(
+            parse_request("nope").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"pair"}"#).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"reboot"}"#).unwrap_err().code,
+            ErrorCode::UnknownCommand
+        );
+    }
+}
