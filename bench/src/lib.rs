@@ -4,5 +4,12 @@
 //! - `signald-bench`: starts signald, runs several `signald-load` processes
 //!   (each may hold at most 20,000 file descriptors here), reads the server's
 //!   RSS and CPU from `/proc`, and prints the table for `BENCHMARKS.md`.
+//! - `p2pd-bench`: two daemons on loopback, one measurement per function.
+//! - `p2pd-lab-bench`: the same paths through the NAT lab.
+//!
+//! Shared here: [`procfs`] figures, the raw loopback path ([`raw`]) and
+//! the table rows ([`table`]).
 
 pub mod procfs;
+pub mod raw;
+pub mod table;

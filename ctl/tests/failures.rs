@@ -2,7 +2,7 @@
 
 use p2p_proto::control::{LinkState, ServerState};
 
-use p2p_testkit::{Daemon, Signald, Tail};
+use p2p_testkit::{Daemon, Signald, Tail, paired};
 
 #[test]
 fn send_while_unpaired_exits_1_with_one_line() {
@@ -59,11 +59,8 @@ fn sigkill_of_the_peer_resets_the_survivor_which_pairs_with_a_third() {
 
 #[test]
 fn sigstop_of_the_peer_times_it_out_at_the_server_and_resets_the_survivor() {
-    let s = Signald::start();
-    let a = Daemon::start(&s.url(), "alice");
-    let b = Daemon::start(&s.url(), "bob");
+    let (_s, a, b) = paired("alice", "bob");
     let events = Tail::start(&a, &["--json"]);
-    a.pair(&b);
     b.proc().signal(libc::SIGSTOP);
     let ev = events.wait_event("peer_disconnected");
     assert_eq!(ev["peer_id"], "bob");
@@ -137,11 +134,8 @@ fn fifty_pair_unpair_cycles_leak_no_fds_or_threads() {
 
 #[test]
 fn a_restarted_daemon_reclaims_its_id_with_the_kept_token() {
-    let s = Signald::start();
-    let a = Daemon::start(&s.url(), "alice");
-    let b = Daemon::start(&s.url(), "bob");
+    let (s, a, b) = paired("alice", "bob");
     let events = Tail::start(&b, &["--json"]);
-    a.pair(&b);
     // The old alice hangs (its connection still open at signald); a new
     // alice with the same state directory, hence the same token, replaces
     // it at once instead of getting id_taken.
@@ -166,18 +160,7 @@ fn a_restarted_daemon_reclaims_its_id_with_the_kept_token() {
 fn a_pairing_rate_limited_by_signald_fails_with_that_reason() {
     // Burst 3: `pair`, the offer and a candidate fit; the next frame of
     // the pairing is dropped by signald.
-    let s = Signald::start_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--ping-interval",
-        "1s",
-        "--ping-timeout",
-        "3s",
-        "--rate-limit",
-        "1",
-        "--rate-burst",
-        "3",
-    ]);
+    let s = Signald::start_pinging("1s", "3s", &["--rate-limit", "1", "--rate-burst", "3"]);
     let a = Daemon::start(&s.url(), "alice");
     let b = Daemon::start(&s.url(), "bob");
     let out = a.ctl(&["pair", "bob"]);

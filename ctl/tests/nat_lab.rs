@@ -4,7 +4,7 @@
 
 use p2p_proto::control::LinkState;
 use p2p_testkit::lab::{Lab, Nat, PUBLIC, pair_ok, path_of};
-use p2p_testkit::{Daemon, Tail, lab_or_skip};
+use p2p_testkit::{Daemon, Tail, lab_or_skip, transfer};
 
 /// Case 1: Cone NATs, STUN only: hole punching gives a direct path.
 #[test]
@@ -58,16 +58,7 @@ fn lab_symmetric_nats_with_turn_relay_and_deliver_in_order() {
         "{path:?}"
     );
     let tail = Tail::start(&b, &[]);
-    let input: String = (0..1000).map(|i| format!("relayed {i}\n")).collect();
-    let out = a.ctl_stdin(&["send"], input.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for i in 0..1000 {
-        assert_eq!(tail.next_str(), format!("relayed {i}"));
-    }
+    transfer(&a, &tail, 1000, "relayed");
 }
 
 /// Case 4: Cone NATs with TURN offered: ICE still prefers the direct path;
@@ -166,14 +157,5 @@ fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
     let rtt = path_of(&st).rtt_ms.unwrap();
     assert!(rtt >= 95.0, "round trip {rtt} ms through a 2 x 50 ms link");
     let tail = Tail::start(&b, &[]);
-    let input: String = (0..10_000).map(|i| format!("impaired {i}\n")).collect();
-    let out = a.ctl_stdin(&["send"], input.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for i in 0..10_000 {
-        assert_eq!(tail.next_str(), format!("impaired {i}"));
-    }
+    transfer(&a, &tail, 10_000, "impaired");
 }

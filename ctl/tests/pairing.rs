@@ -139,3 +139,51 @@ fn pair_refusals_have_their_reasons_and_exit_1() {
     b.ok(&["unpair"]);
     b.pair(&picky);
 }
+
+#[test]
+fn a_request_given_up_is_not_revived_by_signalds_late_answer() {
+    // signald is held (SIGSTOP) so that its answer to `pair` arrives only
+    // after p2pd has given the request up: the answer must change nothing.
+    let s = Signald::start_pinging("1s", "5s", &[]);
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    let c = Daemon::start(&s.url(), "carol");
+    let events_b = Tail::start(&b, &["--json"]);
+    s.proc().signal(libc::SIGSTOP);
+    let pending = a
+        .ctl_cmd(&["pair", "--no-wait", "bob"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    a.wait_status("requesting", |st| st.link == LinkState::Requested);
+    a.ok(&["unpair"]);
+    s.proc().signal(libc::SIGCONT);
+    // signald pairs and then unpairs (our unpair follows the request).
+    assert_eq!(events_b.wait_event("paired")["peer_id"], "alice");
+    assert_eq!(
+        events_b.wait_event("peer_disconnected")["reason"],
+        "unpaired"
+    );
+    let st = a.status();
+    assert_eq!(st.link, LinkState::Idle, "{st:#?}");
+    // The request given up failed as such; p2pd is free to pair with
+    // someone else at once.
+    let out = pending.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unpaired locally"));
+    a.pair(&c);
+}
+
+#[test]
+fn a_pairing_refused_by_the_allow_list_is_an_event() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let picky = Daemon::start_with(&s.url(), "picky", &["--allow-peer", "bob"]);
+    let events = Tail::start(&picky, &["--json"]);
+    a.refused(&["pair", "picky"], "refused");
+    let ev = events.wait_event("peer_disconnected");
+    assert_eq!(ev["peer_id"], "alice");
+    assert_eq!(ev["reason"], "refused_by_allow_list");
+}

@@ -223,11 +223,15 @@ impl Engine {
                 ping_timeout_ms,
                 ice_servers,
             } => {
-                self.server.up(&id, (ping_interval_ms, ping_timeout_ms), ice_servers);
-                self.hub.publish_event(EventKind::SignalingUp { id: id.clone() });
-                let turn = self.ice_servers().iter().flat_map(|s| &s.urls).any(|u| {
-                    u.starts_with("turn:") || u.starts_with("turns:")
-                });
+                self.server
+                    .up(&id, (ping_interval_ms, ping_timeout_ms), ice_servers);
+                self.hub
+                    .publish_event(EventKind::SignalingUp { id: id.clone() });
+                let turn = self
+                    .ice_servers()
+                    .iter()
+                    .flat_map(|s| &s.urls)
+                    .any(|u| u.starts_with("turn:") || u.starts_with("turns:"));
                 self.step(Input::SignalingUp { id, turn }).await;
                 if self.core.link().peer().is_none()
                     && (self.pc.is_none() || self.pc_ice != self.ice_servers())
@@ -352,7 +356,8 @@ impl Engine {
             Effect::Expose { peer } => {
                 let dc = self.pc.as_ref().and_then(Pc::channel)?;
                 self.counters.pairings.fetch_add(1, Ordering::Relaxed);
-                self.link_tx.send_replace(Some(Arc::new(OpenLink { peer_id: peer, dc })));
+                self.link_tx
+                    .send_replace(Some(Arc::new(OpenLink { peer_id: peer, dc })));
                 None
             }
             Effect::Withdraw => {

@@ -142,7 +142,9 @@ impl Slot {
         if self.missed > 0 {
             if !self.drained_to_half() {
                 self.missed += 1;
-                counters.missed_by_subscribers.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .missed_by_subscribers
+                    .fetch_add(1, Ordering::Relaxed);
                 return;
             }
             let missed = std::mem::take(&mut self.missed);

@@ -2,8 +2,7 @@
 //! `STOPPING=1` on SIGTERM; `--daemonize` detaches, writes the pidfile,
 //! serves, and a second start on the same socket fails clearly.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,14 +45,9 @@ fn daemonize(dir: &Path, pidfile: impl AsRef<Path>, log: &Path) -> std::process:
 }
 
 /// Asks the daemon for its status over the control socket.
-fn status(sock: &Path) -> String {
-    let mut s = UnixStream::connect(sock).expect("control socket accepts");
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    assert!(line.contains("\"ok\":true"), "{line}");
-    line
+fn status(sock: &Path) {
+    let mut c = p2p_testkit::Control::connect(sock).expect("control socket accepts");
+    c.status();
 }
 
 fn recv(sock: &UnixDatagram) -> String {

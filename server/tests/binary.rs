@@ -1,40 +1,19 @@
 //! The built `signald` binary: flags, env, readiness line, SIGTERM.
 
-use std::process::Stdio;
-
+use p2p_testkit::Signald;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use crate::util::{self, WAIT};
+use crate::util;
 
-struct Proc {
-    child: Child,
-    addr: String,
-}
-
-async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_signald"));
-    cmd.args(args)
-        .env("SIGNALD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+/// The built signald with `args` and `env`, once it printed its address.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Signald {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signald"));
+    cmd.args(args).env("SIGNALD_LOG", "warn");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn signald");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("readiness line in time")
-        .expect("read stdout")
-        .expect("a readiness line");
-    let addr = line
-        .strip_prefix("signald listening on ")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-        .to_string();
-    Proc { child, addr }
+    Signald::spawn(cmd)
 }
 
 #[tokio::test]
@@ -49,10 +28,9 @@ async fn flags_env_readiness_and_sigterm() {
             "stun:127.0.0.1:3478",
         ],
         &[("SIGNALD_PING_TIMEOUT", "2s"), ("SIGNALD_MAX_CLIENTS", "3")],
-    )
-    .await;
-    assert!(!p.addr.ends_with(":0"), "{}", p.addr);
-    let url = |q: &str| format!("ws://{}/ws?{q}", p.addr);
+    );
+    assert!(!p.addr().ends_with(":0"), "{}", p.addr());
+    let url = |q: &str| format!("ws://{}/ws?{q}", p.addr());
     let mut clients = Vec::new();
     for id in ["a", "b", "c"] {
         let (mut ws, _) = tokio_tungstenite::connect_async(url(&format!("id={id}")))
@@ -71,16 +49,11 @@ async fn flags_env_readiness_and_sigterm() {
     );
     util::expect_close(&mut full, 1013).await;
 
-    let pid = p.child.id().expect("pid") as libc::pid_t;
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    p.proc().signal(libc::SIGTERM);
     for ws in &mut clients {
         util::expect_close(ws, 1001).await;
     }
-    let status = tokio::time::timeout(WAIT, p.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = p.proc_mut().wait_exit();
     assert!(status.success(), "{status}");
 }
 

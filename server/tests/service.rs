@@ -7,10 +7,12 @@ use std::os::linux::net::SocketAddrExt;
 use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::os::unix::process::CommandExt;
+
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use p2p_testkit::Signald;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 
@@ -26,16 +28,14 @@ fn signald() -> Command {
     cmd
 }
 
-async fn readiness_line(child: &mut Child) -> String {
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("readiness line in time")
-        .expect("read stdout")
-        .expect("a readiness line");
-    line.strip_prefix("signald listening on ")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-        .to_string()
+/// signald for the tests that wait for its readiness line.
+fn signald_std() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signald"));
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("JOURNAL_STREAM");
+    cmd
 }
 
 async fn recv_notify(sock: &UnixDatagram) -> String {
@@ -97,17 +97,14 @@ async fn abstract_notify_socket_is_reached() {
     let std_sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
     std_sock.set_nonblocking(true).unwrap();
     let notify = UnixDatagram::from_std(std_sock).unwrap();
-    let mut child = signald()
-        .args(["--listen", "127.0.0.1:0"])
+    let mut cmd = signald_std();
+    cmd.args(["--listen", "127.0.0.1:0"])
         .env("NOTIFY_SOCKET", format!("@{name}"))
-        .env("SIGNALD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    readiness_line(&mut child).await;
+        .env("SIGNALD_LOG", "warn");
+    let mut s = Signald::spawn(cmd);
     assert_eq!(recv_notify(&notify).await.trim(), "READY=1");
-    sigterm(&child);
-    child.wait().await.unwrap();
+    s.proc().signal(libc::SIGTERM);
+    s.proc_mut().wait_exit();
 }
 
 #[tokio::test]
@@ -115,15 +112,13 @@ async fn socket_activation_takes_fd_3() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let fd = listener.as_raw_fd();
-    let mut cmd = Command::new("/bin/sh");
+    let mut cmd = std::process::Command::new("/bin/sh");
     // LISTEN_PID must be signald's own PID: `exec` keeps the shell's.
     cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_signald"))
         // Would fail if used: proves the passed socket is taken instead.
         .args(["--listen", "192.0.2.1:1"])
-        .env("SIGNALD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
+        .env("SIGNALD_LOG", "warn");
     // SAFETY: dup2 is async-signal-safe; fd 3 is then the listener, without
     // FD_CLOEXEC, as systemd passes it.
     unsafe {
@@ -134,15 +129,15 @@ async fn socket_activation_takes_fd_3() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
+    let mut s = Signald::spawn(cmd);
     drop(listener);
-    assert_eq!(readiness_line(&mut child).await, addr.to_string());
+    assert_eq!(s.addr(), addr.to_string());
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?id=act"))
         .await
         .unwrap();
     assert_eq!(util::next_frame(&mut ws, true).await.unwrap()["id"], "act");
-    sigterm(&child);
-    assert!(child.wait().await.unwrap().success());
+    s.proc().signal(libc::SIGTERM);
+    assert!(s.proc_mut().wait_exit().success());
 }
 
 fn hmac_sha1_b64(key: &[u8], msg: &str) -> String {
@@ -164,20 +159,16 @@ async fn turn_rest_credentials_per_client_and_never_logged() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("turn-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-    let mut child = signald()
-        .args(["--listen", "127.0.0.1:0", "--turn-ttl", "10m"])
+    let mut cmd = signald_std();
+    cmd.args(["--listen", "127.0.0.1:0", "--turn-ttl", "10m"])
         .arg("--turn-secret-file")
         .arg(&secret_file)
         .args(["--ice-server", "stun:127.0.0.1:3478"])
         .args(["--ice-server", "turn:127.0.0.1:3478?transport=udp"])
         .args(["--ice-server", "turns:127.0.0.1:5349,static,fixed"])
-        .env("SIGNALD_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr = readiness_line(&mut child).await;
-    let mut stderr = child.stderr.take().unwrap();
+        .env("SIGNALD_LOG", "debug");
+    let mut s = Signald::spawn(cmd);
+    let addr = s.addr().to_string();
     let mut seen = Vec::new();
     for id in ["alice", "bob", "alice"] {
         let before = unix_now();
@@ -205,10 +196,9 @@ async fn turn_rest_credentials_per_client_and_never_logged() {
         seen.push(cred.to_string());
         ws.close(None).await.ok();
     }
-    sigterm(&child);
-    assert!(child.wait().await.unwrap().success());
-    let mut log = String::new();
-    stderr.read_to_string(&mut log).await.unwrap();
+    s.proc().signal(libc::SIGTERM);
+    assert!(s.proc_mut().wait_exit().success());
+    let log = s.proc().log();
     assert!(log.contains("registered"), "debug logging was on:\n{log}");
     assert!(!log.contains(SECRET), "secret in the log:\n{log}");
     for cred in &seen {
@@ -247,18 +237,13 @@ async fn journald_without_a_journal_falls_back_to_text() {
         // A journal is there to log to: nothing to fall back from.
         return;
     }
-    let mut child = signald()
-        .args(["--listen", "127.0.0.1:0", "--log-format", "journald"])
-        .env("SIGNALD_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    readiness_line(&mut child).await;
-    sigterm(&child);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut cmd = signald_std();
+    cmd.args(["--listen", "127.0.0.1:0", "--log-format", "journald"])
+        .env("SIGNALD_LOG", "info");
+    let mut s = Signald::spawn(cmd);
+    s.proc().signal(libc::SIGTERM);
+    assert!(s.proc_mut().wait_exit().success());
+    let err = s.proc().log();
     assert!(err.contains("journald not reachable"), "{err}");
     assert!(err.contains("listening"), "text logging goes on: {err}");
 }

@@ -6,24 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn systemd_analyze() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("systemd-analyze"))
-            .find(|f| f.is_file())
-    });
-    if found.is_none() {
-        // Straight to stderr: the test harness would hide a println!.
-        use std::io::Write;
-        writeln!(
-            std::io::stderr(),
-            "SKIPPED signald units: systemd-analyze not found (apt-get install systemd)"
-        )
-        .ok();
-    }
-    found
-}
-
 /// Copies units into a temp dir with ExecStart pointing at the built binary
 /// (verify insists that the command exists).
 fn stage(units: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
@@ -40,21 +22,6 @@ fn stage(units: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
         })
         .collect();
     (dir, paths)
-}
-
-fn verify(tool: &Path, units: &[PathBuf]) {
-    let out = Command::new(tool)
-        .args(["verify", "--man=no"])
-        .args(units)
-        .env("SYSTEMD_LOG_COLOR", "0")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && err.trim().is_empty(),
-        "verify {units:?}: {}\n{err}",
-        out.status
-    );
 }
 
 /// The overall exposure rating, e.g. 1.2 from "… signald.service: 1.2 OK 🙂".
@@ -80,22 +47,22 @@ fn exposure(tool: &Path, unit: &Path) -> f64 {
 
 #[test]
 fn standalone_unit_verifies_and_rates_ok() {
-    let Some(tool) = systemd_analyze() else {
+    let Some(tool) = p2p_testkit::systemd_analyze("signald units") else {
         return;
     };
     let (_dir, units) = stage(&["signald.service"]);
-    verify(&tool, &units);
+    p2p_testkit::systemd_verify(&tool, &units, None);
     let level = exposure(&tool, &units[0]);
     assert!(level <= 1.5, "signald.service exposure {level} > 1.5");
 }
 
 #[test]
 fn socket_activated_units_verify_and_rate_safe() {
-    let Some(tool) = systemd_analyze() else {
+    let Some(tool) = p2p_testkit::systemd_analyze("signald units") else {
         return;
     };
     let (_dir, units) = stage(&["signald.socket", "signald-activated.service"]);
-    verify(&tool, &units);
+    p2p_testkit::systemd_verify(&tool, &units, None);
     let level = exposure(&tool, &units[1]);
     assert!(
         level <= 0.2,

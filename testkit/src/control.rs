@@ -5,7 +5,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use p2p_proto::control::{ErrorBody, Event, EventKind, OkBody, PairOutcome, Reply, Request, Status};
+use p2p_proto::control::{
+    ErrorBody, Event, EventKind, OkBody, PairOutcome, Reply, Request, Status,
+};
 
 use crate::proc::WAIT;
 
@@ -31,7 +33,9 @@ impl Control {
     pub fn write(&mut self, req: &Request) {
         let mut line = serde_json::to_vec(req).expect("requests serialise");
         line.push(b'\n');
-        self.w.write_all(&line).expect("writing to the control socket");
+        self.w
+            .write_all(&line)
+            .expect("writing to the control socket");
     }
 
     /// Reads the next reply line.

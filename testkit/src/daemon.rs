@@ -196,7 +196,10 @@ impl Daemon {
         let out = self.ctl(args);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "p2pctl {args:?}: {err}");
-        assert!(err.contains(needle), "p2pctl {args:?}: {err:?} lacks {needle:?}");
+        assert!(
+            err.contains(needle),
+            "p2pctl {args:?}: {err:?} lacks {needle:?}"
+        );
         assert_eq!(err.lines().count(), 1, "one line: {err:?}");
         err
     }

@@ -30,5 +30,5 @@ pub use control::{Control, Follower};
 pub use daemon::{Daemon, DaemonBuilder, paired};
 pub use proc::{Proc, WAIT, bin};
 pub use signald::Signald;
-pub use skip::{skip, systemd_analyze};
+pub use skip::{skip, systemd_analyze, systemd_verify};
 pub use tail::{Tail, transfer};

@@ -15,12 +15,20 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A program built by this workspace, found beside the running test or
 /// benchmark executable (`target/<profile>/` or its `deps/`): `cargo test
 /// --workspace` builds every binary of the workspace there.
+/// `P2P_TEST_BINS=DIR` takes them from DIR instead (e.g. to check that a
+/// new test fails against an older build).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let mut dir = exe.parent().expect("a directory").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
+    let dir = match std::env::var_os("P2P_TEST_BINS") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("the test executable's path");
+            let mut dir = exe.parent().expect("a directory").to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -162,10 +170,7 @@ impl Drop for Proc {
 
 /// Polls `probe` every few milliseconds until it returns `Some`, failing
 /// the test with `what` and the last value seen after [`WAIT`].
-pub fn wait_for<T, L: std::fmt::Debug>(
-    what: &str,
-    mut probe: impl FnMut() -> Result<T, L>,
-) -> T {
+pub fn wait_for<T, L: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> Result<T, L>) -> T {
     let deadline = Instant::now() + WAIT;
     loop {
         match probe() {

@@ -28,6 +28,24 @@ impl Signald {
         ])
     }
 
+    /// On 127.0.0.1 with these ping timings and extra arguments, for tests
+    /// that must hold a process still for longer than 300 ms.
+    pub fn start_pinging(interval: &str, timeout: &str, extra: &[&str]) -> Signald {
+        let args = [
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--ping-interval",
+                interval,
+                "--ping-timeout",
+                timeout,
+            ],
+            extra,
+        ]
+        .concat();
+        Self::start_with(&args)
+    }
+
     /// With exactly these arguments (give `--listen`).
     pub fn start_with(args: &[&str]) -> Signald {
         Self::start_in(None, args)

@@ -3,8 +3,8 @@
 //! needs root), printed as a Markdown table. Speed is measured here, never
 //! asserted in a test.
 
-use p2p_testkit::lab::{Lab, Nat, pair_ok};
 use p2p_testkit::Tail;
+use p2p_testkit::lab::{Lab, Nat, pair_ok};
 
 fn main() {
     if let Some(why) = p2p_testkit::lab::cannot_run() {
@@ -60,28 +60,15 @@ fn main() {
             format!("{} -> {}", p.local_type, p.remote_type)
         };
         let tail = Tail::start(&b, &[]);
-        // 100-byte lines (99 bytes + newline).
-        let n_lines = if impaired { 20_000 } else { 100_000 };
-        let line = "x".repeat(99);
-        let input: String = (0..n_lines).map(|_| format!("{line}\n")).collect();
-        let t = Instant::now();
-        let out = a.ctl_stdin(&["send"], input.as_bytes());
-        assert!(out.status.success());
-        for _ in 0..n_lines {
-            tail.next();
-        }
-        let lines_per_s = n_lines as f64 / t.elapsed().as_secs_f64();
-        // 16 KiB messages.
-        let n_big = if impaired { 200 } else { 2_000 };
-        let big = "y".repeat(16 * 1024 - 1);
-        let input: String = (0..n_big).map(|_| format!("{big}\n")).collect();
-        let t = Instant::now();
-        let out = a.ctl_stdin(&["send"], input.as_bytes());
-        assert!(out.status.success());
-        for _ in 0..n_big {
-            tail.next();
-        }
-        let big_mb_s = (n_big * 16 * 1024) as f64 / t.elapsed().as_secs_f64() / 1e6;
+        // 100-byte lines (99 bytes + newline), then 16 KiB messages.
+        let (n_lines, n_big) = if impaired {
+            (20_000, 200)
+        } else {
+            (100_000, 2_000)
+        };
+        let lines_per_s = n_lines as f64 / timed_transfer(&a, &tail, n_lines, 100);
+        let big_mb_s =
+            (n_big * 16 * 1024) as f64 / timed_transfer(&a, &tail, n_big, 16 * 1024) / 1e6;
         rows.push(Row {
             path: name,
             selected,
@@ -108,4 +95,22 @@ fn main() {
     }
     use std::io::Write;
     let _ = std::io::stdout().write_all(table.as_bytes());
+}
+
+/// Seconds to send `n` lines of `size` bytes (newline included) from `a`
+/// until `tail` printed the last of them.
+fn timed_transfer(a: &p2p_testkit::Daemon, tail: &Tail, n: usize, size: usize) -> f64 {
+    let line = "x".repeat(size - 1);
+    let input: String = (0..n).map(|_| format!("{line}\n")).collect();
+    let t = std::time::Instant::now();
+    let out = a.ctl_stdin(&["send"], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..n {
+        tail.next();
+    }
+    t.elapsed().as_secs_f64()
 }

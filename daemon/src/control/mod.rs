@@ -142,8 +142,15 @@ async fn client(
                 match parsed {
                     Err(e) => e.into(),
                     Ok(Request::Tail { replay, follow }) => {
-                        return tail::serve(&mut reader, &mut writer, &engine, replay, follow, shutdown)
-                            .await;
+                        return tail::serve(
+                            &mut reader,
+                            &mut writer,
+                            &engine,
+                            replay,
+                            follow,
+                            shutdown,
+                        )
+                        .await;
                     }
                     Ok(req) => handle(req, &engine).await,
                 }
@@ -196,4 +203,3 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
         Request::Tail { .. } => unreachable!("tail is handled by the connection loop"),
     }
 }
-

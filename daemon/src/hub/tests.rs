@@ -95,7 +95,10 @@ async fn a_full_follower_slows_messages_but_never_events() {
         tokio::spawn(async move { hub.publish_message(msg(FOLLOWER_QUEUE)).await })
     };
     tokio::time::sleep(STALL_GRACE / 2).await;
-    assert!(!publisher.is_finished(), "a full follower must slow messages");
+    assert!(
+        !publisher.is_finished(),
+        "a full follower must slow messages"
+    );
     // ...while a control event goes out at once, to both.
     hub.publish_event(EventKind::SignalingDown { reason: "x".into() });
     for _ in 0..FOLLOWER_QUEUE {

@@ -16,6 +16,7 @@
 //! its late `paired` must be ignored rather than revive the link:
 //! [`Core`] counts those answers still to come.
 
+mod signald;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -25,10 +26,12 @@ use std::time::Duration;
 use p2p_proto::control::{
     DisconnectReason, ErrorBody, ErrorCode, EventKind, LinkState, PairOutcome, Path,
 };
-use p2p_proto::signal::{CandidateInit, ClientMsg, DisconnectReason as SigReason, ErrorCode as SigError, ServerMsg};
+use p2p_proto::signal::{CandidateInit, ClientMsg, ServerMsg};
 use tokio::time::Instant;
 
-pub use state::{Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Requested, Waiter};
+pub use state::{
+    Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Requested, Waiter,
+};
 
 /// How long a broken connection waits for signald to say why.
 pub const LOSS_GRACE: Duration = Duration::from_millis(250);
@@ -47,13 +50,21 @@ pub enum Input {
     Unpair(tokio::sync::oneshot::Sender<bool>),
     /// Welcomed by signald as `id`; `turn` says whether a TURN server is
     /// configured (for the message when no path is found).
-    SignalingUp { id: String, turn: bool },
-    SignalingDown { why: String },
+    SignalingUp {
+        id: String,
+        turn: bool,
+    },
+    SignalingDown {
+        why: String,
+    },
     /// A frame from signald (never `welcome` or `ping`).
     Server(ServerMsg),
     /// A frame the core asked for could not be handed to the signaling
     /// connection (its queue is full or it is gone).
-    SignalFailed { what: &'static str, why: String },
+    SignalFailed {
+        what: &'static str,
+        why: String,
+    },
     /// Results of [`Effect::Offer`], [`Effect::Answer`], [`Effect::AcceptAnswer`].
     Offered(Result<String, String>),
     Answered(Result<String, String>),
@@ -64,9 +75,14 @@ pub enum Input {
     IceConnected,
     /// The connection broke. `clean` when the peer closed it (it tells
     /// signald itself).
-    Lost { reason: DisconnectReason, clean: bool },
+    Lost {
+        reason: DisconnectReason,
+        clean: bool,
+    },
     /// The data channel opened on this path.
-    ChannelOpen { path: Option<Path> },
+    ChannelOpen {
+        path: Option<Path>,
+    },
     /// Time passed; deadlines up to `now` are due.
     Tick,
     /// The daemon is stopping.
@@ -79,14 +95,22 @@ pub enum Effect {
     Signal(ClientMsg),
     Publish(EventKind),
     /// Create the channel and the offer; answer with [`Input::Offered`].
-    Offer { peer: String },
+    Offer {
+        peer: String,
+    },
     /// Apply the offer and make the answer; answer with [`Input::Answered`].
-    Answer { sdp: String },
+    Answer {
+        sdp: String,
+    },
     /// Apply the answer; answer with [`Input::AnswerApplied`].
-    AcceptAnswer { sdp: String },
+    AcceptAnswer {
+        sdp: String,
+    },
     AddCandidate(CandidateInit),
     /// The channel to `peer` is open: `send` may use it.
-    Expose { peer: String },
+    Expose {
+        peer: String,
+    },
     /// The channel is going: `send` fails from now on.
     Withdraw,
     /// Close the peer connection and build a fresh one.
@@ -201,7 +225,10 @@ impl Core {
                     Link::Closing(c) => Some(c.ending.clone()),
                     _ => Some(Ending {
                         reason: DisconnectReason::LocalUnpair,
-                        error: err(ErrorCode::Failed, "unpaired locally before the channel opened"),
+                        error: err(
+                            ErrorCode::Failed,
+                            "unpaired locally before the channel opened",
+                        ),
                         tell_signald: true,
                     }),
                 };
@@ -212,7 +239,10 @@ impl Core {
             }
             Input::SignalingUp { id, turn } => self.signaling = Signaling::Up { id, turn },
             Input::SignalingDown { why } => {
-                let error = err(ErrorCode::Failed, format!("lost the signaling connection: {why}"));
+                let error = err(
+                    ErrorCode::Failed,
+                    format!("lost the signaling connection: {why}"),
+                );
                 self.signaling = Signaling::Down { why };
                 if self.link.peer().is_some() {
                     let e = Ending {
@@ -315,192 +345,6 @@ impl Core {
         Ok(())
     }
 
-    fn on_server(&mut self, m: ServerMsg, now: Instant, fx: &mut Vec<Effect>) {
-        match m {
-            ServerMsg::Paired { peer_id, initiator } => self.on_paired(peer_id, initiator, now, fx),
-            ServerMsg::Offer { sdp, from } => match &self.link {
-                Link::Connecting(c)
-                    if !c.initiator && c.peer == from && c.negotiation == Negotiation::AwaitingOffer =>
-                {
-                    fx.push(Effect::Answer { sdp });
-                }
-                _ => tracing::debug!(%from, "ignoring an offer we are not waiting for"),
-            },
-            ServerMsg::Answer { sdp, from } => match &self.link {
-                Link::Connecting(c)
-                    if c.initiator && c.peer == from && c.negotiation == Negotiation::Offering =>
-                {
-                    fx.push(Effect::AcceptAnswer { sdp });
-                }
-                _ => tracing::debug!(%from, "ignoring an answer we did not ask for"),
-            },
-            ServerMsg::Candidate { candidate, from } => {
-                let ours = matches!(self.link, Link::Connecting(_) | Link::Open(_))
-                    && self.link.peer() == Some(from.as_str());
-                // `null` ends the candidates; nothing waits for it.
-                if let (true, Some(c)) = (ours, candidate) {
-                    fx.push(Effect::AddCandidate(c));
-                }
-            }
-            ServerMsg::PeerDisconnected { peer_id, reason } => {
-                if self.link.is_paired() && self.link.peer() == Some(peer_id.as_str()) {
-                    let error = self.notice_error(&peer_id, reason);
-                    let e = Ending {
-                        reason: reason.into(),
-                        error,
-                        tell_signald: false,
-                    };
-                    self.apply(Change::End(e), fx);
-                }
-            }
-            ServerMsg::Error { code, message } => self.on_error(code, message, fx),
-            ServerMsg::Welcome { .. } | ServerMsg::Ping => {}
-        }
-    }
-
-    fn on_paired(&mut self, peer: String, initiator: bool, now: Instant, fx: &mut Vec<Effect>) {
-        if initiator {
-            // The answer to one of our `pair` requests.
-            if self.abandoned > 0 {
-                self.abandoned -= 1;
-                tracing::debug!(%peer, "a pairing we gave up on was made; our unpair follows it");
-                return;
-            }
-            let ours = matches!(&self.link, Link::Requested(r) if r.peer == peer);
-            if !ours {
-                tracing::warn!(%peer, "signald paired us as initiator without a request; unpairing");
-                fx.push(Effect::Signal(ClientMsg::Unpair));
-                return;
-            }
-            let Link::Requested(r) = std::mem::replace(&mut self.link, Link::Idle) else {
-                unreachable!("checked above")
-            };
-            let deadline = now + self.policy.connect_timeout;
-            let waiter = if r.waiter.wait_open {
-                Some(r.waiter)
-            } else {
-                r.waiter.answer(Ok(PairOutcome {
-                    peer_id: peer.clone(),
-                    state: LinkState::Connecting,
-                    path: None,
-                }));
-                None
-            };
-            let c = Connecting {
-                peer: peer.clone(),
-                initiator: true,
-                negotiation: Negotiation::Offering,
-                ice_connected: false,
-                deadline,
-                waiter,
-            };
-            self.apply(Change::Pair(c), fx);
-            fx.push(Effect::Offer { peer });
-            return;
-        }
-        // Someone paired with us.
-        if !self.policy.allow_peers.is_empty() && !self.policy.allow_peers.contains(&peer) {
-            tracing::warn!(%peer, "refusing a pairing from a peer not in --allow-peer");
-            fx.push(Effect::Signal(ClientMsg::Unpair));
-            fx.push(Effect::Publish(EventKind::PeerDisconnected {
-                peer_id: peer,
-                reason: DisconnectReason::RefusedByAllowList,
-            }));
-            return;
-        }
-        match &self.link {
-            Link::Idle => {}
-            Link::Requested(r) => {
-                // Our request lost the race; signald answers it with an
-                // error that is still to come.
-                let e = err(
-                    ErrorCode::AlreadyPaired,
-                    format!("{peer} paired with us before {} could", r.peer),
-                );
-                self.abandoned += 1;
-                self.apply(Change::Refuse(e), fx);
-            }
-            _ => {
-                tracing::warn!(new = %peer, "signald paired us again; dropping the old link");
-                let e = Ending {
-                    reason: DisconnectReason::Superseded,
-                    error: err(ErrorCode::Failed, format!("replaced by a pairing with {peer}")),
-                    tell_signald: false,
-                };
-                self.apply(Change::End(e), fx);
-            }
-        }
-        let c = Connecting {
-            peer,
-            initiator: false,
-            negotiation: Negotiation::AwaitingOffer,
-            ice_connected: false,
-            deadline: now + self.policy.connect_timeout,
-            waiter: None,
-        };
-        self.apply(Change::Pair(c), fx);
-    }
-
-    fn on_error(&mut self, code: SigError, message: String, fx: &mut Vec<Effect>) {
-        let answers_pair = matches!(
-            code,
-            SigError::UnknownPeer | SigError::PeerBusy | SigError::SelfPair | SigError::AlreadyPaired
-        );
-        if answers_pair && self.abandoned > 0 {
-            self.abandoned -= 1;
-            return;
-        }
-        if code == SigError::RateLimited && self.link.peer().is_some() {
-            // signald dropped a frame this pairing needs (the pair itself,
-            // an offer, a candidate): it cannot complete, so say why.
-            tracing::warn!(%message, "signald rate-limited us");
-            let error = err(
-                ErrorCode::Failed,
-                format!(
-                    "signald dropped a frame of this pairing (rate limited: {message}); try again in a moment"
-                ),
-            );
-            let change = if self.link.is_paired() {
-                Change::End(Ending {
-                    reason: DisconnectReason::RateLimited,
-                    error,
-                    tell_signald: true,
-                })
-            } else {
-                // The dropped frame was the `pair` itself: that was its answer.
-                Change::Refuse(error)
-            };
-            self.apply(change, fx);
-            return;
-        }
-        let Link::Requested(r) = &self.link else {
-            if code != SigError::NotPaired {
-                tracing::warn!(%code, %message, "error from signald");
-            }
-            return;
-        };
-        let e = match code {
-            SigError::UnknownPeer => err(
-                ErrorCode::UnknownPeer,
-                format!("no client with ID {} is connected to signald", r.peer),
-            ),
-            SigError::PeerBusy => err(
-                ErrorCode::PeerBusy,
-                format!("{} is busy: it is paired with someone else", r.peer),
-            ),
-            SigError::SelfPair => err(ErrorCode::SelfPair, "cannot pair with ourselves"),
-            SigError::AlreadyPaired => err(
-                ErrorCode::AlreadyPaired,
-                format!("signald says we are already paired: {message}"),
-            ),
-            _ => {
-                tracing::warn!(%code, %message, "error from signald");
-                return;
-            }
-        };
-        self.apply(Change::Refuse(e), fx);
-    }
-
     fn on_signal_failed(&mut self, what: &'static str, why: String, fx: &mut Vec<Effect>) {
         tracing::warn!(what, %why, "a frame for signald could not be queued");
         if let Link::Requested(_) = &self.link {
@@ -523,20 +367,27 @@ impl Core {
         }
     }
 
-    fn on_lost(&mut self, reason: DisconnectReason, clean: bool, now: Instant, fx: &mut Vec<Effect>) {
-        let (peer, initiator, described, waiter) = match std::mem::replace(&mut self.link, Link::Idle) {
-            Link::Connecting(c) => (
-                c.peer,
-                c.initiator,
-                c.negotiation == Negotiation::Described,
-                c.waiter,
-            ),
-            Link::Open(o) => (o.peer, o.initiator, true, None),
-            other => {
-                self.link = other;
-                return;
-            }
-        };
+    fn on_lost(
+        &mut self,
+        reason: DisconnectReason,
+        clean: bool,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let (peer, initiator, described, waiter) =
+            match std::mem::replace(&mut self.link, Link::Idle) {
+                Link::Connecting(c) => (
+                    c.peer,
+                    c.initiator,
+                    c.negotiation == Negotiation::Described,
+                    c.waiter,
+                ),
+                Link::Open(o) => (o.peer, o.initiator, true, None),
+                other => {
+                    self.link = other;
+                    return;
+                }
+            };
         let c = Closing {
             ending: Ending {
                 reason,
@@ -563,7 +414,9 @@ impl Core {
                 ),
                 tell_signald: true,
             }),
-            Link::Connecting(c) if c.deadline <= now => Some(self.timeout(c, self.policy.connect_timeout)),
+            Link::Connecting(c) if c.deadline <= now => {
+                Some(self.timeout(c, self.policy.connect_timeout))
+            }
             Link::Connecting(c) => match &c.waiter {
                 Some(w) if w.deadline <= now => Some(self.timeout(c, w.timeout)),
                 _ => None,
@@ -613,30 +466,6 @@ impl Core {
         }
     }
 
-    /// What a waiting `pair` is told when signald says the peer is gone.
-    fn notice_error(&self, peer: &str, reason: SigReason) -> ErrorBody {
-        let (open, described) = match &self.link {
-            Link::Open(_) => (true, true),
-            Link::Connecting(c) => (false, c.negotiation == Negotiation::Described),
-            Link::Closing(c) => (false, c.described),
-            _ => (false, false),
-        };
-        if reason == SigReason::Unpaired && !open && !described {
-            // Before any description came back the peer can only have
-            // refused (e.g. its --allow-peer list).
-            err(ErrorCode::Refused, format!("{peer} refused the pairing"))
-        } else if reason == SigReason::Unpaired && !open {
-            let mut e = self.no_path_error();
-            e.message = format!("{} ({peer} gave up first)", e.message);
-            e
-        } else {
-            err(
-                ErrorCode::Failed,
-                format!("{peer} went away ({}) before the channel opened", reason.as_str()),
-            )
-        }
-    }
-
     /// The reason a person can act on when ICE finds no path.
     fn no_path_error(&self) -> ErrorBody {
         let turn = matches!(self.signaling, Signaling::Up { turn: true, .. });
@@ -669,7 +498,9 @@ impl Core {
             Change::Open(o, path) => {
                 let old = std::mem::replace(&mut self.link, Link::Idle);
                 tracing::info!(peer = %o.peer, ?path, "data channel open");
-                fx.push(Effect::Expose { peer: o.peer.clone() });
+                fx.push(Effect::Expose {
+                    peer: o.peer.clone(),
+                });
                 fx.push(Effect::Publish(EventKind::ChannelOpen {
                     peer_id: o.peer.clone(),
                     path: path.clone(),

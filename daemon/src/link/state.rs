@@ -130,10 +130,7 @@ impl Link {
 
     /// Whether signald has paired us (a pairing exists to be ended).
     pub fn is_paired(&self) -> bool {
-        matches!(
-            self,
-            Link::Connecting(_) | Link::Open(_) | Link::Closing(_)
-        )
+        matches!(self, Link::Connecting(_) | Link::Open(_) | Link::Closing(_))
     }
 
     pub fn state(&self) -> LinkState {

@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
-use p2p_proto::control::{DisconnectReason, ErrorBody, ErrorCode, EventKind, LinkState, PairOutcome};
-use p2p_proto::signal::{ClientMsg, DisconnectReason as SigReason, ErrorCode as SigError, ServerMsg};
+use p2p_proto::control::{
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, LinkState, PairOutcome,
+};
+use p2p_proto::signal::{
+    ClientMsg, DisconnectReason as SigReason, ErrorCode as SigError, ServerMsg,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -83,7 +87,10 @@ impl T {
         });
         self.on(Input::AnswerApplied(Ok(())));
         let fx = self.on(Input::ChannelOpen { path: None });
-        assert!(fx.contains(&Effect::Expose { peer: "bob".into() }), "{fx:?}");
+        assert!(
+            fx.contains(&Effect::Expose { peer: "bob".into() }),
+            "{fx:?}"
+        );
         assert_eq!(self.state(), LinkState::Open);
         answer
     }
@@ -179,14 +186,21 @@ fn initiator_goes_requested_connecting_open() {
 fn answerer_answers_only_the_peer_it_is_paired_with() {
     let mut t = T::new();
     let fx = t.server(paired("carol", false));
-    assert!(matches!(events(&fx)[..], [EventKind::Paired { initiator: false, .. }]));
+    assert!(matches!(
+        events(&fx)[..],
+        [EventKind::Paired {
+            initiator: false,
+            ..
+        }]
+    ));
     assert_eq!(t.core.answering(), Some("carol"));
-    assert!(t
-        .server(ServerMsg::Offer {
+    assert!(
+        t.server(ServerMsg::Offer {
             sdp: "x".into(),
             from: "mallory".into()
         })
-        .is_empty());
+        .is_empty()
+    );
     let fx = t.server(ServerMsg::Offer {
         sdp: "o".into(),
         from: "carol".into(),
@@ -195,12 +209,13 @@ fn answerer_answers_only_the_peer_it_is_paired_with() {
     let fx = t.on(Input::Answered(Ok("a".into())));
     assert_eq!(fx, [Effect::Signal(ClientMsg::Answer { sdp: "a".into() })]);
     // A second offer after answering is not answered again.
-    assert!(t
-        .server(ServerMsg::Offer {
+    assert!(
+        t.server(ServerMsg::Offer {
             sdp: "o2".into(),
             from: "carol".into()
         })
-        .is_empty());
+        .is_empty()
+    );
 }
 
 #[test]
@@ -217,7 +232,10 @@ fn late_paired_after_a_pair_timeout_does_not_revive_the_request() {
     let (_, mut answer) = t.pair("bob", true, Duration::from_millis(1));
     let fx = t.advance(Duration::from_millis(2));
     assert_eq!(answered(&mut answer).unwrap_err().code, ErrorCode::Timeout);
-    assert!(sends_unpair(&fx), "the abandoned request is unpaired: {fx:?}");
+    assert!(
+        sends_unpair(&fx),
+        "the abandoned request is unpaired: {fx:?}"
+    );
     assert_eq!(t.state(), LinkState::Idle);
     // signald's answer to the abandoned request arrives late.
     let fx = t.server(paired("bob", true));
@@ -258,7 +276,10 @@ fn an_abandoned_requests_refusal_does_not_fail_the_next_request() {
     assert_eq!(t.state(), LinkState::Requested);
     assert!(answer.try_recv().is_err());
     t.server(signald_error(SigError::UnknownPeer));
-    assert_eq!(answered(&mut answer).unwrap_err().code, ErrorCode::UnknownPeer);
+    assert_eq!(
+        answered(&mut answer).unwrap_err().code,
+        ErrorCode::UnknownPeer
+    );
 }
 
 #[test]
@@ -281,7 +302,10 @@ fn a_frame_signaling_would_not_take_fails_the_link_at_once() {
     });
     let e = answered(&mut answer).unwrap_err();
     assert_eq!(e.code, ErrorCode::Failed);
-    assert!(e.message.contains("offer") && e.message.contains("queue is full"), "{e:?}");
+    assert!(
+        e.message.contains("offer") && e.message.contains("queue is full"),
+        "{e:?}"
+    );
     assert_eq!(ended(&fx), Some(DisconnectReason::SignalingLost));
     assert!(fx.contains(&Effect::Reset));
     assert_eq!(t.state(), LinkState::Idle);
@@ -292,8 +316,14 @@ fn a_frame_signaling_would_not_take_fails_the_link_at_once() {
         what: "pair request",
         why: "it has stopped".into(),
     });
-    assert_eq!(answered(&mut answer).unwrap_err().code, ErrorCode::NotConnected);
-    assert!(ended(&fx).is_none() && !fx.contains(&Effect::Reset), "{fx:?}");
+    assert_eq!(
+        answered(&mut answer).unwrap_err().code,
+        ErrorCode::NotConnected
+    );
+    assert!(
+        ended(&fx).is_none() && !fx.contains(&Effect::Reset),
+        "{fx:?}"
+    );
 }
 
 #[test]
@@ -338,7 +368,10 @@ fn a_loss_without_a_notice_ends_after_the_grace() {
     assert!(t.advance(LOSS_GRACE / 2).is_empty());
     let fx = t.advance(LOSS_GRACE);
     assert_eq!(ended(&fx), Some(DisconnectReason::IceFailed));
-    assert!(sends_unpair(&fx), "after an ICE failure signald must be told");
+    assert!(
+        sends_unpair(&fx),
+        "after an ICE failure signald must be told"
+    );
 
     // A clean close: the peer told signald; we must not unpair.
     t.open_with_bob();
@@ -414,7 +447,10 @@ fn an_incoming_pairing_wins_over_our_request() {
     let mut t = T::new();
     let (_, mut answer) = t.pair("bob", true, LONG);
     t.server(paired("carol", false));
-    assert_eq!(answered(&mut answer).unwrap_err().code, ErrorCode::AlreadyPaired);
+    assert_eq!(
+        answered(&mut answer).unwrap_err().code,
+        ErrorCode::AlreadyPaired
+    );
     assert_eq!(t.core.answering(), Some("carol"));
     // signald's answer to our request comes later and changes nothing.
     assert!(t.server(signald_error(SigError::AlreadyPaired)).is_empty());
@@ -425,13 +461,14 @@ fn an_incoming_pairing_wins_over_our_request() {
 fn losing_signaling_ends_the_link_without_unpair() {
     let mut t = T::new();
     t.open_with_bob();
-    let fx = t.on(Input::SignalingDown {
-        why: "gone".into(),
-    });
+    let fx = t.on(Input::SignalingDown { why: "gone".into() });
     assert_eq!(ended(&fx), Some(DisconnectReason::SignalingLost));
     assert!(!sends_unpair(&fx));
     let (_, mut answer) = t.pair("bob", true, LONG);
-    assert_eq!(answered(&mut answer).unwrap_err().code, ErrorCode::NotConnected);
+    assert_eq!(
+        answered(&mut answer).unwrap_err().code,
+        ErrorCode::NotConnected
+    );
 }
 
 #[test]
@@ -461,7 +498,10 @@ fn pair_is_checked_before_anything_is_sent() {
     t.pair("bob", true, LONG);
     let (fx, mut answer) = t.pair("carol", true, LONG);
     assert!(fx.is_empty());
-    assert_eq!(answered(&mut answer).unwrap_err().code, ErrorCode::AlreadyPaired);
+    assert_eq!(
+        answered(&mut answer).unwrap_err().code,
+        ErrorCode::AlreadyPaired
+    );
 }
 
 #[test]
@@ -471,16 +511,30 @@ fn rate_limiting_fails_the_pairing_with_that_reason() {
     t.server(paired("bob", true));
     let fx = t.server(signald_error(SigError::RateLimited));
     assert_eq!(ended(&fx), Some(DisconnectReason::RateLimited));
-    assert!(answered(&mut answer).unwrap_err().message.contains("rate limited"));
+    assert!(
+        answered(&mut answer)
+            .unwrap_err()
+            .message
+            .contains("rate limited")
+    );
 
     // The dropped frame was the pair request: that is its answer.
     let (_, mut answer) = t.pair("bob", true, LONG);
     let fx = t.server(signald_error(SigError::RateLimited));
     assert!(ended(&fx).is_none());
-    assert!(answered(&mut answer).unwrap_err().message.contains("rate limited"));
+    assert!(
+        answered(&mut answer)
+            .unwrap_err()
+            .message
+            .contains("rate limited")
+    );
     let (_, _) = t.pair("bob", true, LONG);
     t.server(paired("bob", true));
-    assert_eq!(t.state(), LinkState::Connecting, "no answer was left pending");
+    assert_eq!(
+        t.state(),
+        LinkState::Connecting,
+        "no answer was left pending"
+    );
 }
 
 #[test]
@@ -500,10 +554,11 @@ fn remote_candidates_only_from_the_peer_while_paired() {
     t.server(paired("bob", false));
     assert!(t.server(from("mallory")).is_empty());
     assert_eq!(t.server(from("bob")), [Effect::AddCandidate(c.clone())]);
-    assert!(t
-        .server(ServerMsg::Candidate {
+    assert!(
+        t.server(ServerMsg::Candidate {
             candidate: None,
             from: "bob".into()
         })
-        .is_empty());
+        .is_empty()
+    );
 }

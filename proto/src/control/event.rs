@@ -214,7 +214,10 @@ mod tests {
     #[test]
     fn reasons_have_their_documented_names() {
         for r in DisconnectReason::ALL {
-            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{}\"", r.as_str()));
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
         }
         let e = Event {
             ts_ms: 7,

@@ -43,7 +43,6 @@ fn yes() -> bool {
     true
 }
 
-
 /// Parses one request line, telling unknown commands from malformed lines.
 pub fn parse_request(line: &str) -> Result<Request, ErrorBody> {
     // The hot path (a stream of `send`s) parses once; only a failure pays

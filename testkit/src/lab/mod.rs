@@ -437,4 +437,3 @@ pub fn pair_ok(a: &Daemon, b: &Daemon) -> p2p_proto::control::Path {
     });
     path_of(&st)
 }
-

@@ -1,0 +1,236 @@
+//! What signald tells the link: pairings made, offers, answers and
+//! candidates relayed from the peer, the peer's departure, and errors
+//! (answers to our `pair` among them).
+
+use p2p_proto::control::{
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, LinkState, PairOutcome,
+};
+use p2p_proto::signal::{
+    ClientMsg, DisconnectReason as SigReason, ErrorCode as SigError, ServerMsg,
+};
+use tokio::time::Instant;
+
+use super::{Change, Connecting, Core, Effect, Ending, Link, Negotiation, err};
+
+impl Core {
+    pub(super) fn on_server(&mut self, m: ServerMsg, now: Instant, fx: &mut Vec<Effect>) {
+        match m {
+            ServerMsg::Paired { peer_id, initiator } => self.on_paired(peer_id, initiator, now, fx),
+            ServerMsg::Offer { sdp, from } => match &self.link {
+                Link::Connecting(c)
+                    if !c.initiator
+                        && c.peer == from
+                        && c.negotiation == Negotiation::AwaitingOffer =>
+                {
+                    fx.push(Effect::Answer { sdp });
+                }
+                _ => tracing::debug!(%from, "ignoring an offer we are not waiting for"),
+            },
+            ServerMsg::Answer { sdp, from } => match &self.link {
+                Link::Connecting(c)
+                    if c.initiator && c.peer == from && c.negotiation == Negotiation::Offering =>
+                {
+                    fx.push(Effect::AcceptAnswer { sdp });
+                }
+                _ => tracing::debug!(%from, "ignoring an answer we did not ask for"),
+            },
+            ServerMsg::Candidate { candidate, from } => {
+                let ours = matches!(self.link, Link::Connecting(_) | Link::Open(_))
+                    && self.link.peer() == Some(from.as_str());
+                // `null` ends the candidates; nothing waits for it.
+                if let (true, Some(c)) = (ours, candidate) {
+                    fx.push(Effect::AddCandidate(c));
+                }
+            }
+            ServerMsg::PeerDisconnected { peer_id, reason } => {
+                if self.link.is_paired() && self.link.peer() == Some(peer_id.as_str()) {
+                    let error = self.notice_error(&peer_id, reason);
+                    let e = Ending {
+                        reason: reason.into(),
+                        error,
+                        tell_signald: false,
+                    };
+                    self.apply(Change::End(e), fx);
+                }
+            }
+            ServerMsg::Error { code, message } => self.on_error(code, message, fx),
+            ServerMsg::Welcome { .. } | ServerMsg::Ping => {}
+        }
+    }
+
+    fn on_paired(&mut self, peer: String, initiator: bool, now: Instant, fx: &mut Vec<Effect>) {
+        if initiator {
+            // The answer to one of our `pair` requests.
+            if self.abandoned > 0 {
+                self.abandoned -= 1;
+                tracing::debug!(%peer, "a pairing we gave up on was made; our unpair follows it");
+                return;
+            }
+            let ours = matches!(&self.link, Link::Requested(r) if r.peer == peer);
+            if !ours {
+                tracing::warn!(%peer, "signald paired us as initiator without a request; unpairing");
+                fx.push(Effect::Signal(ClientMsg::Unpair));
+                return;
+            }
+            let Link::Requested(r) = std::mem::replace(&mut self.link, Link::Idle) else {
+                unreachable!("checked above")
+            };
+            let deadline = now + self.policy.connect_timeout;
+            let waiter = if r.waiter.wait_open {
+                Some(r.waiter)
+            } else {
+                r.waiter.answer(Ok(PairOutcome {
+                    peer_id: peer.clone(),
+                    state: LinkState::Connecting,
+                    path: None,
+                }));
+                None
+            };
+            let c = Connecting {
+                peer: peer.clone(),
+                initiator: true,
+                negotiation: Negotiation::Offering,
+                ice_connected: false,
+                deadline,
+                waiter,
+            };
+            self.apply(Change::Pair(c), fx);
+            fx.push(Effect::Offer { peer });
+            return;
+        }
+        // Someone paired with us.
+        if !self.policy.allow_peers.is_empty() && !self.policy.allow_peers.contains(&peer) {
+            tracing::warn!(%peer, "refusing a pairing from a peer not in --allow-peer");
+            fx.push(Effect::Signal(ClientMsg::Unpair));
+            fx.push(Effect::Publish(EventKind::PeerDisconnected {
+                peer_id: peer,
+                reason: DisconnectReason::RefusedByAllowList,
+            }));
+            return;
+        }
+        match &self.link {
+            Link::Idle => {}
+            Link::Requested(r) => {
+                // Our request lost the race; signald answers it with an
+                // error that is still to come.
+                let e = err(
+                    ErrorCode::AlreadyPaired,
+                    format!("{peer} paired with us before {} could", r.peer),
+                );
+                self.abandoned += 1;
+                self.apply(Change::Refuse(e), fx);
+            }
+            _ => {
+                tracing::warn!(new = %peer, "signald paired us again; dropping the old link");
+                let e = Ending {
+                    reason: DisconnectReason::Superseded,
+                    error: err(
+                        ErrorCode::Failed,
+                        format!("replaced by a pairing with {peer}"),
+                    ),
+                    tell_signald: false,
+                };
+                self.apply(Change::End(e), fx);
+            }
+        }
+        let c = Connecting {
+            peer,
+            initiator: false,
+            negotiation: Negotiation::AwaitingOffer,
+            ice_connected: false,
+            deadline: now + self.policy.connect_timeout,
+            waiter: None,
+        };
+        self.apply(Change::Pair(c), fx);
+    }
+
+    fn on_error(&mut self, code: SigError, message: String, fx: &mut Vec<Effect>) {
+        let answers_pair = matches!(
+            code,
+            SigError::UnknownPeer
+                | SigError::PeerBusy
+                | SigError::SelfPair
+                | SigError::AlreadyPaired
+        );
+        if answers_pair && self.abandoned > 0 {
+            self.abandoned -= 1;
+            return;
+        }
+        if code == SigError::RateLimited && self.link.peer().is_some() {
+            // signald dropped a frame this pairing needs (the pair itself,
+            // an offer, a candidate): it cannot complete, so say why.
+            tracing::warn!(%message, "signald rate-limited us");
+            let error = err(
+                ErrorCode::Failed,
+                format!(
+                    "signald dropped a frame of this pairing (rate limited: {message}); try again in a moment"
+                ),
+            );
+            let change = if self.link.is_paired() {
+                Change::End(Ending {
+                    reason: DisconnectReason::RateLimited,
+                    error,
+                    tell_signald: true,
+                })
+            } else {
+                // The dropped frame was the `pair` itself: that was its answer.
+                Change::Refuse(error)
+            };
+            self.apply(change, fx);
+            return;
+        }
+        let Link::Requested(r) = &self.link else {
+            if code != SigError::NotPaired {
+                tracing::warn!(%code, %message, "error from signald");
+            }
+            return;
+        };
+        let e = match code {
+            SigError::UnknownPeer => err(
+                ErrorCode::UnknownPeer,
+                format!("no client with ID {} is connected to signald", r.peer),
+            ),
+            SigError::PeerBusy => err(
+                ErrorCode::PeerBusy,
+                format!("{} is busy: it is paired with someone else", r.peer),
+            ),
+            SigError::SelfPair => err(ErrorCode::SelfPair, "cannot pair with ourselves"),
+            SigError::AlreadyPaired => err(
+                ErrorCode::AlreadyPaired,
+                format!("signald says we are already paired: {message}"),
+            ),
+            _ => {
+                tracing::warn!(%code, %message, "error from signald");
+                return;
+            }
+        };
+        self.apply(Change::Refuse(e), fx);
+    }
+
+    /// What a waiting `pair` is told when signald says the peer is gone.
+    fn notice_error(&self, peer: &str, reason: SigReason) -> ErrorBody {
+        let (open, described) = match &self.link {
+            Link::Open(_) => (true, true),
+            Link::Connecting(c) => (false, c.negotiation == Negotiation::Described),
+            Link::Closing(c) => (false, c.described),
+            _ => (false, false),
+        };
+        if reason == SigReason::Unpaired && !open && !described {
+            // Before any description came back the peer can only have
+            // refused (e.g. its --allow-peer list).
+            err(ErrorCode::Refused, format!("{peer} refused the pairing"))
+        } else if reason == SigReason::Unpaired && !open {
+            let mut e = self.no_path_error();
+            e.message = format!("{} ({peer} gave up first)", e.message);
+            e
+        } else {
+            err(
+                ErrorCode::Failed,
+                format!(
+                    "{peer} went away ({}) before the channel opened",
+                    reason.as_str()
+                ),
+            )
+        }
+    }
+}
