@@ -52,42 +52,33 @@ struct Cli {
     latency_duration: Duration,
 }
 
+/// A signald under test, started with the testkit (readiness line, killed
+/// on drop) plus what the bench reads from it.
 struct Server {
-    child: Child,
+    signald: p2p_testkit::Signald,
     url: String,
-    addr: String,
 }
 
 impl Server {
     fn start(bin: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--max-clients", "100000"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--max-clients", "100000"])
             .args(args)
-            .env("SIGNALD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("signald listening on ")
-            .with_context(|| format!("unexpected readiness line {line:?}"))?
-            .to_string();
+            .env("SIGNALD_LOG", "warn");
+        let signald = p2p_testkit::Signald::spawn(cmd);
         Ok(Self {
-            url: format!("ws://{addr}/ws"),
-            addr,
-            child,
+            url: signald.url(),
+            signald,
         })
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.signald.proc().pid() as u32
     }
 
     fn metric(&self, name: &str) -> anyhow::Result<f64> {
         use std::io::Read;
-        let mut s = std::net::TcpStream::connect(&self.addr)?;
+        let mut s = std::net::TcpStream::connect(self.signald.addr())?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
         let mut body = String::new();
         s.read_to_string(&mut body)?;
@@ -99,9 +90,8 @@ impl Server {
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let status = self.child.wait()?;
+        self.signald.proc().signal(libc::SIGTERM);
+        let status = self.signald.proc_mut().wait_exit();
         if !status.success() {
             bail!("signald exited with {status}");
         }
