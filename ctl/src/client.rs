@@ -26,6 +26,9 @@ pub enum CtlError {
     /// The daemon refused the request (exit 1).
     #[error("{}", .0.message)]
     Refused(ErrorBody),
+    /// The command line is wrong in a way clap cannot see (exit 2).
+    #[error("{0}")]
+    Usage(String),
     /// Anything else (exit 1).
     #[error(transparent)]
     Other(#[from] anyhow::Error),

@@ -43,6 +43,12 @@ pub enum Command {
     Tail(cmd::tail::Args),
     /// End the current pairing.
     Unpair(cmd::unpair::Args),
+    /// Print our ID and key fingerprint, the token a peer trusts.
+    Id(cmd::id::Args),
+    /// Pin a peer's key (or list the pinned peers with --list).
+    Trust(cmd::trust::Args),
+    /// Remove a peer's pin.
+    Untrust(cmd::untrust::Args),
     /// Print a shell completion script (bash, zsh, fish, …) on stdout.
     Completions(cmd::completions::Args),
     /// Print the p2pctl(1) man page (roff) on stdout.
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
             eprintln!("p2pctl: {}", one_line(&e));
             ExitCode::from(match e {
                 CtlError::NoDaemon { .. } => 3,
+                CtlError::Usage(_) => 2,
                 CtlError::Refused(_) | CtlError::Other(_) => 1,
             })
         }

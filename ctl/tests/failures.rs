@@ -163,6 +163,7 @@ fn a_pairing_rate_limited_by_signald_fails_with_that_reason() {
     let s = Signald::start_pinging("1s", "3s", &["--rate-limit", "1", "--rate-burst", "3"]);
     let a = Daemon::start(&s.url(), "alice");
     let b = Daemon::start(&s.url(), "bob");
+    a.trust_each_other(&b);
     let out = a.ctl(&["pair", "bob"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

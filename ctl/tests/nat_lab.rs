@@ -34,6 +34,7 @@ fn lab_symmetric_nats_without_turn_fail_with_a_reason() {
     lab_or_skip!();
     let mut lab = Lab::build(Nat::Symmetric);
     let (_s, a, b) = lab.start_peers(&[Lab::stun()]);
+    a.trust_each_other(&b);
     let out = a.ctl(&["pair", "h2", "--timeout", "60s"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -12,6 +12,7 @@ fn pair_exchange_both_ways_and_send_works_as_soon_as_pair_returns() {
     let tail_b = Tail::start(&b, &[]);
     let tail_a = Tail::start(&a, &[]);
 
+    a.trust_each_other(&b);
     let out = a.ok(&["pair", "bob"]);
     assert!(out.starts_with("paired with bob: channel open"), "{out}");
     // No wait between pair and send: pair returns only once send works.
@@ -112,6 +113,7 @@ fn pair_no_wait_returns_before_the_channel_is_open() {
     let s = Signald::start();
     let a = Daemon::start(&s.url(), "alice");
     let _b = Daemon::start(&s.url(), "bob");
+    a.trust_each_other(&_b);
     let out = a.ok(&["pair", "--no-wait", "bob"]);
     assert!(out.starts_with("paired with bob"), "{out}");
     a.wait_open_with("bob");
@@ -125,7 +127,15 @@ fn pair_refusals_have_their_reasons_and_exit_1() {
     let c = Daemon::start(&s.url(), "carol");
     let picky = Daemon::start_with(&s.url(), "picky", &["--allow-peer", "bob"]);
 
-    a.refused(&["pair", "nobody"], "nobody");
+    for (x, y) in [(&a, &b), (&a, &c), (&a, &picky), (&b, &c), (&b, &picky)] {
+        x.trust_each_other(y);
+    }
+    // Under --trust known an unknown peer is refused before signald hears
+    // of it; a pinned ID nobody holds is signald's unknown_peer.
+    a.refused(&["pair", "stranger"], "not a trusted peer");
+    let some_key = b.status().fingerprint.to_string();
+    a.ok(&["trust", "nobody", &some_key]);
+    a.refused(&["pair", "nobody"], "no client with ID nobody");
     a.refused(&["pair", "alice"], "ourselves");
     a.refused(&["pair", "picky"], "refused");
     a.wait_idle();
@@ -149,6 +159,7 @@ fn a_request_given_up_is_not_revived_by_signalds_late_answer() {
     let b = Daemon::start(&s.url(), "bob");
     let c = Daemon::start(&s.url(), "carol");
     let events_b = Tail::start(&b, &["--json"]);
+    a.trust_each_other(&b);
     s.proc().signal(libc::SIGSTOP);
     let pending = a
         .ctl_cmd(&["pair", "--no-wait", "bob"])
@@ -182,6 +193,7 @@ fn a_pairing_refused_by_the_allow_list_is_an_event() {
     let a = Daemon::start(&s.url(), "alice");
     let picky = Daemon::start_with(&s.url(), "picky", &["--allow-peer", "bob"]);
     let events = Tail::start(&picky, &["--json"]);
+    a.trust_each_other(&picky);
     a.refused(&["pair", "picky"], "refused");
     let ev = events.wait_event("peer_disconnected");
     assert_eq!(ev["peer_id"], "alice");

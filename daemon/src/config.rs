@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{ArgAction, Parser};
+use p2p_proto::control::TrustPolicy;
 use p2p_proto::signal::{IceServer, valid_id};
 
 use crate::paths;
@@ -26,10 +27,28 @@ pub struct Cli {
     #[arg(long, env = "P2PD_ID")]
     pub id: Option<String>,
 
-    /// File holding the token that proves ownership of --id (default: one
-    /// made once under $XDG_STATE_HOME/p2pd/).
+    /// File holding the token that proves ownership of --id (default:
+    /// ID.token in the state directory, made on first use).
     #[arg(long, env = "P2PD_TOKEN_FILE", requires = "id")]
     pub token_file: Option<PathBuf>,
+
+    /// Directory for our key (identity.pem), the trust store (known_peers)
+    /// and ID tokens, created 0700 (default: $XDG_STATE_HOME/p2pd, else
+    /// ~/.local/state/p2pd).
+    #[arg(long, env = "P2PD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Which peers to accept: `known` (only keys pinned with `p2pctl
+    /// trust`, both ways), `tofu` (pin the first key seen for an ID, refuse
+    /// a changed one), or `any` (accept unknown peers unverified: for peers
+    /// without a stable key, such as browsers). Pinned keys are enforced
+    /// under every policy.
+    #[arg(long, env = "P2PD_TRUST", default_value = "known", value_parser = parse_trust)]
+    pub trust: TrustPolicy,
+
+    /// The trust store file (default: known_peers in the state directory).
+    #[arg(long, env = "P2PD_KNOWN_PEERS")]
+    pub known_peers: Option<PathBuf>,
 
     /// Control socket path (default: $XDG_RUNTIME_DIR/p2pd/p2pd.sock, else
     /// /tmp/p2pd-$UID/p2pd.sock).
@@ -50,8 +69,8 @@ pub struct Cli {
     #[arg(long, env = "P2PD_RELAY_ONLY", action = ArgAction::SetTrue)]
     pub relay_only: bool,
 
-    /// Accept incoming pairings only from this peer ID (repeatable). Without
-    /// it, any peer may pair.
+    /// Accept incoming pairings only from this peer ID (repeatable), on top
+    /// of --trust. Without it, any trusted peer may pair.
     #[arg(long = "allow-peer", env = "P2PD_ALLOW_PEER", value_delimiter = ',')]
     pub allow_peers: Vec<String>,
 
@@ -86,6 +105,15 @@ pub struct Cli {
     pub connect_timeout: Duration,
 }
 
+fn parse_trust(s: &str) -> Result<TrustPolicy, String> {
+    match s {
+        "known" => Ok(TrustPolicy::Known),
+        "tofu" => Ok(TrustPolicy::Tofu),
+        "any" => Ok(TrustPolicy::Any),
+        _ => Err(format!("{s:?} is not a trust policy (known, tofu or any)")),
+    }
+}
+
 fn parse_bind(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
@@ -105,6 +133,12 @@ pub struct Config {
     pub socket: PathBuf,
     /// The socket path is the default one, in a directory p2pd owns.
     pub socket_is_default: bool,
+    /// Our key, the trust store and tokens live here by default.
+    pub state_dir: PathBuf,
+    /// Our key.
+    pub identity: PathBuf,
+    pub trust: TrustPolicy,
+    pub known_peers: PathBuf,
     pub bind: Vec<SocketAddr>,
     pub ice_servers: Vec<IceServer>,
     pub relay_only: bool,
@@ -133,11 +167,15 @@ impl Cli {
                 bail!("--allow-peer {p:?} is not a valid ID");
             }
         }
+        let state_dir = match self.state_dir {
+            Some(d) => std::path::absolute(&d).context("resolving --state-dir")?,
+            None => paths::default_state_dir()?,
+        };
         let token = match (&self.id, &self.token_file) {
             (None, _) => None,
             (Some(_), Some(f)) => Some(paths::read_token(f)?),
             (Some(id), None) => {
-                let f = paths::default_token_file(id)?;
+                let f = state_dir.join(format!("{id}.token"));
                 Some(
                     paths::read_or_create_token(&f)
                         .with_context(|| format!("token file {}", f.display()))?,
@@ -155,6 +193,13 @@ impl Cli {
             token,
             socket,
             socket_is_default,
+            identity: state_dir.join("identity.pem"),
+            trust: self.trust,
+            known_peers: match self.known_peers {
+                Some(p) => std::path::absolute(&p).context("resolving --known-peers")?,
+                None => state_dir.join("known_peers"),
+            },
+            state_dir,
             bind: self.bind,
             ice_servers: self.ice_servers,
             relay_only: self.relay_only,

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use p2p_proto::control::{DisconnectReason, ErrorBody, EventKind, PairOutcome, Status};
+use p2p_proto::control::{
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, IdentityInfo, OkBody, PairOutcome, Status,
+};
+use p2p_proto::identity;
 use p2p_proto::signal::{ClientMsg, IceServer};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -24,10 +27,12 @@ use webrtc::peer_connection::{RTCIceConnectionState, RTCPeerConnectionState};
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::hub::Hub;
-use crate::link::{Core, Effect, Input, Policy};
+use crate::identity::Identity;
+use crate::link::{Core, Effect, Input, Policy, TrustEdit};
 use crate::peer::{Pc, PcContext, PcEvent, PcEventKind, PcSettings};
 use crate::signaling::SigEvent;
 use crate::status::ServerView;
+use crate::trust::TrustStore;
 use crate::udp::BufferedRuntime;
 
 /// Requests to the engine.
@@ -41,17 +46,33 @@ pub enum Cmd {
     },
     /// Replies whether there was a pairing to end.
     Unpair(oneshot::Sender<bool>),
+    /// Our ID and fingerprint (after a new key, with `rotate`).
+    Identity {
+        rotate: bool,
+        reply: oneshot::Sender<Result<IdentityInfo, ErrorBody>>,
+    },
+    /// An edit or listing of the trust store.
+    Trust {
+        edit: TrustEdit,
+        reply: oneshot::Sender<Result<OkBody, ErrorBody>>,
+    },
 }
 
 /// The open data channel, for the send path.
 pub struct OpenLink {
     peer_id: String,
     dc: Arc<dyn DataChannel>,
+    /// The peer's key is pinned: a guarded `send --to` may use this link.
+    verified: bool,
 }
 
 impl OpenLink {
     pub fn peer_id(&self) -> &str {
         &self.peer_id
+    }
+
+    pub fn verified(&self) -> bool {
+        self.verified
     }
 
     pub fn channel(&self) -> &Arc<dyn DataChannel> {
@@ -100,6 +121,7 @@ pub struct Inputs {
 
 pub struct Engine {
     cfg: Config,
+    identity: Identity,
     started: std::time::Instant,
     core: Core,
     server: ServerView,
@@ -115,17 +137,32 @@ pub struct Engine {
     runtime: Arc<BufferedRuntime>,
 }
 
+/// What the engine is made of, from `lib.rs`'s wiring.
+pub struct Parts {
+    pub cfg: Config,
+    pub identity: Identity,
+    /// Frames to signald, and what the signaling task hears.
+    pub sig_out: mpsc::Sender<ClientMsg>,
+    pub sig: mpsc::UnboundedReceiver<SigEvent>,
+    pub hub: Hub,
+    pub counters: Arc<Counters>,
+    pub runtime: Arc<BufferedRuntime>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
 impl Engine {
     /// Makes the engine and the handle control clients use.
-    pub fn new(
-        cfg: Config,
-        sig_out: mpsc::Sender<ClientMsg>,
-        sig: mpsc::UnboundedReceiver<SigEvent>,
-        hub: Hub,
-        counters: Arc<Counters>,
-        runtime: Arc<BufferedRuntime>,
-        shutdown: watch::Receiver<bool>,
-    ) -> (Engine, Inputs, EngineHandle) {
+    pub fn new(parts: Parts) -> (Engine, Inputs, EngineHandle) {
+        let Parts {
+            cfg,
+            identity,
+            sig_out,
+            sig,
+            hub,
+            counters,
+            runtime,
+            shutdown,
+        } = parts;
         let (cmd_tx, cmds) = mpsc::channel(256);
         let (pc_tx, pc_rx) = mpsc::unbounded_channel();
         let (link_tx, link_rx) = watch::channel(None);
@@ -135,12 +172,16 @@ impl Engine {
             counters: counters.clone(),
             hub: hub.clone(),
         };
-        let core = Core::new(Policy {
-            allow_peers: cfg.allow_peers.clone(),
-            connect_timeout: cfg.connect_timeout,
-            server: cfg.server.clone(),
-        });
+        let core = Core::new(
+            Policy {
+                allow_peers: cfg.allow_peers.clone(),
+                connect_timeout: cfg.connect_timeout,
+                server: cfg.server.clone(),
+            },
+            TrustStore::open(cfg.known_peers.clone(), cfg.trust),
+        );
         let engine = Engine {
+            identity,
             started: std::time::Instant::now(),
             server: ServerView::new(cfg.server.clone(), cfg.id.clone()),
             cfg,
@@ -188,8 +229,9 @@ impl Engine {
                 let ice_servers = self.ice_servers();
                 let status = crate::status::build(crate::status::Parts {
                     started: self.started,
+                    fingerprint: self.identity.fingerprint(),
                     server: &self.server,
-                    core: &self.core,
+                    core: &mut self.core,
                     pc: self.pc.as_ref(),
                     ice_servers: &ice_servers,
                     counters: &self.counters,
@@ -212,6 +254,28 @@ impl Engine {
                 .await
             }
             Cmd::Unpair(reply) => self.step(Input::Unpair(reply)).await,
+            Cmd::Identity { rotate, reply } => {
+                let rotated = match rotate {
+                    true => self.identity.rotate().map_err(|e| ErrorBody {
+                        code: ErrorCode::StoreFailed,
+                        message: format!("could not make a new key: {e:#}"),
+                    }),
+                    false => Ok(()),
+                };
+                // The next connection presents the new key; one that is in
+                // use keeps the old one until it ends.
+                if rotated.is_ok() && rotate && self.core.link().peer().is_none() {
+                    self.fresh_pc().await;
+                }
+                let id = self.server.id().map(str::to_string);
+                let fingerprint = self.identity.fingerprint();
+                let _ = reply.send(rotated.map(|()| IdentityInfo {
+                    token: id.as_deref().map(|i| identity::token(i, &fingerprint)),
+                    id,
+                    fingerprint,
+                }));
+            }
+            Cmd::Trust { edit, reply } => self.step(Input::TrustEdit { edit, reply }).await,
         }
     }
 
@@ -353,11 +417,14 @@ impl Engine {
                 }
                 None
             }
-            Effect::Expose { peer } => {
+            Effect::Expose { peer, verified } => {
                 let dc = self.pc.as_ref().and_then(Pc::channel)?;
                 self.counters.pairings.fetch_add(1, Ordering::Relaxed);
-                self.link_tx
-                    .send_replace(Some(Arc::new(OpenLink { peer_id: peer, dc })));
+                self.link_tx.send_replace(Some(Arc::new(OpenLink {
+                    peer_id: peer,
+                    dc,
+                    verified,
+                })));
                 None
             }
             Effect::Withdraw => {
@@ -427,6 +494,7 @@ impl Engine {
             relay_only: self.cfg.relay_only,
             ice_disconnected_timeout: self.cfg.ice_disconnected_timeout,
             runtime: self.runtime.clone(),
+            certificate: self.identity.certificate(),
         };
         let ctx = PcContext {
             generation: self.generation,

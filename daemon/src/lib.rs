@@ -14,11 +14,13 @@ pub mod control;
 pub mod counters;
 pub mod engine;
 pub mod hub;
+pub mod identity;
 pub mod link;
 pub mod paths;
 pub mod peer;
 pub mod signaling;
 pub mod status;
+pub mod trust;
 pub mod udp;
 
 use std::future::Future;
@@ -38,6 +40,8 @@ pub async fn run(
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let listener = control::bind(&cfg.socket, cfg.socket_is_default)?;
+    let identity = identity::Identity::load_or_create(&cfg.identity)
+        .with_context(|| format!("our key {}", cfg.identity.display()))?;
     let runtime = Arc::new(udp::BufferedRuntime::new().context("probing UDP socket buffers")?);
     tracing::info!(
         socket = %cfg.socket.display(),
@@ -67,15 +71,17 @@ pub async fn run(
         stop_rx.clone(),
     );
     let socket = cfg.socket.clone();
-    let (engine, inputs, handle) = engine::Engine::new(
+    tracing::info!(fingerprint = %identity.fingerprint(), trust = ?cfg.trust, known_peers = %cfg.known_peers.display(), "identity");
+    let (engine, inputs, handle) = engine::Engine::new(engine::Parts {
         cfg,
+        identity,
         sig_out,
-        sig_rx,
+        sig: sig_rx,
         hub,
         counters,
         runtime,
-        stop_rx.clone(),
-    );
+        shutdown: stop_rx.clone(),
+    });
     let engine_task = tokio::spawn(engine.run(inputs));
     let control_task = tokio::spawn(control::serve(listener, socket, handle, stop_rx));
     ready();

@@ -33,7 +33,8 @@ struct Args {
     cli: Cli,
 
     /// Append logs to this file instead of stderr. With --daemonize the
-    /// default is $XDG_STATE_HOME/p2pd/p2pd.log (~/.local/state/p2pd/p2pd.log).
+    /// default is p2pd.log in the state directory
+    /// ($XDG_STATE_HOME/p2pd/p2pd.log, ~/.local/state/p2pd/p2pd.log).
     #[arg(long, env = "P2PD_LOG_FILE")]
     log_file: Option<PathBuf>,
 
@@ -84,7 +85,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             .transpose()?;
         let log_path = match log_file.take() {
             Some(p) => p,
-            None => default_log_file()?,
+            None => {
+                p2pd::paths::ensure_private_dir(&cfg.state_dir, true)?;
+                cfg.state_dir.join("p2pd.log")
+            }
         };
         let log = open_log(&log_path)?;
         match detach(pidfile.as_deref(), log, &log_path)? {
@@ -224,20 +228,6 @@ fn pipe() -> anyhow::Result<(File, File)> {
     // SAFETY: fresh descriptors from pipe2, owned by nobody else.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     Ok((File::from(r), File::from(w)))
-}
-
-/// `$XDG_STATE_HOME/p2pd/p2pd.log`, else `~/.local/state/p2pd/p2pd.log`.
-fn default_log_file() -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
-        Some(d) if d.is_absolute() => d,
-        _ => match std::env::var_os("HOME") {
-            Some(h) => PathBuf::from(h).join(".local").join("state"),
-            None => bail!("neither XDG_STATE_HOME nor HOME is set; pass --log-file"),
-        },
-    };
-    let dir = base.join("p2pd");
-    p2pd::paths::ensure_private_dir(&dir, true)?;
-    Ok(dir.join("p2pd.log"))
 }
 
 fn open_log(path: &Path) -> anyhow::Result<File> {

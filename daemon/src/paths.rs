@@ -1,4 +1,5 @@
-//! Where p2pd keeps its files: the control socket and the ID token.
+//! Where p2pd keeps its files: the control socket, the state directory
+//! (key, trust store, ID tokens) and the token itself.
 
 use std::fs;
 use std::io::{ErrorKind, Write};
@@ -33,16 +34,17 @@ pub fn ensure_private_dir(dir: &Path, tighten: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `$XDG_STATE_HOME/p2pd/<id>.token`, else `~/.local/state/p2pd/<id>.token`.
-pub fn default_token_file(id: &str) -> anyhow::Result<PathBuf> {
+/// `$XDG_STATE_HOME/p2pd`, else `~/.local/state/p2pd`: our key, the trust
+/// store and ID tokens.
+pub fn default_state_dir() -> anyhow::Result<PathBuf> {
     let base = match std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
         Some(d) if d.is_absolute() => d,
         _ => match std::env::var_os("HOME") {
             Some(h) => PathBuf::from(h).join(".local").join("state"),
-            None => bail!("neither XDG_STATE_HOME nor HOME is set; pass --token-file"),
+            None => bail!("neither XDG_STATE_HOME nor HOME is set; pass --state-dir"),
         },
     };
-    Ok(base.join("p2pd").join(format!("{id}.token")))
+    Ok(base.join("p2pd"))
 }
 
 /// Reads a token file, which must hold one valid token.

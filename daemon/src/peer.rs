@@ -20,9 +20,9 @@ use rtc::peer_connection::transport::RTCDtlsRole;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
-    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
@@ -47,6 +47,9 @@ pub struct PcSettings {
     pub relay_only: bool,
     pub ice_disconnected_timeout: Duration,
     pub runtime: Arc<BufferedRuntime>,
+    /// Our key's certificate: the same for every connection, so that our
+    /// fingerprint is stable.
+    pub certificate: RTCCertificate,
 }
 
 /// Where a connection sends what it hears, given once when it is built.
@@ -196,7 +199,9 @@ impl Pc {
                 credential: s.credential.clone().unwrap_or_default(),
             })
             .collect();
-        let mut config = RTCConfigurationBuilder::new().with_ice_servers(ice_servers);
+        let mut config = RTCConfigurationBuilder::new()
+            .with_ice_servers(ice_servers)
+            .with_certificates(vec![settings.certificate.clone()]);
         if settings.relay_only {
             config = config.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
         }

@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use p2p_proto::control::{ServerState, Status, StatusPeer, StatusServer};
+use p2p_proto::control::{ServerState, Status, StatusPeer, StatusServer, StatusTrust};
+use p2p_proto::identity::{self, Fingerprint};
 use p2p_proto::signal::IceServer;
 
 use crate::counters::Counters;
@@ -61,6 +62,11 @@ impl ServerView {
         was_up
     }
 
+    /// Our ID, as asked for or as signald named it.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
     pub fn is_connected(&self) -> bool {
         self.state == ServerState::Connected
     }
@@ -80,8 +86,9 @@ impl ServerView {
 /// What the engine knows, for [`build`].
 pub struct Parts<'a> {
     pub started: Instant,
+    pub fingerprint: Fingerprint,
     pub server: &'a ServerView,
-    pub core: &'a Core,
+    pub core: &'a mut Core,
     pub pc: Option<&'a Pc>,
     pub ice_servers: &'a [IceServer],
     pub counters: &'a Counters,
@@ -91,12 +98,20 @@ pub struct Parts<'a> {
 pub async fn build(parts: Parts<'_>) -> Status {
     let Parts {
         started,
+        fingerprint,
         server,
         core,
         pc,
         ice_servers,
         counters,
     } = parts;
+    let store = core.trust_store();
+    let trust = StatusTrust {
+        policy: store.policy(),
+        known_peers: store.path().display().to_string(),
+        pinned: store.list().len(),
+        problems: store.problems(),
+    };
     let link = core.link();
     // An unused connection has no channel and no path, so one branch
     // covers idle and busy alike.
@@ -123,6 +138,8 @@ pub async fn build(parts: Parts<'_>) -> Status {
             _ => None,
         },
         path,
+        fingerprint: link.identity().map(|i| i.fingerprint),
+        trust: link.identity().map(|i| i.trust),
     });
     Status {
         control_version: p2p_proto::control::CONTROL_VERSION,
@@ -130,6 +147,12 @@ pub async fn build(parts: Parts<'_>) -> Status {
         id: server.id.clone(),
         pid: std::process::id(),
         uptime_ms: started.elapsed().as_millis() as u64,
+        fingerprint,
+        identity: server
+            .id
+            .as_deref()
+            .map(|id| identity::token(id, &fingerprint)),
+        trust,
         server: StatusServer {
             url: server.url.clone(),
             state: server.state,

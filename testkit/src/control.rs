@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use p2p_proto::control::{
-    ErrorBody, Event, EventKind, OkBody, PairOutcome, Reply, Request, Status,
+    ErrorBody, Event, EventKind, IdentityInfo, OkBody, PairOutcome, Reply, Request, Status,
 };
 
 use crate::proc::WAIT;
@@ -64,6 +64,7 @@ impl Control {
         self.call(&Request::Send {
             text: Some(text.to_string()),
             data_b64: None,
+            to: None,
         })
         .map(|_| ())
     }
@@ -78,6 +79,24 @@ impl Control {
             OkBody::Pair { pair } => Ok(pair),
             other => panic!("pair answered {other:?}"),
         }
+    }
+
+    /// `id`: our `ID@fingerprint` token.
+    pub fn identity(&mut self) -> IdentityInfo {
+        match self.call(&Request::Id) {
+            Ok(OkBody::Identity { identity }) => identity,
+            other => panic!("id answered {other:?}"),
+        }
+    }
+
+    /// `trust` the peer's token (as `id` gives it).
+    pub fn trust(&mut self, token: &str) -> Result<OkBody, ErrorBody> {
+        let (peer_id, fingerprint) = p2p_proto::identity::parse_token(token).expect("a token");
+        self.call(&Request::Trust {
+            peer_id,
+            fingerprint,
+            comment: None,
+        })
     }
 
     /// `unpair`; whether there was a pairing.

@@ -243,8 +243,28 @@ impl Daemon {
         self.wait_status("idle", |s| s.link == LinkState::Idle && s.peer.is_none())
     }
 
-    /// Pairs with `other` and waits until both sides report an open channel.
+    /// `ID@fingerprint`, as `p2pctl id` prints it.
+    pub fn token(&self) -> String {
+        self.ok(&["id"]).trim().to_string()
+    }
+
+    /// Pins `other`'s key, as a user would: `p2pctl trust` with the token
+    /// the other side's `p2pctl id` printed.
+    pub fn trust(&self, other: &Daemon) {
+        self.ok(&["trust", &other.token()]);
+    }
+
+    /// Each pins the other's key.
+    pub fn trust_each_other(&self, other: &Daemon) {
+        self.trust(other);
+        other.trust(self);
+    }
+
+    /// Pairs with `other` (each trusting the other first, as under the
+    /// default `--trust known` they must) and waits until both sides report
+    /// an open channel.
     pub fn pair(&self, other: &Daemon) {
+        self.trust_each_other(other);
         let out = self.ok(&["pair", &other.id]);
         assert!(out.contains("channel open"), "pair said {out:?}");
         other.wait_open_with(&self.id);

@@ -1,11 +1,14 @@
 //! One module per command: an `Args` struct and `run`.
 
 pub mod completions;
+pub mod id;
 pub mod pair;
 pub mod send;
 pub mod status;
 pub mod tail;
+pub mod trust;
 pub mod unpair;
+pub mod untrust;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,6 +21,9 @@ pub async fn run(command: Command, socket: &Path) -> Result<ExitCode> {
     match command {
         Command::Completions(args) => return completions::run(args),
         Command::Man(args) => return completions::man(args),
+        // Arguments clap cannot check are checked before connecting, so a
+        // usage error is one whether or not a daemon runs.
+        Command::Trust(ref args) => args.check()?,
         _ => {}
     }
     let client = Client::connect(socket).await?;
@@ -28,6 +34,9 @@ pub async fn run(command: Command, socket: &Path) -> Result<ExitCode> {
         Command::Send(args) => send::run(client, args).await,
         Command::Tail(args) => tail::run(client, args).await,
         Command::Unpair(args) => unpair::run(client, args).await,
+        Command::Id(args) => id::run(client, args).await,
+        Command::Trust(args) => trust::run(client, args).await,
+        Command::Untrust(args) => untrust::run(client, args).await,
     }
 }
 

@@ -5,7 +5,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use p2p_proto::control::{LinkState, OkBody, Path, Reply, Request};
+use p2p_proto::control::{LinkState, OkBody, Path, PeerTrust, Reply, Request};
+use p2p_proto::identity::Fingerprint;
 
 use crate::client::{Client, Result};
 
@@ -34,20 +35,36 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
         ..
     } = reply
     {
-        let line = match (pair.state, &pair.path) {
+        let mut line = match (pair.state, &pair.path) {
             (LinkState::Open, Some(path)) => {
                 format!(
-                    "paired with {}: channel open, {}\n",
+                    "paired with {}: channel open, {}",
                     pair.peer_id,
                     describe(path)
                 )
             }
-            (LinkState::Open, None) => format!("paired with {}: channel open\n", pair.peer_id),
-            _ => format!("paired with {}: connecting\n", pair.peer_id),
+            (LinkState::Open, None) => format!("paired with {}: channel open", pair.peer_id),
+            _ => format!("paired with {}: connecting", pair.peer_id),
         };
+        if let Some(trust) = pair.trust {
+            line.push_str(", ");
+            line.push_str(&key(trust, pair.fingerprint.as_ref()));
+        }
+        line.push('\n');
         super::out(&line)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How far the peer's key is trusted, in words: `key pinned`, `key
+/// sha256:… pinned on first contact (--trust tofu)`, `UNVERIFIED key …`.
+pub fn key(trust: PeerTrust, fp: Option<&Fingerprint>) -> String {
+    let fp = fp.map(|f| f.to_string()).unwrap_or_else(|| "(none)".into());
+    match trust {
+        PeerTrust::Pinned => "key pinned".into(),
+        PeerTrust::Tofu => format!("key {fp} pinned on first contact (--trust tofu)"),
+        PeerTrust::Unverified => format!("UNVERIFIED key {fp} (--trust any)"),
+    }
 }
 
 /// `host 127.0.0.1:5000 -> host 127.0.0.1:5001, rtt 0.2 ms`

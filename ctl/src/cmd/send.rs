@@ -28,6 +28,10 @@ const MAX_STDIN_LINE: usize = MAX_LINE_BYTES / 2;
 pub struct Args {
     /// The message; without it, stdin is sent line by line.
     pub text: Vec<String>,
+    /// Send only if the open channel is to this peer ID and its key is
+    /// verified (pinned); otherwise nothing is sent (`wrong_peer`).
+    #[arg(long, value_name = "ID")]
+    pub to: Option<String>,
 }
 
 pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
@@ -36,6 +40,7 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
             .call(&Request::Send {
                 text: Some(args.text.join(" ")),
                 data_b64: None,
+                to: args.to,
             })
             .await?;
         return Ok(ExitCode::SUCCESS);
@@ -43,7 +48,7 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
     let Client { reader, writer } = client;
     let window = Arc::new(Semaphore::new(WINDOW));
     let (written, acks) = tokio::join!(
-        write_stdin(writer, window.clone()),
+        write_stdin(writer, window.clone(), args.to),
         read_acks(reader, window)
     );
     let acks = acks?;
@@ -69,7 +74,11 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
 
 /// Sends every stdin line; returns how many were written. Stops early once
 /// the reader saw a refusal (it closes the semaphore).
-async fn write_stdin(mut writer: RequestWriter, window: Arc<Semaphore>) -> Result<u64> {
+async fn write_stdin(
+    mut writer: RequestWriter,
+    window: Arc<Semaphore>,
+    to: Option<String>,
+) -> Result<u64> {
     let mut stdin = BufReader::with_capacity(256 * 1024, tokio::io::stdin());
     let mut line = Vec::new();
     let mut count = 0u64;
@@ -93,11 +102,13 @@ async fn write_stdin(mut writer: RequestWriter, window: Arc<Semaphore>) -> Resul
                 Ok(text) => Request::Send {
                     text: Some(text.to_string()),
                     data_b64: None,
+                    to: to.clone(),
                 },
                 // Not UTF-8: send the bytes as a binary message.
                 Err(_) => Request::Send {
                     text: None,
                     data_b64: Some(base64::engine::general_purpose::STANDARD.encode(&line)),
+                    to: to.clone(),
                 },
             },
         };

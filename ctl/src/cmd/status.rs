@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use p2p_proto::control::{LinkState, OkBody, Reply, Request, ServerState, Status};
+use p2p_proto::control::{LinkState, OkBody, Reply, Request, ServerState, Status, TrustPolicy};
 
 use crate::client::{Client, Result};
 
@@ -52,6 +52,27 @@ pub fn summary(s: &Status) -> String {
         ),
     };
     let _ = writeln!(out, "id:       {id}");
+    let _ = writeln!(
+        out,
+        "key:      {}",
+        s.identity
+            .clone()
+            .unwrap_or_else(|| s.fingerprint.to_string())
+    );
+    let t = &s.trust;
+    let policy = match t.policy {
+        TrustPolicy::Known => "known (only pinned peers)".to_string(),
+        TrustPolicy::Tofu => "tofu (the first key seen for an ID is pinned)".to_string(),
+        TrustPolicy::Any => "any: unknown peers are accepted UNVERIFIED".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "trust:    {policy}; {} pinned in {}",
+        t.pinned, t.known_peers
+    );
+    for p in &t.problems {
+        let _ = writeln!(out, "warning:  trust store: {p}");
+    }
     let _ = writeln!(out, "server:   {} {server}", s.server.url);
     let peer = match (&s.peer, s.link) {
         (None, _) => "none (ready to pair)".to_string(),
@@ -63,6 +84,12 @@ pub fn summary(s: &Status) -> String {
             );
             if let Some(path) = &p.path {
                 line.push_str(&format!(", {}", super::pair::describe(path)));
+            }
+            if let Some(trust) = p.trust {
+                line.push_str(&format!(
+                    ", {}",
+                    super::pair::key(trust, p.fingerprint.as_ref())
+                ));
             }
             line
         }

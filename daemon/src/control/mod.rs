@@ -28,6 +28,7 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::watch;
 
 use crate::engine::{Cmd, DEFAULT_PAIR_TIMEOUT, EngineHandle};
+use crate::link::TrustEdit;
 
 /// Binds the control socket at `path`, refusing when a live daemon already
 /// serves it and replacing a stale socket file.
@@ -169,7 +170,32 @@ async fn client(
 async fn handle(req: Request, engine: &EngineHandle) -> Reply {
     let gone = || Reply::err(ErrorCode::ShuttingDown, "p2pd is shutting down");
     match req {
-        Request::Send { text, data_b64 } => send::send(engine, text, data_b64).await,
+        Request::Send { text, data_b64, to } => send::send(engine, text, data_b64, to).await,
+        Request::Id | Request::RotateId => {
+            let rotate = matches!(req, Request::RotateId);
+            match engine.call(|reply| Cmd::Identity { rotate, reply }).await {
+                Some(Ok(identity)) => Reply::ok(OkBody::Identity { identity }),
+                Some(Err(e)) => e.into(),
+                None => gone(),
+            }
+        }
+        Request::Trust {
+            peer_id,
+            fingerprint,
+            comment,
+        } => {
+            trust(
+                engine,
+                TrustEdit::Trust {
+                    peer: peer_id,
+                    fingerprint,
+                    comment,
+                },
+            )
+            .await
+        }
+        Request::Untrust { peer_id } => trust(engine, TrustEdit::Untrust { peer: peer_id }).await,
+        Request::TrustList => trust(engine, TrustEdit::List).await,
         Request::Status => match engine.call(Cmd::Status).await {
             Some(status) => Reply::ok(OkBody::Status {
                 status: Box::new(status),
@@ -201,5 +227,21 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
             }
         }
         Request::Tail { .. } => unreachable!("tail is handled by the connection loop"),
+    }
+}
+
+async fn trust(engine: &EngineHandle, edit: TrustEdit) -> Reply {
+    if let TrustEdit::Trust { peer, .. } | TrustEdit::Untrust { peer } = &edit
+        && !p2p_proto::signal::valid_id(peer)
+    {
+        return Reply::err(
+            ErrorCode::BadRequest,
+            format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
+        );
+    }
+    match engine.call(|reply| Cmd::Trust { edit, reply }).await {
+        Some(Ok(body)) => Reply::ok(body),
+        Some(Err(e)) => e.into(),
+        None => Reply::err(ErrorCode::ShuttingDown, "p2pd is shutting down"),
     }
 }

@@ -11,7 +11,13 @@ use crate::peer::MAX_MESSAGE_BYTES;
 
 /// Hands one message to the open data channel, waiting while its send
 /// buffer is full.
-pub async fn send(engine: &EngineHandle, text: Option<String>, data_b64: Option<String>) -> Reply {
+/// With `to`, only if the open channel is to that peer and verified.
+pub async fn send(
+    engine: &EngineHandle,
+    text: Option<String>,
+    data_b64: Option<String>,
+    to: Option<String>,
+) -> Reply {
     let payload = match (text, data_b64) {
         (Some(t), None) => Payload::Text(t),
         (None, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b) {
@@ -40,6 +46,25 @@ pub async fn send(engine: &EngineHandle, text: Option<String>, data_b64: Option<
             "no open data channel: pair first (p2pctl pair ID)",
         );
     };
+    if let Some(to) = to {
+        if link.peer_id() != to {
+            return Reply::err(
+                ErrorCode::WrongPeer,
+                format!(
+                    "the open channel is to {}, not {to}: nothing sent",
+                    link.peer_id()
+                ),
+            );
+        }
+        if !link.verified() {
+            return Reply::err(
+                ErrorCode::WrongPeer,
+                format!(
+                    "the channel to {to} is not verified (its key is not pinned): nothing sent"
+                ),
+            );
+        }
+    }
     let sent = match payload {
         Payload::Text(t) => link.channel().send_text(&t).await,
         Payload::Binary(b) => link.channel().send(bytes::BytesMut::from(&b[..])).await,

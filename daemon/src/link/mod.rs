@@ -20,6 +20,7 @@ mod signald;
 mod state;
 #[cfg(test)]
 mod tests;
+mod trust;
 
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ use tokio::time::Instant;
 pub use state::{
     Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Requested, Waiter,
 };
+pub use trust::{PeerIdentity, TrustEdit};
+
+use crate::trust::TrustStore;
 
 /// How long a broken connection waits for signald to say why.
 pub const LOSS_GRACE: Duration = Duration::from_millis(250);
@@ -85,6 +89,11 @@ pub enum Input {
     },
     /// Time passed; deadlines up to `now` are due.
     Tick,
+    /// An edit of the trust store (or a listing), answered on `reply`.
+    TrustEdit {
+        edit: TrustEdit,
+        reply: tokio::sync::oneshot::Sender<Result<p2p_proto::control::OkBody, ErrorBody>>,
+    },
     /// The daemon is stopping.
     Shutdown,
 }
@@ -107,9 +116,11 @@ pub enum Effect {
         sdp: String,
     },
     AddCandidate(CandidateInit),
-    /// The channel to `peer` is open: `send` may use it.
+    /// The channel to `peer` is open: `send` may use it; `verified` when
+    /// its key is pinned (then a guarded `send --to` may use it too).
     Expose {
         peer: String,
+        verified: bool,
     },
     /// The channel is going: `send` fails from now on.
     Withdraw,
@@ -153,6 +164,9 @@ pub struct Core {
     /// Answers to abandoned `pair` requests still to come from signald.
     abandoned: usize,
     policy: Policy,
+    /// Which key each known peer must present (a small file, re-read when
+    /// it changes: the one piece of I/O the core touches).
+    trust: TrustStore,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
@@ -163,7 +177,7 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
 }
 
 impl Core {
-    pub fn new(policy: Policy) -> Core {
+    pub fn new(policy: Policy, trust: TrustStore) -> Core {
         Core {
             link: Link::Idle,
             signaling: Signaling::Down {
@@ -171,7 +185,13 @@ impl Core {
             },
             abandoned: 0,
             policy,
+            trust,
         }
+    }
+
+    /// The trust store, for `status`.
+    pub fn trust_store(&mut self) -> &mut TrustStore {
+        &mut self.trust
     }
 
     pub fn link(&self) -> &Link {
@@ -294,14 +314,18 @@ impl Core {
             Input::Lost { reason, clean } => self.on_lost(reason, clean, now, &mut fx),
             Input::ChannelOpen { path } => {
                 if let Link::Connecting(c) = &self.link {
+                    let (peer, initiator, identity) = (c.peer.clone(), c.initiator, c.identity);
+                    let identity = identity.map(|id| self.pin_first_contact(&peer, id));
                     let open = Open {
-                        peer: c.peer.clone(),
-                        initiator: c.initiator,
+                        peer,
+                        initiator,
                         since: now,
+                        identity,
                     };
                     self.apply(Change::Open(open, path), &mut fx);
                 }
             }
+            Input::TrustEdit { edit, reply } => self.on_trust_edit(edit, reply, &mut fx),
             Input::Tick => self.on_tick(now, &mut fx),
             Input::Shutdown => {
                 if self.link.peer().is_some() {
@@ -317,7 +341,7 @@ impl Core {
         fx
     }
 
-    fn check_pair(&self, peer: &str) -> Result<(), ErrorBody> {
+    fn check_pair(&mut self, peer: &str) -> Result<(), ErrorBody> {
         let id = match &self.signaling {
             Signaling::Down { why } => {
                 return Err(err(
@@ -342,7 +366,7 @@ impl Core {
         if id == peer {
             return Err(err(ErrorCode::SelfPair, "cannot pair with ourselves"));
         }
-        Ok(())
+        self.admits(peer)
     }
 
     fn on_signal_failed(&mut self, what: &'static str, why: String, fx: &mut Vec<Effect>) {
@@ -497,19 +521,26 @@ impl Core {
             }
             Change::Open(o, path) => {
                 let old = std::mem::replace(&mut self.link, Link::Idle);
-                tracing::info!(peer = %o.peer, ?path, "data channel open");
+                let fingerprint = o.identity.map(|i| i.fingerprint);
+                let trust = o.identity.map(|i| i.trust);
+                tracing::info!(peer = %o.peer, ?path, ?fingerprint, ?trust, "data channel open");
                 fx.push(Effect::Expose {
                     peer: o.peer.clone(),
+                    verified: o.identity.is_some_and(|i| i.verified()),
                 });
                 fx.push(Effect::Publish(EventKind::ChannelOpen {
                     peer_id: o.peer.clone(),
                     path: path.clone(),
+                    fingerprint,
+                    trust,
                 }));
                 if let Some(w) = old.take_waiter() {
                     w.answer(Ok(PairOutcome {
                         peer_id: o.peer.clone(),
                         state: LinkState::Open,
                         path,
+                        fingerprint,
+                        trust,
                     }));
                 }
                 self.link = Link::Open(o);

@@ -22,7 +22,7 @@ impl Core {
                         && c.peer == from
                         && c.negotiation == Negotiation::AwaitingOffer =>
                 {
-                    fx.push(Effect::Answer { sdp });
+                    self.checked(from, sdp, |sdp| Effect::Answer { sdp }, fx);
                 }
                 _ => tracing::debug!(%from, "ignoring an offer we are not waiting for"),
             },
@@ -30,7 +30,7 @@ impl Core {
                 Link::Connecting(c)
                     if c.initiator && c.peer == from && c.negotiation == Negotiation::Offering =>
                 {
-                    fx.push(Effect::AcceptAnswer { sdp });
+                    self.checked(from, sdp, |sdp| Effect::AcceptAnswer { sdp }, fx);
                 }
                 _ => tracing::debug!(%from, "ignoring an answer we did not ask for"),
             },
@@ -83,6 +83,8 @@ impl Core {
                     peer_id: peer.clone(),
                     state: LinkState::Connecting,
                     path: None,
+                    fingerprint: None,
+                    trust: None,
                 }));
                 None
             };
@@ -91,6 +93,7 @@ impl Core {
                 initiator: true,
                 negotiation: Negotiation::Offering,
                 ice_connected: false,
+                identity: None,
                 deadline,
                 waiter,
             };
@@ -99,12 +102,21 @@ impl Core {
             return;
         }
         // Someone paired with us.
-        if !self.policy.allow_peers.is_empty() && !self.policy.allow_peers.contains(&peer) {
-            tracing::warn!(%peer, "refusing a pairing from a peer not in --allow-peer");
+        let refusal =
+            if !self.policy.allow_peers.is_empty() && !self.policy.allow_peers.contains(&peer) {
+                tracing::warn!(%peer, "refusing a pairing from a peer not in --allow-peer");
+                Some(DisconnectReason::RefusedByAllowList)
+            } else if let Err(e) = self.admits(&peer) {
+                tracing::warn!(%peer, "refusing a pairing: {}", e.message);
+                Some(DisconnectReason::NotTrusted)
+            } else {
+                None
+            };
+        if let Some(reason) = refusal {
             fx.push(Effect::Signal(ClientMsg::Unpair));
             fx.push(Effect::Publish(EventKind::PeerDisconnected {
                 peer_id: peer,
-                reason: DisconnectReason::RefusedByAllowList,
+                reason,
             }));
             return;
         }
@@ -138,6 +150,7 @@ impl Core {
             initiator: false,
             negotiation: Negotiation::AwaitingOffer,
             ice_connected: false,
+            identity: None,
             deadline: now + self.policy.connect_timeout,
             waiter: None,
         };
@@ -231,6 +244,26 @@ impl Core {
                     reason.as_str()
                 ),
             )
+        }
+    }
+
+    /// Applies the peer's description (the effect `apply` makes of it) only
+    /// once its key checks out; otherwise the pairing ends, nothing applied.
+    fn checked(
+        &mut self,
+        from: String,
+        sdp: String,
+        apply: fn(String) -> Effect,
+        fx: &mut Vec<Effect>,
+    ) {
+        match self.verify(&from, &sdp) {
+            Ok(identity) => {
+                if let Link::Connecting(c) = &mut self.link {
+                    c.identity = Some(identity);
+                }
+                fx.push(apply(sdp));
+            }
+            Err(ending) => self.apply(Change::End(ending), fx),
         }
     }
 }

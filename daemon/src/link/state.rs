@@ -7,6 +7,8 @@ use p2p_proto::control::{DisconnectReason, ErrorBody, LinkState, PairOutcome};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::PeerIdentity;
+
 /// Where a `pair` request's reply goes.
 pub type PairReply = oneshot::Sender<Result<PairOutcome, ErrorBody>>;
 
@@ -56,6 +58,8 @@ pub struct Connecting {
     pub negotiation: Negotiation,
     /// Whether ICE reached connected (a timeout then is not "no path").
     pub ice_connected: bool,
+    /// The peer's key, once its description was checked.
+    pub identity: Option<PeerIdentity>,
     /// `--connect-timeout` from the pairing.
     pub deadline: Instant,
     /// A `pair --wait` request, answered once the channel opens.
@@ -78,6 +82,9 @@ pub struct Open {
     pub peer: String,
     pub initiator: bool,
     pub since: Instant,
+    /// The peer's key as checked (`None` only if `--trust any` accepted a
+    /// description whose key could not be read).
+    pub identity: Option<PeerIdentity>,
 }
 
 #[derive(Debug)]
@@ -131,6 +138,15 @@ impl Link {
     /// Whether signald has paired us (a pairing exists to be ended).
     pub fn is_paired(&self) -> bool {
         matches!(self, Link::Connecting(_) | Link::Open(_) | Link::Closing(_))
+    }
+
+    /// The peer's key, once checked.
+    pub fn identity(&self) -> Option<PeerIdentity> {
+        match self {
+            Link::Connecting(c) => c.identity,
+            Link::Open(o) => o.identity,
+            _ => None,
+        }
     }
 
     pub fn state(&self) -> LinkState {

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use p2p_proto::control::{
-    DisconnectReason, ErrorBody, ErrorCode, EventKind, LinkState, PairOutcome,
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, LinkState, OkBody, PairOutcome, PeerTrust,
+    TrustPolicy,
 };
+use p2p_proto::identity::Fingerprint;
 use p2p_proto::signal::{
     ClientMsg, DisconnectReason as SigReason, ErrorCode as SigError, ServerMsg,
 };
@@ -13,27 +15,54 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::*;
+use crate::trust::TrustStore;
 
 type Answer = oneshot::Receiver<Result<PairOutcome, ErrorBody>>;
 
 struct T {
     core: Core,
     now: Instant,
+    _dir: tempfile::TempDir,
 }
+
+/// A fingerprint for tests, and an SDP that carries it.
+fn fp(b: u8) -> Fingerprint {
+    Fingerprint::from_bytes([b; 32])
+}
+
+fn sdp(b: u8) -> String {
+    format!("v=0\r\na=fingerprint:sha-256 {}\r\n", fp(b).to_sdp_hex())
+}
+
+/// The peers every test knows: bob's key is fp(1), carol's fp(2).
+const BOB: u8 = 1;
+const CAROL: u8 = 2;
 
 impl T {
     fn new() -> T {
-        Self::with_allow(&[])
+        Self::with(&[], TrustPolicy::Known)
     }
 
     fn with_allow(allow: &[&str]) -> T {
+        Self::with(allow, TrustPolicy::Known)
+    }
+
+    fn with(allow: &[&str], policy: TrustPolicy) -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = TrustStore::open(dir.path().join("known_peers"), policy);
+        store.set("bob", fp(BOB), None).unwrap();
+        store.set("carol", fp(CAROL), None).unwrap();
         let mut t = T {
-            core: Core::new(Policy {
-                allow_peers: allow.iter().map(|s| s.to_string()).collect(),
-                connect_timeout: Duration::from_secs(15),
-                server: "ws://signald/ws".into(),
-            }),
+            core: Core::new(
+                Policy {
+                    allow_peers: allow.iter().map(|s| s.to_string()).collect(),
+                    connect_timeout: Duration::from_secs(15),
+                    server: "ws://signald/ws".into(),
+                },
+                store,
+            ),
             now: Instant::now(),
+            _dir: dir,
         };
         t.on(Input::SignalingUp {
             id: "alice".into(),
@@ -82,13 +111,16 @@ impl T {
         self.server(paired("bob", true));
         self.on(Input::Offered(Ok("offer-sdp".into())));
         self.server(ServerMsg::Answer {
-            sdp: "answer-sdp".into(),
+            sdp: sdp(BOB),
             from: "bob".into(),
         });
         self.on(Input::AnswerApplied(Ok(())));
         let fx = self.on(Input::ChannelOpen { path: None });
         assert!(
-            fx.contains(&Effect::Expose { peer: "bob".into() }),
+            fx.contains(&Effect::Expose {
+                peer: "bob".into(),
+                verified: true
+            }),
             "{fx:?}"
         );
         assert_eq!(self.state(), LinkState::Open);
@@ -163,22 +195,30 @@ fn initiator_goes_requested_connecting_open() {
     assert_eq!(fx, [Effect::Signal(ClientMsg::Offer { sdp: "o".into() })]);
     // An answer from anyone else is ignored.
     let fx = t.server(ServerMsg::Answer {
-        sdp: "x".into(),
+        sdp: sdp(BOB),
         from: "mallory".into(),
     });
     assert!(fx.is_empty());
     let fx = t.server(ServerMsg::Answer {
-        sdp: "a".into(),
+        sdp: sdp(BOB),
         from: "bob".into(),
     });
-    assert_eq!(fx, [Effect::AcceptAnswer { sdp: "a".into() }]);
+    assert_eq!(fx, [Effect::AcceptAnswer { sdp: sdp(BOB) }]);
     assert!(t.on(Input::AnswerApplied(Ok(()))).is_empty());
     assert!(answer.try_recv().is_err(), "not answered before the open");
     let fx = t.on(Input::ChannelOpen { path: None });
-    assert_eq!(fx[0], Effect::Expose { peer: "bob".into() });
+    assert_eq!(
+        fx[0],
+        Effect::Expose {
+            peer: "bob".into(),
+            verified: true
+        }
+    );
     assert!(matches!(events(&fx)[..], [EventKind::ChannelOpen { .. }]));
     let open = answered(&mut answer).unwrap();
     assert_eq!(open.state, LinkState::Open);
+    assert_eq!(open.fingerprint, Some(fp(BOB)));
+    assert_eq!(open.trust, Some(PeerTrust::Pinned));
     assert_eq!(t.core.deadline(), None, "an open link has no deadline");
 }
 
@@ -202,16 +242,16 @@ fn answerer_answers_only_the_peer_it_is_paired_with() {
         .is_empty()
     );
     let fx = t.server(ServerMsg::Offer {
-        sdp: "o".into(),
+        sdp: sdp(CAROL),
         from: "carol".into(),
     });
-    assert_eq!(fx, [Effect::Answer { sdp: "o".into() }]);
+    assert_eq!(fx, [Effect::Answer { sdp: sdp(CAROL) }]);
     let fx = t.on(Input::Answered(Ok("a".into())));
     assert_eq!(fx, [Effect::Signal(ClientMsg::Answer { sdp: "a".into() })]);
     // A second offer after answering is not answered again.
     assert!(
         t.server(ServerMsg::Offer {
-            sdp: "o2".into(),
+            sdp: sdp(CAROL),
             from: "carol".into()
         })
         .is_empty()
@@ -561,4 +601,165 @@ fn remote_candidates_only_from_the_peer_while_paired() {
         })
         .is_empty()
     );
+}
+
+#[test]
+fn known_refuses_an_unknown_peer_both_ways() {
+    let mut t = T::new();
+    let (fx, mut answer) = t.pair("mallory", true, LONG);
+    assert!(fx.is_empty(), "nothing is sent for an unknown peer: {fx:?}");
+    let e = answered(&mut answer).unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotTrusted);
+    assert!(e.message.contains("p2pctl trust mallory"), "{e:?}");
+    let fx = t.server(paired("mallory", false));
+    assert!(sends_unpair(&fx));
+    assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted));
+    assert_eq!(t.state(), LinkState::Idle);
+}
+
+#[test]
+fn the_answerer_refuses_an_offer_with_the_wrong_key() {
+    let mut t = T::new();
+    t.server(paired("bob", false));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: sdp(9),
+        from: "bob".into(),
+    });
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Answer { .. })),
+        "the offer must not be applied: {fx:?}"
+    );
+    assert!(sends_unpair(&fx));
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+}
+
+#[test]
+fn the_initiator_refuses_an_answer_with_the_wrong_key() {
+    let mut t = T::new();
+    let (_, mut answer) = t.pair("bob", true, LONG);
+    t.server(paired("bob", true));
+    t.on(Input::Offered(Ok("o".into())));
+    let fx = t.server(ServerMsg::Answer {
+        sdp: sdp(9),
+        from: "bob".into(),
+    });
+    assert!(!fx.iter().any(|e| matches!(e, Effect::AcceptAnswer { .. })));
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+    let e = answered(&mut answer).unwrap_err();
+    assert_eq!(e.code, ErrorCode::IdentityMismatch);
+    assert!(
+        e.message.contains(&fp(BOB).to_string()) && e.message.contains(&fp(9).to_string()),
+        "names the expected and the received key: {e:?}"
+    );
+    // A description without a usable key is refused too.
+    let mut t = T::new();
+    t.server(paired("bob", false));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: "v=0\r\n".into(),
+        from: "bob".into(),
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+}
+
+#[test]
+fn tofu_pins_the_first_key_and_refuses_a_changed_one() {
+    let mut t = T::with(&[], TrustPolicy::Tofu);
+    t.server(paired("dave", false));
+    t.server(ServerMsg::Offer {
+        sdp: sdp(4),
+        from: "dave".into(),
+    });
+    t.on(Input::Answered(Ok("a".into())));
+    let fx = t.on(Input::ChannelOpen { path: None });
+    assert!(fx.contains(&Effect::Expose {
+        peer: "dave".into(),
+        verified: true
+    }));
+    assert!(events(&fx).iter().any(|e| matches!(
+        e,
+        EventKind::ChannelOpen {
+            trust: Some(PeerTrust::Tofu),
+            ..
+        }
+    )));
+    assert_eq!(t.core.trust_store().get("dave"), Some(fp(4)));
+    t.unpair();
+    t.server(paired("dave", false));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: sdp(5),
+        from: "dave".into(),
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+}
+
+#[test]
+fn any_accepts_unknown_peers_unverified_but_holds_pins() {
+    let mut t = T::with(&[], TrustPolicy::Any);
+    let (_, mut answer) = t.pair("browser", true, LONG);
+    t.server(paired("browser", true));
+    t.on(Input::Offered(Ok("o".into())));
+    t.server(ServerMsg::Answer {
+        sdp: sdp(7),
+        from: "browser".into(),
+    });
+    t.on(Input::AnswerApplied(Ok(())));
+    let fx = t.on(Input::ChannelOpen { path: None });
+    assert!(fx.contains(&Effect::Expose {
+        peer: "browser".into(),
+        verified: false
+    }));
+    assert_eq!(
+        answered(&mut answer).unwrap().trust,
+        Some(PeerTrust::Unverified)
+    );
+    assert_eq!(
+        t.core.trust_store().get("browser"),
+        None,
+        "any pins nothing"
+    );
+    t.unpair();
+    // bob's pin holds even under any.
+    t.server(paired("bob", false));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: sdp(9),
+        from: "bob".into(),
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+}
+
+#[test]
+fn removing_the_open_peers_pin_ends_the_link() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let (reply, mut rx) = oneshot::channel();
+    let fx = t.on(Input::TrustEdit {
+        edit: TrustEdit::Untrust { peer: "bob".into() },
+        reply,
+    });
+    assert!(matches!(
+        rx.try_recv().unwrap(),
+        Ok(OkBody::Untrust { was_trusted: true })
+    ));
+    assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted));
+    assert!(sends_unpair(&fx));
+    // Pinning another peer leaves an open link alone.
+    t.on(Input::TrustEdit {
+        edit: TrustEdit::Trust {
+            peer: "bob".into(),
+            fingerprint: fp(BOB),
+            comment: None,
+        },
+        reply: oneshot::channel().0,
+    });
+    t.open_with_bob();
+    let fx = t.on(Input::TrustEdit {
+        edit: TrustEdit::Trust {
+            peer: "carol".into(),
+            fingerprint: fp(3),
+            comment: None,
+        },
+        reply: oneshot::channel().0,
+    });
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(t.state(), LinkState::Open);
 }

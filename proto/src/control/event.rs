@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Path;
+use super::{Path, PeerTrust};
+use crate::identity::Fingerprint;
 
 /// Something that happened, streamed to `tail` followers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,10 @@ pub enum EventKind {
         peer_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<Path>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<Fingerprint>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trust: Option<PeerTrust>,
     },
     /// The link to the peer ended; the daemon is ready for the next pairing.
     PeerDisconnected {
@@ -93,11 +98,17 @@ pub enum DisconnectReason {
     /// An incoming pairing from an ID that `--allow-peer` does not list;
     /// refused before any negotiation.
     RefusedByAllowList,
+    /// The peer's key is not pinned and `--trust known` refuses unknown
+    /// peers (or its pin was removed while the link was up).
+    NotTrusted,
+    /// The key in the peer's description is not the one pinned for its ID;
+    /// refused before the channel opened.
+    IdentityMismatch,
 }
 
 impl DisconnectReason {
     /// Every reason, in the order of the documentation.
-    pub const ALL: [DisconnectReason; 14] = [
+    pub const ALL: [DisconnectReason; 16] = [
         Self::Left,
         Self::Timeout,
         Self::Unpaired,
@@ -112,6 +123,8 @@ impl DisconnectReason {
         Self::Superseded,
         Self::Shutdown,
         Self::RefusedByAllowList,
+        Self::NotTrusted,
+        Self::IdentityMismatch,
     ];
 
     /// The wire name, as in `peer_disconnected.reason`.
@@ -131,6 +144,8 @@ impl DisconnectReason {
             Self::Superseded => "superseded",
             Self::Shutdown => "shutdown",
             Self::RefusedByAllowList => "refused_by_allow_list",
+            Self::NotTrusted => "not_trusted",
+            Self::IdentityMismatch => "identity_mismatch",
         }
     }
 }
@@ -204,6 +219,8 @@ mod tests {
             EventKind::ChannelOpen {
                 peer_id: "p".into(),
                 path: None,
+                fingerprint: Some(Fingerprint::from_bytes([1; 32])),
+                trust: Some(PeerTrust::Pinned),
             },
         ] {
             let e = Event { ts_ms: 42, kind };

@@ -12,9 +12,12 @@ mod request;
 mod status;
 
 pub use event::{DisconnectReason, Event, EventKind};
-pub use reply::{ErrorBody, ErrorCode, False, OkBody, PairOutcome, Reply, True};
+pub use reply::{ErrorBody, ErrorCode, False, IdentityInfo, OkBody, PairOutcome, Pin, Reply, True};
 pub use request::{Request, parse_request};
-pub use status::{Counters, LinkState, Path, ServerState, Status, StatusPeer, StatusServer};
+pub use status::{
+    Counters, LinkState, Path, PeerTrust, ServerState, Status, StatusPeer, StatusServer,
+    StatusTrust, TrustPolicy,
+};
 
 /// Version of this protocol, reported by `status`.
 pub const CONTROL_VERSION: u32 = 1;

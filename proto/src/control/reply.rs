@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{LinkState, Path, Status};
+use super::{LinkState, Path, PeerTrust, Status};
+use crate::identity::Fingerprint;
 
 /// Error codes of failed replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,17 @@ pub enum ErrorCode {
     SendFailed,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The peer's key is not pinned and `--trust known` refuses unknown
+    /// peers: the message says how to trust it.
+    NotTrusted,
+    /// The peer's key is not the one pinned for its ID; the message names
+    /// both fingerprints.
+    IdentityMismatch,
+    /// `send --to ID` while the open channel is to another peer, or to an
+    /// unverified one.
+    WrongPeer,
+    /// The trust store or the key could not be read or written.
+    StoreFailed,
 }
 
 /// The error object of a failed reply.
@@ -108,6 +120,24 @@ pub enum OkBody {
     Unpair {
         was_paired: bool,
     },
+    /// `id` and `rotate_id`.
+    Identity {
+        identity: IdentityInfo,
+    },
+    /// `trust`: the pin now in force, and the one it replaced.
+    Trust {
+        trusted: Pin,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaced: Option<Fingerprint>,
+    },
+    /// `untrust`.
+    Untrust {
+        was_trusted: bool,
+    },
+    /// `trust_list`.
+    TrustList {
+        peers: Vec<Pin>,
+    },
     /// `send`, `tail` (before its events) and anything else with no payload.
     Empty {},
 }
@@ -121,6 +151,33 @@ pub struct PairOutcome {
     /// The selected ICE path, once open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<Path>,
+    /// The peer's key fingerprint and how far it is trusted, once open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<PeerTrust>,
+}
+
+/// Our identity, for `p2pctl id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityInfo {
+    /// Our ID at signald (`null` before the first welcome without `--id`).
+    pub id: Option<String>,
+    pub fingerprint: Fingerprint,
+    /// `ID@fingerprint`, what a peer passes to `p2pctl trust`.
+    pub token: Option<String>,
+}
+
+/// One entry of the trust store (`known_peers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub id: String,
+    pub fingerprint: Fingerprint,
+    /// When it was pinned, RFC 3339 UTC (`2026-12-01T21:34:44Z`).
+    pub added: String,
+    /// Free text; `tofu` or `invite` when p2pd pinned it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 impl Reply {

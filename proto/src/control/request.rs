@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ErrorBody, ErrorCode};
+use crate::identity::Fingerprint;
 
 /// A request from a control client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,13 +23,32 @@ pub enum Request {
     /// End the current pairing (a no-op reply `was_paired: false` if none).
     Unpair,
     /// Hand one message to the data channel. Exactly one of `text` (UTF-8)
-    /// or `data_b64` (binary, standard base64) is set.
+    /// or `data_b64` (binary, standard base64) is set. With `to`, only if
+    /// the open channel is to that peer ID and its key is verified.
     Send {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data_b64: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
     },
+    /// Our ID and key fingerprint.
+    Id,
+    /// Make a new key (and so a new fingerprint); every peer must trust the
+    /// new one. The open link, if any, keeps the old key until it ends.
+    RotateId,
+    /// Pin `fingerprint` as the key of `peer_id` (replacing any pin).
+    Trust {
+        peer_id: String,
+        fingerprint: Fingerprint,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    /// Remove the pin of `peer_id`.
+    Untrust { peer_id: String },
+    /// Every pinned peer.
+    TrustList,
     /// Replay up to `replay` messages from history, then (with `follow`)
     /// stream every new event.
     Tail {
@@ -56,7 +76,18 @@ fn classify_bad_request(line: &str, full: serde_json::Error) -> ErrorBody {
         #[serde(borrow)]
         cmd: std::borrow::Cow<'a, str>,
     }
-    const CMDS: [&str; 5] = ["status", "pair", "unpair", "send", "tail"];
+    const CMDS: [&str; 10] = [
+        "status",
+        "pair",
+        "unpair",
+        "send",
+        "tail",
+        "id",
+        "rotate_id",
+        "trust",
+        "untrust",
+        "trust_list",
+    ];
     match serde_json::from_str::<Head>(line) {
         Err(e) => ErrorBody {
             code: ErrorCode::BadRequest,
@@ -94,7 +125,19 @@ mod tests {
             Request::Send {
                 text: Some("hi".into()),
                 data_b64: None,
+                to: Some("bob".into()),
             },
+            Request::Trust {
+                peer_id: "bob".into(),
+                fingerprint: Fingerprint::from_bytes([7; 32]),
+                comment: None,
+            },
+            Request::Untrust {
+                peer_id: "bob".into(),
+            },
+            Request::TrustList,
+            Request::Id,
+            Request::RotateId,
             Request::Tail {
                 replay: 3,
                 follow: false,
@@ -125,6 +168,13 @@ mod tests {
         assert_eq!(
             parse_request(r#"{"cmd":"reboot"}"#).unwrap_err().code,
             ErrorCode::UnknownCommand
+        );
+        // A fingerprint is checked where it is parsed.
+        assert_eq!(
+            parse_request(r#"{"cmd":"trust","peer_id":"b","fingerprint":"sha256:short"}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::BadRequest
         );
     }
 }

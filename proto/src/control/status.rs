@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::Fingerprint;
+
 /// State of the signaling connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +45,42 @@ pub struct Path {
     pub rtt_ms: Option<f64>,
 }
 
+/// How far a peer's key is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerTrust {
+    /// It matched the key pinned for the peer's ID.
+    Pinned,
+    /// First contact under `--trust tofu`: pinned now.
+    Tofu,
+    /// Not checked (`--trust any`, or no pin and nothing to compare).
+    Unverified,
+}
+
+/// Which peers p2pd accepts (`--trust`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustPolicy {
+    /// Only pinned peers, both ways.
+    Known,
+    /// The first key seen for an ID is pinned; later ones must match.
+    Tofu,
+    /// Unknown peers are accepted unverified (pins still hold).
+    Any,
+}
+
+/// The trust part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusTrust {
+    pub policy: TrustPolicy,
+    /// The trust store's path.
+    pub known_peers: String,
+    /// Pinned peers.
+    pub pinned: usize,
+    /// Lines of the store that could not be read (they pin nothing).
+    pub problems: Vec<String>,
+}
+
 /// `status`: the daemon's whole state. Stable: fields are only added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -55,6 +93,10 @@ pub struct Status {
     pub id: Option<String>,
     pub pid: u32,
     pub uptime_ms: u64,
+    /// Our key's fingerprint, and `ID@fingerprint` once we have an ID.
+    pub fingerprint: Fingerprint,
+    pub identity: Option<String>,
+    pub trust: StatusTrust,
     pub server: StatusServer,
     /// `null` when idle.
     pub peer: Option<StatusPeer>,
@@ -96,6 +138,10 @@ pub struct StatusPeer {
     pub open_for_ms: Option<u64>,
     /// The selected ICE path, once connected.
     pub path: Option<Path>,
+    /// The key the peer's description carries, once it has been checked,
+    /// and how far it is trusted.
+    pub fingerprint: Option<Fingerprint>,
+    pub trust: Option<PeerTrust>,
 }
 
 /// Counters since the daemon started.

@@ -422,6 +422,7 @@ pub fn path_of(s: &Status) -> p2p_proto::control::Path {
 }
 
 pub fn pair_ok(a: &Daemon, b: &Daemon) -> p2p_proto::control::Path {
+    a.trust_each_other(b);
     let out = a.ctl(&["pair", b.id(), "--timeout", "30s"]);
     assert!(
         out.status.success(),

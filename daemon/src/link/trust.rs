@@ -1,0 +1,213 @@
+//! The link's trust decisions: whether a peer may pair at all, whether the
+//! key in its description is the one pinned for its ID, and the edits to
+//! the trust store that can end a link.
+//!
+//! The key is checked before the description is applied, in both roles
+//! (the answerer checks the offer, the initiator the answer), so a peer
+//! with the wrong key is refused before DTLS starts and before any message
+//! passes; DTLS then proves the peer holds the key (the crate compares the
+//! certificate with the description's fingerprint). Pins hold under every
+//! policy; the policy decides only about IDs with no pin.
+
+use p2p_proto::control::{
+    DisconnectReason, ErrorBody, ErrorCode, OkBody, PeerTrust, Pin, TrustPolicy,
+};
+use p2p_proto::identity::Fingerprint;
+use tokio::sync::oneshot;
+
+use super::{Change, Core, Effect, Ending, Link, err};
+
+/// The key a peer presented, and how far it is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub fingerprint: Fingerprint,
+    pub trust: PeerTrust,
+}
+
+impl PeerIdentity {
+    /// Whether the key is pinned (a guarded `send --to` may use the link).
+    pub fn verified(&self) -> bool {
+        self.trust != PeerTrust::Unverified
+    }
+}
+
+/// Edits of the trust store, through the link so that a link whose pin
+/// goes away ends with it.
+#[derive(Debug)]
+pub enum TrustEdit {
+    Trust {
+        peer: String,
+        fingerprint: Fingerprint,
+        comment: Option<String>,
+    },
+    Untrust {
+        peer: String,
+    },
+    List,
+}
+
+impl Core {
+    /// Whether `peer` may pair with us at all, before anything is sent.
+    pub(super) fn admits(&mut self, peer: &str) -> Result<(), ErrorBody> {
+        if self.trust.policy() == TrustPolicy::Known && self.trust.get(peer).is_none() {
+            return Err(err(
+                ErrorCode::NotTrusted,
+                format!(
+                    "{peer} is not a trusted peer (--trust known): ask {peer} for `p2pctl id` and run `p2pctl trust {peer} FINGERPRINT`, or pair with an invite code"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The identity the description `sdp` gives `peer`, or why the pairing
+    /// must end.
+    pub(super) fn verify(&mut self, peer: &str, sdp: &str) -> Result<PeerIdentity, Ending> {
+        let refuse = |reason, error| Ending {
+            reason,
+            error,
+            tell_signald: true,
+        };
+        let seen = Fingerprint::from_sdp(sdp);
+        match (self.trust.get(peer), seen) {
+            (Some(pin), Ok(fp)) if pin == fp => Ok(PeerIdentity {
+                fingerprint: fp,
+                trust: PeerTrust::Pinned,
+            }),
+            (Some(pin), Ok(fp)) => {
+                tracing::warn!(%peer, expected = %pin, received = %fp, "refusing a peer whose key does not match its pin");
+                Err(refuse(
+                    DisconnectReason::IdentityMismatch,
+                    err(
+                        ErrorCode::IdentityMismatch,
+                        format!(
+                            "{peer}'s key does not match the one pinned for it: expected {pin}, received {fp} (someone may be posing as {peer}; if {peer} rotated its key, run `p2pctl trust {peer} {fp}`)"
+                        ),
+                    ),
+                ))
+            }
+            (pin, Err(why)) if pin.is_some() || self.trust.policy() != TrustPolicy::Any => {
+                tracing::warn!(%peer, %why, "refusing a description whose key cannot be checked");
+                Err(refuse(
+                    DisconnectReason::IdentityMismatch,
+                    err(
+                        ErrorCode::IdentityMismatch,
+                        format!("{peer}'s key cannot be checked: {why}"),
+                    ),
+                ))
+            }
+            (_, Err(_)) => Err(refuse(
+                DisconnectReason::Failed,
+                err(
+                    ErrorCode::Failed,
+                    format!("{peer}'s description carries no usable key"),
+                ),
+            )),
+            (None, Ok(fp)) => match self.trust.policy() {
+                TrustPolicy::Known => Err(refuse(
+                    DisconnectReason::NotTrusted,
+                    self.admits(peer).expect_err("no pin under known"),
+                )),
+                TrustPolicy::Tofu => Ok(PeerIdentity {
+                    fingerprint: fp,
+                    trust: PeerTrust::Tofu,
+                }),
+                TrustPolicy::Any => Ok(PeerIdentity {
+                    fingerprint: fp,
+                    trust: PeerTrust::Unverified,
+                }),
+            },
+        }
+    }
+
+    /// First contact under `tofu`: pins the key DTLS has just proven. If
+    /// the store cannot be written the link goes on, unverified.
+    pub(super) fn pin_first_contact(&mut self, peer: &str, id: PeerIdentity) -> PeerIdentity {
+        if id.trust != PeerTrust::Tofu {
+            return id;
+        }
+        match self.trust.set(peer, id.fingerprint, Some("tofu".into())) {
+            Ok(_) => {
+                tracing::info!(%peer, fingerprint = %id.fingerprint, "pinned on first contact (--trust tofu)");
+                id
+            }
+            Err(e) => {
+                tracing::error!(%peer, error = %e, file = %self.trust.path().display(), "could not pin the peer's key; the link is unverified");
+                PeerIdentity {
+                    trust: PeerTrust::Unverified,
+                    ..id
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_trust_edit(
+        &mut self,
+        edit: TrustEdit,
+        reply: oneshot::Sender<Result<OkBody, ErrorBody>>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let store_failed = |e: std::io::Error, path: &std::path::Path| {
+            err(
+                ErrorCode::StoreFailed,
+                format!("could not write the trust store {}: {e}", path.display()),
+            )
+        };
+        let (result, touched) = match edit {
+            TrustEdit::Trust {
+                peer,
+                fingerprint,
+                comment,
+            } => {
+                let r = self
+                    .trust
+                    .set(&peer, fingerprint, comment)
+                    .map(|(trusted, replaced)| OkBody::Trust { trusted, replaced })
+                    .map_err(|e| store_failed(e, self.trust.path()));
+                (r, Some(peer))
+            }
+            TrustEdit::Untrust { peer } => {
+                let r = self
+                    .trust
+                    .remove(&peer)
+                    .map(|was_trusted| OkBody::Untrust { was_trusted })
+                    .map_err(|e| store_failed(e, self.trust.path()));
+                (r, Some(peer))
+            }
+            TrustEdit::List => {
+                let peers: Vec<Pin> = self.trust.list();
+                (Ok(OkBody::TrustList { peers }), None)
+            }
+        };
+        let _ = reply.send(result);
+        if let Some(peer) = touched {
+            self.recheck(&peer, fx);
+        }
+    }
+
+    /// After an edit of `peer`'s pin: a link to it whose key is no longer
+    /// pinned ends (an unverified link under `any` is not affected).
+    fn recheck(&mut self, peer: &str, fx: &mut Vec<Effect>) {
+        let presented = match &self.link {
+            Link::Open(o) if o.peer == peer => o.identity,
+            Link::Connecting(c) if c.peer == peer => c.identity,
+            _ => return,
+        };
+        let Some(id) = presented else { return };
+        if !id.verified() {
+            return;
+        }
+        if self.trust.get(peer) != Some(id.fingerprint) {
+            tracing::warn!(%peer, "the peer's pin changed; ending the link");
+            let e = Ending {
+                reason: DisconnectReason::NotTrusted,
+                error: err(
+                    ErrorCode::NotTrusted,
+                    format!("{peer}'s pin was changed or removed"),
+                ),
+                tell_signald: true,
+            };
+            self.apply(Change::End(e), fx);
+        }
+    }
+}

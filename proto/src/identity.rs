@@ -1,0 +1,198 @@
+//! A peer's identity: the SHA-256 fingerprint of its DTLS certificate.
+//!
+//! People see it as `sha256:` and 43 characters of unpadded URL-safe
+//! base64 (shell- and URL-safe, short enough to read aloud in a pinch);
+//! with the peer's ID in front, `alice@sha256:…` is one token to copy. The
+//! SDP form (`AB:CD:…`, 32 colon-separated hex bytes, as `a=fingerprint`
+//! and browsers show it) is accepted too.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The SHA-256 fingerprint of a certificate.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+const PREFIX: &str = "sha256:";
+
+impl Fingerprint {
+    pub fn from_bytes(b: [u8; 32]) -> Fingerprint {
+        Fingerprint(b)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Parses `sha256:<base64url>` or the SDP hex form `AB:CD:…`.
+    pub fn parse(s: &str) -> Result<Fingerprint, String> {
+        let s = s.trim();
+        if let Some(b64) = s.strip_prefix(PREFIX) {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(b64)
+                .map_err(|e| format!("{s:?} is not a fingerprint: {e}"))?;
+            return bytes.try_into().map(Fingerprint).map_err(|b: Vec<u8>| {
+                format!("{s:?} is not a fingerprint: {} bytes, not 32", b.len())
+            });
+        }
+        Self::from_hex(s).ok_or_else(|| {
+            format!(
+                "{s:?} is not a fingerprint (expected sha256:… as `p2pctl id` prints it, or 32 hex bytes AB:CD:… as in SDP)"
+            )
+        })
+    }
+
+    /// The SDP form: 32 hex bytes separated by colons, either case.
+    fn from_hex(s: &str) -> Option<Fingerprint> {
+        let mut out = [0u8; 32];
+        let mut parts = s.split(':');
+        for b in &mut out {
+            let p = parts.next()?;
+            if p.len() != 2 {
+                return None;
+            }
+            *b = u8::from_str_radix(p, 16).ok()?;
+        }
+        parts.next().is_none().then_some(Fingerprint(out))
+    }
+
+    /// The SDP form, upper case (as `a=fingerprint` carries it).
+    pub fn to_sdp_hex(&self) -> String {
+        let hex: Vec<String> = self.0.iter().map(|b| format!("{b:02X}")).collect();
+        hex.join(":")
+    }
+
+    /// The fingerprint of the SDP's `a=fingerprint` lines. Every one of
+    /// them (session level and each media section) must agree and be
+    /// `sha-256`: anything else is an error, never a guess.
+    pub fn from_sdp(sdp: &str) -> Result<Fingerprint, String> {
+        let mut found: Option<Fingerprint> = None;
+        for line in sdp.lines() {
+            let Some(rest) = line.trim_end().strip_prefix("a=fingerprint:") else {
+                continue;
+            };
+            let (alg, value) = rest
+                .split_once(' ')
+                .ok_or_else(|| format!("malformed a=fingerprint line {line:?}"))?;
+            if !alg.eq_ignore_ascii_case("sha-256") {
+                return Err(format!(
+                    "the description's fingerprint uses {alg}, not sha-256"
+                ));
+            }
+            let fp = Self::from_hex(value.trim())
+                .ok_or_else(|| format!("malformed a=fingerprint value {value:?}"))?;
+            match found {
+                Some(f) if f != fp => {
+                    return Err("the description carries two different fingerprints".into());
+                }
+                _ => found = Some(fp),
+            }
+        }
+        found.ok_or_else(|| "the description carries no a=fingerprint".into())
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        Fingerprint::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `ID@sha256:…`: a peer's ID and fingerprint as one token.
+pub fn token(id: &str, fp: &Fingerprint) -> String {
+    format!("{id}@{fp}")
+}
+
+/// Splits a token made by [`token`].
+pub fn parse_token(s: &str) -> Result<(String, Fingerprint), String> {
+    let (id, fp) = s.trim().split_once('@').ok_or_else(|| {
+        format!("{s:?} is not an ID@fingerprint token (as `p2pctl id` prints it)")
+    })?;
+    if !crate::signal::valid_id(id) {
+        return Err(format!("{id:?} is not a valid ID"));
+    }
+    Ok((id.to_string(), Fingerprint::parse(fp)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "1E:53:3D:A0:00:FF:10:20:30:40:50:60:70:80:90:A0:B0:C0:D0:E0:F0:01:02:03:04:05:06:07:08:09:0A:0B";
+
+    #[test]
+    fn both_forms_parse_to_the_same_fingerprint() {
+        let fp = Fingerprint::parse(HEX).unwrap();
+        assert_eq!(fp.to_sdp_hex(), HEX);
+        let text = fp.to_string();
+        assert!(
+            text.starts_with("sha256:") && text.len() == 7 + 43,
+            "{text}"
+        );
+        assert_eq!(Fingerprint::parse(&text).unwrap(), fp);
+        assert_eq!(Fingerprint::parse(&HEX.to_lowercase()).unwrap(), fp);
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:AAAA",
+            "1E:53",
+            &format!("{HEX}:00"),
+            "zz",
+        ] {
+            assert!(Fingerprint::parse(bad).is_err(), "{bad:?}");
+        }
+        let json = serde_json::to_string(&fp).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(serde_json::from_str::<Fingerprint>(&json).unwrap(), fp);
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        let fp = Fingerprint::parse(HEX).unwrap();
+        let t = token("alice", &fp);
+        assert_eq!(parse_token(&t).unwrap(), ("alice".to_string(), fp));
+        assert!(parse_token("alice").is_err());
+        assert!(parse_token("a b@sha256:x").is_err());
+    }
+
+    #[test]
+    fn sdp_fingerprints_must_agree_and_be_sha256() {
+        let fp = Fingerprint::parse(HEX).unwrap();
+        let sdp = |lines: &[&str]| format!("v=0\r\n{}\r\n", lines.join("\r\n"));
+        let session = format!("a=fingerprint:sha-256 {HEX}");
+        let media = format!("a=fingerprint:SHA-256 {}", HEX.to_lowercase());
+        assert_eq!(Fingerprint::from_sdp(&sdp(&[&session])).unwrap(), fp);
+        assert_eq!(
+            Fingerprint::from_sdp(&sdp(&[
+                &session,
+                "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+                &media
+            ]))
+            .unwrap(),
+            fp
+        );
+        let other = session.replace("1E:53", "1E:54");
+        assert!(Fingerprint::from_sdp(&sdp(&[&session, &other])).is_err());
+        assert!(Fingerprint::from_sdp(&sdp(&["a=fingerprint:sha-1 AB:CD"])).is_err());
+        assert!(Fingerprint::from_sdp(&sdp(&["a=mid:0"])).is_err());
+    }
+}
