@@ -6,3 +6,4 @@ mod data;
 mod failures;
 mod nat_lab;
 mod pairing;
+mod trust;

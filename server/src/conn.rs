@@ -46,7 +46,7 @@ pub async fn handle(mut stream: TcpStream, srv: Arc<Shared>) {
     let res = match route {
         Route::Healthz => http::respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
         Route::Metrics => {
-            let body = srv.reg.metrics.render(srv.reg.clients());
+            let body = srv.reg.render_metrics();
             http::respond(
                 &mut stream,
                 "200 OK",

@@ -11,13 +11,9 @@ pub fn random_id() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Compares tokens in time independent of where they differ.
-pub fn tokens_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// Compares in time independent of where the bytes differ.
+pub fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What the upgrade request asked for.
@@ -103,9 +99,9 @@ mod tests {
     }
 
     #[test]
-    fn token_compare() {
-        assert!(tokens_equal("abc", "abc"));
-        assert!(!tokens_equal("abc", "abd"));
-        assert!(!tokens_equal("abc", "abcd"));
+    fn constant_time_compare() {
+        assert!(bytes_equal(b"abc", b"abc"));
+        assert!(!bytes_equal(b"abc", b"abd"));
+        assert!(!bytes_equal(b"abc", b"abcd"));
     }
 }

@@ -12,6 +12,7 @@ mod http;
 mod id;
 mod metrics;
 mod registry;
+mod reserve;
 pub mod service;
 pub mod turn;
 
@@ -61,6 +62,9 @@ pub struct Config {
     /// When set, every `welcome` carries fresh time-limited credentials for
     /// each TURN server in `ice_servers` that has none of its own.
     pub turn: Option<TurnRest>,
+    /// How long an ID registered with a token stays reserved to that token
+    /// after its holder leaves (zero: not at all).
+    pub id_reserve: Duration,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(2),
             turn: None,
+            id_reserve: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -181,7 +186,7 @@ pub async fn run(
         .max_frame_size(Some(lib_limit));
     let grace = cfg.close_grace;
     let shared = Arc::new(Shared {
-        reg: Registry::new(cfg.max_clients, cfg.max_queue),
+        reg: Registry::new(cfg.max_clients, cfg.max_queue, cfg.id_reserve),
         epoch: tokio::time::Instant::now(),
         ping_slot: (cfg.ping_interval / 20)
             .min((cfg.ping_timeout - cfg.ping_interval) / 4)

@@ -51,6 +51,10 @@ struct Cli {
     /// Frames queued for one client before it is dropped as not reading.
     #[arg(long, env = "SIGNALD_MAX_QUEUE", default_value_t = 256)]
     max_queue: usize,
+    /// How long an ID registered with a token stays reserved to that token
+    /// after its holder disconnects (0 turns reservations off).
+    #[arg(long, env = "SIGNALD_ID_RESERVE", default_value = "24h", value_parser = duration)]
+    id_reserve: Duration,
     /// File holding the TURN REST shared secret (coturn's
     /// static-auth-secret). Every welcome then carries time-limited
     /// credentials for each turn:/turns: server given without its own.
@@ -118,6 +122,7 @@ fn run() -> anyhow::Result<()> {
         rate_close_after: cli.rate_close_after,
         max_queue: cli.max_queue,
         turn,
+        id_reserve: cli.id_reserve,
         ..Config::default()
     };
     cfg.validate()?;

@@ -5,6 +5,13 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use p2p_proto::signal::ErrorCode;
 
+/// What the registry reports beside the counters.
+pub struct Gauges {
+    pub clients: usize,
+    pub reserved: usize,
+    pub reservations_evicted: u64,
+}
+
 /// Counters updated with relaxed atomics; nothing waits on them.
 #[derive(Default)]
 pub struct Metrics {
@@ -31,49 +38,64 @@ impl Metrics {
         self.errors[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition, given the current client count.
-    pub fn render(&self, clients: usize) -> String {
+    /// The Prometheus text exposition, with the gauges the registry knows.
+    pub fn render(&self, now: &Gauges) -> String {
         let mut s = String::with_capacity(2048);
-        let mut gauge = |name: &str, help: &str, kind: &str, v: i64| {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
+        let rows: [(&str, &str, &str, i64); 8] = [
+            (
+                "signald_clients",
+                "Connected clients.",
+                "gauge",
+                now.clients as i64,
+            ),
+            (
+                "signald_pairings",
+                "Pairings in force.",
+                "gauge",
+                self.pairings.load(Ordering::Relaxed),
+            ),
+            (
+                "signald_reserved_ids",
+                "IDs kept for their token after the holder left.",
+                "gauge",
+                now.reserved as i64,
+            ),
+            (
+                "signald_connections_total",
+                "Clients registered since start.",
+                "counter",
+                load(&self.connections),
+            ),
+            (
+                "signald_frames_relayed_total",
+                "Offer, answer and candidate frames relayed to a peer.",
+                "counter",
+                load(&self.relayed),
+            ),
+            (
+                "signald_timeouts_total",
+                "Clients closed for missing pings.",
+                "counter",
+                load(&self.timeouts),
+            ),
+            (
+                "signald_slow_reader_drops_total",
+                "Clients dropped because they did not read their frames.",
+                "counter",
+                load(&self.slow_readers),
+            ),
+            (
+                "signald_reservations_evicted_total",
+                "Reservations dropped early because the table was full.",
+                "counter",
+                now.reservations_evicted as i64,
+            ),
+        ];
+        for (name, help, kind, v) in rows {
             writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}")
                 .expect("writing to a String");
-        };
-        gauge(
-            "signald_clients",
-            "Connected clients.",
-            "gauge",
-            clients as i64,
-        );
-        gauge(
-            "signald_pairings",
-            "Pairings in force.",
-            "gauge",
-            self.pairings.load(Ordering::Relaxed),
-        );
-        gauge(
-            "signald_connections_total",
-            "Clients registered since start.",
-            "counter",
-            self.connections.load(Ordering::Relaxed) as i64,
-        );
-        gauge(
-            "signald_frames_relayed_total",
-            "Offer, answer and candidate frames relayed to a peer.",
-            "counter",
-            self.relayed.load(Ordering::Relaxed) as i64,
-        );
-        gauge(
-            "signald_timeouts_total",
-            "Clients closed for missing pings.",
-            "counter",
-            self.timeouts.load(Ordering::Relaxed) as i64,
-        );
-        gauge(
-            "signald_slow_reader_drops_total",
-            "Clients dropped because they did not read their frames.",
-            "counter",
-            self.slow_readers.load(Ordering::Relaxed) as i64,
-        );
+        }
         s.push_str("# HELP signald_errors_total Error frames sent, by code.\n");
         s.push_str("# TYPE signald_errors_total counter\n");
         for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {

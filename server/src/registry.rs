@@ -13,13 +13,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::task::AtomicWaker;
 use p2p_proto::signal::{DisconnectReason, ErrorCode, ServerMsg};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::id;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics};
+use crate::reserve::{Claim, Reservations, TokenHash};
 
 /// Why someone other than the connection's own task ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +49,9 @@ struct Outbox {
 /// One connected client, shared by its connection task, its peer and the map.
 pub struct Slot {
     pub id: Arc<str>,
-    /// The token that may reclaim this ID, if one was given. Never logged.
-    token: Option<Box<str>>,
+    /// The SHA-256 of the token that may reclaim this ID, if one was given
+    /// (the token itself is never kept).
+    token: Option<TokenHash>,
     /// The current peer. Changed only under the map lock.
     peer: Mutex<Option<Arc<Slot>>>,
     out: Mutex<Outbox>,
@@ -137,6 +142,8 @@ pub enum Relayed {
 
 struct Map {
     clients: HashMap<Arc<str>, Arc<Slot>>,
+    /// IDs whose holder left, kept for its token.
+    reserved: Reservations,
     shutting_down: bool,
 }
 
@@ -149,10 +156,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(max_clients: usize, max_queue: usize) -> Self {
+    /// At most `max_clients` at once (and as many reservations, each kept
+    /// for `id_reserve`), each with at most `max_queue` frames queued.
+    pub fn new(max_clients: usize, max_queue: usize, id_reserve: Duration) -> Self {
         Self {
             map: Mutex::new(Map {
                 clients: HashMap::new(),
+                reserved: Reservations::new(id_reserve, max_clients),
                 shutting_down: false,
             }),
             max_clients,
@@ -166,18 +176,34 @@ impl Registry {
         lock(&self.map).clients.len()
     }
 
+    /// `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let gauges = {
+            let map = lock(&self.map);
+            Gauges {
+                clients: map.clients.len(),
+                reserved: map.reserved.len(),
+                reservations_evicted: map.reserved.evicted(),
+            }
+        };
+        self.metrics.render(&gauges)
+    }
+
     /// Registers a client. `welcome` makes its first frame from its final ID;
     /// that frame is queued before anyone can pair with the new client.
     ///
     /// Check order: an ID held by a live connection is replaced when the
-    /// token matches, else `id_taken`; only then the client limit, which a
-    /// replacement does not count against.
+    /// token matches, else `id_taken`; an ID reserved for a token is taken
+    /// back with that token, else `id_taken`; only then the client limit,
+    /// which a replacement does not count against.
     pub fn register(
         &self,
         requested: Option<String>,
         token: Option<String>,
         welcome: impl FnOnce(&str) -> Utf8Bytes,
     ) -> Result<Arc<Slot>, Refusal> {
+        let token = token.as_deref().map(TokenHash::of);
+        let now = Instant::now();
         let mut map = lock(&self.map);
         if map.shutting_down {
             return Err(Refusal::ShuttingDown);
@@ -186,15 +212,20 @@ impl Registry {
             Some(id) => {
                 if let Some(old) = map.clients.get(id.as_str()).cloned() {
                     let same = match (&old.token, &token) {
-                        (Some(a), Some(b)) => id::tokens_equal(a, b),
+                        (Some(a), Some(b)) => a.matches(b),
                         _ => false,
                     };
                     if !same {
                         return Err(Refusal::IdTaken);
                     }
                     self.remove_locked(&mut map, &old, DisconnectReason::Replaced, Kick::Replaced);
-                } else if map.clients.len() >= self.max_clients {
-                    return Err(Refusal::ServerFull);
+                } else {
+                    if map.reserved.claim(&id, token.as_ref(), now) == Claim::Taken {
+                        return Err(Refusal::IdTaken);
+                    }
+                    if map.clients.len() >= self.max_clients {
+                        return Err(Refusal::ServerFull);
+                    }
                 }
                 id.into()
             }
@@ -204,7 +235,8 @@ impl Registry {
                 }
                 loop {
                     let id = id::random_id();
-                    if !map.clients.contains_key(id.as_str()) {
+                    if !map.clients.contains_key(id.as_str()) && !map.reserved.is_reserved(&id, now)
+                    {
                         break id.into();
                     }
                 }
@@ -214,7 +246,7 @@ impl Registry {
         out.frames.push_back(welcome(&id));
         let slot = Arc::new(Slot {
             id: id.clone(),
-            token: token.map(String::into_boxed_str),
+            token,
             peer: Mutex::new(None),
             out: Mutex::new(out),
             waker: AtomicWaker::new(),
@@ -238,6 +270,11 @@ impl Registry {
             .is_some_and(|s| Arc::ptr_eq(s, slot))
         {
             map.clients.remove(&slot.id);
+            // A replacement takes the ID at once; anyone else leaving keeps
+            // it for its token.
+            if let (Some(hash), false) = (slot.token, why == Kick::Replaced) {
+                map.reserved.reserve(slot.id.clone(), hash, Instant::now());
+            }
         }
         slot.end(why);
         self.detach_locked(map, slot, reason);

@@ -7,5 +7,6 @@ mod errors;
 mod flow;
 mod liveness;
 mod races;
+mod reserve;
 mod service;
 mod units;

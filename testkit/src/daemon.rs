@@ -243,6 +243,20 @@ impl Daemon {
         self.wait_status("idle", |s| s.link == LinkState::Idle && s.peer.is_none())
     }
 
+    /// Stops the daemon with SIGTERM (asserting a clean exit) and hands
+    /// back its directory, e.g. to start it again with the same key and
+    /// token.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.proc.signal(libc::SIGTERM);
+        let st = self.proc.wait_exit();
+        assert!(st.success(), "{} exited with {st}", self.id);
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().expect("a temporary directory"),
+        );
+        dir
+    }
+
     /// `ID@fingerprint`, as `p2pctl id` prints it.
     pub fn token(&self) -> String {
         self.ok(&["id"]).trim().to_string()

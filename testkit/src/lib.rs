@@ -12,6 +12,7 @@
 //! - [`paired`]: a signald and two daemons with an open channel.
 //! - [`systemd_analyze`] and [`skip`]: tests that need a tool print one
 //!   `SKIPPED` line where it is missing.
+//! - [`relay::Rewriter`]: a man in the middle that rewrites fingerprints.
 //! - [`lab`]: the NAT lab (network namespaces, NATs, coturn, an impaired
 //!   link), for its tests and its benchmark.
 //!
@@ -22,6 +23,7 @@ mod control;
 mod daemon;
 pub mod lab;
 pub mod proc;
+pub mod relay;
 mod signald;
 mod skip;
 mod tail;
