@@ -250,11 +250,10 @@ impl Daemon {
         self.proc.signal(libc::SIGTERM);
         let st = self.proc.wait_exit();
         assert!(st.success(), "{} exited with {st}", self.id);
-        let dir = std::mem::replace(
+        std::mem::replace(
             &mut self.dir,
             tempfile::tempdir().expect("a temporary directory"),
-        );
-        dir
+        )
     }
 
     /// `ID@fingerprint`, as `p2pctl id` prints it.

@@ -77,6 +77,8 @@ impl Drop for Rewriter {
     }
 }
 
+// The handshake callback's error type is tungstenite's, large by design.
+#[allow(clippy::result_large_err)]
 async fn relay(tcp: tokio::net::TcpStream, upstream: String, fake: Fingerprint) {
     let mut target = String::new();
     let accept = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, resp: Response| {
