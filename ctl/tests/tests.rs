@@ -6,4 +6,5 @@ mod data;
 mod failures;
 mod nat_lab;
 mod pairing;
+mod tls;
 mod trust;

@@ -23,6 +23,11 @@ pub struct Cli {
     #[arg(long, env = "P2PD_SERVER", default_value = "ws://127.0.0.1:8765/ws")]
     pub server: String,
 
+    /// Extra CA certificates (PEM) to trust for a wss:// server, beside the
+    /// system's roots: for a signald with a private CA.
+    #[arg(long, env = "P2PD_SERVER_CA")]
+    pub server_ca: Option<PathBuf>,
+
     /// The ID to register at signald (default: a random one from signald).
     #[arg(long, env = "P2PD_ID")]
     pub id: Option<String>,
@@ -139,6 +144,8 @@ pub struct Config {
     pub identity: PathBuf,
     pub trust: TrustPolicy,
     pub known_peers: PathBuf,
+    /// The TLS client configuration for a wss:// server.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub bind: Vec<SocketAddr>,
     pub ice_servers: Vec<IceServer>,
     pub relay_only: bool,
@@ -182,6 +189,17 @@ impl Cli {
                 )
             }
         };
+        let tls = if self.server.starts_with("wss://") {
+            Some(crate::tls::client_config(self.server_ca.as_deref())?)
+        } else {
+            if self.server_ca.is_some() {
+                bail!(
+                    "--server-ca is for a wss:// server; --server is {}",
+                    self.server
+                );
+            }
+            None
+        };
         let socket_is_default = self.socket.is_none();
         let socket = match self.socket {
             Some(s) => s,
@@ -195,6 +213,7 @@ impl Cli {
             socket_is_default,
             identity: state_dir.join("identity.pem"),
             trust: self.trust,
+            tls,
             known_peers: match self.known_peers {
                 Some(p) => std::path::absolute(&p).context("resolving --known-peers")?,
                 None => state_dir.join("known_peers"),

@@ -20,6 +20,7 @@ pub mod paths;
 pub mod peer;
 pub mod signaling;
 pub mod status;
+pub mod tls;
 pub mod trust;
 pub mod udp;
 
@@ -40,6 +41,12 @@ pub async fn run(
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let listener = control::bind(&cfg.socket, cfg.socket_is_default)?;
+    if cfg.server.starts_with("ws://") && !tls::is_loopback(&cfg.server) {
+        tracing::warn!(
+            server = %cfg.server,
+            "talking to signald over plain ws:// across the network: our token and who we pair with travel unencrypted (use wss://)"
+        );
+    }
     let identity = identity::Identity::load_or_create(&cfg.identity)
         .with_context(|| format!("our key {}", cfg.identity.display()))?;
     let runtime = Arc::new(udp::BufferedRuntime::new().context("probing UDP socket buffers")?);
@@ -66,6 +73,7 @@ pub async fn run(
             id: cfg.id.clone(),
             token: cfg.token.clone(),
             reconnect_max: cfg.reconnect_max,
+            tls: cfg.tls.clone(),
         },
         sig_tx,
         stop_rx.clone(),

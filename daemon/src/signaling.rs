@@ -3,6 +3,7 @@
 //! server dead when nothing arrives for the `ping_timeout_ms` its welcome
 //! gave. The engine sees only [`SigEvent`]s and sends [`ClientMsg`]s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -38,6 +39,8 @@ pub struct SigConfig {
     pub id: Option<String>,
     pub token: Option<String>,
     pub reconnect_max: Duration,
+    /// For `wss://` servers.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Starts the signaling task. Outgoing frames queued while disconnected are
@@ -106,7 +109,9 @@ async fn run(
             return;
         }
         // (why, whether to wait the longest backoff before retrying)
-        let (reason, wait_longest) = match timeout(CONNECT_TIMEOUT, connect(&url)).await {
+        let (reason, wait_longest) = match timeout(CONNECT_TIMEOUT, connect(&url, cfg.tls.as_ref()))
+            .await
+        {
             Err(_) => (
                 format!("no welcome from {} within {CONNECT_TIMEOUT:?}", cfg.server),
                 false,
@@ -177,13 +182,23 @@ async fn run(
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str) -> Result<(Ws, ServerMsg), String> {
+async fn connect(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Ws, ServerMsg), String> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20));
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+    let connector = tls.map(|t| tokio_tungstenite::Connector::Rustls(t.clone()));
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+            .await
+            .map_err(
+                |e| match crate::tls::explain(&e, crate::tls::host_of(url)) {
+                    Some(plain) => plain,
+                    None => format!("cannot connect to {}: {e}", redact(url)),
+                },
+            )?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use futures_util::{SinkExt, StreamExt};
 use p2p_proto::signal::{ClientMsg, DisconnectReason, ErrorCode, ServerMsg, close_code};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,12 +26,16 @@ use crate::http::{self, Route};
 use crate::registry::{Kick, Refusal, Relayed, Slot};
 use crate::{Shared, id};
 
-type Ws = WebSocketStream<TcpStream>;
+/// A client's byte stream: plain TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+type Ws<S> = WebSocketStream<S>;
 
 const PING: &str = r#"{"type":"ping"}"#;
 
 /// Serves one accepted TCP connection to its end.
-pub async fn handle(mut stream: TcpStream, srv: Arc<Shared>) {
+pub async fn handle<S: Io>(mut stream: S, srv: Arc<Shared>) {
     let route = match timeout(srv.cfg.handshake_timeout, http::read_route(&mut stream)).await {
         Ok(Ok(route)) => route,
         Ok(Err(e)) => {
@@ -92,7 +96,7 @@ enum Ending {
     Kicked(Kick),
 }
 
-async fn session(mut ws: Ws, query: Option<String>, srv: &Shared) {
+async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
     let ask = match id::parse_query(query.as_deref()) {
         Ok(ask) => ask,
         Err(msg) => {
@@ -161,7 +165,7 @@ async fn session(mut ws: Ws, query: Option<String>, srv: &Shared) {
 }
 
 /// Sends one error frame, then closes: the upgrade could not be honoured.
-async fn refuse(ws: &mut Ws, srv: &Shared, code: ErrorCode, msg: &str, close_with: u16) {
+async fn refuse<S: Io>(ws: &mut Ws<S>, srv: &Shared, code: ErrorCode, msg: &str, close_with: u16) {
     srv.reg.metrics.error(code);
     let frame = ServerMsg::Error {
         code,
@@ -174,7 +178,7 @@ async fn refuse(ws: &mut Ws, srv: &Shared, code: ErrorCode, msg: &str, close_wit
 }
 
 /// Writes what is still queued for the client, within the close grace.
-async fn flush_outbox(ws: &mut Ws, slot: &Slot, srv: &Shared) {
+async fn flush_outbox<S: Io>(ws: &mut Ws<S>, slot: &Slot, srv: &Shared) {
     let res = timeout(srv.cfg.close_grace, async {
         while let Some(frame) = slot.pop() {
             ws.feed(Message::Text(frame)).await?;
@@ -188,7 +192,7 @@ async fn flush_outbox(ws: &mut Ws, slot: &Slot, srv: &Shared) {
 }
 
 /// Sends a close frame and waits (bounded) for the client's reply.
-async fn close(ws: &mut Ws, code: u16, reason: &str, srv: &Shared) {
+async fn close<S: Io>(ws: &mut Ws<S>, code: u16, reason: &str, srv: &Shared) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: reason.into(),
@@ -200,7 +204,7 @@ async fn close(ws: &mut Ws, code: u16, reason: &str, srv: &Shared) {
 }
 
 /// Reads until the close handshake completes or the grace runs out.
-async fn finish(ws: &mut Ws, srv: &Shared) {
+async fn finish<S: Io>(ws: &mut Ws<S>, srv: &Shared) {
     let drained = timeout(srv.cfg.close_grace, async {
         while let Some(Ok(_)) = ws.next().await {}
     })
@@ -220,7 +224,7 @@ enum Event {
 }
 
 /// Runs the registered client until it ends.
-async fn drive(ws: &mut Ws, slot: &Arc<Slot>, srv: &Shared) -> Ending {
+async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, srv: &Shared) -> Ending {
     let cfg = &srv.cfg;
     let reg = &srv.reg;
     let start = Instant::now();
@@ -360,8 +364,8 @@ fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) {
 
 /// One step of the connection: moves queued frames to the socket, then
 /// reports a kick, the timer, or the next incoming frame.
-fn poll_event(
-    ws: &mut Ws,
+fn poll_event<S: Io>(
+    ws: &mut Ws<S>,
     slot: &Slot,
     timer: Pin<&mut Sleep>,
     cx: &mut Context<'_>,

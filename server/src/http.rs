@@ -4,8 +4,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Longest request head accepted.
@@ -26,7 +25,7 @@ pub enum Route {
 }
 
 /// Reads the request head and decides its route.
-pub async fn read_route(stream: &mut TcpStream) -> io::Result<Route> {
+pub async fn read_route<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> io::Result<Route> {
     let mut buf = Vec::with_capacity(1024);
     let head_len = loop {
         if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -99,8 +98,8 @@ pub async fn read_route(stream: &mut TcpStream) -> io::Result<Route> {
 }
 
 /// Writes a complete HTTP response and closes the write side.
-pub async fn respond(
-    stream: &mut TcpStream,
+pub async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: &str,
     content_type: &str,
     body: &str,

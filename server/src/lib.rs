@@ -14,6 +14,7 @@ mod metrics;
 mod registry;
 mod reserve;
 pub mod service;
+pub mod tls;
 pub mod turn;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 
 use crate::registry::Registry;
+pub use crate::tls::Tls;
 pub use crate::turn::{TurnRest, TurnSecret};
 
 /// Longest ping slot, in milliseconds.
@@ -65,6 +67,10 @@ pub struct Config {
     /// How long an ID registered with a token stays reserved to that token
     /// after its holder leaves (zero: not at all).
     pub id_reserve: Duration,
+    /// When set, the listener speaks TLS (`wss://`, and https for
+    /// `/healthz` and `/metrics`); the handshake is bounded by
+    /// `handshake_timeout` like the request head.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Default for Config {
@@ -83,6 +89,7 @@ impl Default for Config {
             close_grace: Duration::from_secs(2),
             turn: None,
             id_reserve: Duration::from_secs(24 * 3600),
+            tls: None,
         }
     }
 }
@@ -208,7 +215,17 @@ pub async fn run(
                     let srv = shared.clone();
                     let done = done_tx.clone();
                     tokio::spawn(async move {
-                        conn::handle(stream, srv).await;
+                        match srv.cfg.tls.clone() {
+                            None => conn::handle(stream, srv).await,
+                            Some(tls) => {
+                                let accept = tls.acceptor().accept(stream);
+                                match tokio::time::timeout(srv.cfg.handshake_timeout, accept).await {
+                                    Ok(Ok(stream)) => conn::handle(stream, srv).await,
+                                    Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+                                    Err(_) => tracing::debug!("TLS handshake not complete in time"),
+                                }
+                            }
+                        }
                         drop(done);
                     });
                 }

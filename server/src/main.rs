@@ -64,6 +64,13 @@ struct Cli {
     #[arg(long, env = "SIGNALD_TURN_TTL", default_value = "1h", value_parser = duration,
           requires = "turn_secret_file")]
     turn_ttl: Duration,
+    /// TLS certificate chain (PEM): the listener then speaks wss:// (and
+    /// https for /healthz and /metrics). SIGHUP reloads it and --tls-key.
+    #[arg(long, env = "SIGNALD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "SIGNALD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log output: text or json on stderr, or journald. Default: journald
     /// when stderr is the journal (JOURNAL_STREAM), else text.
     #[arg(long, env = "SIGNALD_LOG_FORMAT", value_enum)]
@@ -111,6 +118,10 @@ fn run() -> anyhow::Result<()> {
         }),
         None => None,
     };
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(signald::Tls::load(cert, key)?),
+        _ => None,
+    };
     let cfg = Config {
         ping_interval: cli.ping_interval,
         ping_timeout: cli.ping_timeout,
@@ -123,6 +134,7 @@ fn run() -> anyhow::Result<()> {
         max_queue: cli.max_queue,
         turn,
         id_reserve: cli.id_reserve,
+        tls: tls.clone(),
         ..Config::default()
     };
     cfg.validate()?;
@@ -150,14 +162,36 @@ fn run() -> anyhow::Result<()> {
                 tracing::warn!("sd_notify STOPPING=1: {e}");
             }
         };
+        // Always: without a handler SIGHUP (systemctl reload) would kill us.
+        reload_on_sighup(tls)?;
         // Tests and scripts wait for this exact line.
         println!("signald listening on {addr}");
-        tracing::info!(%addr, socket_activated, "listening");
+        tracing::info!(%addr, socket_activated, tls = cli.tls_cert.is_some(), "listening");
         // The socket is listening: connects queue in its backlog from now on,
         // so the service manager may start dependents.
         p2p_service::notify("READY=1").context("sd_notify READY=1")?;
         signald::run(listener, cfg, shutdown).await
     })
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP (systemd's
+/// `ExecReload=`); a failed reload keeps the old ones and says why.
+fn reload_on_sighup(tls: Option<std::sync::Arc<signald::Tls>>) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match &tls {
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+                Some(tls) => match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: TLS certificate not reloaded, the old one stays: {e:#}"
+                    ),
+                },
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Binds with a deep accept queue: a burst of connects must not overflow it

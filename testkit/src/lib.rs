@@ -13,6 +13,7 @@
 //! - [`systemd_analyze`] and [`skip`]: tests that need a tool print one
 //!   `SKIPPED` line where it is missing.
 //! - [`relay::Rewriter`]: a man in the middle that rewrites fingerprints.
+//! - [`tls::Ca`]: a throw-away certificate authority for `wss://` tests.
 //! - [`lab`]: the NAT lab (network namespaces, NATs, coturn, an impaired
 //!   link), for its tests and its benchmark.
 //!
@@ -27,6 +28,7 @@ pub mod relay;
 mod signald;
 mod skip;
 mod tail;
+pub mod tls;
 
 pub use control::{Control, Follower};
 pub use daemon::{Daemon, DaemonBuilder, paired};

@@ -89,6 +89,11 @@ impl Signald {
         format!("ws://{}/ws", self.addr)
     }
 
+    /// The same over TLS (for a signald given --tls-cert and --tls-key).
+    pub fn wss_url(&self) -> String {
+        format!("wss://{}/ws", self.addr)
+    }
+
     pub fn proc(&self) -> &Proc {
         &self.proc
     }
