@@ -45,9 +45,16 @@ impl Identity {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let cert = generate()?;
-                store(path, &cert, true)?;
-                tracing::info!(path = %path.display(), "made a new key");
-                cert
+                match store(path, &cert, true) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "made a new key");
+                        cert
+                    }
+                    // Another p2pd on the same state directory made one
+                    // first: that is the key of this directory.
+                    Err(Placed::Exists) => return Self::load_or_create(path),
+                    Err(Placed::Failed(e)) => return Err(e),
+                }
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -62,7 +69,10 @@ impl Identity {
     /// Replaces the key with a new one, on disk first.
     pub fn rotate(&mut self) -> anyhow::Result<()> {
         let cert = generate()?;
-        store(&self.path, &cert, false)?;
+        store(&self.path, &cert, false).map_err(|e| match e {
+            Placed::Exists => unreachable!("a rotation replaces the file"),
+            Placed::Failed(e) => e,
+        })?;
         self.fingerprint = fingerprint_of(&cert)?;
         self.cert = cert;
         tracing::warn!(fingerprint = %self.fingerprint, "rotated our key: peers must trust the new fingerprint");
@@ -101,14 +111,27 @@ fn fingerprint_of(cert: &RTCCertificate) -> anyhow::Result<Fingerprint> {
     Fingerprint::parse(&fp.value).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// Why [`store`] did not place the key.
+enum Placed {
+    /// `new`, and a key is there already.
+    Exists,
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Placed {
+    fn from(e: E) -> Placed {
+        Placed::Failed(e.into())
+    }
+}
+
 /// Writes the key atomically (a 0600 file beside it, then a rename), so
 /// that a crash never leaves half a key. With `new`, an existing file is
 /// never overwritten.
-fn store(path: &Path, cert: &RTCCertificate, new: bool) -> anyhow::Result<()> {
+fn store(path: &Path, cert: &RTCCertificate, new: bool) -> Result<(), Placed> {
     let pem = cert.serialize_pem().context("serialising the key")?;
     let dir = path.parent().unwrap_or(Path::new("."));
     crate::paths::ensure_private_dir(dir, true)?;
-    let tmp = dir.join(format!(".identity.{}.tmp", std::process::id()));
+    let tmp = crate::paths::temp_beside(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -118,17 +141,20 @@ fn store(path: &Path, cert: &RTCCertificate, new: bool) -> anyhow::Result<()> {
     let written = f.write_all(pem.as_bytes()).and_then(|()| f.sync_all());
     let placed = written.and_then(|()| {
         if new {
-            // A second daemon racing us on first start keeps the first key.
-            std::fs::hard_link(&tmp, path).and_then(|()| std::fs::remove_file(&tmp))
+            // hard_link refuses to replace: the first key made wins.
+            std::fs::hard_link(&tmp, path)
         } else {
             std::fs::rename(&tmp, path)
         }
     });
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
+    let _ = std::fs::remove_file(&tmp);
+    match placed {
+        Ok(()) => Ok(()),
+        Err(e) if new && e.kind() == std::io::ErrorKind::AlreadyExists => Err(Placed::Exists),
+        Err(e) => Err(Placed::Failed(
+            anyhow::Error::new(e).context(format!("writing {}", path.display())),
+        )),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -162,6 +188,24 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["identity.pem"]);
+    }
+
+    #[test]
+    fn two_daemons_starting_on_one_directory_end_up_with_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.pem");
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || Identity::load_or_create(&path).unwrap().fingerprint())
+            })
+            .collect();
+        let fps: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(fps.windows(2).all(|w| w[0] == w[1]), "{fps:?}");
+        assert_eq!(
+            Identity::load_or_create(&path).unwrap().fingerprint(),
+            fps[0]
+        );
     }
 
     #[test]

@@ -96,6 +96,20 @@ fn random_token() -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// A name for a temporary file beside `path` that no other process or
+/// thread picks: `.NAME.PID-RANDOM.tmp`.
+pub fn temp_beside(path: &Path) -> PathBuf {
+    let mut r = [0u8; 6];
+    // Without randomness the PID alone still separates processes.
+    let _ = getrandom::fill(&mut r);
+    let suffix: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}-{suffix}.tmp", std::process::id()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,7 +169,7 @@ impl TrustStore {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".known_peers.{}.tmp", std::process::id()));
+        let tmp = crate::paths::temp_beside(&self.path);
         let result = (|| {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)

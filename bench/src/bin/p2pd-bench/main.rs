@@ -108,6 +108,9 @@ fn main() -> anyhow::Result<()> {
         b: Node::start(&url, "b"),
         _signald: signald,
     };
+    // The default policy, --trust known, as users run it: the key check
+    // is part of every open measured below.
+    bench.a.daemon.trust_each_other(&bench.b.daemon);
     std::thread::sleep(Duration::from_secs(1));
     let rss_idle = measure::rss_mib(&bench)?;
 
