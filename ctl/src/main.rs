@@ -45,6 +45,8 @@ pub enum Command {
     Unpair(cmd::unpair::Args),
     /// Print our ID and key fingerprint, the token a peer trusts.
     Id(cmd::id::Args),
+    /// Make a one-time code for a peer to pair with us (or --list, --cancel).
+    Invite(cmd::invite::Args),
     /// Pin a peer's key (or list the pinned peers with --list).
     Trust(cmd::trust::Args),
     /// Remove a peer's pin.

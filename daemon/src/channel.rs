@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use p2p_proto::control::EventKind;
+use tokio::sync::watch;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
 use crate::peer::{PcContext, PcEventKind};
@@ -41,9 +42,24 @@ impl Reader {
 }
 
 /// Starts reading `dc`. With `nudge` the task pokes the connection's driver
-/// until the channel opens (see `docs/webrtc.md`, "fast open").
-pub fn start(dc: Arc<dyn DataChannel>, nudge: bool, peer_id: &str, ctx: &PcContext) -> Reader {
-    let task = tokio::spawn(read(dc.clone(), nudge, peer_id.to_string(), ctx.clone()));
+/// until the channel opens (see `docs/webrtc.md`, "fast open"). With a
+/// `gate`, nothing after the open is read until the gate says `true` (an
+/// invitation's handshake must pass first): what the peer sends meanwhile
+/// waits in the channel, and SCTP's window closes toward it.
+pub fn start(
+    dc: Arc<dyn DataChannel>,
+    nudge: bool,
+    peer_id: &str,
+    ctx: &PcContext,
+    gate: Option<watch::Receiver<bool>>,
+) -> Reader {
+    let task = tokio::spawn(read(
+        dc.clone(),
+        nudge,
+        peer_id.to_string(),
+        ctx.clone(),
+        gate,
+    ));
     Reader { dc, task }
 }
 
@@ -54,7 +70,13 @@ pub async fn wake_driver(dc: &Arc<dyn DataChannel>) {
     let _ = dc.set_buffered_amount_low_threshold(0).await;
 }
 
-async fn read(dc: Arc<dyn DataChannel>, mut nudge: bool, peer_id: String, ctx: PcContext) {
+async fn read(
+    dc: Arc<dyn DataChannel>,
+    mut nudge: bool,
+    peer_id: String,
+    ctx: PcContext,
+    mut gate: Option<watch::Receiver<bool>>,
+) {
     let nudge_until = tokio::time::Instant::now() + NUDGE_FOR;
     let mut tick = tokio::time::interval(NUDGE_EVERY);
     loop {
@@ -74,6 +96,12 @@ async fn read(dc: Arc<dyn DataChannel>, mut nudge: bool, peer_id: String, ctx: P
             Some(DataChannelEvent::OnOpen) => {
                 nudge = false;
                 ctx.forward(PcEventKind::ChannelOpen);
+                if let Some(g) = &mut gate {
+                    // Released, or dropped with the connection (then the
+                    // next poll sees the close).
+                    let _ = g.wait_for(|open| *open).await;
+                    gate = None;
+                }
             }
             Some(DataChannelEvent::OnMessage(msg)) => {
                 let c = &ctx.counters;

@@ -28,7 +28,9 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::hub::Hub;
 use crate::identity::Identity;
-use crate::link::{Core, Effect, Input, Policy, TrustEdit};
+use crate::invite::Code;
+use crate::invite::handshake::Sides;
+use crate::link::{Core, Effect, Input, InviteEdit, InviteRole, Policy, TrustEdit};
 use crate::peer::{Pc, PcContext, PcEvent, PcEventKind, PcSettings};
 use crate::signaling::SigEvent;
 use crate::status::ServerView;
@@ -43,6 +45,8 @@ pub enum Cmd {
         wait: bool,
         timeout: Duration,
         reply: oneshot::Sender<Result<PairOutcome, ErrorBody>>,
+        /// The peer's invite code.
+        code: Option<Code>,
     },
     /// Replies whether there was a pairing to end.
     Unpair(oneshot::Sender<bool>),
@@ -54,6 +58,11 @@ pub enum Cmd {
     /// An edit or listing of the trust store.
     Trust {
         edit: TrustEdit,
+        reply: oneshot::Sender<Result<OkBody, ErrorBody>>,
+    },
+    /// Making, listing or cancelling invites.
+    Invite {
+        edit: InviteEdit,
         reply: oneshot::Sender<Result<OkBody, ErrorBody>>,
     },
 }
@@ -244,15 +253,18 @@ impl Engine {
                 wait,
                 timeout,
                 reply,
+                code,
             } => {
                 self.step(Input::Pair {
                     peer: peer_id,
                     wait_open: wait,
                     timeout,
                     reply,
+                    code,
                 })
                 .await
             }
+            Cmd::Invite { edit, reply } => self.step(Input::InviteEdit { edit, reply }).await,
             Cmd::Unpair(reply) => self.step(Input::Unpair(reply)).await,
             Cmd::Identity { rotate, reply } => {
                 let rotated = match rotate {
@@ -353,16 +365,28 @@ impl Engine {
                 }
             }
             PcEventKind::DataChannel(dc) => {
-                match self.core.answering() {
-                    Some(peer) => {
-                        if !pc.adopt_channel(dc, peer) {
-                            tracing::debug!("ignoring a second data channel from the peer");
-                        }
+                let Some(peer) = self.core.answering() else {
+                    tracing::debug!("ignoring a data channel we did not expect");
+                    return;
+                };
+                let label = dc.label().await.unwrap_or_default();
+                tracing::debug!(%label, "the peer opened a data channel");
+                if label == crate::invite::wire::LABEL {
+                    if !pc.adopt_invite_channel(dc) {
+                        tracing::debug!("ignoring a second invite channel from the peer");
+                        return;
                     }
-                    None => tracing::debug!("ignoring a data channel we did not expect"),
+                    Input::InviteChannel
+                } else {
+                    let held = self.core.invite_pending();
+                    if !pc.adopt_channel(dc, peer, held) {
+                        tracing::debug!(%label, "ignoring a second data channel from the peer");
+                    }
+                    return;
                 }
-                return;
             }
+            PcEventKind::InviteClaim { number, reply } => Input::InviteClaim { number, reply },
+            PcEventKind::InviteDone(result) => Input::InviteDone(result),
             PcEventKind::ChannelOpen => Input::ChannelOpen {
                 path: pc.path().await,
             },
@@ -395,10 +419,38 @@ impl Engine {
                 self.hub.publish_event(kind);
                 None
             }
-            Effect::Offer { peer } => Some(Input::Offered(match self.pc_for_pairing().await {
-                Ok(pc) => pc.offer(&peer).await.map_err(|e| format!("{e:#}")),
-                Err(e) => Err(e),
-            })),
+            Effect::Offer { peer, invite } => {
+                Some(Input::Offered(match self.pc_for_pairing().await {
+                    Ok(pc) => pc.offer(&peer, invite).await.map_err(|e| format!("{e:#}")),
+                    Err(e) => Err(e),
+                }))
+            }
+            Effect::RunInvite {
+                role,
+                me,
+                peer,
+                peer_key,
+            } => {
+                let own = self.identity.fingerprint();
+                let sides = match role {
+                    InviteRole::Joiner(_) => Sides {
+                        joiner: me,
+                        inviter: peer,
+                        joiner_key: own,
+                        inviter_key: peer_key,
+                    },
+                    InviteRole::Inviter => Sides {
+                        joiner: peer,
+                        inviter: me,
+                        joiner_key: peer_key,
+                        inviter_key: own,
+                    },
+                };
+                if let Some(pc) = self.pc.as_mut() {
+                    pc.run_invite(role, sides);
+                }
+                None
+            }
             Effect::Answer { sdp } => Some(Input::Answered(match self.pc_for_pairing().await {
                 Ok(pc) => pc.answer(sdp).await.map_err(|e| format!("{e:#}")),
                 Err(e) => Err(e),
@@ -418,7 +470,9 @@ impl Engine {
                 None
             }
             Effect::Expose { peer, verified } => {
-                let dc = self.pc.as_ref().and_then(Pc::channel)?;
+                let pc = self.pc.as_mut()?;
+                pc.release();
+                let dc = pc.channel()?;
                 self.counters.pairings.fetch_add(1, Ordering::Relaxed);
                 self.link_tx.send_replace(Some(Arc::new(OpenLink {
                     peer_id: peer,

@@ -15,6 +15,7 @@ pub mod counters;
 pub mod engine;
 pub mod hub;
 pub mod identity;
+pub mod invite;
 pub mod link;
 pub mod paths;
 pub mod peer;

@@ -13,11 +13,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use p2p_proto::control::InviteFailure;
 use p2p_proto::control::Path;
 use p2p_proto::signal::{CandidateInit, IceServer};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::transport::RTCDtlsRole;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
@@ -29,6 +30,8 @@ use webrtc::peer_connection::{
 use crate::channel::{self, Reader};
 use crate::counters::Counters;
 use crate::hub::Hub;
+use crate::invite::handshake::Sides;
+use crate::link::InviteRole;
 use crate::udp::BufferedRuntime;
 
 /// Label of the channel p2pd creates (any label is accepted from others).
@@ -88,6 +91,13 @@ pub enum PcEventKind {
     DataChannel(Arc<dyn DataChannel>),
     ChannelOpen,
     ChannelClosed,
+    /// The invitation handshake asks for the code of invite `number`.
+    InviteClaim {
+        number: u16,
+        reply: tokio::sync::oneshot::Sender<Result<crate::invite::Code, InviteFailure>>,
+    },
+    /// The invitation handshake ended.
+    InviteDone(Result<(), InviteFailure>),
 }
 
 /// The connection's states as its callbacks last reported them.
@@ -103,6 +113,11 @@ pub struct Pc {
     pc: Arc<dyn PeerConnection>,
     states: Arc<Mutex<States>>,
     channel: Option<Reader>,
+    /// Holds the user's channel closed until an invitation's handshake
+    /// passed (`None` when no handshake is needed).
+    gate: Option<watch::Sender<bool>>,
+    /// The invitation handshake's channel and task.
+    invite: Invite,
     /// Remote candidates that arrived before the remote description.
     early_candidates: Vec<RTCIceCandidateInit>,
     /// The peer's offer or answer has been applied.
@@ -111,6 +126,33 @@ pub struct Pc {
     used: bool,
     /// `a=mid` of our data section, put into trickled candidates.
     mid: Option<String>,
+}
+
+/// The `p2p-invite` side of a connection: the channel and the handshake
+/// run on it, which may be asked for before the channel arrives.
+#[derive(Default)]
+struct Invite {
+    dc: Option<Arc<dyn DataChannel>>,
+    pending: Option<(InviteRole, Sides)>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Invite {
+    /// Starts the handshake once both the channel and the request are here.
+    fn start_if_ready(&mut self, ctx: &PcContext) {
+        if self.task.is_some() {
+            return;
+        }
+        let Some(dc) = &self.dc else { return };
+        if let Some((role, sides)) = self.pending.take() {
+            self.task = Some(tokio::spawn(crate::invite::wire::run(
+                dc.clone(),
+                role,
+                sides,
+                ctx.clone(),
+            )));
+        }
+    }
 }
 
 struct Handler {
@@ -231,6 +273,8 @@ impl Pc {
             pc: Arc::new(pc),
             states,
             channel: None,
+            gate: None,
+            invite: Invite::default(),
             early_candidates: Vec::new(),
             described: false,
             used: false,
@@ -243,16 +287,29 @@ impl Pc {
     }
 
     /// The initiator's side: creates the channel (ordered, reliable,
-    /// negotiated in band) and returns the offer's SDP.
-    pub async fn offer(&mut self, peer_id: &str) -> anyhow::Result<String> {
+    /// negotiated in band) and returns the offer's SDP. With `invite` the
+    /// handshake's channel comes first (so the peer sees it before the
+    /// user's) and the user's channel stays held until the handshake passed.
+    pub async fn offer(&mut self, peer_id: &str, invite: bool) -> anyhow::Result<String> {
         self.used = true;
+        if invite {
+            let dc = self
+                .pc
+                .create_data_channel(
+                    crate::invite::wire::LABEL,
+                    Some(RTCDataChannelInit::default()),
+                )
+                .await?;
+            self.invite.dc = Some(dc);
+        }
         let dc = self
             .pc
             .create_data_channel(CHANNEL_LABEL, Some(RTCDataChannelInit::default()))
             .await?;
+        let gate = invite.then(|| self.hold());
         // The initiator pokes the driver until the channel opens (see
         // `docs/webrtc.md`, "fast open").
-        self.channel = Some(channel::start(dc, true, peer_id, &self.ctx));
+        self.channel = Some(channel::start(dc, true, peer_id, &self.ctx, gate));
         let offer = self.pc.create_offer(None).await?;
         self.pc.set_local_description(offer.clone()).await?;
         self.learn_mid().await;
@@ -282,14 +339,45 @@ impl Pc {
         self.flush_early_candidates().await
     }
 
-    /// The answerer takes the channel the peer opened; false if it already
-    /// has one (a second channel is ignored).
-    pub fn adopt_channel(&mut self, dc: Arc<dyn DataChannel>, peer_id: &str) -> bool {
+    /// The answerer takes the user's channel the peer opened (held until
+    /// released, with `held`); false if it already has one (a second
+    /// channel is ignored).
+    pub fn adopt_channel(&mut self, dc: Arc<dyn DataChannel>, peer_id: &str, held: bool) -> bool {
         if self.channel.is_some() {
             return false;
         }
-        self.channel = Some(channel::start(dc, false, peer_id, &self.ctx));
+        let gate = held.then(|| self.hold());
+        self.channel = Some(channel::start(dc, false, peer_id, &self.ctx, gate));
         true
+    }
+
+    /// The answerer takes the peer's `p2p-invite` channel.
+    pub fn adopt_invite_channel(&mut self, dc: Arc<dyn DataChannel>) -> bool {
+        if self.invite.dc.is_some() {
+            return false;
+        }
+        self.invite.dc = Some(dc);
+        self.invite.start_if_ready(&self.ctx);
+        true
+    }
+
+    /// Runs the invitation handshake (as soon as its channel is there).
+    pub fn run_invite(&mut self, role: InviteRole, sides: Sides) {
+        self.invite.pending = Some((role, sides));
+        self.invite.start_if_ready(&self.ctx);
+    }
+
+    fn hold(&mut self) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        self.gate = Some(tx);
+        rx
+    }
+
+    /// Lets the user's channel be read: the handshake passed.
+    pub fn release(&mut self) {
+        if let Some(g) = self.gate.take() {
+            let _ = g.send(true);
+        }
     }
 
     /// A local candidate as the peer needs it: with our data section's mid.
@@ -411,7 +499,12 @@ impl Pc {
 
     /// Closes the connection and waits for its reader, so that nothing of
     /// it (tasks, sockets) outlives this call.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
+        if let Some(task) = self.invite.task.take() {
+            task.abort();
+        }
+        // A held reader waits on its gate: let it go, to see the close.
+        drop(self.gate.take());
         if let Err(e) = self.pc.close().await {
             tracing::warn!(error = %e, "closing the peer connection");
         }

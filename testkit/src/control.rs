@@ -75,6 +75,7 @@ impl Control {
             peer_id: peer.to_string(),
             wait: true,
             timeout_ms: Some(timeout_ms),
+            code: None,
         })? {
             OkBody::Pair { pair } => Ok(pair),
             other => panic!("pair answered {other:?}"),

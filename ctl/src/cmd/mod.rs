@@ -2,6 +2,7 @@
 
 pub mod completions;
 pub mod id;
+pub mod invite;
 pub mod pair;
 pub mod send;
 pub mod status;
@@ -35,6 +36,7 @@ pub async fn run(command: Command, socket: &Path) -> Result<ExitCode> {
         Command::Tail(args) => tail::run(client, args).await,
         Command::Unpair(args) => unpair::run(client, args).await,
         Command::Id(args) => id::run(client, args).await,
+        Command::Invite(args) => invite::run(client, args).await,
         Command::Trust(args) => trust::run(client, args).await,
         Command::Untrust(args) => untrust::run(client, args).await,
     }

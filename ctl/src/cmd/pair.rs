@@ -20,6 +20,10 @@ pub struct Args {
     /// Give up if the channel is not open by then (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// The peer's invite code (from `p2pctl invite` there): pairs with a key
+    /// we do not know yet, proven by the code, and pins it.
+    #[arg(long, value_name = "CODE")]
+    pub code: Option<String>,
 }
 
 pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
@@ -28,6 +32,7 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
             peer_id: args.id.clone(),
             wait: !args.no_wait,
             timeout_ms: Some(args.timeout.as_millis() as u64),
+            code: args.code,
         })
         .await?;
     if let Reply::Ok {
@@ -63,6 +68,7 @@ pub fn key(trust: PeerTrust, fp: Option<&Fingerprint>) -> String {
     match trust {
         PeerTrust::Pinned => "key pinned".into(),
         PeerTrust::Tofu => format!("key {fp} pinned on first contact (--trust tofu)"),
+        PeerTrust::Invite => format!("key {fp} proven by the invite code and pinned"),
         PeerTrust::Unverified => format!("UNVERIFIED key {fp} (--trust any)"),
     }
 }

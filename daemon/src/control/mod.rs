@@ -28,7 +28,8 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::watch;
 
 use crate::engine::{Cmd, DEFAULT_PAIR_TIMEOUT, EngineHandle};
-use crate::link::TrustEdit;
+use crate::invite::{self, Code};
+use crate::link::{InviteEdit, TrustEdit};
 
 /// Binds the control socket at `path`, refusing when a live daemon already
 /// serves it and replacing a stale socket file.
@@ -196,6 +197,22 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
         }
         Request::Untrust { peer_id } => trust(engine, TrustEdit::Untrust { peer: peer_id }).await,
         Request::TrustList => trust(engine, TrustEdit::List).await,
+        Request::Invite { ttl_ms, for_peer } => {
+            if let Some(p) = &for_peer
+                && !p2p_proto::signal::valid_id(p)
+            {
+                return Reply::err(
+                    ErrorCode::BadRequest,
+                    format!("{p:?} is not a valid peer ID"),
+                );
+            }
+            let ttl = ttl_ms
+                .map(Duration::from_millis)
+                .unwrap_or(invite::DEFAULT_TTL);
+            invite_cmd(engine, InviteEdit::Create { ttl, for_peer }).await
+        }
+        Request::InviteList => invite_cmd(engine, InviteEdit::List).await,
+        Request::InviteCancel { code } => invite_cmd(engine, InviteEdit::Cancel(code)).await,
         Request::Status => match engine.call(Cmd::Status).await {
             Some(status) => Reply::ok(OkBody::Status {
                 status: Box::new(status),
@@ -210,15 +227,21 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
             peer_id,
             wait,
             timeout_ms,
+            code,
         } => {
             let timeout = timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_PAIR_TIMEOUT);
+            let code = match code.as_deref().map(Code::parse).transpose() {
+                Ok(c) => c,
+                Err(e) => return Reply::err(ErrorCode::BadRequest, e),
+            };
             let call = engine.call(|reply| Cmd::Pair {
                 peer_id,
                 wait,
                 timeout,
                 reply,
+                code,
             });
             match call.await {
                 Some(Ok(outcome)) => Reply::ok(OkBody::Pair { pair: outcome }),
@@ -227,6 +250,14 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
             }
         }
         Request::Tail { .. } => unreachable!("tail is handled by the connection loop"),
+    }
+}
+
+async fn invite_cmd(engine: &EngineHandle, edit: InviteEdit) -> Reply {
+    match engine.call(|reply| Cmd::Invite { edit, reply }).await {
+        Some(Ok(body)) => Reply::ok(body),
+        Some(Err(e)) => e.into(),
+        None => Reply::err(ErrorCode::ShuttingDown, "p2pd is shutting down"),
     }
 }
 

@@ -16,6 +16,7 @@
 //! its late `paired` must be ignored rather than revive the link:
 //! [`Core`] counts those answers still to come.
 
+mod invite;
 mod signald;
 mod state;
 #[cfg(test)]
@@ -25,16 +26,18 @@ mod trust;
 use std::time::Duration;
 
 use p2p_proto::control::{
-    DisconnectReason, ErrorBody, ErrorCode, EventKind, LinkState, PairOutcome, Path,
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, InviteFailure, LinkState, PairOutcome, Path,
 };
 use p2p_proto::signal::{CandidateInit, ClientMsg, ServerMsg};
 use tokio::time::Instant;
 
+pub use invite::{InviteEdit, InviteProgress, InviteRole};
 pub use state::{
     Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Requested, Waiter,
 };
 pub use trust::{PeerIdentity, TrustEdit};
 
+use crate::invite::{Code, Invites};
 use crate::trust::TrustStore;
 
 /// How long a broken connection waits for signald to say why.
@@ -49,6 +52,8 @@ pub enum Input {
         wait_open: bool,
         timeout: Duration,
         reply: PairReply,
+        /// The peer's invite code: pair with its key unknown, proven by the code.
+        code: Option<Code>,
     },
     /// `unpair`; the reply says whether there was a pairing (or request).
     Unpair(tokio::sync::oneshot::Sender<bool>),
@@ -89,6 +94,20 @@ pub enum Input {
     },
     /// Time passed; deadlines up to `now` are due.
     Tick,
+    /// The peer opened `p2p-invite`: it pairs with an invite code.
+    InviteChannel,
+    /// The handshake asks for the code of the invite the peer named.
+    InviteClaim {
+        number: u16,
+        reply: tokio::sync::oneshot::Sender<Result<Code, p2p_proto::control::InviteFailure>>,
+    },
+    /// How the handshake ended.
+    InviteDone(Result<(), p2p_proto::control::InviteFailure>),
+    /// `p2pctl invite`: make, list or cancel invites.
+    InviteEdit {
+        edit: InviteEdit,
+        reply: tokio::sync::oneshot::Sender<Result<p2p_proto::control::OkBody, ErrorBody>>,
+    },
     /// An edit of the trust store (or a listing), answered on `reply`.
     TrustEdit {
         edit: TrustEdit,
@@ -103,9 +122,19 @@ pub enum Input {
 pub enum Effect {
     Signal(ClientMsg),
     Publish(EventKind),
-    /// Create the channel and the offer; answer with [`Input::Offered`].
+    /// Create the channel (and `p2p-invite` first, with `invite`) and the
+    /// offer; answer with [`Input::Offered`].
     Offer {
         peer: String,
+        invite: bool,
+    },
+    /// Run the invitation handshake with `peer`, whose key is `peer_key`;
+    /// answer with [`Input::InviteDone`].
+    RunInvite {
+        role: InviteRole,
+        me: String,
+        peer: String,
+        peer_key: p2p_proto::identity::Fingerprint,
     },
     /// Apply the offer and make the answer; answer with [`Input::Answered`].
     Answer {
@@ -167,6 +196,8 @@ pub struct Core {
     /// Which key each known peer must present (a small file, re-read when
     /// it changes: the one piece of I/O the core touches).
     trust: TrustStore,
+    /// Our open invitations (memory only).
+    invites: Invites,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
@@ -186,6 +217,7 @@ impl Core {
             abandoned: 0,
             policy,
             trust,
+            invites: Invites::default(),
         }
     }
 
@@ -224,7 +256,8 @@ impl Core {
                 wait_open,
                 timeout,
                 reply,
-            } => match self.check_pair(&peer) {
+                code,
+            } => match self.check_pair(&peer, code.is_some()) {
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -235,7 +268,7 @@ impl Core {
                         timeout,
                         deadline: now + timeout,
                     };
-                    self.apply(Change::Request(Requested { peer, waiter }), &mut fx);
+                    self.apply(Change::Request(Requested { peer, waiter, code }), &mut fx);
                 }
             },
             Input::Unpair(reply) => {
@@ -290,6 +323,7 @@ impl Core {
                         c.negotiation = Negotiation::Described;
                         fx.push(Effect::Signal(ClientMsg::Answer { sdp }));
                     }
+                    self.maybe_run_invite(&mut fx);
                 }
                 Err(e) => self.fail(format!("answering the offer: {e}"), &mut fx),
             },
@@ -298,6 +332,7 @@ impl Core {
                     if let Link::Connecting(c) = &mut self.link {
                         c.negotiation = Negotiation::Described;
                     }
+                    self.maybe_run_invite(&mut fx);
                 }
                 Err(e) => self.fail(format!("applying the answer: {e}"), &mut fx),
             },
@@ -312,19 +347,11 @@ impl Core {
                 }
             }
             Input::Lost { reason, clean } => self.on_lost(reason, clean, now, &mut fx),
-            Input::ChannelOpen { path } => {
-                if let Link::Connecting(c) = &self.link {
-                    let (peer, initiator, identity) = (c.peer.clone(), c.initiator, c.identity);
-                    let identity = identity.map(|id| self.pin_first_contact(&peer, id));
-                    let open = Open {
-                        peer,
-                        initiator,
-                        since: now,
-                        identity,
-                    };
-                    self.apply(Change::Open(open, path), &mut fx);
-                }
-            }
+            Input::ChannelOpen { path } => self.on_channel_open(path, now, &mut fx),
+            Input::InviteChannel => self.on_invite_channel(&mut fx),
+            Input::InviteClaim { number, reply } => self.on_invite_claim(number, reply, now),
+            Input::InviteDone(result) => self.on_invite_done(result, now, &mut fx),
+            Input::InviteEdit { edit, reply } => self.on_invite_edit(edit, reply, now),
             Input::TrustEdit { edit, reply } => self.on_trust_edit(edit, reply, &mut fx),
             Input::Tick => self.on_tick(now, &mut fx),
             Input::Shutdown => {
@@ -341,7 +368,8 @@ impl Core {
         fx
     }
 
-    fn check_pair(&mut self, peer: &str) -> Result<(), ErrorBody> {
+    /// With `code` the peer's key need not be pinned: the code proves it.
+    fn check_pair(&mut self, peer: &str, code: bool) -> Result<(), ErrorBody> {
         let id = match &self.signaling {
             Signaling::Down { why } => {
                 return Err(err(
@@ -365,6 +393,9 @@ impl Core {
         }
         if id == peer {
             return Err(err(ErrorCode::SelfPair, "cannot pair with ourselves"));
+        }
+        if code {
+            return Ok(());
         }
         self.admits(peer)
     }
@@ -398,15 +429,17 @@ impl Core {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
-        let (peer, initiator, described, waiter) =
+        let (peer, initiator, described, waiter, invite) =
             match std::mem::replace(&mut self.link, Link::Idle) {
                 Link::Connecting(c) => (
                     c.peer,
                     c.initiator,
                     c.negotiation == Negotiation::Described,
                     c.waiter,
+                    // A lost connection brings no verdict: only the claim.
+                    c.invite.and_then(|i| i.number).map(Some),
                 ),
-                Link::Open(o) => (o.peer, o.initiator, true, None),
+                Link::Open(o) => (o.peer, o.initiator, true, None, None),
                 other => {
                     self.link = other;
                     return;
@@ -424,6 +457,7 @@ impl Core {
             described,
             until: now + LOSS_GRACE,
             waiter,
+            verdict: invite,
         };
         self.apply(Change::Lose(c), fx);
     }
@@ -558,6 +592,20 @@ impl Core {
                 let old = std::mem::replace(&mut self.link, Link::Idle);
                 let paired = old.is_paired();
                 let peer = old.peer().map(str::to_string);
+                if let (Some(number), Some(peer_id)) = (old.claimed_invite(), &peer) {
+                    // The handshake never finished: the invite is used up
+                    // all the same, and the inviter hears of it.
+                    self.invites.finish(number, tokio::time::Instant::now());
+                    let reason = match e.reason {
+                        DisconnectReason::ConnectTimeout => InviteFailure::Timeout,
+                        _ => InviteFailure::Protocol,
+                    };
+                    fx.push(Effect::Publish(EventKind::InviteFailed {
+                        peer_id: peer_id.clone(),
+                        invite: Some(number),
+                        reason,
+                    }));
+                }
                 if matches!(old, Link::Requested(_)) {
                     // Its answer is still to come; our unpair follows it.
                     self.abandoned += 1;

@@ -10,7 +10,9 @@ use p2p_proto::signal::{
 };
 use tokio::time::Instant;
 
-use super::{Change, Connecting, Core, Effect, Ending, Link, Negotiation, err};
+use super::{
+    Change, Connecting, Core, Effect, Ending, InviteProgress, InviteRole, Link, Negotiation, err,
+};
 
 impl Core {
     pub(super) fn on_server(&mut self, m: ServerMsg, now: Instant, fx: &mut Vec<Effect>) {
@@ -50,7 +52,16 @@ impl Core {
                         error,
                         tell_signald: false,
                     };
-                    self.apply(Change::End(e), fx);
+                    if let Link::Connecting(c) = &self.link
+                        && c.invite.as_ref().is_some_and(|i| i.started)
+                    {
+                        // A side that failed the handshake unpairs at once;
+                        // its verdict on the data channel may come a moment
+                        // later and names the real reason.
+                        self.wait_for_verdict(e, now, fx);
+                    } else {
+                        self.apply(Change::End(e), fx);
+                    }
                 }
             }
             ServerMsg::Error { code, message } => self.on_error(code, message, fx),
@@ -88,27 +99,41 @@ impl Core {
                 }));
                 None
             };
+            let invite = r
+                .code
+                .map(|code| InviteProgress::new(InviteRole::Joiner(code)));
             let c = Connecting {
                 peer: peer.clone(),
                 initiator: true,
                 negotiation: Negotiation::Offering,
                 ice_connected: false,
                 identity: None,
+                invite,
                 deadline,
                 waiter,
             };
             self.apply(Change::Pair(c), fx);
-            fx.push(Effect::Offer { peer });
+            fx.push(Effect::Offer {
+                peer,
+                invite: r.code.is_some(),
+            });
             return;
         }
-        // Someone paired with us.
+        // Someone paired with us. An unknown key may still come for an
+        // invitation's handshake, and nothing else.
+        let mut invite = None;
         let refusal =
             if !self.policy.allow_peers.is_empty() && !self.policy.allow_peers.contains(&peer) {
                 tracing::warn!(%peer, "refusing a pairing from a peer not in --allow-peer");
                 Some(DisconnectReason::RefusedByAllowList)
             } else if let Err(e) = self.admits(&peer) {
-                tracing::warn!(%peer, "refusing a pairing: {}", e.message);
-                Some(DisconnectReason::NotTrusted)
+                if self.invites.admits(&peer, now) {
+                    invite = Some(InviteProgress::new(InviteRole::Inviter));
+                    None
+                } else {
+                    tracing::warn!(%peer, "refusing a pairing: {}", e.message);
+                    Some(DisconnectReason::NotTrusted)
+                }
             } else {
                 None
             };
@@ -151,6 +176,7 @@ impl Core {
             negotiation: Negotiation::AwaitingOffer,
             ice_connected: false,
             identity: None,
+            invite,
             deadline: now + self.policy.connect_timeout,
             waiter: None,
         };
@@ -256,7 +282,8 @@ impl Core {
         apply: fn(String) -> Effect,
         fx: &mut Vec<Effect>,
     ) {
-        match self.verify(&from, &sdp) {
+        let invited = matches!(&self.link, Link::Connecting(c) if c.invite.is_some());
+        match self.verify(&from, &sdp, invited) {
             Ok(identity) => {
                 if let Link::Connecting(c) = &mut self.link {
                     c.identity = Some(identity);

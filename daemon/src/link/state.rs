@@ -7,7 +7,8 @@ use p2p_proto::control::{DisconnectReason, ErrorBody, LinkState, PairOutcome};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::PeerIdentity;
+use super::{InviteProgress, PeerIdentity};
+use crate::invite::Code;
 
 /// Where a `pair` request's reply goes.
 pub type PairReply = oneshot::Sender<Result<PairOutcome, ErrorBody>>;
@@ -49,6 +50,8 @@ pub enum Link {
 pub struct Requested {
     pub peer: String,
     pub waiter: Waiter,
+    /// The peer's invite code, when pairing by invitation.
+    pub code: Option<Code>,
 }
 
 #[derive(Debug)]
@@ -60,6 +63,8 @@ pub struct Connecting {
     pub ice_connected: bool,
     /// The peer's key, once its description was checked.
     pub identity: Option<PeerIdentity>,
+    /// An invitation handshake this link must pass before it opens.
+    pub invite: Option<InviteProgress>,
     /// `--connect-timeout` from the pairing.
     pub deadline: Instant,
     /// A `pair --wait` request, answered once the channel opens.
@@ -98,6 +103,10 @@ pub struct Closing {
     pub described: bool,
     pub until: Instant,
     pub waiter: Option<Waiter>,
+    /// A handshake still running when the peer left (`Some`, with the
+    /// invite it claimed, on the inviter's side): its verdict, if it comes
+    /// before `until`, names why the pairing ended.
+    pub verdict: Option<Option<u16>>,
 }
 
 /// How a pairing ends: the event's reason, what a waiting `pair` is told,
@@ -169,6 +178,15 @@ impl Link {
                 None => c.deadline,
             }),
             Link::Closing(c) => Some(c.until),
+        }
+    }
+
+    /// The invite claimed by a handshake not finished on this link.
+    pub fn claimed_invite(&self) -> Option<u16> {
+        match self {
+            Link::Connecting(c) => c.invite.as_ref().and_then(|i| i.number),
+            Link::Closing(c) => c.verdict.flatten(),
+            _ => None,
         }
     }
 

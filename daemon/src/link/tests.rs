@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use p2p_proto::control::{
-    DisconnectReason, ErrorBody, ErrorCode, EventKind, LinkState, OkBody, PairOutcome, PeerTrust,
-    TrustPolicy,
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, InviteFailure, LinkState, OkBody,
+    PairOutcome, PeerTrust, TrustPolicy,
 };
 use p2p_proto::identity::Fingerprint;
 use p2p_proto::signal::{
@@ -91,8 +91,36 @@ impl T {
             wait_open,
             timeout,
             reply,
+            code: None,
         });
         (fx, rx)
+    }
+
+    fn pair_with_code(&mut self, peer: &str, code: &str) -> (Vec<Effect>, Answer) {
+        let (reply, rx) = oneshot::channel();
+        let fx = self.on(Input::Pair {
+            peer: peer.into(),
+            wait_open: true,
+            timeout: LONG,
+            reply,
+            code: Some(crate::invite::Code::parse(code).unwrap()),
+        });
+        (fx, rx)
+    }
+
+    fn invite(&mut self, for_peer: Option<&str>) -> p2p_proto::control::InviteInfo {
+        let (reply, mut rx) = oneshot::channel();
+        self.on(Input::InviteEdit {
+            edit: InviteEdit::Create {
+                ttl: Duration::from_secs(600),
+                for_peer: for_peer.map(str::to_string),
+            },
+            reply,
+        });
+        match rx.try_recv().unwrap() {
+            Ok(OkBody::Invite { invite }) => invite,
+            other => panic!("{other:?}"),
+        }
     }
 
     fn unpair(&mut self) -> (Vec<Effect>, bool) {
@@ -187,7 +215,10 @@ fn initiator_goes_requested_connecting_open() {
                 peer_id: "bob".into(),
                 initiator: true
             }),
-            Effect::Offer { peer: "bob".into() }
+            Effect::Offer {
+                peer: "bob".into(),
+                invite: false
+            }
         ]
     );
     assert_eq!(t.state(), LinkState::Connecting);
@@ -762,4 +793,147 @@ fn removing_the_open_peers_pin_ends_the_link() {
     });
     assert!(fx.is_empty(), "{fx:?}");
     assert_eq!(t.state(), LinkState::Open);
+}
+
+#[test]
+fn the_joiner_pairs_an_unknown_key_with_a_code_and_opens_only_after_the_handshake() {
+    let mut t = T::new();
+    let (fx, mut answer) = t.pair_with_code("dave", "4-oak-elk");
+    assert_eq!(fx.len(), 1, "the pair request goes out: {fx:?}");
+    let fx = t.server(paired("dave", true));
+    assert!(fx.contains(&Effect::Offer {
+        peer: "dave".into(),
+        invite: true
+    }));
+    t.on(Input::Offered(Ok("o".into())));
+    t.server(ServerMsg::Answer {
+        sdp: sdp(4),
+        from: "dave".into(),
+    });
+    let fx = t.on(Input::AnswerApplied(Ok(())));
+    assert!(
+        matches!(&fx[..], [Effect::RunInvite { role: InviteRole::Joiner(_), peer, peer_key, .. }]
+            if peer == "dave" && *peer_key == fp(4)),
+        "{fx:?}"
+    );
+    // The channel opens first: still nothing for users.
+    let fx = t.on(Input::ChannelOpen { path: None });
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(t.state(), LinkState::Connecting);
+    let fx = t.on(Input::InviteDone(Ok(())));
+    assert!(fx.contains(&Effect::Expose {
+        peer: "dave".into(),
+        verified: true
+    }));
+    assert_eq!(
+        answered(&mut answer).unwrap().trust,
+        Some(PeerTrust::Invite)
+    );
+    assert_eq!(t.core.trust_store().get("dave"), Some(fp(4)));
+}
+
+#[test]
+fn the_inviter_admits_an_unknown_peer_only_while_an_invite_is_open() {
+    let mut t = T::new();
+    let fx = t.server(paired("erin", false));
+    assert_eq!(
+        ended(&fx),
+        Some(DisconnectReason::NotTrusted),
+        "no invite yet"
+    );
+    let inv = t.invite(None);
+    t.server(paired("erin", false));
+    assert!(t.core.invite_pending());
+    let fx = t.server(ServerMsg::Offer {
+        sdp: sdp(5),
+        from: "erin".into(),
+    });
+    assert!(fx.contains(&Effect::Answer { sdp: sdp(5) }), "{fx:?}");
+    let fx = t.on(Input::Answered(Ok("a".into())));
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::RunInvite {
+            role: InviteRole::Inviter,
+            ..
+        }
+    )));
+    let (reply, mut code) = oneshot::channel();
+    t.on(Input::InviteClaim {
+        number: inv.number,
+        reply,
+    });
+    assert_eq!(code.try_recv().unwrap().unwrap().to_string(), inv.code);
+    let fx = t.on(Input::InviteDone(Ok(())));
+    assert!(fx.is_empty(), "waits for the channel: {fx:?}");
+    let fx = t.on(Input::ChannelOpen { path: None });
+    assert!(fx.contains(&Effect::Expose {
+        peer: "erin".into(),
+        verified: true
+    }));
+    assert_eq!(t.core.trust_store().get("erin"), Some(fp(5)));
+    // Used up: the next stranger is refused.
+    t.unpair();
+    let fx = t.server(paired("frank", false));
+    assert!(
+        t.core.invite_pending(),
+        "an ended invite still admits, to say why"
+    );
+    let _ = fx;
+}
+
+#[test]
+fn a_failed_handshake_uses_the_invite_up_and_says_so() {
+    let mut t = T::new();
+    let inv = t.invite(None);
+    t.server(paired("mallory", false));
+    t.server(ServerMsg::Offer {
+        sdp: sdp(6),
+        from: "mallory".into(),
+    });
+    t.on(Input::Answered(Ok("a".into())));
+    let (reply, _code) = oneshot::channel();
+    t.on(Input::InviteClaim {
+        number: inv.number,
+        reply,
+    });
+    let fx = t.on(Input::InviteDone(Err(InviteFailure::WrongCode)));
+    assert!(events(&fx).iter().any(|e| matches!(
+        e,
+        EventKind::InviteFailed {
+            reason: InviteFailure::WrongCode,
+            ..
+        }
+    )));
+    assert_eq!(ended(&fx), Some(DisconnectReason::InviteFailed));
+    assert!(sends_unpair(&fx));
+    assert_eq!(t.core.trust_store().get("mallory"), None);
+    // The right code is useless now: the claim is refused.
+    t.server(paired("mallory", false));
+    t.server(ServerMsg::Offer {
+        sdp: sdp(6),
+        from: "mallory".into(),
+    });
+    let (reply, mut code) = oneshot::channel();
+    t.on(Input::InviteClaim {
+        number: inv.number,
+        reply,
+    });
+    assert_eq!(code.try_recv().unwrap(), Err(InviteFailure::Used));
+}
+
+#[test]
+fn an_invite_channel_from_a_pinned_peer_still_holds_the_link_for_the_handshake() {
+    let mut t = T::new();
+    t.server(paired("bob", false));
+    t.server(ServerMsg::Offer {
+        sdp: sdp(BOB),
+        from: "bob".into(),
+    });
+    t.on(Input::Answered(Ok("a".into())));
+    let fx = t.on(Input::InviteChannel);
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::RunInvite { .. })),
+        "{fx:?}"
+    );
+    assert!(t.on(Input::ChannelOpen { path: None }).is_empty());
 }

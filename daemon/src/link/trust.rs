@@ -61,8 +61,14 @@ impl Core {
     }
 
     /// The identity the description `sdp` gives `peer`, or why the pairing
-    /// must end.
-    pub(super) fn verify(&mut self, peer: &str, sdp: &str) -> Result<PeerIdentity, Ending> {
+    /// must end. On an `invited` link an unknown key is taken for now: the
+    /// handshake proves it or the link ends.
+    pub(super) fn verify(
+        &mut self,
+        peer: &str,
+        sdp: &str,
+        invited: bool,
+    ) -> Result<PeerIdentity, Ending> {
         let refuse = |reason, error| Ending {
             reason,
             error,
@@ -103,6 +109,10 @@ impl Core {
                     format!("{peer}'s description carries no usable key"),
                 ),
             )),
+            (None, Ok(fp)) if invited => Ok(PeerIdentity {
+                fingerprint: fp,
+                trust: PeerTrust::Unverified,
+            }),
             (None, Ok(fp)) => match self.trust.policy() {
                 TrustPolicy::Known => Err(refuse(
                     DisconnectReason::NotTrusted,

@@ -50,6 +50,15 @@ pub enum EventKind {
     SignalingDown {
         reason: String,
     },
+    /// An invitation handshake with `peer_id` failed (the invite is used
+    /// up, whatever the reason); `peer_disconnected` follows.
+    InviteFailed {
+        peer_id: String,
+        /// The invite's number, when the peer named one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invite: Option<u16>,
+        reason: InviteFailure,
+    },
     /// This follower was too slow and missed `missed` events just before
     /// this one.
     Lagged {
@@ -104,11 +113,50 @@ pub enum DisconnectReason {
     /// The key in the peer's description is not the one pinned for its ID;
     /// refused before the channel opened.
     IdentityMismatch,
+    /// The invitation handshake failed (see the `invite_failed` event).
+    InviteFailed,
+}
+
+/// Why an invitation handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InviteFailure {
+    /// The key confirmation failed: a wrong code, or someone between the
+    /// two changed a key. One guess per code: the invite is used up.
+    WrongCode,
+    /// The invite had expired.
+    Expired,
+    /// The invite was cancelled.
+    Cancelled,
+    /// The invite was used already (by a success or a wrong guess).
+    Used,
+    /// The invite is for another peer ID.
+    NotForYou,
+    /// No invite with that number is open.
+    Unknown,
+    /// A step did not come within its time.
+    Timeout,
+    /// A malformed or unexpected handshake message.
+    Protocol,
+}
+
+impl InviteFailure {
+    /// What the joining side's `pair --code` says.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::WrongCode | Self::Used | Self::Unknown => "wrong or expired invite code",
+            Self::Expired => "the invite code has expired: ask for a new one",
+            Self::Cancelled => "the invite was cancelled: ask for a new one",
+            Self::NotForYou => "this invite code is for another peer",
+            Self::Timeout => "the invite handshake did not finish in time",
+            Self::Protocol => "the peer broke the invite handshake",
+        }
+    }
 }
 
 impl DisconnectReason {
     /// Every reason, in the order of the documentation.
-    pub const ALL: [DisconnectReason; 16] = [
+    pub const ALL: [DisconnectReason; 17] = [
         Self::Left,
         Self::Timeout,
         Self::Unpaired,
@@ -125,6 +173,7 @@ impl DisconnectReason {
         Self::RefusedByAllowList,
         Self::NotTrusted,
         Self::IdentityMismatch,
+        Self::InviteFailed,
     ];
 
     /// The wire name, as in `peer_disconnected.reason`.
@@ -146,6 +195,7 @@ impl DisconnectReason {
             Self::RefusedByAllowList => "refused_by_allow_list",
             Self::NotTrusted => "not_trusted",
             Self::IdentityMismatch => "identity_mismatch",
+            Self::InviteFailed => "invite_failed",
         }
     }
 }

@@ -11,8 +11,10 @@ mod reply;
 mod request;
 mod status;
 
-pub use event::{DisconnectReason, Event, EventKind};
-pub use reply::{ErrorBody, ErrorCode, False, IdentityInfo, OkBody, PairOutcome, Pin, Reply, True};
+pub use event::{DisconnectReason, Event, EventKind, InviteFailure};
+pub use reply::{
+    ErrorBody, ErrorCode, False, IdentityInfo, InviteInfo, OkBody, PairOutcome, Pin, Reply, True,
+};
 pub use request::{Request, parse_request};
 pub use status::{
     Counters, LinkState, Path, PeerTrust, ServerState, Status, StatusPeer, StatusServer,

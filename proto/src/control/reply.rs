@@ -51,6 +51,12 @@ pub enum ErrorCode {
     WrongPeer,
     /// The trust store or the key could not be read or written.
     StoreFailed,
+    /// The invitation handshake failed (wrong or expired code, ...): the
+    /// message says which.
+    InviteFailed,
+    /// An invitation could not be made or found (too many open, no such
+    /// code).
+    NoInvite,
 }
 
 /// The error object of a failed reply.
@@ -138,6 +144,18 @@ pub enum OkBody {
     TrustList {
         peers: Vec<Pin>,
     },
+    /// `invite`.
+    Invite {
+        invite: InviteInfo,
+    },
+    /// `invite_list`.
+    Invites {
+        invites: Vec<InviteInfo>,
+    },
+    /// `invite_cancel`: the number of the invite cancelled.
+    InviteCancel {
+        cancelled: u16,
+    },
     /// `send`, `tail` (before its events) and anything else with no payload.
     Empty {},
 }
@@ -166,6 +184,20 @@ pub struct IdentityInfo {
     pub fingerprint: Fingerprint,
     /// `ID@fingerprint`, what a peer passes to `p2pctl trust`.
     pub token: Option<String>,
+}
+
+/// An open invitation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteInfo {
+    /// `N-word-word`: what the other side passes to `p2pctl pair --code`.
+    pub code: String,
+    /// Its number (the `N`), which is not secret.
+    pub number: u16,
+    /// Milliseconds left until it expires.
+    pub expires_in_ms: u64,
+    /// Only this peer ID may use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_peer: Option<String>,
 }
 
 /// One entry of the trust store (`known_peers`).

@@ -19,6 +19,10 @@ pub enum Request {
         wait: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
+        /// An invite code from the peer (`p2pctl invite` there): pair with
+        /// an unknown key, proven by the code, and pin it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
     },
     /// End the current pairing (a no-op reply `was_paired: false` if none).
     Unpair,
@@ -49,6 +53,18 @@ pub enum Request {
     Untrust { peer_id: String },
     /// Every pinned peer.
     TrustList,
+    /// Open an invitation: a one-time code valid for `ttl_ms` (default 10
+    /// minutes), only for `for_peer` if given.
+    Invite {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_peer: Option<String>,
+    },
+    /// The open invitations.
+    InviteList,
+    /// Cancel an open invitation, by its code or its number.
+    InviteCancel { code: String },
     /// Replay up to `replay` messages from history, then (with `follow`)
     /// stream every new event.
     Tail {
@@ -76,7 +92,7 @@ fn classify_bad_request(line: &str, full: serde_json::Error) -> ErrorBody {
         #[serde(borrow)]
         cmd: std::borrow::Cow<'a, str>,
     }
-    const CMDS: [&str; 10] = [
+    const CMDS: [&str; 13] = [
         "status",
         "pair",
         "unpair",
@@ -87,6 +103,9 @@ fn classify_bad_request(line: &str, full: serde_json::Error) -> ErrorBody {
         "trust",
         "untrust",
         "trust_list",
+        "invite",
+        "invite_list",
+        "invite_cancel",
     ];
     match serde_json::from_str::<Head>(line) {
         Err(e) => ErrorBody {
@@ -121,7 +140,14 @@ mod tests {
                 peer_id: "b".into(),
                 wait: true,
                 timeout_ms: Some(5),
+                code: Some("7-amber-canyon".into()),
             },
+            Request::Invite {
+                ttl_ms: Some(1000),
+                for_peer: Some("b".into()),
+            },
+            Request::InviteList,
+            Request::InviteCancel { code: "7".into() },
             Request::Send {
                 text: Some("hi".into()),
                 data_b64: None,

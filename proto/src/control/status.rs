@@ -53,6 +53,8 @@ pub enum PeerTrust {
     Pinned,
     /// First contact under `--trust tofu`: pinned now.
     Tofu,
+    /// Proven by an invite code on this pairing, and pinned now.
+    Invite,
     /// Not checked (`--trust any`, or no pin and nothing to compare).
     Unverified,
 }
