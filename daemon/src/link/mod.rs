@@ -16,6 +16,7 @@
 //! its late `paired` must be ignored rather than revive the link:
 //! [`Core`] counts those answers still to come.
 
+mod ending;
 mod invite;
 mod signald;
 mod state;
@@ -398,141 +399,6 @@ impl Core {
             return Ok(());
         }
         self.admits(peer)
-    }
-
-    fn on_signal_failed(&mut self, what: &'static str, why: String, fx: &mut Vec<Effect>) {
-        tracing::warn!(what, %why, "a frame for signald could not be queued");
-        if let Link::Requested(_) = &self.link {
-            // The `pair` itself never left: no answer will come.
-            let e = err(
-                ErrorCode::NotConnected,
-                format!("the signaling connection would not take the {what}: {why}"),
-            );
-            self.apply(Change::Refuse(e), fx);
-        } else if self.link.is_paired() {
-            let e = Ending {
-                reason: DisconnectReason::SignalingLost,
-                error: err(
-                    ErrorCode::Failed,
-                    format!("the signaling connection would not take the {what}: {why}"),
-                ),
-                tell_signald: false,
-            };
-            self.apply(Change::End(e), fx);
-        }
-    }
-
-    fn on_lost(
-        &mut self,
-        reason: DisconnectReason,
-        clean: bool,
-        now: Instant,
-        fx: &mut Vec<Effect>,
-    ) {
-        let (peer, initiator, described, waiter, invite) =
-            match std::mem::replace(&mut self.link, Link::Idle) {
-                Link::Connecting(c) => (
-                    c.peer,
-                    c.initiator,
-                    c.negotiation == Negotiation::Described,
-                    c.waiter,
-                    // A lost connection brings no verdict: only the claim.
-                    c.invite.and_then(|i| i.number).map(Some),
-                ),
-                Link::Open(o) => (o.peer, o.initiator, true, None, None),
-                other => {
-                    self.link = other;
-                    return;
-                }
-            };
-        let c = Closing {
-            ending: Ending {
-                reason,
-                error: self.no_path_error(),
-                // The peer closing cleanly tells signald itself.
-                tell_signald: !clean,
-            },
-            peer,
-            initiator,
-            described,
-            until: now + LOSS_GRACE,
-            waiter,
-            verdict: invite,
-        };
-        self.apply(Change::Lose(c), fx);
-    }
-
-    fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let ending = match &self.link {
-            Link::Requested(r) if r.waiter.deadline <= now => Some(Ending {
-                reason: DisconnectReason::ConnectTimeout,
-                error: err(
-                    ErrorCode::Timeout,
-                    format!("signald did not answer the pairing with {} in time", r.peer),
-                ),
-                tell_signald: true,
-            }),
-            Link::Connecting(c) if c.deadline <= now => {
-                Some(self.timeout(c, self.policy.connect_timeout))
-            }
-            Link::Connecting(c) => match &c.waiter {
-                Some(w) if w.deadline <= now => Some(self.timeout(c, w.timeout)),
-                _ => None,
-            },
-            Link::Closing(c) if c.until <= now => Some(c.ending.clone()),
-            _ => None,
-        };
-        if let Some(e) = ending {
-            self.apply(Change::End(e), fx);
-        }
-    }
-
-    /// Why a pairing timed out: no path, if ICE never connected.
-    fn timeout(&self, c: &Connecting, limit: Duration) -> Ending {
-        let error = if c.ice_connected {
-            err(
-                ErrorCode::Timeout,
-                format!(
-                    "the data channel to {} did not open within {}",
-                    c.peer,
-                    humantime::format_duration(limit)
-                ),
-            )
-        } else {
-            ErrorBody {
-                code: ErrorCode::Timeout,
-                ..self.no_path_error()
-            }
-        };
-        Ending {
-            reason: DisconnectReason::ConnectTimeout,
-            error,
-            tell_signald: true,
-        }
-    }
-
-    /// A local failure of the pairing under way.
-    fn fail(&mut self, why: String, fx: &mut Vec<Effect>) {
-        if self.link.is_paired() {
-            tracing::warn!(%why, "negotiation failed");
-            let e = Ending {
-                reason: DisconnectReason::Failed,
-                error: err(ErrorCode::Failed, why),
-                tell_signald: true,
-            };
-            self.apply(Change::End(e), fx);
-        }
-    }
-
-    /// The reason a person can act on when ICE finds no path.
-    fn no_path_error(&self) -> ErrorBody {
-        let turn = matches!(self.signaling, Signaling::Up { turn: true, .. });
-        let message = if turn {
-            "no network path to the peer, not even through the TURN relay: check that the relay is reachable from both sides"
-        } else {
-            "no network path to the peer: both sides are behind NATs that need a TURN relay; none is configured"
-        };
-        err(ErrorCode::Failed, message)
     }
 
     /// The one place the link changes state, with what goes with each

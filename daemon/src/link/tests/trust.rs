@@ -1,0 +1,164 @@
+//! Keys checked in both roles, the policies, and edits of the store.
+
+use super::*;
+
+#[test]
+fn known_refuses_an_unknown_peer_both_ways() {
+    let mut t = T::new();
+    let (fx, mut answer) = t.pair("mallory", true, LONG);
+    assert!(fx.is_empty(), "nothing is sent for an unknown peer: {fx:?}");
+    let e = answered(&mut answer).unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotTrusted);
+    assert!(e.message.contains("p2pctl trust mallory"), "{e:?}");
+    let fx = t.server(paired("mallory", false));
+    assert!(sends_unpair(&fx));
+    assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted));
+    assert_eq!(t.state(), LinkState::Idle);
+}
+
+#[test]
+fn the_answerer_refuses_an_offer_with_the_wrong_key() {
+    let mut t = T::new();
+    t.server(paired("bob", false));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: sdp(9),
+        from: "bob".into(),
+    });
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Answer { .. })),
+        "the offer must not be applied: {fx:?}"
+    );
+    assert!(sends_unpair(&fx));
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+}
+
+#[test]
+fn the_initiator_refuses_an_answer_with_the_wrong_key() {
+    let mut t = T::new();
+    let (_, mut answer) = t.pair("bob", true, LONG);
+    t.server(paired("bob", true));
+    t.on(Input::Offered(Ok("o".into())));
+    let fx = t.server(ServerMsg::Answer {
+        sdp: sdp(9),
+        from: "bob".into(),
+    });
+    assert!(!fx.iter().any(|e| matches!(e, Effect::AcceptAnswer { .. })));
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+    let e = answered(&mut answer).unwrap_err();
+    assert_eq!(e.code, ErrorCode::IdentityMismatch);
+    assert!(
+        e.message.contains(&fp(BOB).to_string()) && e.message.contains(&fp(9).to_string()),
+        "names the expected and the received key: {e:?}"
+    );
+    // A description without a usable key is refused too.
+    let mut t = T::new();
+    t.server(paired("bob", false));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: "v=0\r\n".into(),
+        from: "bob".into(),
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+}
+
+#[test]
+fn tofu_pins_the_first_key_and_refuses_a_changed_one() {
+    let mut t = T::with(&[], TrustPolicy::Tofu);
+    t.server(paired("dave", false));
+    t.server(ServerMsg::Offer {
+        sdp: sdp(4),
+        from: "dave".into(),
+    });
+    t.on(Input::Answered(Ok("a".into())));
+    let fx = t.on(Input::ChannelOpen { path: None });
+    assert!(fx.contains(&Effect::Expose {
+        peer: "dave".into(),
+        verified: true
+    }));
+    assert!(events(&fx).iter().any(|e| matches!(
+        e,
+        EventKind::ChannelOpen {
+            trust: Some(PeerTrust::Tofu),
+            ..
+        }
+    )));
+    assert_eq!(t.core.trust_store().get("dave"), Some(fp(4)));
+    t.unpair();
+    t.server(paired("dave", false));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: sdp(5),
+        from: "dave".into(),
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+}
+
+#[test]
+fn any_accepts_unknown_peers_unverified_but_holds_pins() {
+    let mut t = T::with(&[], TrustPolicy::Any);
+    let (_, mut answer) = t.pair("browser", true, LONG);
+    t.server(paired("browser", true));
+    t.on(Input::Offered(Ok("o".into())));
+    t.server(ServerMsg::Answer {
+        sdp: sdp(7),
+        from: "browser".into(),
+    });
+    t.on(Input::AnswerApplied(Ok(())));
+    let fx = t.on(Input::ChannelOpen { path: None });
+    assert!(fx.contains(&Effect::Expose {
+        peer: "browser".into(),
+        verified: false
+    }));
+    assert_eq!(
+        answered(&mut answer).unwrap().trust,
+        Some(PeerTrust::Unverified)
+    );
+    assert_eq!(
+        t.core.trust_store().get("browser"),
+        None,
+        "any pins nothing"
+    );
+    t.unpair();
+    // bob's pin holds even under any.
+    t.server(paired("bob", false));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: sdp(9),
+        from: "bob".into(),
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+}
+
+#[test]
+fn removing_the_open_peers_pin_ends_the_link() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let (reply, mut rx) = oneshot::channel();
+    let fx = t.on(Input::TrustEdit {
+        edit: TrustEdit::Untrust { peer: "bob".into() },
+        reply,
+    });
+    assert!(matches!(
+        rx.try_recv().unwrap(),
+        Ok(OkBody::Untrust { was_trusted: true })
+    ));
+    assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted));
+    assert!(sends_unpair(&fx));
+    // Pinning another peer leaves an open link alone.
+    t.on(Input::TrustEdit {
+        edit: TrustEdit::Trust {
+            peer: "bob".into(),
+            fingerprint: fp(BOB),
+            comment: None,
+        },
+        reply: oneshot::channel().0,
+    });
+    t.open_with_bob();
+    let fx = t.on(Input::TrustEdit {
+        edit: TrustEdit::Trust {
+            peer: "carol".into(),
+            fingerprint: fp(3),
+            comment: None,
+        },
+        reply: oneshot::channel().0,
+    });
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(t.state(), LinkState::Open);
+}
