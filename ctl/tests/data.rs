@@ -44,12 +44,13 @@ fn tail_replays_history_with_n_and_json_carries_sender_and_time() {
 #[test]
 fn binary_lines_travel_as_binary_messages() {
     let (_s, a, b) = paired("alice", "bob");
-    let raw = Tail::start(&b, &[]);
+    let plain = Tail::start(&b, &[]);
     let json = Tail::start(&b, &["--json"]);
     let out = a.ctl_stdin(&["send"], b"\xff\xfe\x00bin\ntext\n");
     assert!(out.status.success());
-    assert_eq!(raw.next(), b"\xff\xfe\x00bin");
-    assert_eq!(raw.next_str(), "text");
+    // Plain tail escapes what is not printable text; --json has the bytes.
+    assert_eq!(plain.next_str(), "\\xff\\xfe\\x00bin");
+    assert_eq!(plain.next_str(), "text");
     let ev = json.wait_event("message");
     assert_eq!(ev["data_b64"], "//4AYmlu");
     assert!(ev.get("text").is_none());
@@ -96,4 +97,27 @@ fn oversized_message_is_refused_loudly_and_the_link_survives() {
         assert_eq!(next, "after");
         assert!(err.contains("(2 of 3 lines handed over)"), "{err}");
     }
+}
+
+#[test]
+fn plain_tail_keeps_one_message_per_line_and_no_control_bytes() {
+    let (_s, a, b) = paired("alice", "bob");
+    let plain = Tail::start(&b, &[]);
+    let exact = Tail::start(&b, &["--json"]);
+    a.ok(&["send", "a\nFAKE"]);
+    a.ok(&["send", "b\x1b[31mred\x07"]);
+    a.ok(&["send", "back\\slash"]);
+    assert_eq!(plain.next_str(), "a\\nFAKE");
+    assert_eq!(plain.next_str(), "b\\x1b[31mred\\x07");
+    assert_eq!(plain.next_str(), "back\\\\slash");
+    assert_eq!(exact.wait_event("message")["text"], "a\nFAKE");
+
+    // -0: the exact bytes, each message ended by a NUL.
+    let out = b.ok(&["tail", "-n", "3", "--no-follow", "-0"]);
+    assert_eq!(out, "a\nFAKE\0b\x1b[31mred\x07\0back\\slash\0");
+    a.ctl_stdin(&["send"], b"nul\x00inside\n");
+    b.wait_status("the NUL message", |s| s.counters.messages_received == 4);
+    let out = b.ctl(&["tail", "-n", "1", "--no-follow", "-0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NUL byte"));
 }

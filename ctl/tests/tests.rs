@@ -4,6 +4,7 @@
 mod control_socket;
 mod data;
 mod failures;
+mod hostile;
 mod invite;
 mod nat_lab;
 mod pairing;

@@ -34,6 +34,7 @@ use crate::link::{Core, Effect, Input, InviteEdit, InviteRole, Policy, TrustEdit
 use crate::peer::{Pc, PcContext, PcEvent, PcEventKind, PcSettings};
 use crate::signaling::SigEvent;
 use crate::status::ServerView;
+use crate::throttle::Throttle;
 use crate::trust::TrustStore;
 use crate::udp::BufferedRuntime;
 
@@ -123,13 +124,15 @@ impl EngineHandle {
 /// Everything the engine task reads from.
 pub struct Inputs {
     cmds: mpsc::Receiver<Cmd>,
-    sig: mpsc::UnboundedReceiver<SigEvent>,
+    sig: mpsc::Receiver<SigEvent>,
     pc: mpsc::UnboundedReceiver<PcEvent>,
     shutdown: watch::Receiver<bool>,
 }
 
 pub struct Engine {
     cfg: Config,
+    /// Warnings about the peer's candidates, at most one a second.
+    bad_candidates: Throttle,
     identity: Identity,
     started: std::time::Instant,
     core: Core,
@@ -152,7 +155,7 @@ pub struct Parts {
     pub identity: Identity,
     /// Frames to signald, and what the signaling task hears.
     pub sig_out: mpsc::Sender<ClientMsg>,
-    pub sig: mpsc::UnboundedReceiver<SigEvent>,
+    pub sig: mpsc::Receiver<SigEvent>,
     pub hub: Hub,
     pub counters: Arc<Counters>,
     pub runtime: Arc<BufferedRuntime>,
@@ -190,6 +193,7 @@ impl Engine {
             TrustStore::open(cfg.known_peers.clone(), cfg.trust),
         );
         let engine = Engine {
+            bad_candidates: Throttle::new(),
             identity,
             started: std::time::Instant::now(),
             server: ServerView::new(cfg.server.clone(), cfg.id.clone()),
@@ -464,8 +468,9 @@ impl Engine {
             Effect::AddCandidate(c) => {
                 if let Some(pc) = self.pc.as_mut()
                     && let Err(e) = pc.add_candidate(c).await
+                    && let Some(n) = self.bad_candidates.allow()
                 {
-                    tracing::warn!(error = %e, "ignoring a remote candidate");
+                    tracing::warn!(error = %e, suppressed = n, "ignoring a remote candidate");
                 }
                 None
             }

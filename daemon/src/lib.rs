@@ -21,6 +21,7 @@ pub mod paths;
 pub mod peer;
 pub mod signaling;
 pub mod status;
+pub mod throttle;
 pub mod tls;
 pub mod trust;
 pub mod udp;
@@ -67,7 +68,9 @@ pub async fn run(
         },
         counters.clone(),
     );
-    let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+    // Bounded: signald cannot make us queue without limit; the signaling
+    // task waits while the engine catches up.
+    let (sig_tx, sig_rx) = mpsc::channel(1024);
     let (sig_out, sig_task) = signaling::start(
         signaling::SigConfig {
             server: cfg.server.clone(),

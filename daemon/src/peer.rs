@@ -41,6 +41,15 @@ pub const CHANNEL_LABEL: &str = "p2p";
 pub const MAX_MESSAGE_BYTES: usize = 65536;
 /// Outstanding bytes on the channel before `send` waits (backpressure).
 const SEND_BUFFER_LIMIT: usize = 1024 * 1024;
+/// Remote candidates one pairing may add (a browser gives a dozen or so;
+/// each one costs connectivity checks, so a peer cannot make us check
+/// thousands).
+pub const MAX_REMOTE_CANDIDATES: usize = 64;
+/// Longest candidate line accepted (real ones are about 100 bytes).
+pub const MAX_CANDIDATE_BYTES: usize = 512;
+/// Data channels a peer may open on one connection (ours, and the
+/// invitation's); the others are closed at once.
+const MAX_PEER_CHANNELS: usize = 2;
 
 /// Settings for every peer connection of this daemon.
 #[derive(Debug, Clone)]
@@ -120,6 +129,8 @@ pub struct Pc {
     invite: Invite,
     /// Remote candidates that arrived before the remote description.
     early_candidates: Vec<RTCIceCandidateInit>,
+    /// Remote candidates taken so far (early ones included).
+    candidates: usize,
     /// The peer's offer or answer has been applied.
     described: bool,
     /// An offer or answer was made: closing this connection is a reset.
@@ -158,6 +169,8 @@ impl Invite {
 struct Handler {
     ctx: PcContext,
     states: Arc<Mutex<States>>,
+    /// Data channels the peer opened so far.
+    peer_channels: std::sync::atomic::AtomicUsize,
 }
 
 impl Handler {
@@ -197,6 +210,20 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        let n = self
+            .peer_channels
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n >= MAX_PEER_CHANNELS {
+            // Never forwarded: a peer opening channels by the thousand
+            // must not fill the engine's queue.
+            if n == MAX_PEER_CHANNELS {
+                tracing::warn!(
+                    "the peer opens more data channels than ours; closing the extra ones"
+                );
+            }
+            let _ = dc.close().await;
+            return;
+        }
         self.ctx.forward(PcEventKind::DataChannel(dc));
     }
 }
@@ -263,6 +290,7 @@ impl Pc {
             .with_handler(Arc::new(Handler {
                 ctx: ctx.clone(),
                 states: states.clone(),
+                peer_channels: Default::default(),
             }))
             .with_udp_addrs(bind)
             .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT)
@@ -276,6 +304,7 @@ impl Pc {
             gate: None,
             invite: Invite::default(),
             early_candidates: Vec::new(),
+            candidates: 0,
             described: false,
             used: false,
             mid: None,
@@ -398,7 +427,19 @@ impl Pc {
     }
 
     /// Adds a remote candidate, or keeps it until the remote description.
+    /// Beyond [`MAX_REMOTE_CANDIDATES`], or over [`MAX_CANDIDATE_BYTES`],
+    /// it is refused.
     pub async fn add_candidate(&mut self, c: CandidateInit) -> anyhow::Result<()> {
+        if c.candidate.len() > MAX_CANDIDATE_BYTES {
+            anyhow::bail!(
+                "a candidate of {} bytes (at most {MAX_CANDIDATE_BYTES})",
+                c.candidate.len()
+            );
+        }
+        if self.candidates >= MAX_REMOTE_CANDIDATES {
+            anyhow::bail!("more than {MAX_REMOTE_CANDIDATES} candidates from the peer");
+        }
+        self.candidates += 1;
         let init = RTCIceCandidateInit {
             candidate: c.candidate,
             sdp_mid: c.sdp_mid,

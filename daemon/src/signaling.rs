@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use p2p_proto::signal::{ClientMsg, IceServer, ServerMsg, close_code};
+use p2p_proto::signal::{ClientMsg, IceServer, ServerMsg, close_code, valid_id};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::throttle::{Throttle, excerpt};
 
 /// How long a connection attempt (TCP, upgrade and welcome) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +49,7 @@ pub struct SigConfig {
 /// dropped at the next connect: they belonged to a session that is over.
 pub fn start(
     cfg: SigConfig,
-    events: mpsc::UnboundedSender<SigEvent>,
+    events: mpsc::Sender<SigEvent>,
     shutdown: watch::Receiver<bool>,
 ) -> (mpsc::Sender<ClientMsg>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1024);
@@ -98,7 +100,7 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
 
 async fn run(
     cfg: SigConfig,
-    events: mpsc::UnboundedSender<SigEvent>,
+    events: mpsc::Sender<SigEvent>,
     mut out: mpsc::Receiver<ClientMsg>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -138,6 +140,7 @@ async fn run(
                         ping_timeout_ms,
                         ice_servers,
                     })
+                    .await
                     .is_err()
                 {
                     return;
@@ -169,7 +172,11 @@ async fn run(
         };
         attempt = attempt.saturating_add(1);
         tracing::warn!(%reason, ?retry_in, "signaling down");
-        if events.send(SigEvent::Down { reason, retry_in }).is_err() {
+        if events
+            .send(SigEvent::Down { reason, retry_in })
+            .await
+            .is_err()
+        {
             return;
         }
         tokio::select! {
@@ -225,6 +232,23 @@ async fn connect(
     }
 }
 
+/// Frames naming a peer must name a valid ID: what signald relays is not
+/// trusted further than the contract.
+fn well_formed(m: &ServerMsg) -> Result<(), String> {
+    let id = match m {
+        ServerMsg::Paired { peer_id, .. } | ServerMsg::PeerDisconnected { peer_id, .. } => peer_id,
+        ServerMsg::Offer { from, .. }
+        | ServerMsg::Answer { from, .. }
+        | ServerMsg::Candidate { from, .. } => from,
+        _ => return Ok(()),
+    };
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(format!("{} is not a valid peer ID", excerpt(id, 70)))
+    }
+}
+
 /// The URL without its token, for messages.
 fn redact(url: &str) -> String {
     match url.find("token=") {
@@ -248,11 +272,12 @@ enum Ended {
 async fn session(
     mut ws: Ws,
     ping_timeout: Duration,
-    events: &mpsc::UnboundedSender<SigEvent>,
+    events: &mpsc::Sender<SigEvent>,
     out: &mut mpsc::Receiver<ClientMsg>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
     let mut deadline = Instant::now() + ping_timeout;
+    let mut bad_frames = Throttle::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -281,12 +306,23 @@ async fn session(
                                 return Ended::Other(format!("answering ping failed: {e}"));
                             }
                         }
-                        Ok(m) => {
-                            if events.send(SigEvent::Msg(m)).is_err() {
-                                return Ended::Other("engine stopped".into());
+                        Ok(m) => match well_formed(&m) {
+                            Ok(()) => {
+                                if events.send(SigEvent::Msg(m)).await.is_err() {
+                                    return Ended::Other("engine stopped".into());
+                                }
+                            }
+                            Err(why) => {
+                                if let Some(n) = bad_frames.allow() {
+                                    tracing::warn!(frame = %excerpt(&t, 200), suppressed = n, "ignoring a frame from signald: {why}");
+                                }
+                            }
+                        },
+                        Err(e) => {
+                            if let Some(n) = bad_frames.allow() {
+                                tracing::warn!(error = %e, frame = %excerpt(&t, 200), suppressed = n, "ignoring a frame from signald");
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, frame = %t, "ignoring a frame from signald"),
                     },
                     Some(Ok(Message::Close(cf))) => {
                         return match cf {
@@ -321,6 +357,24 @@ mod tests {
             redact("ws://h/ws?id=a&token=secret&x=1"),
             "ws://h/ws?id=a&token=<hidden>&x=1"
         );
+    }
+
+    #[test]
+    fn frames_must_name_valid_ids() {
+        let paired = |id: &str| ServerMsg::Paired {
+            peer_id: id.into(),
+            initiator: false,
+        };
+        assert!(well_formed(&paired("bob")).is_ok());
+        assert!(well_formed(&paired("")).is_err());
+        assert!(well_formed(&paired("bob\n\u{1b}[2J")).is_err());
+        let offer = ServerMsg::Offer {
+            sdp: "v=0".into(),
+            from: "x".repeat(100),
+        };
+        let why = well_formed(&offer).unwrap_err();
+        assert!(why.contains("bytes)"), "cut short in the log: {why}");
+        assert!(well_formed(&ServerMsg::Ping).is_ok());
     }
 
     #[test]

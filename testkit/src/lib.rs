@@ -12,7 +12,8 @@
 //! - [`paired`]: a signald and two daemons with an open channel.
 //! - [`systemd_analyze`] and [`skip`]: tests that need a tool print one
 //!   `SKIPPED` line where it is missing.
-//! - [`relay::Rewriter`]: a man in the middle that rewrites fingerprints.
+//! - [`relay::Rewriter`]: a man in the middle that rewrites fingerprints;
+//!   [`raw::RawClient`]: signald's frames, spoken directly.
 //! - [`tls::Ca`]: a throw-away certificate authority for `wss://` tests.
 //! - [`lab`]: the NAT lab (network namespaces, NATs, coturn, an impaired
 //!   link), for its tests and its benchmark.
@@ -24,6 +25,7 @@ mod control;
 mod daemon;
 pub mod lab;
 pub mod proc;
+pub mod raw;
 pub mod relay;
 mod signald;
 mod skip;

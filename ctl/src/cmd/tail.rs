@@ -35,8 +35,13 @@ pub struct Args {
     #[arg(short = 'n', long = "lines", default_value_t = 0)]
     pub n: usize,
     /// Print full events as JSON objects, one per line.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nul")]
     pub json: bool,
+    /// Print each message's exact bytes followed by a NUL byte, unescaped
+    /// (for `xargs -0`, `read -d ''`); a message that holds a NUL byte
+    /// itself stops tail with an error (use --json).
+    #[arg(short = '0', long = "null", id = "nul")]
+    pub nul: bool,
     /// Exit after the replay instead of following new messages.
     #[arg(long)]
     pub no_follow: bool,
@@ -60,19 +65,35 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
             out.write_all(b"\n").await.map_err(io)?;
         } else {
             let event: PlainView = decode_event(raw)?;
-            match (event.event.as_ref(), event.text, event.data_b64) {
-                ("message", Some(text), _) => {
-                    out.write_all(text.as_bytes()).await.map_err(io)?;
-                    out.write_all(b"\n").await.map_err(io)?;
-                }
-                ("message", None, Some(b64)) => {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(b64.as_bytes())
-                        .map_err(|e| anyhow::anyhow!("bad binary message from p2pd: {e}"))?;
+            let payload: Option<Cow<'_, [u8]>> =
+                match (event.event.as_ref(), &event.text, &event.data_b64) {
+                    ("message", Some(text), _) => Some(Cow::Borrowed(text.as_bytes())),
+                    ("message", None, Some(b64)) => Some(Cow::Owned(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64.as_bytes())
+                            .map_err(|e| anyhow::anyhow!("bad binary message from p2pd: {e}"))?,
+                    )),
+                    _ => None,
+                };
+            if let Some(bytes) = payload {
+                if args.nul {
+                    if bytes.contains(&0) {
+                        out.flush().await.map_err(io)?;
+                        return Err(anyhow::anyhow!(
+                            "a message holds a NUL byte, which -0 cannot delimit (use --json)"
+                        )
+                        .into());
+                    }
                     out.write_all(&bytes).await.map_err(io)?;
+                    out.write_all(b"\0").await.map_err(io)?;
+                } else {
+                    let line = escape(&bytes);
+                    out.write_all(line.as_bytes()).await.map_err(io)?;
                     out.write_all(b"\n").await.map_err(io)?;
                 }
-                ("lagged", _, _) => {
+            }
+            match event.event.as_ref() {
+                "lagged" => {
                     out.flush().await.map_err(io)?;
                     eprintln!(
                         "p2pctl: this tail was too slow and missed {} messages",
@@ -91,6 +112,41 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
         return Err(anyhow::anyhow!("p2pd closed the connection (did it stop?)").into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One message as one printable line: `\\`, `\n`, `\r`, `\t`, other
+/// control characters (C0, DEL, C1) as `\xHH`, and bytes that are not
+/// UTF-8 as `\xHH` too. Nothing a peer sends can end the line early or
+/// reach the terminal as a control sequence.
+pub fn escape(bytes: &[u8]) -> Cow<'_, str> {
+    let clean = |c: char| !c.is_control() && c != '\\';
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && text.chars().all(clean)
+    {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -120,5 +176,18 @@ mod tests {
         .to_line();
         let v: PlainView = decode_event(line.trim_end().as_bytes()).unwrap();
         assert_eq!((v.event.as_ref(), v.missed), ("lagged", Some(7)));
+    }
+
+    #[test]
+    fn one_message_is_one_line_and_never_drives_the_terminal() {
+        assert_eq!(escape(b"plain text, ok"), "plain text, ok");
+        assert!(matches!(escape(b"plain"), Cow::Borrowed(_)));
+        assert_eq!(escape(b"a\nFAKE"), "a\\nFAKE");
+        assert_eq!(escape(b"b\x1b[31mred"), "b\\x1b[31mred");
+        assert_eq!(escape(b"tab\there\r\\"), "tab\\there\\r\\\\");
+        assert_eq!(escape(b"\xff\xfe\x00bin"), "\\xff\\xfe\\x00bin");
+        // C1 controls (CSI is U+009B) are escaped as their UTF-8 bytes.
+        assert_eq!(escape("x\u{9b}2J".as_bytes()), "x\\xc2\\x9b2J");
+        assert_eq!(escape("é ✓".as_bytes()), "é ✓");
     }
 }

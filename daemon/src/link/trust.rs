@@ -93,7 +93,7 @@ impl Core {
                 ))
             }
             (pin, Err(why)) if pin.is_some() || self.trust.policy() != TrustPolicy::Any => {
-                tracing::warn!(%peer, %why, "refusing a description whose key cannot be checked");
+                tracing::warn!(%peer, why = %crate::throttle::excerpt(&why, 200), "refusing a description whose key cannot be checked");
                 Err(refuse(
                     DisconnectReason::IdentityMismatch,
                     err(
@@ -102,13 +102,16 @@ impl Core {
                     ),
                 ))
             }
-            (_, Err(_)) => Err(refuse(
-                DisconnectReason::Failed,
-                err(
-                    ErrorCode::Failed,
-                    format!("{peer}'s description carries no usable key"),
-                ),
-            )),
+            (_, Err(why)) => {
+                tracing::warn!(%peer, why = %crate::throttle::excerpt(&why, 200), "refusing a description with no usable key");
+                Err(refuse(
+                    DisconnectReason::Failed,
+                    err(
+                        ErrorCode::Failed,
+                        format!("{peer}'s description carries no usable key"),
+                    ),
+                ))
+            }
             (None, Ok(fp)) if invited => Ok(PeerIdentity {
                 fingerprint: fp,
                 trust: PeerTrust::Unverified,
