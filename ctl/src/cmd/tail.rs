@@ -92,15 +92,12 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
                     out.write_all(b"\n").await.map_err(io)?;
                 }
             }
-            match event.event.as_ref() {
-                "lagged" => {
-                    out.flush().await.map_err(io)?;
-                    eprintln!(
-                        "p2pctl: this tail was too slow and missed {} messages",
-                        event.missed.unwrap_or(0)
-                    );
-                }
-                _ => {}
+            if event.event == "lagged" {
+                out.flush().await.map_err(io)?;
+                eprintln!(
+                    "p2pctl: this tail was too slow and missed {} messages",
+                    event.missed.unwrap_or(0)
+                );
             }
         }
         if !client.reader.has_buffered_input() {
