@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use p2p_proto::control::{ErrorBody, MAX_LINE_BYTES, Reply, Request};
@@ -29,6 +30,10 @@ pub enum CtlError {
     /// The command line is wrong in a way clap cannot see (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// Something answers on the socket, but it is not our daemon, or the
+    /// socket's directory could hold anyone's (exit 3: no daemon of ours).
+    #[error("not talking to {}: {why}", path.display())]
+    NotOurs { path: PathBuf, why: String },
     /// Anything else (exit 1).
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -65,8 +70,34 @@ impl Client {
             path: path.to_path_buf(),
             source,
         };
+        let not_ours = |why: String| CtlError::NotOurs {
+            path: path.to_path_buf(),
+            why,
+        };
+        // The directory first: a socket another user could have put there
+        // (the /tmp fallback) is not one to send requests to.
+        if let Some(dir) = path.parent()
+            && dir.exists()
+            && let Some(why) = p2p_proto::control::socket_dir_problem(dir)
+        {
+            return Err(not_ours(why));
+        }
         let name = path.to_fs_name::<GenericFilePath>().map_err(no_daemon)?;
         let stream = Stream::connect(name).await.map_err(no_daemon)?;
+        // And the process that answers must run as us, or as root.
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let me = unsafe { libc::getuid() };
+        match stream.peer_creds().map(|c| c.euid()) {
+            Ok(Some(uid)) if uid == me || uid == 0 => {}
+            Ok(Some(uid)) => {
+                return Err(not_ours(format!(
+                    "the process serving it runs as uid {uid}, not as us (uid {me})"
+                )));
+            }
+            Ok(None) | Err(_) => {
+                return Err(not_ours("cannot tell which user serves it".into()));
+            }
+        }
         let stream = Arc::new(stream);
         Ok(Client {
             reader: ReplyReader {

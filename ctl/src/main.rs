@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("p2pctl: {}", one_line(&e));
             ExitCode::from(match e {
-                CtlError::NoDaemon { .. } => 3,
+                CtlError::NoDaemon { .. } | CtlError::NotOurs { .. } => 3,
                 CtlError::Usage(_) => 2,
                 CtlError::Refused(_) | CtlError::Other(_) => 1,
             })

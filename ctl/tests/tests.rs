@@ -6,6 +6,7 @@ mod data;
 mod failures;
 mod hostile;
 mod invite;
+mod local_users;
 mod nat_lab;
 mod pairing;
 mod tls;

@@ -83,6 +83,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         let pidfile = pidfile
             .map(|p| std::path::absolute(&p).context("resolving --pidfile"))
             .transpose()?;
+        if let Some(p) = &pidfile {
+            check_pidfile(p)?;
+        }
         let log_path = match log_file.take() {
             Some(p) => p,
             None => {
@@ -236,8 +239,27 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
         .append(true)
         .create(true)
         .mode(0o600)
+        // A symlink put in place of the log must not make us append to
+        // (or create) some other file.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("opening log file {}", path.display()))
+}
+
+/// The daemonize crate opens the pidfile itself (following symlinks), so
+/// its directory must be one nobody else can put a symlink in, and the
+/// pidfile itself no symlink.
+fn check_pidfile(path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if let Some(why) = p2p_proto::control::socket_dir_problem(dir) {
+        bail!("refusing --pidfile {}: {why}", path.display());
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("refusing --pidfile {}: it is a symlink", path.display())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Installs the SIGTERM/SIGINT handlers now; the returned future resolves

@@ -3,33 +3,37 @@
 
 use std::fs;
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
 pub use p2p_proto::control::default_socket_path as default_socket;
+use p2p_proto::control::socket_dir_problem;
 
-/// Creates `dir` with mode 0700 if it is missing. With `tighten`, an
-/// existing directory open to others is made 0700 (for directories that are
-/// p2pd's own; a directory the user named is left as it is, the socket's own
-/// mode 0600 still guards it).
+/// Creates `dir` with mode 0700 if it is missing, and makes sure it can
+/// be trusted: a real directory (not a symlink), ours, writable by nobody
+/// else ([`socket_dir_problem`]). With `tighten`, an existing directory of
+/// ours open to others is made 0700 (for directories that are p2pd's own;
+/// a directory the user named is left as it is, but refused if others can
+/// write it).
 pub fn ensure_private_dir(dir: &Path, tighten: bool) -> anyhow::Result<()> {
-    match fs::DirBuilder::new()
+    fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
-    }
-    let meta = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let meta = fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
     let mode = meta.permissions().mode() & 0o777;
-    if tighten && mode & 0o077 != 0 {
-        // We made it, or it is shared: tighten it rather than serve others.
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let ours = meta.uid() == unsafe { libc::getuid() };
+    if tighten && ours && meta.is_dir() && mode & 0o077 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| {
             format!("{} is mode {mode:o}; could not make it 0700", dir.display())
         })?;
+    }
+    if let Some(why) = socket_dir_problem(dir) {
+        bail!("refusing {why}");
     }
     Ok(())
 }

@@ -28,6 +28,49 @@ pub const CONTROL_VERSION: u32 = 1;
 /// fits with room to spare). Longer lines get `line_too_long`.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
+/// Why the directory holding a control socket cannot be trusted, if it
+/// cannot: it must be a real directory (not a symlink), owned by us or by
+/// root (like /tmp, or a system daemon's /run/p2pd), and writable by nobody
+/// else. Otherwise another local user could have put a socket there that
+/// answers as p2pd, or could replace ours. A sticky directory like /tmp
+/// passes: there nobody can remove or rename what is not theirs, and a
+/// name squatted before us is caught by the bind, or by the client's
+/// check of who serves the socket.
+pub fn socket_dir_problem(dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("cannot check {}: {e}", dir.display())),
+    };
+    if meta.file_type().is_symlink() {
+        return Some(format!(
+            "{} is a symlink; the socket directory must be a real directory",
+            dir.display()
+        ));
+    }
+    if !meta.is_dir() {
+        return Some(format!("{} is not a directory", dir.display()));
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!(
+            "{} belongs to uid {}, not to us (uid {me}): someone else made it; remove it, or use XDG_RUNTIME_DIR or --socket",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        return Some(format!(
+            "{} is mode {:o}: others can write it (chmod 700 {})",
+            dir.display(),
+            meta.mode() & 0o777,
+            dir.display()
+        ));
+    }
+    None
+}
+
 /// Where the daemon listens unless told otherwise (`$P2PD_SOCKET` is read
 /// by the programs' flag parsers before this):
 /// `$XDG_RUNTIME_DIR/p2pd/p2pd.sock`, else `/tmp/p2pd-$UID/p2pd.sock`.
@@ -49,6 +92,33 @@ fn socket_path_in(runtime_dir: Option<std::path::PathBuf>) -> std::path::PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_dirs_must_be_ours_real_and_closed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile_dir();
+        assert_eq!(socket_dir_problem(&d), None);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(socket_dir_problem(&d).unwrap().contains("others can write"));
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(socket_dir_problem(&d), None, "sticky, like /tmp");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = d.with_extension("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        assert!(socket_dir_problem(&link).unwrap().contains("symlink"));
+        assert!(socket_dir_problem(&d.join("missing")).is_some());
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_dir(&d).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("p2p-proto-sockdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        d
+    }
 
     #[test]
     fn socket_fallbacks() {
