@@ -9,6 +9,7 @@ mod handshake;
 mod limits;
 mod liveness;
 mod memory;
+mod props;
 mod races;
 mod reserve;
 mod service;
