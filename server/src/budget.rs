@@ -26,8 +26,8 @@ pub struct Budget {
 }
 
 /// Freed buffers below this are left to the allocator: a trim walks every
-/// arena and is only worth it after a real burst.
-const TRIM_AFTER: usize = 8 * 1024 * 1024;
+/// arena and is only worth it after a real burst (one slow reader's worth).
+const TRIM_AFTER: usize = 1024 * 1024;
 
 impl Budget {
     pub fn new(max: usize) -> Budget {
@@ -76,7 +76,7 @@ impl Budget {
         self.peak.load(Ordering::Relaxed)
     }
 
-    /// True at most once per burst: when the total once rose by
+    /// True at most once per burst: when the total once reached
     /// [`TRIM_AFTER`] and has since fallen to a quarter of that high mark.
     pub fn should_trim(&self) -> bool {
         let high = self.since_trim.load(Ordering::Relaxed);

@@ -318,6 +318,7 @@ pub async fn serve(
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut trim = tokio::time::interval(Duration::from_secs(1));
     trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retrim = 0;
     tokio::pin!(shutdown);
     loop {
         let metrics_accept = async {
@@ -330,9 +331,17 @@ pub async fn serve(
             () = &mut shutdown => break,
             _ = trim.tick() => {
                 // After a burst the freed buffers go back to the OS, not
-                // only to the allocator.
+                // only to the allocator; once more when the clients dropped
+                // for it have closed (the close grace), taking the
+                // library's buffers with them.
                 if shared.reg.budget.should_trim() {
                     budget::trim_heap();
+                    retrim = grace.as_secs() + 1;
+                } else if retrim > 0 {
+                    retrim -= 1;
+                    if retrim == 0 {
+                        budget::trim_heap();
+                    }
                 }
             }
             res = listener.accept() => match res {
