@@ -5,26 +5,52 @@
 //! client that stops reading can never block this task's reads, timer or
 //! kick: writes only move frames from the outbox while the socket accepts
 //! them. Frame handling is synchronous; replies go through the outbox.
+//!
+//! A message over [`FRAGMENT`] bytes goes out as several frames (RFC 6455
+//! 5.4; every client library reassembles them): the library copies what it
+//! is given into a write buffer that never shrinks, so handing it a whole
+//! 64 KiB message (384 KiB once JSON escapes control characters) would pin
+//! that much per connection for as long as the connection lives.
 
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use p2p_proto::signal::{ClientMsg, DisconnectReason, ErrorCode, ServerMsg, close_code};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
+use tokio_tungstenite::tungstenite::{
+    Bytes, Error as WsError, Message, Utf8Bytes, error::CapacityError,
+};
 use tracing::debug;
 
-use crate::http::{self, Route};
+use crate::http::{self, Head, Reply, Route};
+use crate::limits::{Refused, Ticket};
 use crate::registry::{Kick, Refusal, Relayed, Slot};
-use crate::{Shared, id};
+use crate::{Shared, id, proxy};
+
+/// Largest frame signald writes; longer messages are fragmented.
+pub const FRAGMENT: usize = 8 * 1024;
+
+/// The library's write buffer: small writes are batched up to this.
+pub const WRITE_BUFFER: usize = 8 * 1024;
+
+/// Connections refused at accept being answered at once, at most; past
+/// that a refused connection is closed without an answer.
+const MAX_LINGERING: usize = 1024;
+
+/// How long a refused connection's request is read and dropped.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// A client's byte stream: plain TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -34,44 +60,145 @@ type Ws<S> = WebSocketStream<S>;
 
 const PING: &str = r#"{"type":"ping"}"#;
 
-/// Serves one accepted TCP connection to its end.
-pub async fn handle<S: Io>(mut stream: S, srv: Arc<Shared>) {
-    let route = match timeout(srv.cfg.handshake_timeout, http::read_route(&mut stream)).await {
-        Ok(Ok(route)) => route,
-        Ok(Err(e)) => {
-            debug!("request head: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!("request head not complete in time");
-            return;
-        }
+/// Serves one admitted connection to its end. `ticket` counts it for its
+/// client's address until then.
+pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv: Arc<Shared>) {
+    let Some((buf, len)) = read_head(&mut stream, &srv).await else {
+        return;
     };
-    let res = match route {
-        Route::Healthz => http::respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
-        Route::Metrics => {
-            let body = srv.reg.render_metrics();
-            http::respond(
-                &mut stream,
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-            )
-            .await
+    ticket.handshake_done();
+    let req = http::parse(&buf[..len]);
+    // Behind a trusted proxy the client is known only now.
+    if proxy::is_trusted(peer, &srv.cfg.trusted_proxies) {
+        let client = proxy::client_ip(peer, &req.forwarded_for, &srv.cfg.trusted_proxies);
+        if let Err(why) = ticket.attribute(client) {
+            return answer(&mut stream, refusal(why)).await;
         }
-        Route::Refuse(status, body) => {
-            http::respond(&mut stream, status, "text/plain; charset=utf-8", body).await
-        }
-        Route::Upgrade { query, rest } => {
+    }
+    let res = match req.route {
+        Route::Healthz => http::ok(&mut stream, "text/plain", "ok\n").await,
+        Route::Metrics if srv.metrics_public => metrics(&mut stream, &srv).await,
+        Route::Metrics => return answer(&mut stream, Reply::NotFound).await,
+        Route::Refuse(reply) => return answer(&mut stream, reply).await,
+        Route::Upgrade { query, accept } => {
+            if let Err(why) = ticket.register() {
+                return answer(&mut stream, refusal(why)).await;
+            }
+            if let Err(e) = http::accept(&mut stream, &accept).await {
+                debug!("upgrade response: {e}");
+                return;
+            }
             let ws = WebSocketStream::from_partially_read(
                 stream,
-                rest,
+                buf[len..].to_vec(),
                 Role::Server,
                 Some(srv.ws_config),
             )
             .await;
+            drop(buf);
             session(ws, query, &srv).await;
+            drop(ticket);
             return;
+        }
+    };
+    if let Err(e) = res {
+        debug!("http response: {e}");
+    }
+}
+
+/// Reads the request head within the handshake timeout; answers one that
+/// is too large. `None`: nothing more to do with this connection.
+async fn read_head<S: Io>(stream: &mut S, srv: &Shared) -> Option<(Vec<u8>, usize)> {
+    match timeout(srv.cfg.handshake_timeout, http::read_head(stream)).await {
+        Ok(Ok(Head::Complete { buf, len })) => Some((buf, len)),
+        Ok(Ok(Head::TooLarge)) => {
+            answer(stream, Reply::HeadTooLarge).await;
+            None
+        }
+        Ok(Err(e)) => {
+            debug!("request head: {e}");
+            None
+        }
+        Err(_) => {
+            debug!("request head not complete in time");
+            None
+        }
+    }
+}
+
+/// Refuses a request, then reads and drops what the client still sends
+/// for a moment: closing with unread bytes would reset the connection, and
+/// a reset can make the client lose the answer it was sent.
+async fn answer<S: Io>(stream: &mut S, reply: Reply) {
+    if let Err(e) = http::refuse(stream, reply).await {
+        debug!("http response: {e}");
+        return;
+    }
+    let drained = timeout(LINGER, async {
+        let mut sink = [0u8; 1024];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        debug!("refused client still sending after {LINGER:?}");
+    }
+}
+
+async fn metrics<S: Io>(stream: &mut S, srv: &Shared) -> std::io::Result<()> {
+    let body = srv.render_metrics();
+    http::ok(stream, "text/plain; version=0.0.4; charset=utf-8", &body).await
+}
+
+/// The HTTP answer to a limit.
+fn refusal(why: Refused) -> Reply {
+    match why {
+        Refused::ConnsPerIp => Reply::TooManyRequests("too many connections from your address\n"),
+        Refused::HandshakesPerIp => {
+            Reply::TooManyRequests("too many unfinished handshakes from your address\n")
+        }
+        Refused::RegistrationsPerIp => {
+            Reply::TooManyRequests("too many new WebSocket connections from your address\n")
+        }
+        Refused::Handshakes => Reply::Unavailable("too many handshakes in progress; try again\n"),
+    }
+}
+
+/// Answers a connection refused at accept, before its head is read: the
+/// status at once (HTTP allows answering before the request is read), then
+/// the request is drained as for every refusal. Over TLS there is no
+/// answer: the TLS handshake is the very cost being limited.
+pub async fn refuse_unread(mut stream: TcpStream, why: Refused, srv: &Shared) {
+    debug!(reason = why.as_str(), "refused at accept");
+    if srv.cfg.tls.is_some() {
+        return;
+    }
+    // Each answer holds its socket for up to LINGER: bounded, so that a
+    // flood of refused connections cannot pile up.
+    if srv.lingering.fetch_add(1, Ordering::Relaxed) < MAX_LINGERING {
+        answer(&mut stream, refusal(why)).await;
+    }
+    srv.lingering.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// One connection to `--metrics-listen`: `/metrics` and `/healthz` only.
+pub async fn serve_metrics(mut stream: TcpStream, srv: &Shared) {
+    let Some((buf, len)) = read_head(&mut stream, srv).await else {
+        return;
+    };
+    let res = match http::parse(&buf[..len]).route {
+        Route::Healthz => http::ok(&mut stream, "text/plain", "ok\n").await,
+        Route::Metrics => metrics(&mut stream, srv).await,
+        Route::Refuse(Reply::MethodNotAllowed) => {
+            return answer(&mut stream, Reply::MethodNotAllowed).await;
+        }
+        Route::Refuse(_) | Route::Upgrade { .. } => {
+            return answer(&mut stream, Reply::NotFound).await;
         }
     };
     if let Err(e) = res {
@@ -119,7 +246,8 @@ async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
         }
     };
     debug!(id = %slot.id, "registered");
-    let ending = drive(&mut ws, &slot, srv).await;
+    let mut out = Writer::default();
+    let ending = drive(&mut ws, &slot, &mut out, srv).await;
     let (code, text, reason) = match ending {
         Ending::Left => (1000, "", DisconnectReason::Left),
         Ending::Timeout => (
@@ -140,6 +268,11 @@ async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
         Ending::Kicked(Kick::SlowReader) => {
             (close_code::POLICY, "not reading", DisconnectReason::Left)
         }
+        Ending::Kicked(Kick::Evicted) => (
+            close_code::POLICY,
+            "not reading (server buffer budget)",
+            DisconnectReason::Left,
+        ),
         Ending::Kicked(Kick::Shutdown | Kick::Own) => (
             close_code::GOING_AWAY,
             "server shutting down",
@@ -155,10 +288,10 @@ async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
     match ending {
         // The close handshake already ran or the socket is gone.
         Ending::Left => finish(&mut ws, srv).await,
-        // Whatever is queued would never be read.
-        Ending::Kicked(Kick::SlowReader) => close(&mut ws, code, text, srv).await,
+        // Whatever is queued would never be read (and is already freed).
+        Ending::Kicked(Kick::SlowReader | Kick::Evicted) => close(&mut ws, code, text, srv).await,
         _ => {
-            flush_outbox(&mut ws, &slot, srv).await;
+            flush_outbox(&mut ws, &slot, &mut out, srv).await;
             close(&mut ws, code, text, srv).await;
         }
     }
@@ -178,16 +311,88 @@ async fn refuse<S: Io>(ws: &mut Ws<S>, srv: &Shared, code: ErrorCode, msg: &str,
 }
 
 /// Writes what is still queued for the client, within the close grace.
-async fn flush_outbox<S: Io>(ws: &mut Ws<S>, slot: &Slot, srv: &Shared) {
+async fn flush_outbox<S: Io>(ws: &mut Ws<S>, slot: &Slot, out: &mut Writer, srv: &Shared) {
     let res = timeout(srv.cfg.close_grace, async {
-        while let Some(frame) = slot.pop() {
-            ws.feed(Message::Text(frame)).await?;
+        while let Some(msg) = out.next(slot) {
+            ws.feed(msg).await?;
         }
-        ws.flush().await
+        ws.flush().await?;
+        out.flushed(slot);
+        Ok::<(), WsError>(())
     })
     .await;
     if !matches!(res, Ok(Ok(()))) {
         debug!("outbox not flushed before close");
+    }
+}
+
+/// Moves frames from the outbox to the library, a message at a time, and
+/// tells the outbox when what it took has reached the socket.
+#[derive(Default)]
+struct Writer {
+    /// The rest of a message being sent in pieces.
+    part: Option<Fragments>,
+    /// Bytes of whole messages handed to the library, not yet flushed.
+    handed: usize,
+}
+
+impl Writer {
+    /// The next frame to hand to the library, if any.
+    fn next(&mut self, slot: &Slot) -> Option<Message> {
+        if let Some(part) = &mut self.part {
+            let (msg, last) = part.next();
+            if last {
+                self.handed += part.data.len();
+                self.part = None;
+            }
+            return Some(msg);
+        }
+        let frame = slot.pop()?;
+        if frame.len() <= FRAGMENT {
+            self.handed += frame.len();
+            return Some(Message::Text(frame));
+        }
+        self.part = Some(Fragments {
+            data: frame.into(),
+            sent: 0,
+        });
+        self.next(slot)
+    }
+
+    /// The library's buffer is written to the socket.
+    fn flushed(&mut self, slot: &Slot) {
+        if self.handed > 0 {
+            slot.written(self.handed);
+            self.handed = 0;
+        }
+    }
+}
+
+/// A text message cut into frames of at most [`FRAGMENT`] bytes, each cut
+/// at a character boundary (the message is UTF-8; some clients check each
+/// frame on its own).
+struct Fragments {
+    data: Bytes,
+    sent: usize,
+}
+
+impl Fragments {
+    /// The next frame, and whether it is the last.
+    fn next(&mut self) -> (Message, bool) {
+        let mut end = (self.sent + FRAGMENT).min(self.data.len());
+        // A UTF-8 continuation byte is 0b10xx_xxxx: back up to a char start.
+        while end < self.data.len() && end > self.sent + 1 && self.data[end] & 0xC0 == 0x80 {
+            end -= 1;
+        }
+        let opcode = if self.sent == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let last = end == self.data.len();
+        let frame = Frame::message(self.data.slice(self.sent..end), opcode, last);
+        self.sent = end;
+        (Message::Frame(frame), last)
     }
 }
 
@@ -224,7 +429,7 @@ enum Event {
 }
 
 /// Runs the registered client until it ends.
-async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, srv: &Shared) -> Ending {
+async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &Shared) -> Ending {
     let cfg = &srv.cfg;
     let reg = &srv.reg;
     let start = Instant::now();
@@ -235,7 +440,7 @@ async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, srv: &Shared) -> Ending 
     let mut bucket = Bucket::new(cfg.rate_limit, cfg.rate_burst, start);
     let mut dropped: u32 = 0;
     loop {
-        let ev = poll_fn(|cx| poll_event(ws, slot, timer.as_mut(), cx)).await;
+        let ev = poll_fn(|cx| poll_event(ws, slot, out, timer.as_mut(), cx)).await;
         let msg = match ev {
             Event::Kicked(k) => return Ending::Kicked(k),
             Event::Closed => return Ending::Left,
@@ -357,9 +562,19 @@ fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) {
             from: from(),
         },
     };
-    if let Relayed::NotPaired = reg.relay(slot, out.to_json().into()) {
+    if let Relayed::NotPaired = reg.relay(slot, relayed_frame(out.to_json())) {
         reg.send_error(slot, ErrorCode::NotPaired, "not paired: nothing relayed");
     }
+}
+
+/// A relayed frame as queued: without the spare capacity the JSON writer
+/// grew (up to half of a large frame), so that what is counted is what is
+/// held.
+fn relayed_frame(mut json: String) -> Utf8Bytes {
+    if json.capacity() - json.len() > 1024 {
+        json.shrink_to_fit();
+    }
+    json.into()
 }
 
 /// One step of the connection: moves queued frames to the socket, then
@@ -367,6 +582,7 @@ fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) {
 fn poll_event<S: Io>(
     ws: &mut Ws<S>,
     slot: &Slot,
+    out: &mut Writer,
     timer: Pin<&mut Sleep>,
     cx: &mut Context<'_>,
 ) -> Poll<Event> {
@@ -382,13 +598,15 @@ fn poll_event<S: Io>(
             Poll::Ready(Err(_)) => return Poll::Ready(Event::Closed),
             Poll::Pending => break,
         }
-        let Some(frame) = slot.pop() else { break };
-        if ws.start_send_unpin(Message::Text(frame)).is_err() {
+        let Some(msg) = out.next(slot) else { break };
+        if ws.start_send_unpin(msg).is_err() {
             return Poll::Ready(Event::Closed);
         }
     }
-    if let Poll::Ready(Err(_)) = ws.poll_flush_unpin(cx) {
-        return Poll::Ready(Event::Closed);
+    match ws.poll_flush_unpin(cx) {
+        Poll::Ready(Ok(())) => out.flushed(slot),
+        Poll::Ready(Err(_)) => return Poll::Ready(Event::Closed),
+        Poll::Pending => {}
     }
     if timer.poll(cx).is_ready() {
         return Poll::Ready(Event::Timer);

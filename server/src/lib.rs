@@ -7,10 +7,13 @@
 //! [`run`] serves an already bound listener until `shutdown` resolves, so
 //! tests run the real server in-process on `127.0.0.1:0`.
 
+mod budget;
 mod conn;
 mod http;
 mod id;
+mod limits;
 mod metrics;
+pub mod proxy;
 mod registry;
 mod reserve;
 pub mod service;
@@ -18,7 +21,9 @@ pub mod tls;
 pub mod turn;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use p2p_proto::signal::{IceServer, PROTOCOL_VERSION, ServerMsg};
@@ -28,7 +33,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 
-use crate::registry::Registry;
+use crate::budget::Budget;
+use crate::limits::{IpLimits, Limits, Refused};
+use crate::metrics::Gauges;
+pub use crate::proxy::Cidr;
+use crate::registry::{QueueLimits, Registry};
 pub use crate::tls::Tls;
 pub use crate::turn::{TurnRest, TurnSecret};
 
@@ -57,6 +66,29 @@ pub struct Config {
     pub rate_close_after: u32,
     /// Frames queued for one client before it is dropped as not reading.
     pub max_queue: usize,
+    /// Bytes queued for one client (what its connection took and has not
+    /// yet written included) before it is dropped as not reading. An empty
+    /// queue always takes one frame, whatever its size.
+    pub max_queue_bytes: usize,
+    /// Bytes queued for all clients together; past it, the clients holding
+    /// the most are dropped until the total is under seven eighths of it.
+    pub max_buffered_bytes: usize,
+    /// Open connections per client address (an IPv6 client counts by its
+    /// /64); 0: no limit.
+    pub max_conns_per_ip: usize,
+    /// Connections per client address whose TLS handshake or request head
+    /// is not complete; 0: no limit.
+    pub max_handshakes_per_ip: usize,
+    /// Handshakes in progress from everyone; 0: no limit.
+    pub max_handshakes: usize,
+    /// WebSocket upgrades per client address and second (token bucket
+    /// refill; may be fractional); 0: no limit.
+    pub registration_rate: f64,
+    /// Upgrades per client address in a burst (token bucket size).
+    pub registration_burst: u32,
+    /// TCP peers whose `X-Forwarded-For` names the client (reverse
+    /// proxies). Their own address is not limited; the client they name is.
+    pub trusted_proxies: Vec<Cidr>,
     /// Time allowed for the HTTP request head.
     pub handshake_timeout: Duration,
     /// Time allowed for flushing and the close handshake when closing.
@@ -85,6 +117,14 @@ impl Default for Config {
             rate_burst: 200,
             rate_close_after: 100,
             max_queue: 256,
+            max_queue_bytes: 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            max_conns_per_ip: 1024,
+            max_handshakes_per_ip: 512,
+            max_handshakes: 4096,
+            registration_rate: 100.0,
+            registration_burst: 1000,
+            trusted_proxies: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(2),
             turn: None,
@@ -118,6 +158,22 @@ impl Config {
             "--rate-close-after must be positive"
         );
         anyhow::ensure!(self.max_queue > 0, "--max-queue must be positive");
+        anyhow::ensure!(
+            self.max_queue_bytes > 0,
+            "--max-queue-bytes must be positive"
+        );
+        anyhow::ensure!(
+            self.max_buffered_bytes > 0,
+            "--max-buffered-bytes must be positive"
+        );
+        anyhow::ensure!(
+            self.registration_rate.is_finite() && self.registration_rate >= 0.0,
+            "--registrations-per-ip must be a number of upgrades per second, 0 for no limit"
+        );
+        anyhow::ensure!(
+            self.registration_rate == 0.0 || self.registration_burst > 0,
+            "--registration-burst must be positive (or --registrations-per-ip 0)"
+        );
         if let Some(turn) = &self.turn {
             anyhow::ensure!(!turn.ttl.is_zero(), "--turn-ttl must be positive");
             anyhow::ensure!(
@@ -137,6 +193,11 @@ impl Config {
 struct Shared {
     cfg: Config,
     reg: Registry,
+    limits: Arc<Limits>,
+    /// Connections refused at accept that are still being answered.
+    lingering: AtomicUsize,
+    /// Whether the main listener serves `/metrics` (no `--metrics-listen`).
+    metrics_public: bool,
     ws_config: WebSocketConfig,
     /// Origin of the ping slots.
     epoch: tokio::time::Instant,
@@ -154,6 +215,24 @@ impl Shared {
         let since = t.saturating_duration_since(self.epoch).as_nanos();
         let up = since.div_ceil(slot) * slot;
         self.epoch + Duration::from_nanos(up as u64)
+    }
+
+    /// `/metrics`.
+    fn render_metrics(&self) -> String {
+        let (clients, reserved, reservations_evicted) = self.reg.counts();
+        self.reg.metrics.render(&Gauges {
+            clients,
+            reserved,
+            reservations_evicted,
+            buffered: self.reg.budget.used(),
+            buffered_peak: self.reg.budget.peak(),
+            handshakes: self.limits.handshakes(),
+            tracked_addresses: self.limits.tracked(),
+            refused: Refused::ALL
+                .iter()
+                .map(|r| (*r, self.limits.refused(*r)))
+                .collect(),
+        })
     }
 
     fn welcome(&self, id: &str) -> Utf8Bytes {
@@ -181,19 +260,53 @@ pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve(listener, None, cfg, shutdown).await
+}
+
+/// Like [`run`]; with `metrics` (`--metrics-listen`), `/metrics` and
+/// `/healthz` are served there, and `listener` answers `/metrics` with 404.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     cfg.validate()?;
     // The library's own limit sits above ours so that `too_large` is sent
     // before the close; small buffers keep an idle client at a few KiB.
     let lib_limit = cfg.max_message_bytes.saturating_mul(2).max(64 * 1024);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(1024)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(usize::MAX)
+        .write_buffer_size(conn::WRITE_BUFFER)
+        // Never reached: frames are handed to the library only while it has
+        // written what it had (`poll_ready`), and in pieces of at most
+        // `FRAGMENT`, so it holds at most its buffer plus one piece and a
+        // control frame. A bug would close the connection, not grow memory.
+        .max_write_buffer_size(conn::WRITE_BUFFER + conn::FRAGMENT + 1024)
         .max_message_size(Some(lib_limit))
         .max_frame_size(Some(lib_limit));
     let grace = cfg.close_grace;
+    let queue = QueueLimits {
+        frames: cfg.max_queue,
+        bytes: cfg.max_queue_bytes,
+    };
+    let limits = Limits::new(IpLimits {
+        conns_per_ip: cfg.max_conns_per_ip,
+        handshakes_per_ip: cfg.max_handshakes_per_ip,
+        handshakes: cfg.max_handshakes,
+        registration_rate: cfg.registration_rate,
+        registration_burst: cfg.registration_burst,
+    });
     let shared = Arc::new(Shared {
-        reg: Registry::new(cfg.max_clients, cfg.max_queue, cfg.id_reserve),
+        reg: Registry::new(
+            cfg.max_clients,
+            queue,
+            Arc::new(Budget::new(cfg.max_buffered_bytes)),
+            cfg.id_reserve,
+        ),
+        limits,
+        lingering: AtomicUsize::new(0),
+        metrics_public: metrics.is_none(),
         epoch: tokio::time::Instant::now(),
         ping_slot: (cfg.ping_interval / 20)
             .min((cfg.ping_timeout - cfg.ping_interval) / 4)
@@ -203,28 +316,47 @@ pub async fn run(
     });
     // Each connection task holds a clone; when all are dropped, all are done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let mut trim = tokio::time::interval(Duration::from_secs(1));
+    trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retrim = 0;
     tokio::pin!(shutdown);
     loop {
+        let metrics_accept = async {
+            match &metrics {
+                Some(l) => l.accept().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut shutdown => break,
+            _ = trim.tick() => {
+                // After a burst the freed buffers go back to the OS, not
+                // only to the allocator; once more when the clients dropped
+                // for it have closed (the close grace), taking the
+                // library's buffers with them.
+                if shared.reg.budget.should_trim() {
+                    budget::trim_heap();
+                    retrim = grace.as_secs() + 1;
+                } else if retrim > 0 {
+                    retrim -= 1;
+                    if retrim == 0 {
+                        budget::trim_heap();
+                    }
+                }
+            }
             res = listener.accept() => match res {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     if let Err(e) = stream.set_nodelay(true) {
                         warn!("set TCP_NODELAY: {e}");
                     }
+                    let per_ip = !proxy::is_trusted(peer.ip(), &shared.cfg.trusted_proxies);
+                    let admitted = shared.limits.admit(peer.ip(), per_ip);
                     let srv = shared.clone();
                     let done = done_tx.clone();
                     tokio::spawn(async move {
-                        match srv.cfg.tls.clone() {
-                            None => conn::handle(stream, srv).await,
-                            Some(tls) => {
-                                let accept = tls.acceptor().accept(stream);
-                                match tokio::time::timeout(srv.cfg.handshake_timeout, accept).await {
-                                    Ok(Ok(stream)) => conn::handle(stream, srv).await,
-                                    Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
-                                    Err(_) => tracing::debug!("TLS handshake not complete in time"),
-                                }
-                            }
+                        match admitted {
+                            Ok(ticket) => serve_conn(stream, peer, ticket, srv).await,
+                            Err(why) => conn::refuse_unread(stream, why, &srv).await,
                         }
                         drop(done);
                     });
@@ -235,8 +367,23 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            res = metrics_accept => match res {
+                Ok((stream, _)) => {
+                    let srv = shared.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        conn::serve_metrics(stream, &srv).await;
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    warn!("accept on the metrics listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
         }
     }
+    drop(metrics);
     drop(listener);
     info!(
         clients = shared.reg.clients(),
@@ -251,4 +398,24 @@ pub async fn run(
         warn!("some connections did not close in time");
     }
     Ok(())
+}
+
+/// One admitted connection: TLS first if configured, then HTTP.
+async fn serve_conn(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ticket: limits::Ticket,
+    srv: Arc<Shared>,
+) {
+    match srv.cfg.tls.clone() {
+        None => conn::handle(stream, peer.ip(), ticket, srv).await,
+        Some(tls) => {
+            let accept = tls.acceptor().accept(stream);
+            match tokio::time::timeout(srv.cfg.handshake_timeout, accept).await {
+                Ok(Ok(stream)) => conn::handle(stream, peer.ip(), ticket, srv).await,
+                Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+                Err(_) => tracing::debug!("TLS handshake not complete in time"),
+            }
+        }
+    }
 }

@@ -51,6 +51,43 @@ struct Cli {
     /// Frames queued for one client before it is dropped as not reading.
     #[arg(long, env = "SIGNALD_MAX_QUEUE", default_value_t = 256)]
     max_queue: usize,
+    /// Bytes queued for one client (not yet written to its socket) before it
+    /// is dropped as not reading (close 1008). An empty queue takes any one frame.
+    #[arg(long, env = "SIGNALD_MAX_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    max_queue_bytes: usize,
+    /// Bytes queued for all clients together; past it, the clients holding
+    /// the most are dropped (close 1008) until it is under seven eighths.
+    #[arg(long, env = "SIGNALD_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    max_buffered_bytes: usize,
+    /// Open connections per client address (IPv6: per /64); more get HTTP 429. 0: no limit.
+    #[arg(long, env = "SIGNALD_MAX_CONNS_PER_IP", default_value_t = 1024)]
+    max_conns_per_ip: usize,
+    /// Connections per client address with the TLS handshake or request head
+    /// unfinished; more get HTTP 429. 0: no limit.
+    #[arg(long, env = "SIGNALD_MAX_HANDSHAKES_PER_IP", default_value_t = 512)]
+    max_handshakes_per_ip: usize,
+    /// Unfinished handshakes from everyone; more get HTTP 503. 0: no limit.
+    #[arg(long, env = "SIGNALD_MAX_HANDSHAKES", default_value_t = 4096)]
+    max_handshakes: usize,
+    /// WebSocket upgrades per client address and second (token bucket
+    /// refill, may be fractional); more get HTTP 429. 0: no limit.
+    #[arg(long, env = "SIGNALD_REGISTRATIONS_PER_IP", default_value_t = 100.0)]
+    registrations_per_ip: f64,
+    /// Upgrades per client address in a burst (token bucket size).
+    #[arg(long, env = "SIGNALD_REGISTRATION_BURST", default_value_t = 1000)]
+    registration_burst: u32,
+    /// Reverse proxy address block (CIDR, or one address) whose
+    /// X-Forwarded-For names the client; repeatable. None by default.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SIGNALD_TRUSTED_PROXY",
+        value_delimiter = ' '
+    )]
+    trusted_proxies: Vec<signald::Cidr>,
+    /// Serve /metrics and /healthz on this address instead; the main
+    /// listener then answers /metrics with 404.
+    #[arg(long, env = "SIGNALD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How long an ID registered with a token stays reserved to that token
     /// after its holder disconnects (0 turns reservations off).
     #[arg(long, env = "SIGNALD_ID_RESERVE", default_value = "24h", value_parser = duration)]
@@ -132,6 +169,14 @@ fn run() -> anyhow::Result<()> {
         rate_burst: cli.rate_burst,
         rate_close_after: cli.rate_close_after,
         max_queue: cli.max_queue,
+        max_queue_bytes: cli.max_queue_bytes,
+        max_buffered_bytes: cli.max_buffered_bytes,
+        max_conns_per_ip: cli.max_conns_per_ip,
+        max_handshakes_per_ip: cli.max_handshakes_per_ip,
+        max_handshakes: cli.max_handshakes,
+        registration_rate: cli.registrations_per_ip,
+        registration_burst: cli.registration_burst,
+        trusted_proxies: cli.trusted_proxies,
         turn,
         id_reserve: cli.id_reserve,
         tls: tls.clone(),
@@ -151,6 +196,16 @@ fn run() -> anyhow::Result<()> {
             None => bind(cli.listen).with_context(|| format!("binding {}", cli.listen))?,
         };
         let addr = listener.local_addr().context("reading the bound address")?;
+        let metrics = match cli.metrics_listen {
+            Some(m) => {
+                let l = bind(m).with_context(|| format!("binding --metrics-listen {m}"))?;
+                let at = l.local_addr().context("reading the metrics address")?;
+                // Before the readiness line, which tests and scripts wait for.
+                println!("signald metrics on {at}");
+                Some(l)
+            }
+            None => None,
+        };
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let shutdown = async move {
@@ -170,7 +225,7 @@ fn run() -> anyhow::Result<()> {
         // The socket is listening: connects queue in its backlog from now on,
         // so the service manager may start dependents.
         p2p_service::notify("READY=1").context("sd_notify READY=1")?;
-        signald::run(listener, cfg, shutdown).await
+        signald::serve(listener, metrics, cfg, shutdown).await
     })
 }
 

@@ -5,11 +5,19 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use p2p_proto::signal::ErrorCode;
 
-/// What the registry reports beside the counters.
+use crate::limits::Refused;
+
+/// What the registry, the budget and the limits report beside the counters.
 pub struct Gauges {
     pub clients: usize,
     pub reserved: usize,
     pub reservations_evicted: u64,
+    pub buffered: usize,
+    pub buffered_peak: usize,
+    pub handshakes: usize,
+    pub tracked_addresses: usize,
+    /// Connections refused before the upgrade, by reason.
+    pub refused: Vec<(Refused, u64)>,
 }
 
 /// Counters updated with relaxed atomics; nothing waits on them.
@@ -25,6 +33,8 @@ pub struct Metrics {
     pub timeouts: AtomicU64,
     /// Clients dropped because their outbound queue overflowed.
     pub slow_readers: AtomicU64,
+    /// Clients dropped to bring the global buffer budget back.
+    pub evictions: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -42,7 +52,7 @@ impl Metrics {
     pub fn render(&self, now: &Gauges) -> String {
         let mut s = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
-        let rows: [(&str, &str, &str, i64); 8] = [
+        let rows: [(&str, &str, &str, i64); 13] = [
             (
                 "signald_clients",
                 "Connected clients.",
@@ -91,10 +101,52 @@ impl Metrics {
                 "counter",
                 now.reservations_evicted as i64,
             ),
+            (
+                "signald_buffered_bytes",
+                "Bytes queued for clients and not yet written to their sockets.",
+                "gauge",
+                now.buffered as i64,
+            ),
+            (
+                "signald_buffered_bytes_peak",
+                "The highest signald_buffered_bytes since start.",
+                "gauge",
+                now.buffered_peak as i64,
+            ),
+            (
+                "signald_budget_evictions_total",
+                "Clients dropped because the buffered bytes passed --max-buffered-bytes.",
+                "counter",
+                load(&self.evictions),
+            ),
+            (
+                "signald_handshakes",
+                "Connections whose TLS handshake or request head is not complete.",
+                "gauge",
+                now.handshakes as i64,
+            ),
+            (
+                "signald_tracked_addresses",
+                "Client addresses (IPv6: /64s) with connections or a registration bucket not yet full.",
+                "gauge",
+                now.tracked_addresses as i64,
+            ),
         ];
         for (name, help, kind, v) in rows {
             writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}")
                 .expect("writing to a String");
+        }
+        s.push_str(
+            "# HELP signald_refused_total Connections refused before the upgrade, by limit.\n",
+        );
+        s.push_str("# TYPE signald_refused_total counter\n");
+        for (why, n) in &now.refused {
+            writeln!(
+                s,
+                "signald_refused_total{{reason=\"{}\"}} {n}",
+                why.as_str()
+            )
+            .expect("writing to a String");
         }
         s.push_str("# HELP signald_errors_total Error frames sent, by code.\n");
         s.push_str("# TYPE signald_errors_total counter\n");

@@ -9,6 +9,12 @@
 //! Lock order, never reversed: map → `peer` locks → `out` locks. A relay holds
 //! one `peer` lock and then one `out` lock; only registry operations, which are
 //! serialised by the map lock, hold two `peer` locks at once.
+//!
+//! Every outbox is bounded in frames and in bytes (what is queued plus what
+//! its connection took and has not yet written); a client past either bound
+//! does not read, and is dropped. All outboxes together are held to the
+//! global [`Budget`]: whenever a push takes the total over it, the clients
+//! holding the most are dropped until it is back under seven eighths.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -21,8 +27,9 @@ use futures_util::task::AtomicWaker;
 use p2p_proto::signal::{DisconnectReason, ErrorCode, ServerMsg};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::budget::Budget;
 use crate::id;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::Metrics;
 use crate::reserve::{Claim, Reservations, TokenHash};
 
 /// Why someone other than the connection's own task ended it.
@@ -32,18 +39,38 @@ pub enum Kick {
     Replaced,
     /// The outbound queue overflowed: the client does not read (close 1008).
     SlowReader,
+    /// It held the most when the global buffer budget ran out (close 1008).
+    Evicted,
     /// The server is shutting down (close 1001).
     Shutdown,
     /// The connection's own task ended it; nothing to act on.
     Own,
 }
 
+/// The bounds of one client's outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
 /// Frames waiting to be written to one client, and whether it is ending.
 #[derive(Default)]
 struct Outbox {
     frames: VecDeque<Utf8Bytes>,
+    /// Bytes in `frames`.
+    queued: usize,
+    /// Bytes the connection task took and has not yet written to the socket
+    /// (they sit in the WebSocket library's write buffer meanwhile).
+    inflight: usize,
     /// Set once the client is removed; later frames are not queued.
     end: Option<Kick>,
+}
+
+impl Outbox {
+    fn held(&self) -> usize {
+        self.queued + self.inflight
+    }
 }
 
 /// One connected client, shared by its connection task, its peer and the map.
@@ -57,6 +84,8 @@ pub struct Slot {
     out: Mutex<Outbox>,
     /// Wakes the connection task when a frame is queued or it is kicked.
     pub waker: AtomicWaker,
+    /// Where this outbox's bytes are counted.
+    budget: Arc<Budget>,
 }
 
 enum Push {
@@ -73,8 +102,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Slot {
-    fn push(&self, frame: Utf8Bytes, max_queue: usize) -> Push {
-        let res = self.enqueue(frame, max_queue);
+    fn push(&self, frame: Utf8Bytes, lim: QueueLimits) -> Push {
+        let res = self.enqueue(frame, lim);
         if matches!(res, Push::Queued) {
             self.waker.wake();
         }
@@ -83,27 +112,56 @@ impl Slot {
 
     /// Queues without waking the connection task: for frames its own task
     /// queues, which it writes before it next waits anyway.
-    fn enqueue(&self, frame: Utf8Bytes, max_queue: usize) -> Push {
+    fn enqueue(&self, frame: Utf8Bytes, lim: QueueLimits) -> Push {
         let mut out = lock(&self.out);
+        let held = out.held();
         if out.end.is_some() {
             Push::Ending
-        } else if out.frames.len() >= max_queue {
+        } else if out.frames.len() >= lim.frames
+            // An empty outbox takes any one frame: a client that keeps up is
+            // never dropped for the size of a single message.
+            || (held > 0 && held + frame.len() > lim.bytes)
+        {
             Push::Overflow
         } else {
+            out.queued += frame.len();
+            self.budget.add(frame.len());
             out.frames.push_back(frame);
             Push::Queued
         }
     }
 
-    /// Takes the next frame to write.
+    /// Takes the next frame to write; its bytes stay counted until
+    /// [`written`](Self::written) says they reached the socket.
     pub fn pop(&self) -> Option<Utf8Bytes> {
         let mut out = lock(&self.out);
         let f = out.frames.pop_front();
-        if f.is_none() && out.frames.capacity() > 16 {
-            // Give back what a burst grew, so idle clients stay small.
-            out.frames = VecDeque::new();
+        match &f {
+            Some(f) => {
+                out.queued -= f.len();
+                out.inflight += f.len();
+            }
+            None if out.frames.capacity() > 16 => {
+                // Give back what a burst grew, so idle clients stay small.
+                out.frames = VecDeque::new();
+            }
+            None => {}
         }
         f
+    }
+
+    /// `n` bytes taken with [`pop`](Self::pop) are written to the socket.
+    pub fn written(&self, n: usize) {
+        let mut out = lock(&self.out);
+        // Less may be left if the client was dropped meanwhile.
+        let n = n.min(out.inflight);
+        out.inflight -= n;
+        self.budget.sub(n);
+    }
+
+    /// Bytes queued for this client and not yet written.
+    fn held(&self) -> usize {
+        lock(&self.out).held()
     }
 
     /// Why the client is ending, once it is.
@@ -115,6 +173,15 @@ impl Slot {
         let mut out = lock(&self.out);
         if out.end.is_none() {
             out.end = Some(why);
+            if matches!(why, Kick::SlowReader | Kick::Evicted) {
+                // Nothing queued will be written: free it now, capacity too.
+                // The one frame in the library's write buffer goes with the
+                // socket, within the close grace.
+                self.budget.sub(out.held());
+                out.queued = 0;
+                out.inflight = 0;
+                out.frames = VecDeque::new();
+            }
         }
         drop(out);
         self.waker.wake();
@@ -123,6 +190,13 @@ impl Slot {
     /// The current peer's ID, if paired.
     pub fn peer_id(&self) -> Option<Arc<str>> {
         lock(&self.peer).as_ref().map(|p| p.id.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let out = self.out.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.budget.sub(out.held());
     }
 }
 
@@ -151,14 +225,20 @@ struct Map {
 pub struct Registry {
     map: Mutex<Map>,
     max_clients: usize,
-    max_queue: usize,
+    queue: QueueLimits,
+    pub budget: Arc<Budget>,
     pub metrics: Metrics,
 }
 
 impl Registry {
     /// At most `max_clients` at once (and as many reservations, each kept
-    /// for `id_reserve`), each with at most `max_queue` frames queued.
-    pub fn new(max_clients: usize, max_queue: usize, id_reserve: Duration) -> Self {
+    /// for `id_reserve`), each outbox within `queue`, all within `budget`.
+    pub fn new(
+        max_clients: usize,
+        queue: QueueLimits,
+        budget: Arc<Budget>,
+        id_reserve: Duration,
+    ) -> Self {
         Self {
             map: Mutex::new(Map {
                 clients: HashMap::new(),
@@ -166,7 +246,8 @@ impl Registry {
                 shutting_down: false,
             }),
             max_clients,
-            max_queue,
+            queue,
+            budget,
             metrics: Metrics::default(),
         }
     }
@@ -176,17 +257,14 @@ impl Registry {
         lock(&self.map).clients.len()
     }
 
-    /// `/metrics`.
-    pub fn render_metrics(&self) -> String {
-        let gauges = {
-            let map = lock(&self.map);
-            Gauges {
-                clients: map.clients.len(),
-                reserved: map.reserved.len(),
-                reservations_evicted: map.reserved.evicted(),
-            }
-        };
-        self.metrics.render(&gauges)
+    /// Connected clients, reserved IDs, reservations evicted: for `/metrics`.
+    pub fn counts(&self) -> (usize, usize, u64) {
+        let map = lock(&self.map);
+        (
+            map.clients.len(),
+            map.reserved.len(),
+            map.reserved.evicted(),
+        )
     }
 
     /// Registers a client. `welcome` makes its first frame from its final ID;
@@ -242,17 +320,19 @@ impl Registry {
                 }
             }
         };
-        let mut out = Outbox::default();
-        out.frames.push_back(welcome(&id));
         let slot = Arc::new(Slot {
             id: id.clone(),
             token,
             peer: Mutex::new(None),
-            out: Mutex::new(out),
+            out: Mutex::new(Outbox::default()),
             waker: AtomicWaker::new(),
+            budget: self.budget.clone(),
         });
+        // The first frame of an empty outbox: always taken.
+        slot.enqueue(welcome(&id), self.queue);
         map.clients.insert(id, slot.clone());
         self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        self.make_room_locked(&mut map);
         Ok(slot)
     }
 
@@ -261,6 +341,42 @@ impl Registry {
     pub fn remove(&self, slot: &Arc<Slot>, reason: DisconnectReason, why: Kick) {
         let mut map = lock(&self.map);
         self.remove_locked(&mut map, slot, reason, why);
+        self.make_room_locked(&mut map);
+    }
+
+    /// Brings the buffered bytes back under the budget, if they passed it,
+    /// by dropping the clients that hold the most (their peers are told
+    /// `left`). Under the budget this costs one atomic load. Over it, one
+    /// pass over the clients frees at least an eighth of the budget, which
+    /// someone has to fill again before the next pass.
+    fn make_room_locked(&self, map: &mut Map) {
+        if !self.budget.over() {
+            return;
+        }
+        let mut holders: Vec<(usize, Arc<Slot>)> = map
+            .clients
+            .values()
+            .filter_map(|s| {
+                let held = s.held();
+                (held > 0).then(|| (held, s.clone()))
+            })
+            .collect();
+        holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
+        let target = self.budget.target();
+        for (_, slot) in holders {
+            if self.budget.used() <= target {
+                break;
+            }
+            self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
+            self.remove_locked(map, &slot, DisconnectReason::Left, Kick::Evicted);
+        }
+    }
+
+    fn make_room(&self) {
+        if self.budget.over() {
+            let mut map = lock(&self.map);
+            self.make_room_locked(&mut map);
+        }
     }
 
     fn remove_locked(&self, map: &mut Map, slot: &Arc<Slot>, reason: DisconnectReason, why: Kick) {
@@ -303,7 +419,7 @@ impl Registry {
 
     /// Queues a frame; a client whose queue overflows is dropped.
     fn deliver_locked(&self, map: &mut Map, to: &Arc<Slot>, frame: Utf8Bytes) {
-        if let Push::Overflow = to.push(frame, self.max_queue) {
+        if let Push::Overflow = to.push(frame, self.queue) {
             self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
             self.remove_locked(map, to, DisconnectReason::Left, Kick::SlowReader);
         }
@@ -313,9 +429,13 @@ impl Registry {
     /// connection task calls this. A client whose own queue overflows does
     /// not read, and is dropped.
     pub fn send_own(&self, slot: &Arc<Slot>, frame: Utf8Bytes) {
-        if let Push::Overflow = slot.enqueue(frame, self.max_queue) {
-            self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
-            self.remove(slot, DisconnectReason::Left, Kick::SlowReader);
+        match slot.enqueue(frame, self.queue) {
+            Push::Overflow => {
+                self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
+                self.remove(slot, DisconnectReason::Left, Kick::SlowReader);
+            }
+            Push::Queued => self.make_room(),
+            Push::Ending => {}
         }
     }
 
@@ -361,7 +481,7 @@ impl Registry {
                     peer_id: peer.id.to_string(),
                     initiator,
                 };
-                if let Push::Overflow = to.push(frame.to_json().into(), self.max_queue) {
+                if let Push::Overflow = to.push(frame.to_json().into(), self.queue) {
                     overflowed.push(to.clone());
                 }
             }
@@ -373,6 +493,7 @@ impl Registry {
             self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
             self.remove_locked(&mut map, &s, DisconnectReason::Left, Kick::SlowReader);
         }
+        self.make_room_locked(&mut map);
         Ok(())
     }
 
@@ -380,6 +501,7 @@ impl Registry {
     pub fn unpair(&self, a: &Arc<Slot>) -> Result<(), ErrorCode> {
         let mut map = lock(&self.map);
         if self.detach_locked(&mut map, a, DisconnectReason::Unpaired) {
+            self.make_room_locked(&mut map);
             Ok(())
         } else {
             Err(ErrorCode::NotPaired)
@@ -393,7 +515,7 @@ impl Registry {
             let Some(peer) = mine.as_ref() else {
                 return Relayed::NotPaired;
             };
-            match peer.push(frame, self.max_queue) {
+            match peer.push(frame, self.queue) {
                 Push::Overflow => Some(peer.clone()),
                 Push::Queued | Push::Ending => None,
             }
@@ -401,6 +523,7 @@ impl Registry {
         match overflow {
             None => {
                 self.metrics.relayed.fetch_add(1, Ordering::Relaxed);
+                self.make_room();
             }
             Some(peer) => {
                 // The peer does not read: drop it, never stall the sender.

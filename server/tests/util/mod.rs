@@ -24,6 +24,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A server running in this process; stopped (1001 to all) on `stop`.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when not on `addr` (`--metrics-listen`).
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -37,6 +39,27 @@ pub async fn start(cfg: Config) -> Server {
     }));
     Server {
         addr,
+        metrics_addr: None,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// A server with `/metrics` on a listener of its own, which no per-IP
+/// limit applies to: tests that exhaust the limits from 127.0.0.1 can
+/// still read the counters.
+pub async fn start_with_metrics(cfg: Config) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let metrics_addr = Some(metrics.local_addr().expect("local addr"));
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(signald::serve(listener, Some(metrics), cfg, async {
+        rx.await.ok();
+    }));
+    Server {
+        addr,
+        metrics_addr,
         stop: Some(tx),
         task: Some(task),
     }
@@ -97,25 +120,12 @@ impl Server {
 
     /// Fetches an HTTP path; returns (status line, body).
     pub async fn http_get(&self, path: &str) -> (String, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(self.addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut out = String::new();
-        tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-            .await
-            .expect("http timed out")
-            .expect("read");
-        let (head, body) = out.split_once("\r\n\r\n").expect("http head");
-        (
-            head.lines().next().unwrap_or("").to_string(),
-            body.to_string(),
-        )
+        http_get(self.addr, path).await
     }
 
     /// The value of one metric line (`name` includes any labels).
     pub async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.http_get("/metrics").await;
+        let (_, body) = http_get(self.metrics_addr.unwrap_or(self.addr), "/metrics").await;
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
@@ -226,6 +236,91 @@ pub async fn expect_close(ws: &mut Ws, code: u16) {
     match next_frame(ws, true).await {
         Ok(v) => panic!("expected close {code}, got frame {v}"),
         Err(got) => assert_eq!(got, Some(code), "close code"),
+    }
+}
+
+/// Fetches an HTTP path from `addr`; returns (status line, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    http_raw(addr, req.as_bytes()).await
+}
+
+/// Sends `request` as it is; returns the answer's (status line, body).
+pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> (String, String) {
+    let s = TcpStream::connect(addr).await.expect("connect");
+    http_on(s, request).await
+}
+
+/// Sends `request` on `s`; returns the answer's (status line, body).
+pub async fn http_on(mut s: TcpStream, request: &[u8]) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("http timed out")
+        .expect("read");
+    let out = String::from_utf8_lossy(&out);
+    let (head, body) = out.split_once("\r\n\r\n").expect("http head");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// A TCP connection to `addr` from the loopback address `from`
+/// (127.0.0.2, ...: one more client address on the same machine).
+pub async fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(SocketAddr::new(from.parse().expect("an address"), 0))
+        .expect("bind the source address");
+    sock.connect(addr).await.expect("connect")
+}
+
+/// A WebSocket upgrade on `stream` with extra request headers: the
+/// client, or the HTTP status it was refused with.
+pub async fn upgrade_on(
+    stream: TcpStream,
+    url: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().expect("a request");
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(*k, v.parse().expect("a header value"));
+    }
+    let res = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .expect("upgrade timed out");
+    match res {
+        Ok((ws, _)) => Ok(ws),
+        Err(Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("upgrade failed without an HTTP status: {e}"),
+    }
+}
+
+/// Connects to `srv` as a plain client: the client, or the HTTP status.
+pub async fn try_connect(srv: &Server, query: &str) -> Result<Ws, u16> {
+    let stream = TcpStream::connect(srv.addr).await.expect("connect");
+    upgrade_on(stream, &srv.url(query), &[]).await
+}
+
+/// Polls `probe` until it holds, for at most [`WAIT`]: for states that
+/// only show from outside (a count given back when a socket closes).
+pub async fn eventually<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !probe().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

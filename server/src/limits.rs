@@ -1,0 +1,405 @@
+//! Who may connect: per-IP limits on open connections, on handshakes in
+//! progress and on registrations per second, and a global limit on
+//! handshakes in progress. Refusals happen before the upgrade (HTTP 429 for
+//! a per-IP limit, 503 for the global one) and are counted by reason.
+//!
+//! Each accepted connection holds a [`Ticket`] that counts it for its
+//! address until it is dropped, so no path can forget to give a count back.
+//! A TCP peer inside `--trusted-proxy` is not limited itself (it carries
+//! many clients); the client it names in `X-Forwarded-For` is counted once
+//! the head is read. IPv6 addresses count by their /64, what one host or
+//! one customer usually gets: per-address limits would be no limit at all.
+//!
+//! All state sits behind one std `Mutex`, held for a few counter updates
+//! and never across an `.await`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::time::Instant;
+
+use crate::proxy;
+
+/// The limits, as configured; zero turns one off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IpLimits {
+    /// Open connections per address (HTTP ones and handshakes included).
+    pub conns_per_ip: usize,
+    /// Connections per address whose TLS handshake or request head is not
+    /// complete yet.
+    pub handshakes_per_ip: usize,
+    /// Handshakes in progress from all addresses together.
+    pub handshakes: usize,
+    /// WebSocket upgrades per address and second (token bucket refill).
+    pub registration_rate: f64,
+    /// Upgrades per address in a burst (token bucket size).
+    pub registration_burst: u32,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    ConnsPerIp,
+    HandshakesPerIp,
+    RegistrationsPerIp,
+    /// The global limit on handshakes in progress.
+    Handshakes,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 4] = [
+        Refused::ConnsPerIp,
+        Refused::HandshakesPerIp,
+        Refused::RegistrationsPerIp,
+        Refused::Handshakes,
+    ];
+
+    /// The `reason` label in `signald_refused_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::ConnsPerIp => "conns_per_ip",
+            Refused::HandshakesPerIp => "handshakes_per_ip",
+            Refused::RegistrationsPerIp => "registrations_per_ip",
+            Refused::Handshakes => "handshakes",
+        }
+    }
+}
+
+/// What is known about one address (or IPv6 /64).
+struct Entry {
+    conns: usize,
+    handshakes: usize,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Entry {
+    fn refill(&mut self, lim: &IpLimits, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * lim.registration_rate).min(lim.registration_burst as f64);
+    }
+
+    /// Nothing here that a fresh entry would not say.
+    fn idle(&mut self, lim: &IpLimits, now: Instant) -> bool {
+        self.conns == 0 && self.handshakes == 0 && {
+            self.refill(lim, now);
+            self.tokens >= lim.registration_burst as f64
+        }
+    }
+}
+
+struct State {
+    by_ip: HashMap<IpAddr, Entry>,
+    handshakes: usize,
+    /// Size of `by_ip` after the last sweep: sweeping again once it has
+    /// doubled keeps the cost per connection constant.
+    swept_at: usize,
+}
+
+pub struct Limits {
+    lim: IpLimits,
+    state: Mutex<State>,
+    refused: [AtomicU64; Refused::ALL.len()],
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The key an address is counted under.
+fn key(ip: IpAddr) -> IpAddr {
+    match proxy::canonical(ip) {
+        v4 @ IpAddr::V4(_) => v4,
+        v6 => proxy::mask(v6, 64),
+    }
+}
+
+fn over(limit: usize, count: usize) -> bool {
+    limit != 0 && count >= limit
+}
+
+impl Limits {
+    pub fn new(lim: IpLimits) -> Arc<Limits> {
+        Arc::new(Limits {
+            lim,
+            state: Mutex::new(State {
+                by_ip: HashMap::new(),
+                handshakes: 0,
+                swept_at: 1024,
+            }),
+            refused: Default::default(),
+        })
+    }
+
+    fn entry<'a>(&self, st: &'a mut State, ip: IpAddr, now: Instant) -> &'a mut Entry {
+        st.by_ip.entry(ip).or_insert_with(|| Entry {
+            conns: 0,
+            handshakes: 0,
+            tokens: self.lim.registration_burst as f64,
+            last: now,
+        })
+    }
+
+    fn count(&self, why: Refused) -> Refused {
+        let i = Refused::ALL
+            .iter()
+            .position(|r| *r == why)
+            .expect("every reason is in ALL");
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+        why
+    }
+
+    /// Admits a freshly accepted connection from `peer`. A trusted proxy
+    /// (`per_ip` false) only counts against the global limit.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, per_ip: bool) -> Result<Ticket, Refused> {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        if over(self.lim.handshakes, st.handshakes) {
+            return Err(self.count(Refused::Handshakes));
+        }
+        let ip = key(peer);
+        if per_ip {
+            if st.by_ip.len() >= st.swept_at * 2 {
+                self.sweep(&mut st, now);
+            }
+            let e = self.entry(&mut st, ip, now);
+            if over(self.lim.conns_per_ip, e.conns) {
+                return Err(self.count(Refused::ConnsPerIp));
+            }
+            if over(self.lim.handshakes_per_ip, e.handshakes) {
+                return Err(self.count(Refused::HandshakesPerIp));
+            }
+            e.conns += 1;
+            e.handshakes += 1;
+        }
+        st.handshakes += 1;
+        Ok(Ticket {
+            limits: self.clone(),
+            counted: per_ip.then_some(ip),
+            handshaking: true,
+            handshake_ip: per_ip.then_some(ip),
+        })
+    }
+
+    fn sweep(&self, st: &mut State, now: Instant) {
+        let lim = self.lim;
+        st.by_ip.retain(|_, e| !e.idle(&lim, now));
+        st.swept_at = st.by_ip.len().max(1024);
+    }
+
+    /// Connections refused so far for `why`.
+    pub fn refused(&self, why: Refused) -> u64 {
+        let i = Refused::ALL.iter().position(|r| *r == why).expect("in ALL");
+        self.refused[i].load(Ordering::Relaxed)
+    }
+
+    /// Handshakes in progress now.
+    pub fn handshakes(&self) -> usize {
+        lock(&self.state).handshakes
+    }
+
+    /// Addresses with state kept (connections, or a bucket not yet full).
+    pub fn tracked(&self) -> usize {
+        lock(&self.state).by_ip.len()
+    }
+
+    fn release(&self, st: &mut State, ip: IpAddr, conn: bool, handshake: bool, now: Instant) {
+        let lim = self.lim;
+        let Some(e) = st.by_ip.get_mut(&ip) else {
+            return;
+        };
+        if conn {
+            e.conns -= 1;
+        }
+        if handshake {
+            e.handshakes -= 1;
+        }
+        if e.idle(&lim, now) {
+            st.by_ip.remove(&ip);
+        }
+    }
+}
+
+/// One accepted connection's place in the counts; gives it back on drop.
+pub struct Ticket {
+    limits: Arc<Limits>,
+    /// The key its connection counts under, if any (not for a trusted
+    /// proxy until its client is known).
+    counted: Option<IpAddr>,
+    handshaking: bool,
+    handshake_ip: Option<IpAddr>,
+}
+
+impl Ticket {
+    /// The head is read (and TLS done): no longer a handshake in progress.
+    pub fn handshake_done(&mut self) {
+        if !self.handshaking {
+            return;
+        }
+        self.handshaking = false;
+        let now = Instant::now();
+        let mut st = lock(&self.limits.state);
+        st.handshakes -= 1;
+        if let Some(ip) = self.handshake_ip.take() {
+            self.limits.release(&mut st, ip, false, true, now);
+        }
+    }
+
+    /// Counts the connection for the client a trusted proxy named.
+    pub fn attribute(&mut self, client: IpAddr) -> Result<(), Refused> {
+        if self.counted.is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let ip = key(client);
+        let limits = self.limits.clone();
+        let mut st = lock(&limits.state);
+        let e = limits.entry(&mut st, ip, now);
+        if over(limits.lim.conns_per_ip, e.conns) {
+            let idle = e.idle(&limits.lim, now);
+            if idle {
+                st.by_ip.remove(&ip);
+            }
+            return Err(limits.count(Refused::ConnsPerIp));
+        }
+        e.conns += 1;
+        self.counted = Some(ip);
+        Ok(())
+    }
+
+    /// A WebSocket upgrade from this connection's client: takes a token
+    /// from its bucket. Connections not counted per IP are not limited.
+    pub fn register(&self) -> Result<(), Refused> {
+        let Some(ip) = self.counted else {
+            return Ok(());
+        };
+        let lim = self.limits.lim;
+        if lim.registration_rate == 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut st = lock(&self.limits.state);
+        let e = self.limits.entry(&mut st, ip, now);
+        e.refill(&lim, now);
+        if e.tokens >= 1.0 {
+            e.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(self.limits.count(Refused::RegistrationsPerIp))
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let mut st = lock(&self.limits.state);
+        if self.handshaking {
+            st.handshakes -= 1;
+        }
+        if let Some(ip) = self.handshake_ip.take() {
+            self.limits.release(&mut st, ip, false, true, now);
+        }
+        if let Some(ip) = self.counted {
+            self.limits.release(&mut st, ip, true, false, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim() -> IpLimits {
+        IpLimits {
+            conns_per_ip: 2,
+            handshakes_per_ip: 1,
+            handshakes: 3,
+            registration_rate: 0.001,
+            registration_burst: 2,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn counts_come_back_and_each_limit_refuses() {
+        let l = Limits::new(lim());
+        let a = ip("192.0.2.1");
+        let mut t1 = l.admit(a, true).unwrap();
+        assert_eq!(l.admit(a, true).err(), Some(Refused::HandshakesPerIp));
+        t1.handshake_done();
+        let mut t2 = l.admit(a, true).unwrap();
+        t2.handshake_done();
+        assert_eq!(l.admit(a, true).err(), Some(Refused::ConnsPerIp));
+        // Registrations: a burst of two, then none (the refill is slow).
+        t1.register().unwrap();
+        t2.register().unwrap();
+        assert_eq!(t2.register(), Err(Refused::RegistrationsPerIp));
+        drop(t1);
+        drop(t2);
+        // The bucket is remembered after the connections are gone.
+        assert_eq!(l.tracked(), 1);
+        let t3 = l.admit(a, true).unwrap();
+        assert_eq!(t3.register(), Err(Refused::RegistrationsPerIp));
+        drop(t3);
+        // Global handshakes, from other addresses and through a proxy.
+        let _h: Vec<Ticket> = ["192.0.2.2", "192.0.2.3", "192.0.2.4"]
+            .iter()
+            .map(|s| l.admit(ip(s), s != &"192.0.2.4").unwrap())
+            .collect();
+        assert_eq!(l.handshakes(), 3);
+        assert_eq!(
+            l.admit(ip("192.0.2.5"), true).err(),
+            Some(Refused::Handshakes)
+        );
+        assert_eq!(l.refused(Refused::Handshakes), 1);
+        assert_eq!(l.refused(Refused::ConnsPerIp), 1);
+        assert_eq!(l.refused(Refused::RegistrationsPerIp), 2);
+    }
+
+    #[tokio::test]
+    async fn a_proxied_client_counts_for_itself_and_v6_by_its_64() {
+        let l = Limits::new(lim());
+        let proxy = ip("127.0.0.1");
+        let mut tickets = Vec::new();
+        for _ in 0..2 {
+            let mut t = l.admit(proxy, false).unwrap();
+            t.handshake_done();
+            t.attribute(ip("2001:db8:1:2::7")).unwrap();
+            tickets.push(t);
+        }
+        let mut t = l.admit(proxy, false).unwrap();
+        t.handshake_done();
+        // Another address in the same /64.
+        assert_eq!(
+            t.attribute(ip("2001:db8:1:2::99")),
+            Err(Refused::ConnsPerIp)
+        );
+        t.attribute(ip("2001:db8:1:3::1")).unwrap();
+        drop(t);
+        drop(tickets);
+        assert_eq!(l.handshakes(), 0);
+    }
+
+    #[tokio::test]
+    async fn zero_is_off() {
+        let l = Limits::new(IpLimits {
+            conns_per_ip: 0,
+            handshakes_per_ip: 0,
+            handshakes: 0,
+            registration_rate: 0.0,
+            registration_burst: 0,
+        });
+        let a = ip("192.0.2.1");
+        let tickets: Vec<Ticket> = (0..100).map(|_| l.admit(a, true).unwrap()).collect();
+        for t in &tickets {
+            t.register().unwrap();
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Memory under a slow reader: every outbox is bounded in bytes, all of
+//! them together by the global budget, and what they held is given back.
+//! Measured with the server's own accounting (`signald_buffered_bytes`);
+//! the process's RSS is the benchmark's business.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde_json::json;
+use signald::Config;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::util::{self, Client, Server, eventually, start, start_default};
+
+/// A client with a tiny receive buffer that reads its `welcome` and then
+/// only what the test asks it to.
+async fn stuck(srv: &Server, id: &str) -> Client {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(srv.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        srv.url(&format!("id={id}")),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let mut c = Client { ws, id: id.into() };
+    assert_eq!(c.recv().await["type"], "welcome");
+    c
+}
+
+/// An offer of `len` bytes of JSON.
+fn offer(len: usize) -> String {
+    let head = r#"{"type":"offer","sdp":""#;
+    let tail = r#""}"#;
+    format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
+}
+
+/// `flooder` pairs with `target`, which reads its `paired` and then nothing.
+async fn pair_with(flooder: &mut Client, target: &mut Client) {
+    flooder
+        .send(json!({"type":"pair","peer_id":target.id}))
+        .await;
+    assert_eq!(flooder.recv().await["type"], "paired");
+    assert_eq!(target.recv().await["type"], "paired");
+}
+
+async fn flood(c: &mut Client, frame: &str, n: usize) {
+    let send = async {
+        for _ in 0..n {
+            c.ws.feed(Message::text(frame.to_string())).await.unwrap();
+        }
+        c.ws.flush().await.unwrap();
+    };
+    tokio::time::timeout(util::WAIT, send)
+        .await
+        .expect("the flooder stalled: signald stopped reading it");
+}
+
+async fn buffered_back_to_zero(srv: &Server) {
+    // Only small frames (notices, pings) may be in flight by then.
+    eventually("buffered bytes back to ~0", || async {
+        srv.metric("signald_buffered_bytes").await <= 1024.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_dropped_by_bytes_and_its_peer_told_at_once() {
+    let srv = start(Config {
+        close_grace: Duration::from_millis(200),
+        ..Config::default()
+    })
+    .await;
+    let limit = Config::default().max_queue_bytes;
+    let mut target = stuck(&srv, "stuck").await;
+    let mut flooder = srv.named("flooder").await;
+    pair_with(&mut flooder, &mut target).await;
+    // 150 offers of 64 KiB: under the rate limit's burst and under the
+    // frame bound (256), 9.6 MB in all: far more than the socket takes.
+    let frame = offer(64 * 1024);
+    flood(&mut flooder, &frame, 150).await;
+    // Told at once: the very next frame, no ping timeout in between.
+    assert_eq!(
+        flooder.recv().await,
+        json!({"type":"peer_disconnected","peer_id":"stuck","reason":"left"})
+    );
+    let peak = srv.metric("signald_buffered_bytes_peak").await;
+    assert!(peak > 0.0);
+    // The reader's bound, plus the few small frames of the others.
+    assert!(
+        peak <= (limit + 4096) as f64,
+        "buffered {peak} bytes at the peak, the bound is {limit}"
+    );
+    assert_eq!(srv.metric("signald_slow_reader_drops_total").await, 1.0);
+    assert_eq!(srv.metric("signald_budget_evictions_total").await, 0.0);
+    buffered_back_to_zero(&srv).await;
+    // The flooder is unpaired and served as before.
+    flooder.probe_unpaired().await;
+    drop(target);
+}
+
+#[tokio::test]
+async fn many_slow_readers_stay_within_the_global_budget() {
+    let budget = 512 * 1024;
+    let frame_len = 64 * 1024;
+    let srv = start(Config {
+        // Each reader alone may hold twice the budget: only the budget
+        // stops them, by dropping whoever holds the most.
+        max_queue_bytes: 2 * budget,
+        max_buffered_bytes: budget,
+        close_grace: Duration::from_millis(200),
+        ..Config::default()
+    })
+    .await;
+    let (mut c, mut d) = srv.pair("c", "d").await;
+    let mut pairs = Vec::new();
+    for i in 0..4 {
+        let mut target = stuck(&srv, &format!("stuck{i}")).await;
+        let mut flooder = srv.named(&format!("flooder{i}")).await;
+        pair_with(&mut flooder, &mut target).await;
+        pairs.push((flooder, target));
+    }
+    let frame = offer(frame_len);
+    // All four at once, 9.6 MB each: the kernel takes a few MB per socket
+    // on loopback, the rest has to wait in signald.
+    futures_util::future::join_all(
+        pairs
+            .iter_mut()
+            .map(|(flooder, _)| flood(flooder, &frame, 150)),
+    )
+    .await;
+    for (i, (flooder, _)) in pairs.iter_mut().enumerate() {
+        assert_eq!(
+            flooder.recv().await,
+            json!({"type":"peer_disconnected","peer_id":format!("stuck{i}"),"reason":"left"})
+        );
+    }
+    let peak = srv.metric("signald_buffered_bytes_peak").await;
+    // The budget, passed by at most the frame that tipped it over.
+    assert!(
+        peak <= (budget + frame_len + 4096) as f64,
+        "buffered {peak} bytes at the peak, the budget is {budget}"
+    );
+    assert_eq!(srv.metric("signald_budget_evictions_total").await, 4.0);
+    assert_eq!(srv.metric("signald_slow_reader_drops_total").await, 0.0);
+    buffered_back_to_zero(&srv).await;
+    // A pairing that reads was never touched.
+    c.send(json!({"type":"offer","sdp":"still here"})).await;
+    assert_eq!(d.recv().await["sdp"], "still here");
+    drop(pairs);
+}
+
+#[tokio::test]
+async fn a_large_message_reaches_a_reader_whole() {
+    // Sent as fragments; the client sees one message, byte for byte,
+    // multi-byte characters across the fragment boundaries included.
+    let srv = start_default().await;
+    let (mut a, mut b) = srv.pair("a", "b").await;
+    let sdp: String = "é€😀x".repeat(6000);
+    a.send(json!({"type":"offer","sdp":sdp})).await;
+    let got = b.recv().await;
+    assert_eq!(got["sdp"].as_str().map(str::len), Some(sdp.len()));
+    assert_eq!(got["sdp"], sdp);
+    assert_eq!(got["from"], "a");
+    // Control characters grow six-fold in JSON: still one message.
+    let ctl = "\u{1}".repeat(10_000);
+    a.send(json!({"type":"answer","sdp":ctl})).await;
+    assert_eq!(b.recv().await["sdp"], ctl);
+    buffered_back_to_zero(&srv).await;
+}
