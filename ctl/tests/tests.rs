@@ -3,6 +3,7 @@
 
 mod control_socket;
 mod data;
+mod delivery;
 mod failures;
 mod hostile;
 mod invite;

@@ -63,6 +63,40 @@ pub fn start(
     Reader { dc, task }
 }
 
+/// How often a drain looks at what is still unacknowledged. The crate has
+/// no event for "everything acknowledged" that a task can await next to a
+/// deadline; 5 ms is small beside any drain that matters.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// Waits until the peer's SCTP stack has acknowledged every byte `send`
+/// handed to `dc` (a `send` still blocked on the full buffer gets in and
+/// is waited for too), at most `limit`; then closes the channel, which the
+/// peer sees after the last message. Reports [`PcEventKind::Drained`].
+pub fn drain(dc: Arc<dyn DataChannel>, limit: Duration, ctx: PcContext) {
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        wake_driver(&dc).await;
+        loop {
+            match dc.outstanding_bytes().await {
+                // Err: the channel is already closed; nothing to wait for.
+                Ok(0) | Err(_) => break,
+                Ok(n) if started.elapsed() >= limit => {
+                    tracing::warn!(
+                        unacknowledged_bytes = n,
+                        "drain timed out: closing with data the peer has not acknowledged (--drain-timeout {})",
+                        humantime::format_duration(limit)
+                    );
+                    break;
+                }
+                Ok(_) => tokio::time::sleep(DRAIN_POLL).await,
+            }
+        }
+        tracing::debug!(took = ?started.elapsed(), "drained");
+        let _ = dc.close().await;
+        ctx.forward(PcEventKind::Drained);
+    });
+}
+
 /// Wakes the connection's driver so that queued packets leave now rather
 /// than at the ICE agent's next 200 ms tick: setting the threshold has that
 /// side effect (measured; the crate does not document it).

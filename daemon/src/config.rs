@@ -108,6 +108,12 @@ pub struct Cli {
     /// gives up and is ready again.
     #[arg(long, env = "P2PD_CONNECT_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+
+    /// On `unpair` and on SIGTERM: longest wait for what `send` accepted to
+    /// reach the peer before the link is closed anyway (and, when the peer
+    /// unpairs, for its last messages to arrive).
+    #[arg(long, env = "P2PD_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 fn parse_trust(s: &str) -> Result<TrustPolicy, String> {
@@ -155,6 +161,7 @@ pub struct Config {
     pub reconnect_max: Duration,
     pub ice_disconnected_timeout: Duration,
     pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
 }
 
 impl Cli {
@@ -228,6 +235,7 @@ impl Cli {
             reconnect_max: self.reconnect_max.max(Duration::from_millis(50)),
             ice_disconnected_timeout: self.ice_disconnected_timeout,
             connect_timeout: self.connect_timeout,
+            drain_timeout: self.drain_timeout,
         })
     }
 }

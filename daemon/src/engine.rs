@@ -188,6 +188,7 @@ impl Engine {
             Policy {
                 allow_peers: cfg.allow_peers.clone(),
                 connect_timeout: cfg.connect_timeout,
+                drain_timeout: cfg.drain_timeout,
                 server: cfg.server.clone(),
             },
             TrustStore::open(cfg.known_peers.clone(), cfg.trust),
@@ -218,19 +219,27 @@ impl Engine {
         (engine, inputs, handle)
     }
 
+    /// Runs until shutdown, and after it until an open link has drained
+    /// (bounded by the drain timeout): `Input::Shutdown` starts that.
     pub async fn run(mut self, mut inputs: Inputs) {
+        let mut stopping = false;
         loop {
             let deadline = self.core.deadline();
             tokio::select! {
-                _ = inputs.shutdown.changed() => break,
+                _ = inputs.shutdown.changed(), if !stopping => {
+                    stopping = true;
+                    self.step(Input::Shutdown).await;
+                }
                 Some(cmd) = inputs.cmds.recv() => self.on_cmd(cmd).await,
                 Some(ev) = inputs.sig.recv() => self.on_signal(ev).await,
                 Some(ev) = inputs.pc.recv() => self.on_pc(ev).await,
                 _ = sleep_until_opt(deadline) => self.step(Input::Tick).await,
                 else => break,
             }
+            if stopping && !self.core.link().is_paired() {
+                break;
+            }
         }
-        self.step(Input::Shutdown).await;
         if let Some(pc) = self.pc.take() {
             pc.close().await;
         }
@@ -391,6 +400,7 @@ impl Engine {
             }
             PcEventKind::InviteClaim { number, reply } => Input::InviteClaim { number, reply },
             PcEventKind::InviteDone(result) => Input::InviteDone(result),
+            PcEventKind::Drained => Input::Drained,
             PcEventKind::ChannelOpen => Input::ChannelOpen {
                 path: pc.path().await,
             },
@@ -490,6 +500,13 @@ impl Engine {
                 self.link_tx.send_replace(None);
                 None
             }
+            Effect::Drain => match &self.pc {
+                Some(pc) => {
+                    pc.drain(self.cfg.drain_timeout);
+                    None
+                }
+                None => Some(Input::Drained),
+            },
             Effect::Reset => {
                 if self.server.is_connected() {
                     self.fresh_pc().await;

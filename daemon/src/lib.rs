@@ -60,6 +60,10 @@ pub async fn run(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The signaling task stops only after the engine: a draining link
+    // still says `unpair` to signald once its data has left.
+    let (sig_stop_tx, sig_stop_rx) = watch::channel(false);
+    let drain_timeout = cfg.drain_timeout;
     let counters = Arc::new(counters::Counters::default());
     let hub = hub::Hub::new(
         hub::HistoryLimits {
@@ -80,7 +84,7 @@ pub async fn run(
             tls: cfg.tls.clone(),
         },
         sig_tx,
-        stop_rx.clone(),
+        sig_stop_rx,
     );
     let socket = cfg.socket.clone();
     tracing::info!(fingerprint = %identity.fingerprint(), trust = ?cfg.trust, known_peers = %cfg.known_peers.display(), "identity");
@@ -101,14 +105,16 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let joined = tokio::time::timeout(Duration::from_secs(5), async {
+    let limit = drain_timeout + Duration::from_secs(5);
+    let joined = tokio::time::timeout(limit, async {
         let _ = control_task.await;
         let _ = engine_task.await;
+        let _ = sig_stop_tx.send(true);
         let _ = sig_task.await;
     })
     .await;
     if joined.is_err() {
-        tracing::warn!("some tasks did not stop within 5 s");
+        tracing::warn!(?limit, "some tasks did not stop in time");
     }
     Ok(())
 }

@@ -107,6 +107,8 @@ pub enum PcEventKind {
     },
     /// The invitation handshake ended.
     InviteDone(Result<(), InviteFailure>),
+    /// A drain ([`Pc::drain`]) is over.
+    Drained,
 }
 
 /// The connection's states as its callbacks last reported them.
@@ -477,6 +479,15 @@ impl Pc {
     /// The data channel, once there is one.
     pub fn channel(&self) -> Option<Arc<dyn DataChannel>> {
         self.channel.as_ref().map(|c| c.channel().clone())
+    }
+
+    /// Starts draining the data channel (see [`channel::drain`]); reports
+    /// [`PcEventKind::Drained`] at once when there is no channel.
+    pub fn drain(&self, limit: Duration) {
+        match self.channel() {
+            Some(dc) => channel::drain(dc, limit, self.ctx.clone()),
+            None => self.ctx.forward(PcEventKind::Drained),
+        }
     }
 
     /// Whether an offer or answer was made with this connection.

@@ -281,7 +281,18 @@ async fn session(
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
-                let _ = timeout(Duration::from_millis(500), ws.close(None)).await;
+                // The engine's last frames (a drained link's `unpair`) go
+                // first; the engine has stopped, so nothing more comes.
+                let _ = timeout(Duration::from_millis(500), async {
+                    while let Ok(msg) = out.try_recv() {
+                        let text = serde_json::to_string(&msg).expect("client messages serialise");
+                        if ws.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    ws.close(None).await
+                })
+                .await;
                 return Ended::Other("shutting down".into());
             }
             _ = sleep_until(deadline) => {

@@ -62,7 +62,11 @@ struct Server {
 impl Server {
     fn start(bin: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
+        // Every client comes from 127.0.0.1: the per-address limits that
+        // guard a public server would measure themselves, not signald.
         cmd.args(["--listen", "127.0.0.1:0", "--max-clients", "100000"])
+            .args(["--max-conns-per-ip", "0", "--max-handshakes-per-ip", "0"])
+            .args(["--registrations-per-ip", "0"])
             .args(args)
             .env("SIGNALD_LOG", "warn");
         let signald = p2p_testkit::Signald::spawn(cmd);

@@ -7,8 +7,8 @@ use p2p_proto::control::{DisconnectReason, ErrorBody, ErrorCode};
 use tokio::time::Instant;
 
 use super::{
-    Change, Closing, Connecting, Core, Effect, Ending, LOSS_GRACE, Link, Negotiation, Signaling,
-    err,
+    Awaiting, Change, Closing, Connecting, Core, Effect, Ending, LOSS_GRACE, Link, Negotiation,
+    Signaling, err,
 };
 
 impl Core {
@@ -46,6 +46,15 @@ impl Core {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
+        if let Link::Closing(c) = &self.link
+            && !matches!(c.awaiting, Awaiting::Notice)
+        {
+            // Draining, or reading the peer's last messages: with the
+            // connection gone there is nothing more to wait for.
+            let e = c.ending.clone();
+            self.apply(Change::End(e), fx);
+            return;
+        }
         let (peer, initiator, described, waiter, invite) =
             match std::mem::replace(&mut self.link, Link::Idle) {
                 Link::Connecting(c) => (
@@ -63,6 +72,7 @@ impl Core {
                 }
             };
         let c = Closing {
+            awaiting: Awaiting::Notice,
             ending: Ending {
                 reason,
                 error: self.no_path_error(),

@@ -155,6 +155,7 @@ impl Core {
             unreachable!("called on a connecting link")
         };
         let closing = super::Closing {
+            awaiting: super::Awaiting::Notice,
             peer: c.peer,
             initiator: c.initiator,
             ending,

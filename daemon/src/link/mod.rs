@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 pub use invite::{InviteEdit, InviteProgress, InviteRole};
 pub use state::{
-    Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Requested, Waiter,
+    Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Requested, Waiter,
 };
 pub use trust::{PeerIdentity, TrustEdit};
 
@@ -116,6 +116,8 @@ pub enum Input {
     },
     /// The daemon is stopping.
     Shutdown,
+    /// What [`Effect::Drain`] waited for has left (or the wait gave up).
+    Drained,
 }
 
 /// What the engine must do.
@@ -154,6 +156,10 @@ pub enum Effect {
     },
     /// The channel is going: `send` fails from now on.
     Withdraw,
+    /// Wait until the peer has acknowledged everything `send` accepted
+    /// (bounded by the drain timeout), then close the channel so the peer
+    /// reads to its end; answer with [`Input::Drained`].
+    Drain,
     /// Close the peer connection and build a fresh one.
     Reset,
 }
@@ -172,6 +178,8 @@ pub struct Policy {
     pub allow_peers: Vec<String>,
     /// Longest a pairing may take to open its channel.
     pub connect_timeout: Duration,
+    /// Longest an ending link waits for data in flight ([`Awaiting`]).
+    pub drain_timeout: Duration,
     /// signald's URL, for messages.
     pub server: String,
 }
@@ -273,8 +281,25 @@ impl Core {
                 }
             },
             Input::Unpair(reply) => {
-                let ending = match &self.link {
+                let ending = match &mut self.link {
                     Link::Idle => None,
+                    Link::Open(_) => {
+                        let e = Ending {
+                            reason: DisconnectReason::LocalUnpair,
+                            error: err(ErrorCode::Failed, "unpaired locally"),
+                            tell_signald: true,
+                        };
+                        self.drain(e, Some(reply), now, &mut fx);
+                        return fx;
+                    }
+                    Link::Closing(Closing {
+                        awaiting: Awaiting::Drain { unpairs },
+                        ..
+                    }) => {
+                        // Answered with the first, once the drain is done.
+                        unpairs.push(reply);
+                        return fx;
+                    }
                     // Already ending: end now, as it would have.
                     Link::Closing(c) => Some(c.ending.clone()),
                     _ => Some(Ending {
@@ -356,17 +381,91 @@ impl Core {
             Input::TrustEdit { edit, reply } => self.on_trust_edit(edit, reply, &mut fx),
             Input::Tick => self.on_tick(now, &mut fx),
             Input::Shutdown => {
-                if self.link.peer().is_some() {
-                    let e = Ending {
-                        reason: DisconnectReason::Shutdown,
-                        error: err(ErrorCode::ShuttingDown, "p2pd is shutting down"),
-                        tell_signald: false,
-                    };
+                let e = Ending {
+                    reason: DisconnectReason::Shutdown,
+                    error: err(ErrorCode::ShuttingDown, "p2pd is shutting down"),
+                    // Our connection to signald closes next and signald
+                    // tells the peer; only after a drain do we say
+                    // `unpair` first (the peer then reads to the end).
+                    tell_signald: false,
+                };
+                match &self.link {
+                    Link::Open(_) => {
+                        let e = Ending {
+                            tell_signald: true,
+                            ..e
+                        };
+                        self.drain(e, None, now, &mut fx);
+                    }
+                    // Already draining: that goes on, then we stop.
+                    Link::Closing(Closing {
+                        awaiting: Awaiting::Drain { .. },
+                        ..
+                    }) => {}
+                    _ if self.link.peer().is_some() => self.apply(Change::End(e), &mut fx),
+                    _ => {}
+                }
+            }
+            Input::Drained => {
+                if let Link::Closing(Closing {
+                    awaiting: Awaiting::Drain { .. },
+                    ending,
+                    ..
+                }) = &self.link
+                {
+                    let e = ending.clone();
                     self.apply(Change::End(e), &mut fx);
                 }
             }
         }
         fx
+    }
+
+    /// Ends the open link the graceful way: `send` stops at once, the
+    /// channel drains (bounded), and only then does `ending` happen.
+    fn drain(
+        &mut self,
+        ending: Ending,
+        unpair: Option<tokio::sync::oneshot::Sender<bool>>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Link::Open(o) = std::mem::replace(&mut self.link, Link::Idle) else {
+            unreachable!("called on an open link")
+        };
+        let c = Closing {
+            peer: o.peer,
+            initiator: o.initiator,
+            awaiting: Awaiting::Drain {
+                unpairs: unpair.into_iter().collect(),
+            },
+            ending,
+            described: true,
+            until: now + self.policy.drain_timeout,
+            waiter: None,
+            verdict: None,
+        };
+        self.apply(Change::Lose(c), fx);
+        fx.push(Effect::Drain);
+    }
+
+    /// The peer unpaired an open link: read what it sent before leaving
+    /// (its channel closes after the last message), bounded.
+    fn read_to_end(&mut self, ending: Ending, now: Instant, fx: &mut Vec<Effect>) {
+        let Link::Open(o) = std::mem::replace(&mut self.link, Link::Idle) else {
+            unreachable!("called on an open link")
+        };
+        let c = Closing {
+            peer: o.peer,
+            initiator: o.initiator,
+            awaiting: Awaiting::ChannelEnd,
+            ending,
+            described: true,
+            until: now + self.policy.drain_timeout,
+            waiter: None,
+            verdict: None,
+        };
+        self.apply(Change::Lose(c), fx);
     }
 
     /// With `code` the peer's key need not be pinned: the code proves it.
@@ -455,7 +554,16 @@ impl Core {
                 }
             }
             Change::End(e) => {
-                let old = std::mem::replace(&mut self.link, Link::Idle);
+                let mut old = std::mem::replace(&mut self.link, Link::Idle);
+                if let Link::Closing(Closing {
+                    awaiting: Awaiting::Drain { unpairs },
+                    ..
+                }) = &mut old
+                {
+                    for reply in unpairs.drain(..) {
+                        let _ = reply.send(true);
+                    }
+                }
                 let paired = old.is_paired();
                 let peer = old.peer().map(str::to_string);
                 if let (Some(number), Some(peer_id)) = (old.claimed_invite(), &peer) {

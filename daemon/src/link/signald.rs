@@ -52,7 +52,12 @@ impl Core {
                         error,
                         tell_signald: false,
                     };
-                    if let Link::Connecting(c) = &self.link
+                    if matches!(self.link, Link::Open(_)) && reason == SigReason::Unpaired {
+                        // It may still be sending its last messages: a p2pd
+                        // unpairs only after they were acknowledged, but
+                        // they can still be on their way to `tail`.
+                        self.read_to_end(e, now, fx);
+                    } else if let Link::Connecting(c) = &self.link
                         && c.invite.as_ref().is_some_and(|i| i.started)
                     {
                         // A side that failed the handshake unpairs at once;

@@ -41,8 +41,8 @@ pub enum Link {
     Connecting(Connecting),
     /// The data channel is open.
     Open(Open),
-    /// The connection broke; waiting a moment for signald's notice, which
-    /// names the real reason, before resetting.
+    /// The link is ending and waits, bounded, for one thing first (see
+    /// [`Awaiting`]) before resetting.
     Closing(Closing),
 }
 
@@ -96,7 +96,10 @@ pub struct Open {
 pub struct Closing {
     pub peer: String,
     pub initiator: bool,
-    /// How the link ends unless signald's notice comes first.
+    /// What the link waits for before it ends.
+    pub awaiting: Awaiting,
+    /// How the link ends (unless, awaiting the notice, the notice names
+    /// another reason).
     pub ending: Ending,
     /// Whether the peer's description had been applied (a notice that the
     /// peer unpaired then means it gave up, not that it refused).
@@ -107,6 +110,20 @@ pub struct Closing {
     /// invite it claimed, on the inviter's side): its verdict, if it comes
     /// before `until`, names why the pairing ended.
     pub verdict: Option<Option<u16>>,
+}
+
+/// What an ending link waits for, until [`Closing::until`] at most.
+#[derive(Debug)]
+pub enum Awaiting {
+    /// The connection broke: signald's notice, which names the real
+    /// reason (or an invitation handshake's verdict, see `verdict`).
+    Notice,
+    /// We end it (`unpair`, SIGTERM): what `send` accepted is still on its
+    /// way. The `unpair` requests are answered once it has left.
+    Drain { unpairs: Vec<oneshot::Sender<bool>> },
+    /// The peer unpaired: its last messages are still arriving, and its
+    /// channel closes after them.
+    ChannelEnd,
 }
 
 /// How a pairing ends: the event's reason, what a waiting `pair` is told,

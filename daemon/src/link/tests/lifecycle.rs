@@ -362,6 +362,128 @@ fn local_unpair_tells_signald_and_resets() {
 }
 
 #[test]
+fn unpairing_an_open_link_drains_before_telling_anyone() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let (reply, mut rx) = oneshot::channel();
+    let fx = t.on(Input::Unpair(reply));
+    // `send` stops and the channel drains; signald and the peer hear
+    // nothing yet, and the `unpair` is not answered.
+    assert_eq!(fx, [Effect::Withdraw, Effect::Drain]);
+    assert_eq!(t.state(), LinkState::Closing);
+    assert!(rx.try_recv().is_err());
+    // A second `unpair` waits for the same drain.
+    let (reply2, mut rx2) = oneshot::channel();
+    assert!(t.on(Input::Unpair(reply2)).is_empty());
+    // A pairing cannot start meanwhile.
+    let (_, mut answer) = t.pair("carol", true, LONG);
+    assert_eq!(
+        answered(&mut answer).unwrap_err().code,
+        ErrorCode::AlreadyPaired
+    );
+
+    let fx = t.on(Input::Drained);
+    assert!(sends_unpair(&fx));
+    assert_eq!(ended(&fx), Some(DisconnectReason::LocalUnpair));
+    assert!(fx.contains(&Effect::Reset));
+    assert_eq!((rx.try_recv(), rx2.try_recv()), (Ok(true), Ok(true)));
+    assert_eq!(t.state(), LinkState::Idle);
+    assert!(t.on(Input::Drained).is_empty(), "a late report is ignored");
+}
+
+#[test]
+fn a_drain_that_never_finishes_ends_at_the_drain_timeout() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let (reply, mut rx) = oneshot::channel();
+    t.on(Input::Unpair(reply));
+    assert!(t.advance(DRAIN - Duration::from_millis(1)).is_empty());
+    let fx = t.advance(Duration::from_millis(1));
+    assert!(sends_unpair(&fx));
+    assert_eq!(ended(&fx), Some(DisconnectReason::LocalUnpair));
+    assert_eq!(rx.try_recv(), Ok(true));
+}
+
+#[test]
+fn a_connection_lost_while_draining_ends_at_once() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let (reply, mut rx) = oneshot::channel();
+    t.on(Input::Unpair(reply));
+    let fx = t.on(Input::Lost {
+        reason: DisconnectReason::IceFailed,
+        clean: false,
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::LocalUnpair));
+    assert!(sends_unpair(&fx));
+    assert_eq!(rx.try_recv(), Ok(true));
+}
+
+#[test]
+fn shutdown_drains_an_open_link_and_then_says_unpair() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let fx = t.on(Input::Shutdown);
+    assert_eq!(fx, [Effect::Withdraw, Effect::Drain]);
+    assert!(
+        t.on(Input::Shutdown).is_empty(),
+        "a second signal waits too"
+    );
+    let fx = t.on(Input::Drained);
+    assert!(sends_unpair(&fx), "so that the peer reads to the end");
+    assert_eq!(ended(&fx), Some(DisconnectReason::Shutdown));
+    assert_eq!(t.state(), LinkState::Idle);
+
+    // Not open: nothing to drain, and signald hears of it from the
+    // connection closing.
+    t.pair("bob", true, LONG);
+    t.server(paired("bob", true));
+    let fx = t.on(Input::Shutdown);
+    assert!(!fx.contains(&Effect::Drain) && !sends_unpair(&fx));
+    assert_eq!(ended(&fx), Some(DisconnectReason::Shutdown));
+}
+
+#[test]
+fn a_peer_that_unpairs_is_read_to_the_end_of_its_channel() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let fx = t.server(ServerMsg::PeerDisconnected {
+        peer_id: "bob".into(),
+        reason: SigReason::Unpaired,
+    });
+    assert_eq!(
+        fx,
+        [Effect::Withdraw],
+        "no reset while its last messages arrive"
+    );
+    assert_eq!(t.state(), LinkState::Closing);
+    let fx = t.on(Input::Lost {
+        reason: DisconnectReason::ChannelClosed,
+        clean: true,
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::Unpaired));
+    assert!(!sends_unpair(&fx) && fx.contains(&Effect::Reset));
+
+    // A peer whose channel never closes (not a p2pd) costs the drain
+    // timeout, no more.
+    t.open_with_bob();
+    t.server(ServerMsg::PeerDisconnected {
+        peer_id: "bob".into(),
+        reason: SigReason::Unpaired,
+    });
+    let fx = t.advance(DRAIN);
+    assert_eq!(ended(&fx), Some(DisconnectReason::Unpaired));
+
+    // A peer that timed out at signald is gone: nothing more will come.
+    t.open_with_bob();
+    let fx = t.server(ServerMsg::PeerDisconnected {
+        peer_id: "bob".into(),
+        reason: SigReason::Timeout,
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::Timeout));
+}
+
+#[test]
 fn pair_is_checked_before_anything_is_sent() {
     let mut t = T::new();
     for (peer, code) in [

@@ -58,6 +58,7 @@ impl T {
                 Policy {
                     allow_peers: allow.iter().map(|s| s.to_string()).collect(),
                     connect_timeout: Duration::from_secs(15),
+                    drain_timeout: DRAIN,
                     server: "ws://signald/ws".into(),
                 },
                 store,
@@ -124,10 +125,15 @@ impl T {
         }
     }
 
+    /// `unpair`, with the drain an open link asks for done at once (as
+    /// the engine reports it); the effects of both steps.
     fn unpair(&mut self) -> (Vec<Effect>, bool) {
         let (reply, mut rx) = oneshot::channel();
-        let fx = self.on(Input::Unpair(reply));
-        (fx, rx.try_recv().expect("unpair answered at once"))
+        let mut fx = self.on(Input::Unpair(reply));
+        if fx.contains(&Effect::Drain) {
+            fx.extend(self.on(Input::Drained));
+        }
+        (fx, rx.try_recv().expect("unpair answered"))
     }
 
     fn state(&self) -> LinkState {
@@ -196,6 +202,8 @@ fn answered(rx: &mut Answer) -> Result<PairOutcome, ErrorBody> {
 }
 
 const LONG: Duration = Duration::from_secs(30);
+/// The drain timeout of every test's policy.
+const DRAIN: Duration = Duration::from_secs(5);
 
 mod invite;
 mod lifecycle;
