@@ -565,3 +565,6 @@ impl Pc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -355,6 +355,32 @@ async fn session(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any frame naming a peer passes only with a valid ID; the
+        /// message naming a bad one stays short, whatever its length.
+        #[test]
+        fn frames_name_only_valid_peer_ids(peer in "\\PC{0,100}") {
+            let frames = [
+                ServerMsg::Paired { peer_id: peer.clone(), initiator: false },
+                ServerMsg::Offer { sdp: String::new(), from: peer.clone() },
+                ServerMsg::Candidate { candidate: None, from: peer.clone() },
+            ];
+            for f in &frames {
+                match well_formed(f) {
+                    Ok(()) => prop_assert!(valid_id(&peer)),
+                    Err(why) => {
+                        prop_assert!(!valid_id(&peer));
+                        prop_assert!(why.len() < 400, "{}", why);
+                    }
+                }
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

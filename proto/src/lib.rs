@@ -10,3 +10,6 @@ pub mod control;
 pub mod identity;
 pub mod lines;
 pub mod signal;
+
+#[cfg(test)]
+mod props;

@@ -96,3 +96,43 @@ fn invites_expire_are_cancelled_and_are_bounded() {
     let long = inv.create(secs(10 * 24 * 3600), None, now).unwrap();
     assert_eq!(long.expires_in_ms, MAX_TTL.as_millis() as u64);
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn code() -> impl Strategy<Value = Code> {
+        let n = WORDS.len() as u16;
+        (1..=MAX_NUMBER, 0..n, 0..n).prop_map(|(number, a, b)| Code {
+            number,
+            words: [a, b],
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_code_reads_back_however_it_is_typed(
+            c in code(),
+            seps in prop::collection::vec(prop::sample::select(vec!["-", " ", "_", "  ", " - "]), 2),
+            upper in any::<[bool; 2]>(),
+        ) {
+            let text = c.to_string();
+            prop_assert_eq!(Code::parse(&text).unwrap(), c);
+            let [a, b] = c.words.map(|w| WORDS[w as usize]);
+            let case = |w: &str, up: bool| if up { w.to_uppercase() } else { w.to_string() };
+            let typed = format!("{}{}{}{}{}", c.number, seps[0], case(a, upper[0]), seps[1], case(b, upper[1]));
+            prop_assert_eq!(Code::parse(&typed).unwrap(), c);
+        }
+
+        #[test]
+        fn any_text_is_a_code_or_an_error(s in "\\PC{0,40}") {
+            if let Ok(c) = Code::parse(&s) {
+                // What parses is a code in its one written form.
+                prop_assert_eq!(Code::parse(&c.to_string()).unwrap(), c);
+            }
+        }
+    }
+}

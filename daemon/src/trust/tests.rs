@@ -71,3 +71,80 @@ fn a_file_others_can_write_pins_nothing() {
     assert_eq!(s.get("bob"), None);
     assert!(s.problems()[0].contains("writable by other users"));
 }
+
+mod props {
+    //! The known_peers file is edited by people and by p2pd: whatever it
+    //! holds, p2pd reads the pins it can, and its own edits keep every
+    //! other line as it was.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A line of the file: a pin (canonical form), a comment, a blank, or
+    /// noise.
+    #[derive(Debug, Clone)]
+    enum L {
+        Pin(String, [u8; 32]),
+        Text(String),
+    }
+
+    fn line() -> impl Strategy<Value = L> {
+        prop_oneof![
+            3 => ("[a-e]{1,2}", any::<[u8; 32]>()).prop_map(|(id, b)| L::Pin(id, b)),
+            1 => "#\\PC{0,20}".prop_map(L::Text),
+            1 => " {0,3}".prop_map(L::Text),
+            2 => "\\PC{0,40}".prop_map(L::Text),
+        ]
+    }
+
+    fn render(l: &L) -> String {
+        match l {
+            L::Pin(id, b) => format!("{id} {} 2026-12-01T10:00:00Z", Fingerprint::from_bytes(*b)),
+            L::Text(t) => t.clone(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn pins_are_read_and_an_edit_keeps_every_other_line(lines in prop::collection::vec(line(), 0..12)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("known_peers");
+            let text: String = lines.iter().map(|l| render(l) + "\n").collect();
+            std::fs::write(&path, &text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+            // The model: the first pin of each ID holds.
+            let mut expected: Vec<(String, Fingerprint)> = Vec::new();
+            let mut kept_verbatim = Vec::new();
+            for l in &lines {
+                match l {
+                    L::Pin(id, b) if !expected.iter().any(|(e, _)| e == id) => {
+                        expected.push((id.clone(), Fingerprint::from_bytes(*b)));
+                    }
+                    other => kept_verbatim.push(render(other)),
+                }
+            }
+            let mut s = TrustStore::open(path.clone(), TrustPolicy::Known);
+            for (id, fp) in &expected {
+                prop_assert_eq!(s.get(id), Some(*fp));
+            }
+            prop_assert_eq!(s.pins().count(), expected.len());
+
+            s.set("zz", fp(9), Some("new".into())).unwrap();
+            let after = std::fs::read_to_string(&path).unwrap();
+            // Every line that was not a pin p2pd holds is still there, in
+            // order (a subsequence of the new file).
+            let mut rest = after.lines();
+            for want in &kept_verbatim {
+                prop_assert!(rest.any(|l| l == want), "lost {:?} from:\n{}\nnow:\n{}", want, text, after);
+            }
+            let mut again = TrustStore::open(path, TrustPolicy::Known);
+            for (id, fp) in &expected {
+                prop_assert_eq!(again.get(id), Some(*fp));
+            }
+            prop_assert_eq!(again.get("zz"), Some(fp(9)));
+        }
+    }
+}

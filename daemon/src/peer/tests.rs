@@ -1,0 +1,214 @@
+//! Property tests of what a peer sends us through signald and the crate
+//! parses: candidates and session descriptions, on real connections bound
+//! to 127.0.0.1. Whatever arrives, p2pd answers with an error or takes
+//! it, never panics, and never takes more candidates than the cap.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::hub::{HistoryLimits, Hub};
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        // Each case builds real peer connections (sockets, tasks).
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(24),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    settings: PcSettings,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let identity =
+            crate::identity::Identity::load_or_create(&dir.path().join("id.pem")).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let settings = PcSettings {
+            bind: vec!["127.0.0.1:0".parse().unwrap()],
+            ice_servers: Vec::new(),
+            relay_only: false,
+            ice_disconnected_timeout: Duration::from_secs(5),
+            runtime: Arc::new(BufferedRuntime::new().unwrap()),
+            certificate: identity.certificate(),
+        };
+        Fixture {
+            rt,
+            settings,
+            _dir: dir,
+        }
+    }
+
+    async fn pc(&self) -> Pc {
+        let counters = Arc::new(Counters::default());
+        let ctx = PcContext {
+            generation: 1,
+            events: mpsc::unbounded_channel().0,
+            hub: Hub::new(
+                HistoryLimits {
+                    messages: 10,
+                    bytes: 1 << 16,
+                },
+                counters.clone(),
+            ),
+            counters,
+        };
+        Pc::build(&self.settings, ctx).await.unwrap()
+    }
+}
+
+/// Candidate lines near real ones (so the crate's parser gets past its
+/// first field) and plain noise.
+fn candidate() -> impl Strategy<Value = CandidateInit> {
+    let line = prop_oneof![
+        (
+            any::<u32>(),
+            1u8..3,
+            prop::sample::select(vec!["udp", "UDP", "tcp", "sctp", ""]),
+            any::<u32>(),
+            prop::sample::select(vec![
+                "127.0.0.1",
+                "10.0.0.1",
+                "::1",
+                "x.local",
+                "999.1.1.1",
+                ""
+            ]),
+            any::<u16>(),
+            prop::sample::select(vec!["host", "srflx", "relay", "prflx", "bogus"]),
+            "\\PC{0,30}",
+        )
+            .prop_map(|(f, c, p, prio, a, port, t, tail)| {
+                format!("candidate:{f} {c} {p} {prio} {a} {port} typ {t} {tail}")
+            }),
+        "\\PC{0,600}",
+    ];
+    (
+        line,
+        proptest::option::of("\\PC{0,8}"),
+        proptest::option::of(any::<u16>()),
+    )
+        .prop_map(|(candidate, sdp_mid, sdp_mline_index)| CandidateInit {
+            candidate,
+            sdp_mid,
+            sdp_mline_index,
+            username_fragment: None,
+        })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Before and after the offer is applied (early candidates are held,
+    /// then flushed into the crate), in any number up to twice the cap.
+    #[test]
+    fn any_candidates_are_taken_or_refused_up_to_the_cap(
+        early in prop::collection::vec(candidate(), 0..20),
+        late in prop::collection::vec(candidate(), 0..(2 * MAX_REMOTE_CANDIDATES)),
+    ) {
+        let f = Fixture::new();
+        let taken = f.rt.block_on(async {
+            let mut offerer = f.pc().await;
+            let offer = offerer.offer("peer", false).await.unwrap();
+            let mut answerer = f.pc().await;
+            let mut taken = 0;
+            for c in early {
+                taken += answerer.add_candidate(c).await.is_ok() as usize;
+            }
+            // An early candidate the crate cannot read fails the offer's
+            // application: an error, and the pairing ends.
+            if answerer.answer(offer).await.is_ok() {
+                for c in late {
+                    taken += answerer.add_candidate(c).await.is_ok() as usize;
+                }
+            }
+            offerer.close().await;
+            answerer.close().await;
+            taken
+        });
+        prop_assert!(taken <= MAX_REMOTE_CANDIDATES, "took {taken}");
+    }
+
+    /// A description made of a real offer with lines dropped, repeated or
+    /// replaced: applied or refused, never a panic.
+    #[test]
+    fn any_mangled_offer_is_applied_or_refused(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, "\\PC{0,40}"), 0..8),
+    ) {
+        let f = Fixture::new();
+        f.rt.block_on(async {
+            let mut offerer = f.pc().await;
+            let offer = offerer.offer("peer", false).await.unwrap();
+            let mut lines: Vec<String> = offer.lines().map(str::to_string).collect();
+            for (at, how, text) in edits {
+                let i = at.index(lines.len().max(1)).min(lines.len().saturating_sub(1));
+                match how {
+                    0 if !lines.is_empty() => {
+                        lines.remove(i);
+                    }
+                    1 if !lines.is_empty() => {
+                        let l = lines[i].clone();
+                        lines.insert(i, l);
+                    }
+                    _ => {
+                        if lines.is_empty() {
+                            lines.push(text);
+                        } else {
+                            lines[i] = text;
+                        }
+                    }
+                }
+            }
+            let mut answerer = f.pc().await;
+            let _ = answerer.answer(lines.join("\r\n")).await;
+            offerer.close().await;
+            answerer.close().await;
+        });
+    }
+}
+
+#[test]
+fn the_cap_counts_every_candidate_offered() {
+    let f = Fixture::new();
+    f.rt.block_on(async {
+        let mut offerer = f.pc().await;
+        let offer = offerer.offer("peer", false).await.unwrap();
+        let mut answerer = f.pc().await;
+        answerer.answer(offer).await.unwrap();
+        let mut taken = 0;
+        for i in 0..(2 * MAX_REMOTE_CANDIDATES) {
+            let c = CandidateInit {
+                candidate: format!(
+                    "candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host",
+                    20000 + i
+                ),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
+                username_fragment: None,
+            };
+            taken += answerer.add_candidate(c).await.is_ok() as usize;
+        }
+        assert_eq!(taken, MAX_REMOTE_CANDIDATES);
+        let long = CandidateInit {
+            candidate: "x".repeat(MAX_CANDIDATE_BYTES + 1),
+            sdp_mid: None,
+            sdp_mline_index: None,
+            username_fragment: None,
+        };
+        assert!(answerer.add_candidate(long).await.is_err());
+        offerer.close().await;
+        answerer.close().await;
+    });
+}

@@ -1,0 +1,262 @@
+//! Property tests of every parser here that reads outside input: control
+//! requests (any local client), fingerprints and ID tokens (typed by
+//! people, carried in a peer's SDP), signaling frames (from signald or a
+//! client), and the capped line reader (both ends of the control socket).
+//! A bounded number of cases runs in the normal test run (`PROPTEST_CASES`
+//! raises it).
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use crate::control::{Request, parse_request};
+use crate::identity::{Fingerprint, parse_token, token};
+use crate::lines::{LineRead, read_line_capped};
+use crate::signal::{ClientMsg, ServerMsg, valid_id};
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn fingerprint() -> impl Strategy<Value = Fingerprint> {
+    any::<[u8; 32]>().prop_map(Fingerprint::from_bytes)
+}
+
+fn id() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_-]{1,64}"
+}
+
+/// JSON values of a few levels, with the keys requests use, so that
+/// malformed requests get close to real ones.
+fn value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::from),
+        prop::sample::select(vec!["status", "pair", "send", "tail", "trust", "invite"])
+            .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "cmd",
+                    "peer_id",
+                    "text",
+                    "data_b64",
+                    "to",
+                    "wait",
+                    "timeout_ms",
+                    "code",
+                    "fingerprint",
+                    "replay",
+                    "follow",
+                    "ttl_ms",
+                    "x",
+                ])
+                .prop_map(str::to_string),
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    let opt = |s: &'static str| proptest::option::of(s);
+    prop_oneof![
+        Just(Request::Status),
+        Just(Request::Unpair),
+        Just(Request::Id),
+        Just(Request::TrustList),
+        (
+            id(),
+            any::<bool>(),
+            proptest::option::of(any::<u64>()),
+            opt("[a-z0-9-]{0,20}")
+        )
+            .prop_map(|(peer_id, wait, timeout_ms, code)| Request::Pair {
+                peer_id,
+                wait,
+                timeout_ms,
+                code
+            }),
+        ("\\PC{0,40}", proptest::option::of(id())).prop_map(|(t, to)| Request::Send {
+            text: Some(t),
+            data_b64: None,
+            to
+        }),
+        (id(), fingerprint(), opt("\\PC{0,20}")).prop_map(|(peer_id, fingerprint, comment)| {
+            Request::Trust {
+                peer_id,
+                fingerprint,
+                comment,
+            }
+        }),
+        (any::<usize>(), any::<bool>())
+            .prop_map(|(replay, follow)| Request::Tail { replay, follow }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn any_line_gets_a_request_or_an_error_never_a_panic(line in "\\PC{0,200}") {
+        let _ = parse_request(&line);
+    }
+
+    #[test]
+    fn malformed_requests_get_errors_that_name_a_code(v in value()) {
+        if let Err(e) = parse_request(&v.to_string()) {
+            let code = serde_json::to_value(e.code).unwrap();
+            prop_assert!(code.is_string());
+            prop_assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn every_request_reads_back_as_itself(r in request()) {
+        let line = serde_json::to_string(&r).unwrap();
+        prop_assert!(!line.contains('\n'), "one request, one line");
+        prop_assert_eq!(parse_request(&line).unwrap(), r);
+    }
+
+    #[test]
+    fn fingerprints_read_back_in_both_written_forms(fp in fingerprint()) {
+        prop_assert_eq!(Fingerprint::parse(&fp.to_string()).unwrap(), fp);
+        prop_assert_eq!(Fingerprint::parse(&fp.to_sdp_hex()).unwrap(), fp);
+        let lower = fp.to_sdp_hex().to_lowercase();
+        prop_assert_eq!(Fingerprint::parse(&format!("  {lower}\n")).unwrap(), fp);
+    }
+
+    #[test]
+    fn fingerprint_parsing_never_panics(s in "\\PC{0,120}") {
+        let _ = Fingerprint::parse(&s);
+        let _ = Fingerprint::from_sdp(&s);
+        let _ = parse_token(&s);
+    }
+
+    #[test]
+    fn a_fingerprint_with_one_character_changed_is_never_the_same_key(
+        fp in fingerprint(),
+        at in 7usize..50,
+        c in "[A-Za-z0-9_=+/-]",
+    ) {
+        let written = fp.to_string();
+        let mut s = written.clone();
+        s.replace_range(at..at + 1, &c);
+        if s != written
+            && let Ok(other) = Fingerprint::parse(&s)
+        {
+            prop_assert_ne!(other, fp, "{} read as {}", s, written);
+        }
+    }
+
+    #[test]
+    fn tokens_read_back(peer in id(), fp in fingerprint()) {
+        prop_assert_eq!(parse_token(&token(&peer, &fp)).unwrap(), (peer, fp));
+    }
+
+    #[test]
+    fn tokens_with_bad_ids_are_refused(peer in "\\PC{0,70}", fp in fingerprint()) {
+        prop_assume!(!valid_id(&peer) && !peer.contains('@') && peer.trim() == peer);
+        prop_assert!(parse_token(&token(&peer, &fp)).is_err());
+    }
+
+    /// An SDP of random lines around its fingerprint lines: the key is
+    /// found when every line agrees, and refused when any disagrees.
+    #[test]
+    fn the_sdp_fingerprint_is_found_only_when_every_line_agrees(
+        fp in fingerprint(),
+        other in fingerprint(),
+        noise in prop::collection::vec("[a-z]=\\PC{0,30}", 0..12),
+        copies in 1usize..4,
+        disagree in any::<bool>(),
+    ) {
+        let mut lines: Vec<String> = noise.into_iter().filter(|l| !l.starts_with("a=fingerprint")).collect();
+        for i in 0..copies {
+            let at = (i * 7) % (lines.len() + 1);
+            lines.insert(at, format!("a=fingerprint:sha-256 {}", fp.to_sdp_hex()));
+        }
+        if disagree && other != fp {
+            lines.push(format!("a=fingerprint:sha-256 {}", other.to_sdp_hex()));
+        }
+        let sdp = lines.join("\r\n");
+        match Fingerprint::from_sdp(&sdp) {
+            Ok(found) => {
+                prop_assert!(!disagree || other == fp);
+                prop_assert_eq!(found, fp);
+            }
+            Err(_) => prop_assert!(disagree && other != fp),
+        }
+    }
+
+    #[test]
+    fn signaling_frames_never_panic(text in "\\PC{0,200}", v in value()) {
+        let _ = ClientMsg::parse(&text);
+        let _ = ClientMsg::parse(&v.to_string());
+        let _ = serde_json::from_str::<ServerMsg>(&text);
+        let _ = serde_json::from_str::<ServerMsg>(&v.to_string());
+    }
+
+    #[test]
+    fn server_frames_with_any_peer_id_parse_and_keep_it(peer in "\\PC{0,80}") {
+        // The type system takes any string; p2pd's `well_formed` is what
+        // refuses invalid IDs, so the string must arrive intact.
+        let f = json!({"type": "paired", "peer_id": peer, "initiator": true}).to_string();
+        match serde_json::from_str::<ServerMsg>(&f).unwrap() {
+            ServerMsg::Paired { peer_id, .. } => prop_assert_eq!(peer_id, peer),
+            other => prop_assert!(false, "{:?}", other),
+        }
+    }
+
+    /// The capped reader against the obvious model (split on `\n`, a
+    /// final unterminated piece counts), for every way the bytes can be
+    /// chunked by the buffer under it.
+    #[test]
+    fn the_capped_reader_matches_splitting_on_newlines(
+        input in prop::collection::vec(prop_oneof![Just(b'\n'), Just(b'a'), any::<u8>()], 0..200),
+        cap in 0usize..24,
+        chunk in 1usize..17,
+    ) {
+        let mut expected = Vec::new();
+        let mut pieces: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+        if input.last() == Some(&b'\n') || input.is_empty() {
+            pieces.pop();
+        }
+        for p in pieces {
+            expected.push(if p.len() > cap { None } else { Some(p.to_vec()) });
+        }
+        let got = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+            let mut r = tokio::io::BufReader::with_capacity(chunk, &input[..]);
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            loop {
+                match read_line_capped(&mut r, &mut buf, cap).await.unwrap() {
+                    LineRead::Eof => break,
+                    LineRead::TooLong => {
+                        assert!(buf.is_empty(), "nothing of a long line is kept");
+                        got.push(None);
+                    }
+                    LineRead::Line => {
+                        assert!(buf.len() <= cap);
+                        got.push(Some(buf.clone()));
+                    }
+                }
+            }
+            got
+        });
+        prop_assert_eq!(got, expected);
+    }
+}
