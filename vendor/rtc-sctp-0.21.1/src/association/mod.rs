@@ -219,6 +219,10 @@ pub struct Association {
     fwd_tsn_stream_map: FxHashMap<u16, u16>,
 
     pub(crate) rto_mgr: RtoManager,
+    /// PATCH: the delayed-ACK time ([`TimerConfig::ack_interval_ms`]).
+    ack_interval: u64,
+    /// PATCH: the a_rwnd our last SACK (or the INIT) announced.
+    last_advertised_rwnd: u32,
     timers: TimerTable,
 
     // Congestion control parameters
@@ -314,6 +318,8 @@ impl Default for Association {
             fwd_tsn_stream_map: FxHashMap::default(),
 
             rto_mgr: RtoManager::default(),
+            ack_interval: ACK_INTERVAL,
+            last_advertised_rwnd: 0,
             timers: TimerTable::default(),
 
             // Congestion control parameters
@@ -393,12 +399,14 @@ impl Association {
             side,
             handshake_completed: false,
             max_receive_buffer_size: config.max_receive_buffer_size(),
+            last_advertised_rwnd: config.max_receive_buffer_size(),
             max_message_size: config.max_message_size(),
             my_max_num_outbound_streams: config.max_num_outbound_streams(),
             my_max_num_inbound_streams: config.max_num_inbound_streams(),
             max_payload_size,
 
-            rto_mgr: RtoManager::new(),
+            rto_mgr: RtoManager::with_config(&config.timer_config()),
+            ack_interval: config.timer_config().ack_interval_ms,
             timers: TimerTable::new(config.timer_config()),
 
             mtu,
@@ -971,7 +979,7 @@ impl Association {
         } else if self.delayed_ack_triggered {
             // Will send delayed ack in the next ack timeout
             self.ack_state = AckState::Delay;
-            self.timers.start(Timer::Ack, now, ACK_INTERVAL);
+            self.timers.start(Timer::Ack, now, self.ack_interval);
         }
     }
 
@@ -3106,9 +3114,11 @@ impl Association {
     }
 
     fn create_selective_ack_chunk(&mut self) -> ChunkSelectiveAck {
+        let credit = self.get_my_receiver_window_credit();
+        self.last_advertised_rwnd = credit;
         ChunkSelectiveAck {
             cumulative_tsn_ack: self.peer_last_tsn,
-            advertised_receiver_window_credit: self.get_my_receiver_window_credit(),
+            advertised_receiver_window_credit: credit,
             gap_ack_blocks: self.payload_queue.get_gap_ack_blocks(self.peer_last_tsn),
             duplicate_tsn: self.payload_queue.pop_duplicates(),
         }
@@ -3267,6 +3277,28 @@ impl Association {
     /// This is used only by testing.
     pub(crate) fn buffered_amount(&self) -> usize {
         self.pending_queue.get_num_bytes() + self.inflight_queue.get_num_bytes()
+    }
+
+    /// PATCH (vendor/PATCHES.md "window update"): called after the
+    /// application read from a stream. A sender held back by our window
+    /// learns that it reopened only from a SACK, and nothing else makes one
+    /// (the next would answer its zero-window probe or T3 retransmission,
+    /// a second or more later). So when the window has grown by a quarter
+    /// of the buffer since the last SACK announced it, send one now
+    /// (RFC 9260 6.2 lets a receiver send a window update SACK).
+    pub(crate) fn window_update_if_opened(&mut self) {
+        if self.ack_state == AckState::Immediate {
+            return;
+        }
+        let credit = self.get_my_receiver_window_credit();
+        if credit >= self
+            .last_advertised_rwnd
+            .saturating_add(self.max_receive_buffer_size / 4)
+        {
+            self.ack_state = AckState::Immediate;
+            self.timers.stop(Timer::Ack);
+            self.awake_write_loop();
+        }
     }
 
     fn awake_write_loop(&self) {

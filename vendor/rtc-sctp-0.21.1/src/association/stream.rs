@@ -135,6 +135,10 @@ impl Stream<'_> {
                 self.association
                     .retry_deferred_resets(self.stream_identifier);
             }
+            if chunks.is_some() {
+                // PATCH: tell a blocked sender the window reopened.
+                self.association.window_update_if_opened();
+            }
             Ok(chunks)
         } else {
             Err(Error::ErrStreamClosed)

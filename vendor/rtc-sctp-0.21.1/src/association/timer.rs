@@ -26,6 +26,18 @@ pub struct TimerConfig {
     pub max_reconfig_retrans: usize,
     /// How many times a delayed SACK may be retransmitted.
     pub max_ack_retrans: usize,
+    // PATCH (p2pd, vendor/PATCHES.md "SCTP timers"): the RTO bounds and the
+    // delayed-ACK time were private constants; they are settings now, with
+    // the crate's values as defaults.
+    /// RTO before the first RTT measurement (T1-init, T1-cookie), in ms.
+    pub rto_initial_ms: u64,
+    /// Lower bound of the RTO, in ms. It must stay above the peer's
+    /// delayed-ACK time, or single packets are retransmitted spuriously.
+    pub rto_min_ms: u64,
+    /// Upper bound of the RTO and of every timer's backoff, in ms.
+    pub rto_max_ms: u64,
+    /// How long a SACK may be delayed, in ms.
+    pub ack_interval_ms: u64,
 }
 
 impl Default for TimerConfig {
@@ -34,9 +46,17 @@ impl Default for TimerConfig {
             max_t1_init_retrans: MAX_INIT_RETRANS,
             max_t1_cookie_retrans: MAX_INIT_RETRANS,
             max_t2_shutdown_retrans: NO_MAX_RETRANS,
-            max_t3_rtx_retrans: PATH_MAX_RETRANS,
+            // PATCH: the field's documentation says unlimited, and an
+            // association whose T3 gave up after 5 expiries is wedged for
+            // good (nothing is retransmitted again, no event): outlasting an
+            // outage is the ICE layer's call, as in Chrome's dcsctp.
+            max_t3_rtx_retrans: NO_MAX_RETRANS,
             max_reconfig_retrans: PATH_MAX_RETRANS,
             max_ack_retrans: PATH_MAX_RETRANS,
+            rto_initial_ms: RTO_INITIAL,
+            rto_min_ms: RTO_MIN,
+            rto_max_ms: RTO_MAX,
+            ack_interval_ms: ACK_INTERVAL,
         }
     }
 }
@@ -63,18 +83,31 @@ impl Timer {
 }
 
 /// A table of data associated with each distinct kind of `Timer`
-#[derive(Debug, Copy, Clone, Default)]
+#[derive(Debug, Copy, Clone)]
 pub(crate) struct TimerTable {
     data: [Option<Instant>; TIMER_COUNT],
     retrans: [usize; TIMER_COUNT],
     max_retrans: [usize; TIMER_COUNT],
     shutdown_interval: Option<u64>,
     reconfig_interval: Option<u64>,
+    rto_max: u64,
+}
+
+// PATCH: by hand, so that a default table has the default RTO bound (not 0).
+impl Default for TimerTable {
+    fn default() -> Self {
+        TimerTable::new(TimerConfig::default())
+    }
 }
 
 impl TimerTable {
     pub fn new(time_config: TimerConfig) -> Self {
         TimerTable {
+            data: [None; TIMER_COUNT],
+            retrans: [0; TIMER_COUNT],
+            shutdown_interval: None,
+            reconfig_interval: None,
+            rto_max: time_config.rto_max_ms,
             max_retrans: [
                 time_config.max_t1_init_retrans,     //T1Init
                 time_config.max_t1_cookie_retrans,   //T1Cookie
@@ -83,7 +116,6 @@ impl TimerTable {
                 time_config.max_reconfig_retrans,    //Reconfig
                 time_config.max_ack_retrans,         //Ack
             ],
-            ..Default::default()
         }
     }
 
@@ -119,7 +151,7 @@ impl TimerTable {
         } else if matches!(timer, Timer::Ack | Timer::T3RTX) {
             interval
         } else {
-            calculate_next_timeout(interval, self.retrans[timer as usize])
+            calculate_next_timeout(interval, self.retrans[timer as usize], self.rto_max)
         };
 
         let time = now + Duration::from_millis(interval);
@@ -151,8 +183,9 @@ impl TimerTable {
     pub fn is_expired(&mut self, timer: Timer, after: Instant) -> (bool, bool, usize) {
         let expired = self.data[timer as usize].is_some_and(|x| x <= after);
         let mut failure = false;
+        let rto_max = self.rto_max;
         if expired && let Some(interval) = self.control_interval(timer) {
-            *interval = interval.map(|previous| calculate_next_timeout(previous, 1));
+            *interval = interval.map(|previous| calculate_next_timeout(previous, 1, rto_max));
         }
         if expired {
             self.retrans[timer as usize] += 1;
@@ -176,20 +209,40 @@ const RTO_BASE: u64 = 8;
 
 /// rtoManager manages Rtx timeout values.
 /// This is an implementation of RFC 9260 sec 6.3.1.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub(crate) struct RtoManager {
     pub(crate) srtt: u64,
     pub(crate) rttvar: f64,
     pub(crate) rto: u64,
     pub(crate) no_update: bool,
+    initial: u64,
+    min: u64,
+    max: u64,
+}
+
+// PATCH: by hand, for the default bounds (a derived one had 0..0).
+impl Default for RtoManager {
+    fn default() -> Self {
+        RtoManager::new()
+    }
 }
 
 impl RtoManager {
     /// newRTOManager creates a new rtoManager.
     pub(crate) fn new() -> Self {
+        Self::with_config(&TimerConfig::default())
+    }
+
+    /// PATCH: with the RTO bounds of `config`.
+    pub(crate) fn with_config(config: &TimerConfig) -> Self {
         RtoManager {
-            rto: RTO_INITIAL,
-            ..Default::default()
+            srtt: 0,
+            rttvar: 0.0,
+            no_update: false,
+            rto: config.rto_initial_ms,
+            initial: config.rto_initial_ms,
+            min: config.rto_min_ms,
+            max: config.rto_max_ms.max(config.rto_min_ms),
         }
     }
 
@@ -211,7 +264,7 @@ impl RtoManager {
             self.srtt = ((RTO_BASE - RTO_ALPHA) * self.srtt + RTO_ALPHA * rtt) / RTO_BASE;
         }
 
-        self.rto = (self.srtt + (4.0 * self.rttvar) as u64).clamp(RTO_MIN, RTO_MAX);
+        self.rto = (self.srtt + (4.0 * self.rttvar) as u64).clamp(self.min, self.max);
 
         self.srtt
     }
@@ -224,7 +277,7 @@ impl RtoManager {
     /// RFC 9260 6.3.3 E2: retain backoff until a new RTT measurement updates RTO.
     pub(crate) fn backoff(&mut self) {
         if !self.no_update {
-            self.rto = self.rto.saturating_mul(2).min(RTO_MAX);
+            self.rto = self.rto.saturating_mul(2).min(self.max);
         }
     }
 
@@ -236,7 +289,7 @@ impl RtoManager {
 
         self.srtt = 0;
         self.rttvar = 0.0;
-        self.rto = RTO_INITIAL;
+        self.rto = self.initial;
     }
 
     /// set RTO value for testing
@@ -246,16 +299,16 @@ impl RtoManager {
     }
 }
 
-fn calculate_next_timeout(rto: u64, n_rtos: usize) -> u64 {
+fn calculate_next_timeout(rto: u64, n_rtos: usize, rto_max: u64) -> u64 {
     // RFC 4096 sec 6.3.3.  Handle T3-rtx Expiration
     //   E2)  For the destination address for which the timer expires, set RTO
     //        <- RTO * 2 ("back off the timer").  The maximum value discussed
     //        in rule C7 above (RTO.max) may be used to provide an upper bound
     //        to this doubling operation.
     if n_rtos < 31 {
-        std::cmp::min(rto << n_rtos, RTO_MAX)
+        std::cmp::min(rto << n_rtos, rto_max)
     } else {
-        RTO_MAX
+        rto_max
     }
 }
 

@@ -850,6 +850,11 @@ where
             self.poll_writes().await?;
             self.poll_events().await;
             self.poll_reads().await?;
+            // PATCH: handle events raised by reads ingested in this pass (TURN-relayed
+            // datagrams in poll_reads), then flush every write queued while handling events
+            // and reads, instead of leaving them until the next timer/packet wakes the loop.
+            self.poll_events().await;
+            self.poll_writes().await?;
 
             // Wake senders blocked in `DataChannel::writable()`: the poll_* passes above
             // applied any SCTP buffer releases (acked/abandoned bytes) to the per-channel
@@ -1973,6 +1978,30 @@ where
         // consecutive same-destination datagrams into single UDP GSO syscalls.
         let writes = Self::drain_core_writes(self.inner.clone()).await;
         self.flush_writes(writes).await;
+
+        // PATCH (p2pd, vendor/PATCHES.md "relayed writes"): a core write toward a relay
+        // address only queues a Send indication or ChannelData in the TURN client (1.c
+        // above, through `handle_write`); without this second drain it leaves at the next
+        // loop iteration, i.e. the next timer tick (~200 ms): every relayed round trip of
+        // the DTLS and SCTP handshakes, and every relayed SACK, paid that.
+        while let Some(msg) = self.turn_relayer.poll_write() {
+            let four_tuple: FourTuple = FourTuple::from(&msg.transport);
+            if let Err(err) = self.handle_write(msg).await {
+                error!(
+                    "Failed to write packet to {:?} from {:?}: {}",
+                    four_tuple.peer_addr, four_tuple.local_addr, err
+                );
+                if let Err(err) = self
+                    .turn_relayer
+                    .handle_event(RTCTurnRelayEventIn::SocketWriteFailure(four_tuple))
+                {
+                    error!(
+                        "Failed to handle event in turn_relayer to {:?} from {:?}: {}",
+                        four_tuple.peer_addr, four_tuple.local_addr, err
+                    );
+                }
+            }
+        }
 
         Ok(())
     }

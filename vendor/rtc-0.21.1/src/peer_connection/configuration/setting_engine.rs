@@ -374,6 +374,9 @@ pub struct SettingEngine {
     /// budget via rtc-sctp's `max_payload_size_for_mtu`. `None` uses the rtc-sctp
     /// default (`INITIAL_MTU`, 1191 — the TURN-relayed IPv6 minimum-MTU budget).
     pub(crate) sctp_mtu: Option<u32>,
+    /// PATCH (p2pd): SCTP's retransmission and delayed-ACK timers. `None`
+    /// uses rtc-sctp's defaults.
+    pub(crate) sctp_timer_config: Option<::sctp::TimerConfig>,
     pub(crate) ignore_rid_pause_for_recv: bool,
     pub(crate) write_ssrc_attributes_for_simulcast: bool,
 }
@@ -1400,6 +1403,13 @@ impl SettingEngineBuilder {
     /// default, leave this unset.
     pub fn with_sctp_mtu(mut self, mtu: u32) -> Self {
         self.0.sctp_mtu = Some(mtu);
+        self
+    }
+
+    /// PATCH (p2pd): overrides SCTP's timers (RTO bounds, delayed ACK,
+    /// retransmission limits); see [`sctp::TimerConfig`].
+    pub fn with_sctp_timer_config(mut self, timers: ::sctp::TimerConfig) -> Self {
+        self.0.sctp_timer_config = Some(timers);
         self
     }
 

@@ -396,6 +396,15 @@ impl<'a>
                         dtls_handshake_config,
                         None,
                     )?;
+                    // PATCH: hand the ClientHello to the pipeline now; otherwise it waits in the
+                    // endpoint until the next handle_timeout/handle_read/handle_write.
+                    while let Some(transmit) = dtls_endpoint.poll_transmit() {
+                        self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
+                            now: transmit.now,
+                            transport: transmit.transport,
+                            message: RTCMessageInternal::Dtls(DTLSMessage::Raw(transmit.message)),
+                        });
+                    }
                 };
             }
         } else {
