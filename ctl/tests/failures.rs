@@ -41,7 +41,9 @@ fn no_daemon_exits_3_and_usage_errors_exit_2() {
 #[test]
 fn sigkill_of_the_peer_resets_the_survivor_which_pairs_with_a_third() {
     let s = Signald::start();
-    let a = Daemon::start(&s.url(), "alice");
+    // The survivor waits (bounded) for the peer to pair again, as after a
+    // network change; a short bound keeps the test quick.
+    let a = Daemon::start_with(&s.url(), "alice", &["--ice-restart-timeout", "1s"]);
     let mut b = Daemon::start(&s.url(), "bob");
     let c = Daemon::start(&s.url(), "carol");
     let events = Tail::start(&a, &["--json"]);
@@ -76,27 +78,46 @@ fn sigstop_of_the_peer_times_it_out_at_the_server_and_resets_the_survivor() {
 }
 
 #[test]
-fn signald_restart_both_daemons_reconnect_and_pair_again() {
+fn signald_restart_costs_an_open_link_nothing() {
     let mut s = Signald::start();
     let port = s.port();
     let a = Daemon::start(&s.url(), "alice");
     let b = Daemon::start(&s.url(), "bob");
     a.pair(&b);
+    let events = Tail::start(&b, &["--json"]);
     s.proc().signal(libc::SIGTERM);
     assert!(s.proc_mut().wait_exit().success());
-    a.wait_status("down and reset", |st| {
-        st.server.state != ServerState::Connected && st.link == LinkState::Idle
+    a.wait_status("signald down", |st| {
+        st.server.state != ServerState::Connected
     });
+    // The channel does not need signald.
+    a.ok(&["send", "while signald is down"]);
+    assert_eq!(
+        events.wait_event("message")["text"],
+        "while signald is down"
+    );
+    assert_eq!(a.status().link, LinkState::Open);
+
     let s2 = Signald::start_on(port);
     for d in [&a, &b] {
         let st = d.wait_status("reconnected", |st| {
             st.server.state == ServerState::Connected && st.server.reconnects >= 1
         });
-        assert_eq!(st.link, LinkState::Idle);
+        assert_eq!(st.link, LinkState::Open);
     }
-    b.pair(&a);
-    b.ok(&["send", "after restart"]);
-    drop(s2);
+    // The pairing is made again at signald: a third peer finds bob busy.
+    for d in [&a, &b] {
+        d.wait_status("paired again at signald", |st| {
+            st.peer.as_ref().is_some_and(|p| p.paired_at_signald)
+        });
+    }
+    let c = Daemon::start(&s2.url(), "carol");
+    c.trust(&b);
+    c.refused(&["pair", "bob"], "busy");
+    a.ok(&["send", "after restart"]);
+    assert_eq!(events.wait_event("message")["text"], "after restart");
+    let st = a.status();
+    assert_eq!((st.counters.resets, st.link), (0, LinkState::Open));
 }
 
 #[test]

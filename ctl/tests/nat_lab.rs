@@ -160,3 +160,75 @@ fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
     let tail = Tail::start(&b, &[]);
     transfer(&a, &tail, 10_000, "impaired");
 }
+
+/// Case 7: Router A's mapping changes mid-transfer (a new public address,
+/// every mapping forgotten): ICE restarts through signald, the channel
+/// stays open, every line arrives in order and nothing is reset.
+#[test]
+fn lab_nat_rebinding_mid_transfer_restarts_ice_and_loses_nothing() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Cone);
+    // A short silence before the restart keeps the test quick.
+    let fast = ["--ice-disconnected-timeout", "1s"];
+    lab.start_coturn();
+    let s = lab.signald(&[Lab::stun()]);
+    let a = lab.daemon("h1", "h1", &fast);
+    let b = lab.daemon("h2", "h2", &fast);
+    let before = pair_ok(&a, &b);
+    assert!(
+        before.remote_address.starts_with("198.51.100.12:"),
+        "{before:?}"
+    );
+    let resets = (a.status().counters.resets, b.status().counters.resets);
+    let tail = Tail::start(&b, &[]);
+    let events = Tail::start(&b, &["--json"]);
+
+    const N: usize = 20_000;
+    let mut sender = a
+        .ctl_cmd(&["send"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        for i in 0..N {
+            writeln!(stdin, "rebind {i}").unwrap();
+            if i == N / 4 {
+                // Let the first quarter flow before the change.
+                stdin.flush().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        }
+    });
+    for i in 0..N / 8 {
+        assert_eq!(tail.next_str(), format!("rebind {i}"));
+    }
+    lab.rebind_r1();
+    events.wait_event("ice_restarting");
+    let ev = events.wait_event("ice_restarted");
+    assert_eq!(ev["peer_id"], "h1");
+    for i in N / 8..N {
+        assert_eq!(
+            tail.next_str(),
+            format!("rebind {i}"),
+            "line {i} lost or out of order"
+        );
+    }
+    feeder.join().unwrap();
+    assert!(sender.wait().unwrap().success());
+    let after = path_of(&b.status());
+    assert!(
+        after.remote_address.starts_with("198.51.100.21:"),
+        "bob now reaches alice at her new address: {after:?}"
+    );
+    assert_eq!(
+        (a.status().counters.resets, b.status().counters.resets),
+        resets,
+        "restarted, not reset"
+    );
+    assert!(a.status().counters.ice_restarts >= 1);
+    assert_eq!(a.status().link, LinkState::Open);
+    drop(s);
+}

@@ -109,11 +109,36 @@ pub struct Cli {
     #[arg(long, env = "P2PD_CONNECT_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
+    /// How long ICE waits before it may choose a relayed (TURN) pair, so
+    /// that a direct one still being checked can win. Each direct check
+    /// round trip must fit in it: raise it on long paths where direct
+    /// pairs open slowly and the relay wins.
+    #[arg(long, env = "P2PD_ICE_RELAY_WAIT", default_value = "300ms", value_parser = humantime::parse_duration)]
+    pub ice_relay_wait: Duration,
+
+    /// An open link whose path went silent restarts ICE (the channel stays
+    /// open); after this long without a new path it resets instead.
+    #[arg(long, env = "P2PD_ICE_RESTART_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ice_restart_timeout: Duration,
+
     /// On `unpair` and on SIGTERM: longest wait for what `send` accepted to
     /// reach the peer before the link is closed anyway (and, when the peer
     /// unpairs, for its last messages to arrive).
     #[arg(long, env = "P2PD_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// SCTP's smallest retransmission timeout. Chrome's 220 ms: above the
+    /// 200 ms a peer may delay its acknowledgement (lower, and single
+    /// packets are sent twice); RFC 9260's 1 s stalls every lost packet
+    /// that fast retransmit does not catch.
+    #[arg(long, env = "P2PD_SCTP_RTO_MIN", default_value = "220ms", value_parser = humantime::parse_duration)]
+    pub sctp_rto_min: Duration,
+
+    /// SCTP's largest retransmission timeout, the ceiling of its backoff:
+    /// how soon after an outage (a network change, an ICE restart) the data
+    /// flows again. Chrome's 800 ms; RFC 9260's 60 s.
+    #[arg(long, env = "P2PD_SCTP_RTO_MAX", default_value = "800ms", value_parser = humantime::parse_duration)]
+    pub sctp_rto_max: Duration,
 }
 
 fn parse_trust(s: &str) -> Result<TrustPolicy, String> {
@@ -162,6 +187,16 @@ pub struct Config {
     pub ice_disconnected_timeout: Duration,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
+    pub ice_restart_timeout: Duration,
+    pub ice_relay_wait: Duration,
+    pub sctp: SctpTimers,
+}
+
+/// SCTP's retransmission timeout bounds (`--sctp-rto-min/max`).
+#[derive(Debug, Clone, Copy)]
+pub struct SctpTimers {
+    pub rto_min: Duration,
+    pub rto_max: Duration,
 }
 
 impl Cli {
@@ -180,6 +215,13 @@ impl Cli {
             if !valid_id(p) {
                 bail!("--allow-peer {p:?} is not a valid ID");
             }
+        }
+        if self.sctp_rto_min < Duration::from_millis(10) || self.sctp_rto_min > self.sctp_rto_max {
+            bail!(
+                "--sctp-rto-min {} must be at least 10ms and at most --sctp-rto-max {}",
+                humantime::format_duration(self.sctp_rto_min),
+                humantime::format_duration(self.sctp_rto_max)
+            );
         }
         let state_dir = match self.state_dir {
             Some(d) => std::path::absolute(&d).context("resolving --state-dir")?,
@@ -236,6 +278,12 @@ impl Cli {
             ice_disconnected_timeout: self.ice_disconnected_timeout,
             connect_timeout: self.connect_timeout,
             drain_timeout: self.drain_timeout,
+            ice_restart_timeout: self.ice_restart_timeout,
+            ice_relay_wait: self.ice_relay_wait,
+            sctp: SctpTimers {
+                rto_min: self.sctp_rto_min,
+                rto_max: self.sctp_rto_max,
+            },
         })
     }
 }

@@ -189,6 +189,7 @@ impl Engine {
                 allow_peers: cfg.allow_peers.clone(),
                 connect_timeout: cfg.connect_timeout,
                 drain_timeout: cfg.drain_timeout,
+                restart_timeout: cfg.ice_restart_timeout,
                 server: cfg.server.clone(),
             },
             TrustStore::open(cfg.known_peers.clone(), cfg.trust),
@@ -500,6 +501,22 @@ impl Engine {
                 self.link_tx.send_replace(None);
                 None
             }
+            Effect::RestartIce => Some(Input::Offered(match self.pc.as_mut() {
+                Some(pc) => pc.restart_offer().await.map_err(|e| format!("{e:#}")),
+                None => Err("no peer connection to restart".into()),
+            })),
+            Effect::Restarted { peer } => {
+                self.counters.ice_restarts.fetch_add(1, Ordering::Relaxed);
+                let path = match &self.pc {
+                    Some(pc) => pc.path().await,
+                    None => None,
+                };
+                self.hub.publish_event(EventKind::IceRestarted {
+                    peer_id: peer,
+                    path,
+                });
+                None
+            }
             Effect::Drain => match &self.pc {
                 Some(pc) => {
                     pc.drain(self.cfg.drain_timeout);
@@ -571,6 +588,8 @@ impl Engine {
             ice_disconnected_timeout: self.cfg.ice_disconnected_timeout,
             runtime: self.runtime.clone(),
             certificate: self.identity.certificate(),
+            sctp: self.cfg.sctp,
+            relay_wait: self.cfg.ice_relay_wait,
         };
         let ctx = PcContext {
             generation: self.generation,

@@ -62,6 +62,30 @@ pub struct PcSettings {
     /// Our key's certificate: the same for every connection, so that our
     /// fingerprint is stable.
     pub certificate: RTCCertificate,
+    pub sctp: crate::config::SctpTimers,
+    /// How long a relayed pair waits before it may be chosen.
+    pub relay_wait: Duration,
+}
+
+/// How long SCTP may delay an acknowledgement. libdatachannel's 20 ms
+/// (RFC 9260 allows up to 500; the crate used 200): well under every
+/// peer's minimum RTO (Chrome's 220 ms, ours), so no peer retransmits
+/// while we wait, and a lone last packet is acknowledged promptly.
+const SCTP_DELAYED_ACK: Duration = Duration::from_millis(20);
+/// The retransmission timeout before SCTP has measured the round trip
+/// (what a lost INIT or COOKIE costs): Chrome's 500 ms; the crate's 1 s.
+const SCTP_RTO_INITIAL: Duration = Duration::from_millis(500);
+
+/// The SCTP timers our connections use (vendor/PATCHES.md, "SCTP timers").
+fn sctp_timers(t: crate::config::SctpTimers) -> rtc::sctp::TimerConfig {
+    let ms = |d: Duration| d.as_millis() as u64;
+    rtc::sctp::TimerConfig {
+        rto_initial_ms: ms(SCTP_RTO_INITIAL.clamp(t.rto_min, t.rto_max)),
+        rto_min_ms: ms(t.rto_min),
+        rto_max_ms: ms(t.rto_max),
+        ack_interval_ms: ms(SCTP_DELAYED_ACK),
+        ..Default::default()
+    }
 }
 
 /// Where a connection sends what it hears, given once when it is built.
@@ -250,16 +274,18 @@ impl Pc {
             .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
             // A direct pair through a NAT is the best path there is: take
             // it as soon as it works (the crate waits 500 ms). A relay still
-            // waits, so that a direct pair that needs a few retransmissions
-            // is not beaten by TURN (the crate waits 2 s; 1 s measured in
-            // the NAT lab keeps cone NATs direct).
+            // waits `--ice-relay-wait` (the crate: 2 s) so that a direct pair
+            // that needs a few retransmissions is not beaten by TURN; with
+            // the handshakes no longer waiting for timer ticks, that wait is
+            // all a relayed open costs.
             .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
-            .with_relay_acceptance_min_wait(Some(Duration::from_secs(1)))
+            .with_relay_acceptance_min_wait(Some(settings.relay_wait))
             // The answerer as DTLS server saves a round of waiting.
             .with_answering_dtls_role(RTCDtlsRole::Server)
             // Never advertise more window than the socket can hold: overflow
             // drops packets and SCTP's 1 s minimum RTO then stalls the link.
             .with_sctp_max_receive_buffer_size(window)
+            .with_sctp_timer_config(sctp_timers(settings.sctp))
             .build();
         let ice_servers = settings
             .ice_servers
@@ -347,8 +373,25 @@ impl Pc {
         Ok(offer.sdp)
     }
 
+    /// The initiator's ICE restart of the open connection: new credentials
+    /// (the peer's answer carries its own), candidates gathered again;
+    /// DTLS, SCTP and the channel are untouched. Returns the offer's SDP.
+    pub async fn restart_offer(&mut self) -> anyhow::Result<String> {
+        let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
+        let offer = self.pc.create_offer(Some(options)).await?;
+        self.pc.set_local_description(offer.clone()).await?;
+        // A new ICE generation: the cap counts its candidates afresh.
+        self.candidates = 0;
+        Ok(offer.sdp)
+    }
+
     /// The answerer's side: applies the offer and returns the answer's SDP.
+    /// Also the answer to the peer's ICE restart of an open connection.
     pub async fn answer(&mut self, offer: String) -> anyhow::Result<String> {
+        if self.described {
+            // A restart: a new ICE generation, its candidates counted afresh.
+            self.candidates = 0;
+        }
         self.used = true;
         self.pc
             .set_remote_description(RTCSessionDescription::offer(offer)?)

@@ -137,6 +137,11 @@ pub async fn build(parts: Parts<'_>) -> Status {
             Link::Open(o) => Some(o.since.elapsed().as_millis() as u64),
             _ => None,
         },
+        ice_restarting: matches!(link, Link::Open(o) if o.restart.is_some()),
+        paired_at_signald: !matches!(
+            link,
+            Link::Open(o) if matches!(o.at_signald, crate::link::AtSignald::Gone { .. })
+        ),
         path,
         fingerprint: link.identity().map(|i| i.fingerprint),
         trust: link.identity().map(|i| i.trust),

@@ -55,6 +55,10 @@ impl Core {
             self.apply(Change::End(e), fx);
             return;
         }
+        // A silent path (not a close) of an open link: restart ICE.
+        if !clean && reason == DisconnectReason::IceFailed && self.restart(now, fx) {
+            return;
+        }
         let (peer, initiator, described, waiter, invite) =
             match std::mem::replace(&mut self.link, Link::Idle) {
                 Link::Connecting(c) => (
@@ -107,6 +111,11 @@ impl Core {
                 _ => None,
             },
             Link::Closing(c) if c.until <= now => Some(c.ending.clone()),
+            Link::Open(_) => {
+                self.restart_timed_out(now, fx);
+                self.repair_due(now, fx);
+                None
+            }
             _ => None,
         };
         if let Some(e) = ending {

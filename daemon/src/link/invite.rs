@@ -280,6 +280,8 @@ impl Core {
             initiator,
             since: now,
             identity,
+            restart: None,
+            at_signald: super::AtSignald::Paired,
         };
         self.apply(Change::Open(open, path), fx);
     }

@@ -18,6 +18,7 @@
 
 mod ending;
 mod invite;
+mod restart;
 mod signald;
 mod state;
 #[cfg(test)]
@@ -34,7 +35,8 @@ use tokio::time::Instant;
 
 pub use invite::{InviteEdit, InviteProgress, InviteRole};
 pub use state::{
-    Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Requested, Waiter,
+    AtSignald, Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open, PairReply,
+    Requested, Restart, Waiter,
 };
 pub use trust::{PeerIdentity, TrustEdit};
 
@@ -43,6 +45,9 @@ use crate::trust::TrustStore;
 
 /// How long a broken connection waits for signald to say why.
 pub const LOSS_GRACE: Duration = Duration::from_millis(250);
+/// How often the initiator of an open link asks signald to pair it again
+/// with its peer while the peer is not back yet.
+pub const REPAIR_RETRY: Duration = Duration::from_secs(1);
 
 /// What the core is told.
 #[derive(Debug)]
@@ -162,6 +167,13 @@ pub enum Effect {
     Drain,
     /// Close the peer connection and build a fresh one.
     Reset,
+    /// Make an ICE restart offer on the open connection; answer with
+    /// [`Input::Offered`].
+    RestartIce,
+    /// The restart found a path: count it and publish `ice_restarted`.
+    Restarted {
+        peer: String,
+    },
 }
 
 /// What the core knows of the signaling connection.
@@ -180,6 +192,8 @@ pub struct Policy {
     pub connect_timeout: Duration,
     /// Longest an ending link waits for data in flight ([`Awaiting`]).
     pub drain_timeout: Duration,
+    /// Longest an ICE restart may take before the link resets.
+    pub restart_timeout: Duration,
     /// signald's URL, for messages.
     pub server: String,
 }
@@ -316,14 +330,20 @@ impl Core {
                     self.apply(Change::End(e), &mut fx);
                 }
             }
-            Input::SignalingUp { id, turn } => self.signaling = Signaling::Up { id, turn },
+            Input::SignalingUp { id, turn } => {
+                self.signaling = Signaling::Up { id, turn };
+                self.ask_to_pair_again(now, &mut fx);
+            }
             Input::SignalingDown { why } => {
                 let error = err(
                     ErrorCode::Failed,
                     format!("lost the signaling connection: {why}"),
                 );
                 self.signaling = Signaling::Down { why };
-                if self.link.peer().is_some() {
+                if self.pairing_gone(DisconnectReason::SignalingLost, now, &mut fx) {
+                    // The channel does not need signald; the pairing is
+                    // made again once signald is back.
+                } else if self.link.peer().is_some() {
                     let e = Ending {
                         reason: DisconnectReason::SignalingLost,
                         error,
@@ -337,7 +357,17 @@ impl Core {
             Input::Server(m) => self.on_server(m, now, &mut fx),
             Input::SignalFailed { what, why } => self.on_signal_failed(what, why, &mut fx),
             Input::Offered(r) => match r {
-                Ok(sdp) if matches!(self.link, Link::Connecting(_)) => {
+                Ok(sdp)
+                    if matches!(
+                        &self.link,
+                        Link::Connecting(_)
+                            | Link::Open(Open {
+                                restart: Some(_),
+                                at_signald: AtSignald::Paired,
+                                ..
+                            })
+                    ) =>
+                {
                     fx.push(Effect::Signal(ClientMsg::Offer { sdp }));
                 }
                 Ok(_) => {}
@@ -345,9 +375,14 @@ impl Core {
             },
             Input::Answered(r) => match r {
                 Ok(sdp) => {
-                    if let Link::Connecting(c) = &mut self.link {
-                        c.negotiation = Negotiation::Described;
-                        fx.push(Effect::Signal(ClientMsg::Answer { sdp }));
+                    match &mut self.link {
+                        Link::Connecting(c) => {
+                            c.negotiation = Negotiation::Described;
+                            fx.push(Effect::Signal(ClientMsg::Answer { sdp }));
+                        }
+                        // The answer to the peer's restart offer.
+                        Link::Open(_) => fx.push(Effect::Signal(ClientMsg::Answer { sdp })),
+                        _ => {}
                     }
                     self.maybe_run_invite(&mut fx);
                 }
@@ -367,11 +402,18 @@ impl Core {
                     fx.push(Effect::Signal(ClientMsg::Candidate { candidate }));
                 }
             }
-            Input::IceConnected => {
-                if let Link::Connecting(c) = &mut self.link {
-                    c.ice_connected = true;
+            Input::IceConnected => match &mut self.link {
+                Link::Connecting(c) => c.ice_connected = true,
+                Link::Open(o) => {
+                    if let Some(r) = o.restart.take() {
+                        tracing::info!(peer = %o.peer, took = ?now - r.since, "ICE restart found a new path");
+                        fx.push(Effect::Restarted {
+                            peer: o.peer.clone(),
+                        });
+                    }
                 }
-            }
+                _ => {}
+            },
             Input::Lost { reason, clean } => self.on_lost(reason, clean, now, &mut fx),
             Input::ChannelOpen { path } => self.on_channel_open(path, now, &mut fx),
             Input::InviteChannel => self.on_invite_channel(&mut fx),
@@ -432,6 +474,11 @@ impl Core {
     ) {
         let Link::Open(o) = std::mem::replace(&mut self.link, Link::Idle) else {
             unreachable!("called on an open link")
+        };
+        let ending = Ending {
+            // signald holds no pairing to end.
+            tell_signald: ending.tell_signald && matches!(o.at_signald, AtSignald::Paired),
+            ..ending
         };
         let c = Closing {
             peer: o.peer,

@@ -26,6 +26,7 @@ impl Core {
                 {
                     self.checked(from, sdp, |sdp| Effect::Answer { sdp }, fx);
                 }
+                Link::Open(_) => self.on_restart_offer(&from, sdp, now, fx),
                 _ => tracing::debug!(%from, "ignoring an offer we are not waiting for"),
             },
             ServerMsg::Answer { sdp, from } => match &self.link {
@@ -34,6 +35,7 @@ impl Core {
                 {
                     self.checked(from, sdp, |sdp| Effect::AcceptAnswer { sdp }, fx);
                 }
+                Link::Open(_) => self.on_restart_answer(&from, sdp, fx),
                 _ => tracing::debug!(%from, "ignoring an answer we did not ask for"),
             },
             ServerMsg::Candidate { candidate, from } => {
@@ -52,7 +54,10 @@ impl Core {
                         error,
                         tell_signald: false,
                     };
-                    if matches!(self.link, Link::Open(_)) && reason == SigReason::Unpaired {
+                    if reason != SigReason::Unpaired && self.pairing_gone(reason.into(), now, fx) {
+                        // Its signaling connection ended, not (yet) the
+                        // link: a network change, or signald restarting.
+                    } else if matches!(self.link, Link::Open(_)) && reason == SigReason::Unpaired {
                         // It may still be sending its last messages: a p2pd
                         // unpairs only after they were acknowledged, but
                         // they can still be on their way to `tail`.
@@ -75,6 +80,9 @@ impl Core {
     }
 
     fn on_paired(&mut self, peer: String, initiator: bool, now: Instant, fx: &mut Vec<Effect>) {
+        if self.paired_again(&peer, fx) {
+            return;
+        }
         if initiator {
             // The answer to one of our `pair` requests.
             if self.abandoned > 0 {
@@ -221,6 +229,9 @@ impl Core {
                 Change::Refuse(error)
             };
             self.apply(change, fx);
+            return;
+        }
+        if answers_pair && self.repair_refused(code) {
             return;
         }
         let Link::Requested(r) = &self.link else {

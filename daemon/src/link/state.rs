@@ -90,6 +90,39 @@ pub struct Open {
     /// The peer's key as checked (`None` only if `--trust any` accepted a
     /// description whose key could not be read).
     pub identity: Option<PeerIdentity>,
+    /// An ICE restart under way, when the path went silent.
+    pub restart: Option<Restart>,
+    /// Whether signald still holds the pairing.
+    pub at_signald: AtSignald,
+}
+
+/// The pairing at signald, as an open link sees it. A network change, or
+/// signald restarting, ends the pairing there (and signald tells the
+/// peer) while the channel itself may live on: the link then waits for
+/// the pairing to be made again rather than ending.
+#[derive(Debug)]
+pub enum AtSignald {
+    Paired,
+    /// Ended at signald for `reason`. The initiator asks signald to pair
+    /// again (last at `asked`); if that has not happened by `deadline`,
+    /// the link ends with `reason`.
+    Gone {
+        reason: DisconnectReason,
+        deadline: Instant,
+        asked: Option<Instant>,
+    },
+}
+
+/// An ICE restart of an open link: new credentials and candidates through
+/// signald while DTLS, SCTP and the channel stay up. The original
+/// initiator makes the offer, so two restarts never cross.
+#[derive(Debug)]
+pub struct Restart {
+    pub since: Instant,
+    /// When it gives up and the link resets (`ice_failed`).
+    pub deadline: Instant,
+    /// When we last answered a restart offer of the peer's.
+    pub answered: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -188,7 +221,22 @@ impl Link {
     /// The next moment something is due, if any.
     pub fn deadline(&self) -> Option<Instant> {
         match self {
-            Link::Idle | Link::Open(_) => None,
+            Link::Idle => None,
+            Link::Open(o) => {
+                let gone = match &o.at_signald {
+                    AtSignald::Paired => None,
+                    AtSignald::Gone {
+                        deadline, asked, ..
+                    } => Some(match asked {
+                        Some(at) if o.initiator => (*deadline).min(*at + super::REPAIR_RETRY),
+                        _ => *deadline,
+                    }),
+                };
+                [o.restart.as_ref().map(|r| r.deadline), gone]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
             Link::Requested(r) => Some(r.waiter.deadline),
             Link::Connecting(c) => Some(match &c.waiter {
                 Some(w) => c.deadline.min(w.deadline),

@@ -43,6 +43,11 @@ impl Fixture {
             ice_disconnected_timeout: Duration::from_secs(5),
             runtime: Arc::new(BufferedRuntime::new().unwrap()),
             certificate: identity.certificate(),
+            sctp: crate::config::SctpTimers {
+                rto_min: Duration::from_millis(220),
+                rto_max: Duration::from_millis(800),
+            },
+            relay_wait: Duration::from_millis(300),
         };
         Fixture {
             rt,

@@ -59,6 +59,20 @@ pub enum EventKind {
         invite: Option<u16>,
         reason: InviteFailure,
     },
+    /// The open link's network path went silent (a network change, a NAT
+    /// that forgot us): ICE is restarting to find a new one while the
+    /// channel stays open. Messages sent meanwhile wait, and arrive once
+    /// `ice_restarted` comes; if it does not come within the restart bound,
+    /// `peer_disconnected` (`ice_failed`) does.
+    IceRestarting {
+        peer_id: String,
+    },
+    /// ICE found a new path for the open link; nothing was lost.
+    IceRestarted {
+        peer_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<Path>,
+    },
     /// This follower was too slow and missed `missed` events just before
     /// this one.
     Lagged {
@@ -259,6 +273,13 @@ mod tests {
         // The fast line is the derived serialisation, for every kind.
         for kind in [
             EventKind::Lagged { missed: 3 },
+            EventKind::IceRestarting {
+                peer_id: "p".into(),
+            },
+            EventKind::IceRestarted {
+                peer_id: "p".into(),
+                path: None,
+            },
             EventKind::PeerDisconnected {
                 peer_id: "p".into(),
                 reason: DisconnectReason::IceFailed,
@@ -276,6 +297,31 @@ mod tests {
             let e = Event { ts_ms: 42, kind };
             assert_eq!(e.to_line(), serde_json::to_string(&e).unwrap() + "\n");
         }
+    }
+
+    #[test]
+    fn restart_events_have_their_documented_form() {
+        let e = Event {
+            ts_ms: 5,
+            kind: EventKind::IceRestarting {
+                peer_id: "bob".into(),
+            },
+        };
+        assert_eq!(
+            e.to_line(),
+            "{\"ts_ms\":5,\"event\":\"ice_restarting\",\"peer_id\":\"bob\"}\n"
+        );
+        let e = Event {
+            ts_ms: 6,
+            kind: EventKind::IceRestarted {
+                peer_id: "bob".into(),
+                path: None,
+            },
+        };
+        assert_eq!(
+            e.to_line(),
+            "{\"ts_ms\":6,\"event\":\"ice_restarted\",\"peer_id\":\"bob\"}\n"
+        );
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub const CONTROL_VERSION: u32 = 1;
 /// fits with room to spare). Longer lines get `line_too_long`.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
+/// serde's default for flags that are true unless said otherwise.
+fn yes() -> bool {
+    true
+}
+
 /// Why the directory holding a control socket cannot be trusted, if it
 /// cannot: it must be a real directory (not a symlink), owned by us or by
 /// root (like /tmp, or a system daemon's /run/p2pd), and writable by nobody

@@ -138,6 +138,14 @@ pub struct StatusPeer {
     pub initiator: Option<bool>,
     /// Milliseconds since the data channel opened.
     pub open_for_ms: Option<u64>,
+    /// An ICE restart is looking for a new path (the channel stays open).
+    #[serde(default)]
+    pub ice_restarting: bool,
+    /// Whether signald holds the pairing; false while an open link waits
+    /// for it to be made again (after a network change or a signald
+    /// restart).
+    #[serde(default = "super::yes")]
+    pub paired_at_signald: bool,
     /// The selected ICE path, once connected.
     pub path: Option<Path>,
     /// The key the peer's description carries, once it has been checked,
@@ -157,6 +165,9 @@ pub struct Counters {
     pub pairings: u64,
     /// Peer connections torn down and rebuilt.
     pub resets: u64,
+    /// ICE restarts that found a new path for an open link (no reset).
+    #[serde(default)]
+    pub ice_restarts: u64,
     /// Connected `tail` followers right now.
     pub subscribers: u64,
     /// Events that slow followers missed (each was told how many).

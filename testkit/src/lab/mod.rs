@@ -377,6 +377,20 @@ impl Lab {
         )
     }
 
+    /// Router r1's mapping changes under its peer, as after a NAT reboot
+    /// with a new lease or a hop to another network: its NAT moves to a
+    /// second public address (198.51.100.21) and forgets every mapping
+    /// (conntrack flushed). Packets to the old mapping are dropped from
+    /// now on; h1's next packets leave from the new address.
+    pub fn rebind_r1(&self) {
+        ns_sh(
+            &self.ns("r1"),
+            "ip addr add 198.51.100.21/24 dev wan
+             iptables -t nat -R POSTROUTING 1 -o wan -j SNAT --to-source 198.51.100.21
+             conntrack -F 2>/dev/null",
+        );
+    }
+
     /// Deletes one namespace now (a router "losing power").
     pub fn kill_ns(&mut self, name: &str) {
         let ns = self.ns(name);

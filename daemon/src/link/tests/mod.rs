@@ -59,6 +59,7 @@ impl T {
                     allow_peers: allow.iter().map(|s| s.to_string()).collect(),
                     connect_timeout: Duration::from_secs(15),
                     drain_timeout: DRAIN,
+                    restart_timeout: Duration::from_secs(10),
                     server: "ws://signald/ws".into(),
                 },
                 store,
@@ -207,4 +208,5 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 mod invite;
 mod lifecycle;
+mod restart;
 mod trust;
