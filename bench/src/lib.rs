@@ -13,3 +13,4 @@
 pub mod procfs;
 pub mod raw;
 pub mod table;
+pub mod tcp;

@@ -140,7 +140,7 @@ fn a_message(events: &Tail) -> String {
 fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
     lab_or_skip!();
     let mut lab = Lab::build(Nat::Cone);
-    let _impair = lab.impair_r2_uplink();
+    let _impair = lab.impair_r2_uplink(std::time::Duration::from_millis(50), 0.02);
     let (_s, a, b) = lab.start_peers(&[Lab::stun()]);
     let path = pair_ok(&a, &b);
     assert!(

@@ -1,91 +1,86 @@
-//! `p2pd-lab-bench` (`scripts/bench-nat-lab`): connect time and throughput
-//! per path through the NAT lab (`p2p_testkit::lab`: network namespaces,
-//! needs root), printed as a Markdown table. Speed is measured here, never
-//! asserted in a test.
+//! `p2pd-lab-bench` (`scripts/bench-nat-lab`): open time and throughput per
+//! path through the NAT lab (`p2p_testkit::lab`: network namespaces, needs
+//! root), and on the impaired path a plain TCP transfer across the same
+//! namespaces and wire, printed as Markdown tables. Speed is measured
+//! here, never asserted in a test.
 
-use p2p_testkit::Tail;
+use std::time::{Duration, Instant};
+
 use p2p_testkit::lab::{Lab, Nat, pair_ok};
+use p2p_testkit::{Daemon, Tail};
+
+/// The impaired path: one uplink, each way.
+const DELAY: Duration = Duration::from_millis(25);
+const LOSS: f64 = 0.01;
+/// Pairings timed per path.
+const OPENS: usize = 7;
+/// TCP port of the comparison transfer.
+const TCP_PORT: u16 = 5001;
+
+struct Path {
+    name: &'static str,
+    nat: Nat,
+    turn: bool,
+    impaired: bool,
+    /// Extra p2pd flags (the crate's old SCTP timers, for comparison).
+    flags: &'static [&'static str],
+}
+
+struct Row {
+    name: &'static str,
+    selected: String,
+    open_p50: Duration,
+    open_max: Duration,
+    lines_per_s: f64,
+    big_mb_s: f64,
+    tcp: Option<(f64, f64)>,
+}
 
 fn main() {
     if let Some(why) = p2p_testkit::lab::cannot_run() {
         eprintln!("p2pd-lab-bench: cannot build the lab here: {why}");
         std::process::exit(2);
     }
+    let old_timers: &[&str] = &["--sctp-rto-min", "1s", "--sctp-rto-max", "60s"];
+    let paths = [
+        Path {
+            name: "direct (cone NATs, STUN)",
+            nat: Nat::Cone,
+            turn: false,
+            impaired: false,
+            flags: &[],
+        },
+        Path {
+            name: "relayed (symmetric NATs, TURN)",
+            nat: Nat::Symmetric,
+            turn: true,
+            impaired: false,
+            flags: &[],
+        },
+        Path {
+            name: "impaired (cone, 25 ms + 1% loss each way)",
+            nat: Nat::Cone,
+            turn: false,
+            impaired: true,
+            flags: &[],
+        },
+        Path {
+            name: "impaired, SCTP timers of RFC 9260 (RTO 1-60 s)",
+            nat: Nat::Cone,
+            turn: false,
+            impaired: true,
+            flags: old_timers,
+        },
+    ];
+    let rows: Vec<Row> = paths.iter().map(measure).collect();
 
-    use std::time::{Duration, Instant};
-    struct Row {
-        path: &'static str,
-        selected: String,
-        open_p50: Duration,
-        open_max: Duration,
-        lines_per_s: f64,
-        big_mb_s: f64,
-    }
-    let mut rows = Vec::new();
-    for (name, nat, turn, impaired) in [
-        ("direct (cone NATs, STUN)", Nat::Cone, false, false),
-        (
-            "relayed (symmetric NATs, TURN)",
-            Nat::Symmetric,
-            true,
-            false,
-        ),
-        (
-            "impaired (cone, 50 ms + 2% loss each way)",
-            Nat::Cone,
-            false,
-            true,
-        ),
-    ] {
-        let mut lab = Lab::build(nat);
-        let impair = impaired.then(|| lab.impair_r2_uplink());
-        let ice = if turn {
-            vec![Lab::stun(), Lab::turn()]
-        } else {
-            vec![Lab::stun()]
-        };
-        let (s, a, b) = lab.start_peers(&ice);
-        let mut opens = Vec::new();
-        for _ in 0..7 {
-            let t = Instant::now();
-            pair_ok(&a, &b);
-            opens.push(t.elapsed());
-            a.ok(&["unpair"]);
-            a.wait_idle();
-            b.wait_idle();
-        }
-        opens.sort();
-        let selected = {
-            let p = pair_ok(&a, &b);
-            format!("{} -> {}", p.local_type, p.remote_type)
-        };
-        let tail = Tail::start(&b, &[]);
-        // 100-byte lines (99 bytes + newline), then 16 KiB messages.
-        let (n_lines, n_big) = if impaired {
-            (20_000, 200)
-        } else {
-            (100_000, 2_000)
-        };
-        let lines_per_s = n_lines as f64 / timed_transfer(&a, &tail, n_lines, 100);
-        let big_mb_s =
-            (n_big * 16 * 1024) as f64 / timed_transfer(&a, &tail, n_big, 16 * 1024) / 1e6;
-        rows.push(Row {
-            path: name,
-            selected,
-            open_p50: opens[opens.len() / 2],
-            open_max: *opens.last().unwrap(),
-            lines_per_s,
-            big_mb_s,
-        });
-        drop((tail, a, b, s, impair));
-    }
-    let mut table = String::from(
+    let mut out = String::from(
         "| path | selected pair | pair to open p50 / max | 100-byte lines/s | 16 KiB msgs MB/s |\n|---|---|---|---|---|\n",
     );
-    for r in rows {
-        table.push_str(&format!(
-            "| {} | {} | {:.0} / {:.0} ms | {:.0} | {:.1} |\n",
-            r.path,
+    for r in &rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} / {:.0} ms | {:.0} | {:.2} |\n",
+            r.name,
             r.selected,
             r.open_p50.as_secs_f64() * 1e3,
             r.open_max.as_secs_f64() * 1e3,
@@ -93,16 +88,95 @@ fn main() {
             r.big_mb_s
         ));
     }
+    out.push_str(
+        "\n| impaired path | p2pd 16 KiB MB/s | TCP CUBIC MB/s | TCP BBR MB/s | p2pd / CUBIC |\n|---|---|---|---|---|\n",
+    );
+    for r in rows.iter().filter(|r| r.tcp.is_some()) {
+        let (cubic, bbr) = r.tcp.unwrap();
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            r.name,
+            r.big_mb_s,
+            cubic,
+            bbr,
+            r.big_mb_s / cubic
+        ));
+    }
     use std::io::Write;
-    let _ = std::io::stdout().write_all(table.as_bytes());
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+fn measure(p: &Path) -> Row {
+    let mut lab = Lab::build(p.nat);
+    let impair = p.impaired.then(|| lab.impair_r2_uplink(DELAY, LOSS));
+    let ice = if p.turn {
+        vec![Lab::stun(), Lab::turn()]
+    } else {
+        vec![Lab::stun()]
+    };
+    lab.start_coturn();
+    let s = lab.signald(&ice);
+    let a = lab.daemon("h1", "h1", p.flags);
+    let b = lab.daemon("h2", "h2", p.flags);
+    let mut opens = Vec::new();
+    for _ in 0..OPENS {
+        let t = Instant::now();
+        pair_ok(&a, &b);
+        opens.push(t.elapsed());
+        a.ok(&["unpair"]);
+        a.wait_idle();
+        b.wait_idle();
+    }
+    opens.sort();
+    let selected = {
+        let p = pair_ok(&a, &b);
+        format!("{} -> {}", p.local_type, p.remote_type)
+    };
+    let tail = Tail::start(&b, &[]);
+    // 100-byte lines (99 bytes + newline), then 16 KiB messages: 8 MB on
+    // the impaired path (long enough to leave slow start), 32 MB elsewhere.
+    let (n_lines, n_big) = if p.impaired {
+        (20_000, 500)
+    } else {
+        (100_000, 2_000)
+    };
+    let lines_per_s = n_lines as f64 / timed_transfer(&a, &tail, n_lines, 100);
+    let big_bytes = n_big * 16 * 1024;
+    let big_mb_s = big_bytes as f64 / timed_transfer(&a, &tail, n_big, 16 * 1024) / 1e6;
+    drop((tail, a, b, s));
+    let tcp = p.impaired.then(|| {
+        lab.forward_tcp_to_h2(TCP_PORT);
+        let run = |cc| {
+            p2p_bench::tcp::transfer(
+                &lab.ns("h2"),
+                &lab.ns("h1"),
+                "198.51.100.12",
+                TCP_PORT,
+                big_bytes,
+                cc,
+            )
+            .unwrap_or_else(|e| panic!("TCP {cc}: {e:#}"))
+        };
+        (run("cubic"), run("bbr"))
+    });
+    drop(impair);
+    Row {
+        name: p.name,
+        selected,
+        open_p50: opens[opens.len() / 2],
+        open_max: *opens.last().unwrap(),
+        lines_per_s,
+        big_mb_s,
+        tcp,
+    }
 }
 
 /// Seconds to send `n` lines of `size` bytes (newline included) from `a`
 /// until `tail` printed the last of them.
-fn timed_transfer(a: &p2p_testkit::Daemon, tail: &Tail, n: usize, size: usize) -> f64 {
+fn timed_transfer(a: &Daemon, tail: &Tail, n: usize, size: usize) -> f64 {
     let line = "x".repeat(size - 1);
     let input: String = (0..n).map(|_| format!("{line}\n")).collect();
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     let out = a.ctl_stdin(&["send"], input.as_bytes());
     assert!(
         out.status.success(),

@@ -328,8 +328,9 @@ impl Lab {
     }
 
     /// Puts an impairment box between r2's WAN and the internet bridge:
-    /// 50 ms each way and 2% loss each way. Drop the result before the lab.
-    pub fn impair_r2_uplink(&mut self) -> Impairment {
+    /// `delay` each way and `loss` (a fraction) each way. Drop the result
+    /// before the lab.
+    pub fn impair_r2_uplink(&mut self, delay: std::time::Duration, loss: f64) -> Impairment {
         let inet = self.ns("inet");
         let r2 = self.ns("r2");
         let d = self.ns("d2");
@@ -368,13 +369,20 @@ impl Lab {
                  ethtool -K wan {offloads}"
             ),
         );
-        Impairment::start(
-            &d,
-            "imp0",
-            "imp1",
-            std::time::Duration::from_millis(50),
-            0.02,
-        )
+        Impairment::start(&d, "imp0", "imp1", delay, loss)
+    }
+
+    /// Forwards TCP `port` on r2's public address to h2, so that a plain
+    /// TCP transfer can take exactly the path p2pd's packets take (for the
+    /// benchmark's comparison).
+    pub fn forward_tcp_to_h2(&self, port: u16) {
+        ns_sh(
+            &self.ns("r2"),
+            &format!(
+                "iptables -t nat -A PREROUTING -i wan -p tcp --dport {port} -j DNAT --to-destination 10.0.2.2:{port}
+                 iptables -A FORWARD -i wan -o lan -p tcp --dport {port} -j ACCEPT"
+            ),
+        );
     }
 
     /// Router r1's mapping changes under its peer, as after a NAT reboot

@@ -45,7 +45,7 @@ impl Drop for Impairment {
 }
 
 /// Joins network namespace `ns` (this thread only).
-fn enter_netns(ns: &str) {
+pub fn enter_netns(ns: &str) {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
     // SAFETY: setns on a valid namespace fd affects only the calling thread.
