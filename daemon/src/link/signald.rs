@@ -11,7 +11,8 @@ use p2p_proto::signal::{
 use tokio::time::Instant;
 
 use super::{
-    Change, Connecting, Core, Effect, Ending, InviteProgress, InviteRole, Link, Negotiation, err,
+    AtSignald, Change, Connecting, Core, Effect, Ending, InviteProgress, InviteRole, Link,
+    Negotiation, err,
 };
 
 impl Core {
@@ -81,6 +82,15 @@ impl Core {
 
     fn on_paired(&mut self, peer: String, initiator: bool, now: Instant, fx: &mut Vec<Effect>) {
         if self.paired_again(&peer, fx) {
+            return;
+        }
+        if let Link::Open(o) = &self.link
+            && matches!(o.at_signald, AtSignald::Gone { .. })
+        {
+            // signald lost the open link's pairing and thinks we are free:
+            // we are busy, not over.
+            tracing::warn!(new = %peer, current = %o.peer, "refusing a pairing while the open link is being paired again");
+            fx.push(Effect::Signal(ClientMsg::Unpair));
             return;
         }
         if initiator {

@@ -219,6 +219,11 @@ fn an_open_link_outlives_its_signaling_and_the_initiator_pairs_again() {
             peer_id: "bob".into()
         })]
     );
+    // Meanwhile signald thinks we are free: carol pairs with us, and is
+    // refused; the open link goes on.
+    let fx = t.server(paired("carol", false));
+    assert_eq!(fx, [Effect::Signal(ClientMsg::Unpair)]);
+    assert_eq!(t.state(), LinkState::Open);
     let fx = t.server(paired("bob", true));
     assert!(fx.is_empty(), "the same link goes on: {fx:?}");
     assert_eq!(t.state(), LinkState::Open);
