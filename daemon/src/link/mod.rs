@@ -472,40 +472,40 @@ impl Core {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
-        let Link::Open(o) = std::mem::replace(&mut self.link, Link::Idle) else {
-            unreachable!("called on an open link")
+        let awaiting = Awaiting::Drain {
+            unpairs: unpair.into_iter().collect(),
         };
-        let ending = Ending {
-            // signald holds no pairing to end.
-            tell_signald: ending.tell_signald && matches!(o.at_signald, AtSignald::Paired),
-            ..ending
-        };
-        let c = Closing {
-            peer: o.peer,
-            initiator: o.initiator,
-            awaiting: Awaiting::Drain {
-                unpairs: unpair.into_iter().collect(),
-            },
-            ending,
-            described: true,
-            until: now + self.policy.drain_timeout,
-            waiter: None,
-            verdict: None,
-        };
-        self.apply(Change::Lose(c), fx);
+        self.close_open(awaiting, ending, now, fx);
         fx.push(Effect::Drain);
     }
 
     /// The peer unpaired an open link: read what it sent before leaving
     /// (its channel closes after the last message), bounded.
     fn read_to_end(&mut self, ending: Ending, now: Instant, fx: &mut Vec<Effect>) {
+        self.close_open(Awaiting::ChannelEnd, ending, now, fx);
+    }
+
+    /// The open link goes `Closing`, awaiting `awaiting` for at most the
+    /// drain timeout, then `ending`.
+    fn close_open(
+        &mut self,
+        awaiting: Awaiting,
+        ending: Ending,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
         let Link::Open(o) = std::mem::replace(&mut self.link, Link::Idle) else {
             unreachable!("called on an open link")
+        };
+        let ending = Ending {
+            // signald may hold no pairing to end.
+            tell_signald: ending.tell_signald && matches!(o.at_signald, AtSignald::Paired),
+            ..ending
         };
         let c = Closing {
             peer: o.peer,
             initiator: o.initiator,
-            awaiting: Awaiting::ChannelEnd,
+            awaiting,
             ending,
             described: true,
             until: now + self.policy.drain_timeout,

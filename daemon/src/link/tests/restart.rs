@@ -171,16 +171,8 @@ fn a_restart_that_finds_no_path_resets_at_the_bound() {
 }
 
 #[test]
-fn a_closed_channel_or_an_unpairing_peer_ends_the_link_as_before() {
-    let mut t = T::new();
-    t.open_with_bob();
-    let fx = t.on(Input::Lost {
-        reason: DisconnectReason::ChannelClosed,
-        clean: true,
-    });
-    assert_eq!(fx, [Effect::Withdraw]);
-    assert_eq!(t.state(), LinkState::Closing);
-
+fn a_peer_that_unpairs_while_restarting_ends_the_link_as_before() {
+    // (A closed channel: lifecycle.rs, a_loss_waits_for_signalds_reason.)
     // Restarting, then the peer unpairs: the link ends (after reading
     // what the peer sent before).
     let mut t = T::new();
