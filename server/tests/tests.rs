@@ -3,6 +3,8 @@
 mod util;
 
 mod binary;
+mod cluster;
+mod cluster_failures;
 mod errors;
 mod flow;
 mod handshake;
