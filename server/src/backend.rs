@@ -2,6 +2,10 @@
 //! nothing to install) or in Redis for several nodes ([`Cluster`],
 //! `--cluster`). Connections talk to this one interface; the in-memory
 //! side answers at once, the cluster side after a Redis round trip.
+//!
+//! The cluster's futures are boxed: unboxed, their Redis state would be
+//! part of every connection task's future, idle ones included (measured:
+//! +0.8 KiB per idle client on a single node).
 
 use std::sync::Arc;
 
@@ -57,7 +61,7 @@ impl Backend {
     ) -> Result<Arc<Slot>, Refusal> {
         match self {
             Backend::Memory(r) => r.register(requested, token, welcome),
-            Backend::Cluster(c) => c.register(requested, token, welcome).await,
+            Backend::Cluster(c) => Box::pin(c.register(requested, token, welcome)).await,
         }
     }
 
@@ -68,21 +72,21 @@ impl Backend {
     ) -> Result<Result<(), ErrorCode>, Unavailable> {
         match self {
             Backend::Memory(r) => Ok(r.pair(a, peer_id)),
-            Backend::Cluster(c) => c.pair(a, peer_id).await,
+            Backend::Cluster(c) => Box::pin(c.pair(a, peer_id)).await,
         }
     }
 
     pub async fn unpair(&self, a: &Arc<Slot>) -> Result<Result<(), ErrorCode>, Unavailable> {
         match self {
             Backend::Memory(r) => Ok(r.unpair(a)),
-            Backend::Cluster(c) => c.unpair(a).await,
+            Backend::Cluster(c) => Box::pin(c.unpair(a)).await,
         }
     }
 
     pub async fn relay(&self, a: &Arc<Slot>, frame: Utf8Bytes) -> Result<Relayed, Unavailable> {
         match self {
             Backend::Memory(r) => Ok(r.relay(a, frame)),
-            Backend::Cluster(c) => c.relay(a, frame).await,
+            Backend::Cluster(c) => Box::pin(c.relay(a, frame)).await,
         }
     }
 
@@ -90,7 +94,7 @@ impl Backend {
     pub async fn remove(&self, slot: &Arc<Slot>, reason: DisconnectReason) {
         match self {
             Backend::Memory(r) => r.remove(slot, reason, Kick::Own),
-            Backend::Cluster(c) => c.remove(slot, reason).await,
+            Backend::Cluster(c) => Box::pin(c.remove(slot, reason)).await,
         }
     }
 

@@ -153,11 +153,6 @@ impl Slot {
         }
     }
 
-    /// The token's hash, if the client gave one.
-    pub fn token(&self) -> Option<&TokenHash> {
-        self.token.as_ref()
-    }
-
     /// The pairing cell; lock order: after the map, before any `out`.
     pub fn link(&self) -> MutexGuard<'_, Option<Link>> {
         lock(&self.peer)

@@ -398,20 +398,12 @@ impl Cluster {
             // Fenced away or being removed: closing anyway.
             return Ok(Ok(()));
         };
-        if !valid_id(peer_id) {
-            // Nobody can hold it; no need to ask Redis. Still after
-            // `already_paired`, which the local cache may not know yet.
-            let r = i
-                .call(&i.scripts.pair, &inc, &[&a.id, &a.conn.to_string(), "-"])
-                .await;
-            return self.pair_answer(era, r).await;
-        }
+        // An ID nobody can hold is asked for as the empty one (no ID is
+        // empty): still `unknown_peer` after `already_paired`, which only
+        // Redis knows for sure.
+        let peer = if valid_id(peer_id) { peer_id } else { "" };
         let r = i
-            .call(
-                &i.scripts.pair,
-                &inc,
-                &[&a.id, &a.conn.to_string(), peer_id],
-            )
+            .call(&i.scripts.pair, &inc, &[&a.id, &a.conn.to_string(), peer])
             .await;
         self.pair_answer(era, r).await
     }
