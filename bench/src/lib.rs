@@ -7,9 +7,13 @@
 //! - `p2pd-bench`: two daemons on loopback, one measurement per function.
 //! - `p2pd-lab-bench`: the same paths through the NAT lab.
 //!
+//! - `signald-bench --cluster`: two signald nodes on a redis-server it
+//!   starts, same-node against cross-node ([`cluster`] is the load).
+//!
 //! Shared here: [`procfs`] figures, the raw loopback path ([`raw`]) and
 //! the table rows ([`table`]).
 
+pub mod cluster;
 pub mod procfs;
 pub mod raw;
 pub mod table;

@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::{
 };
 use tracing::debug;
 
+use crate::cluster::Unavailable;
 use crate::http::{self, Head, Reply, Route};
 use crate::limits::{Refused, Ticket};
 use crate::registry::{Kick, Refusal, Relayed, Slot};
@@ -76,7 +77,7 @@ pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv:
         }
     }
     let res = match req.route {
-        Route::Healthz => http::ok(&mut stream, "text/plain", "ok\n").await,
+        Route::Healthz => healthz(&mut stream, &srv).await,
         Route::Metrics if srv.metrics_public => metrics(&mut stream, &srv).await,
         Route::Metrics => return answer(&mut stream, Reply::NotFound).await,
         Route::Refuse(reply) => return answer(&mut stream, reply).await,
@@ -150,6 +151,19 @@ async fn answer<S: Io>(stream: &mut S, reply: Reply) {
     }
 }
 
+/// `200 ok`, or with `--cluster` a `503` saying why this node cannot serve
+/// (fenced, or Redis unreachable): a load balancer then sends clients to
+/// another node.
+async fn healthz<S: Io>(stream: &mut S, srv: &Shared) -> std::io::Result<()> {
+    match srv.backend.healthy() {
+        Ok(()) => http::ok(stream, "text/plain", "ok\n").await,
+        Err(why) => {
+            answer(stream, Reply::Unavailable(why)).await;
+            Ok(())
+        }
+    }
+}
+
 async fn metrics<S: Io>(stream: &mut S, srv: &Shared) -> std::io::Result<()> {
     let body = srv.render_metrics();
     http::ok(stream, "text/plain; version=0.0.4; charset=utf-8", &body).await
@@ -192,7 +206,7 @@ pub async fn serve_metrics(mut stream: TcpStream, srv: &Shared) {
         return;
     };
     let res = match http::parse(&buf[..len]).route {
-        Route::Healthz => http::ok(&mut stream, "text/plain", "ok\n").await,
+        Route::Healthz => healthz(&mut stream, srv).await,
         Route::Metrics => metrics(&mut stream, srv).await,
         Route::Refuse(Reply::MethodNotAllowed) => {
             return answer(&mut stream, Reply::MethodNotAllowed).await;
@@ -221,6 +235,8 @@ enum Ending {
     BadUtf8,
     /// Someone else ended it.
     Kicked(Kick),
+    /// A cluster node could not carry out its request (Redis unreachable).
+    Unavailable,
 }
 
 async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
@@ -230,7 +246,11 @@ async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
             return refuse(&mut ws, srv, ErrorCode::BadId, msg, close_code::BAD_ID).await;
         }
     };
-    let slot = match srv.reg.register(ask.id, ask.token, |id| srv.welcome(id)) {
+    let slot = match srv
+        .backend
+        .register(ask.id, ask.token, |id| srv.welcome(id))
+        .await
+    {
         Ok(slot) => slot,
         Err(Refusal::IdTaken) => {
             let msg = "this ID is held by another connection";
@@ -243,6 +263,11 @@ async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
         }
         Err(Refusal::ShuttingDown) => {
             return close(&mut ws, close_code::GOING_AWAY, "server shutting down", srv).await;
+        }
+        Err(Refusal::Unavailable) => {
+            let msg = "this node cannot reach the cluster's state (Redis); try again";
+            let code = close_code::TRY_AGAIN_LATER;
+            return refuse(&mut ws, srv, ErrorCode::ServerFull, msg, code).await;
         }
     };
     debug!(id = %slot.id, "registered");
@@ -278,18 +303,28 @@ async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
             "server shutting down",
             DisconnectReason::Left,
         ),
+        Ending::Kicked(Kick::Fenced) | Ending::Unavailable => (
+            close_code::TRY_AGAIN_LATER,
+            "cluster unavailable",
+            DisconnectReason::Left,
+        ),
     };
     // The peer is told now, before any close handshake with this client.
-    srv.reg.remove(&slot, reason, Kick::Own);
+    srv.backend.remove(&slot, reason).await;
     if matches!(ending, Ending::Timeout) {
-        srv.reg.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+        srv.backend
+            .metrics()
+            .timeouts
+            .fetch_add(1, Ordering::Relaxed);
     }
     debug!(id = %slot.id, code, reason = ?reason, "closing");
     match ending {
         // The close handshake already ran or the socket is gone.
         Ending::Left => finish(&mut ws, srv).await,
         // Whatever is queued would never be read (and is already freed).
-        Ending::Kicked(Kick::SlowReader | Kick::Evicted) => close(&mut ws, code, text, srv).await,
+        Ending::Kicked(Kick::SlowReader | Kick::Evicted | Kick::Fenced) => {
+            close(&mut ws, code, text, srv).await
+        }
         _ => {
             flush_outbox(&mut ws, &slot, &mut out, srv).await;
             close(&mut ws, code, text, srv).await;
@@ -299,7 +334,7 @@ async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
 
 /// Sends one error frame, then closes: the upgrade could not be honoured.
 async fn refuse<S: Io>(ws: &mut Ws<S>, srv: &Shared, code: ErrorCode, msg: &str, close_with: u16) {
-    srv.reg.metrics.error(code);
+    srv.backend.metrics().error(code);
     let frame = ServerMsg::Error {
         code,
         message: msg.to_string(),
@@ -431,7 +466,7 @@ enum Event {
 /// Runs the registered client until it ends.
 async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &Shared) -> Ending {
     let cfg = &srv.cfg;
-    let reg = &srv.reg;
+    let reg = &srv.backend;
     let start = Instant::now();
     let mut last_seen = start;
     let mut next_ping = srv.ping_slot(start + cfg.ping_interval);
@@ -499,7 +534,9 @@ async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &
                     too_large(slot, srv);
                     return Ending::TooLarge;
                 }
-                on_text(&text, slot, srv);
+                if on_text(&text, slot, srv).await.is_err() {
+                    return Ending::Unavailable;
+                }
             }
             Message::Binary(b) => {
                 if b.len() > cfg.max_message_bytes {
@@ -520,21 +557,25 @@ fn too_large(slot: &Arc<Slot>, srv: &Shared) {
         "message over the limit of {} bytes",
         srv.cfg.max_message_bytes
     );
-    srv.reg.send_error(slot, ErrorCode::TooLarge, msg);
+    srv.backend.send_error(slot, ErrorCode::TooLarge, msg);
 }
 
-/// Handles one text frame from the client.
-fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) {
-    let reg = &srv.reg;
+/// Handles one text frame from the client. `Err`: a cluster node could not
+/// carry it out; the connection then ends with 1013.
+async fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) -> Result<(), Unavailable> {
+    let reg = &srv.backend;
     let msg = match ClientMsg::parse(text) {
         Ok(msg) => msg,
-        Err(e) => return reg.send_error(slot, e.code(), e.to_string()),
+        Err(e) => {
+            reg.send_error(slot, e.code(), e.to_string());
+            return Ok(());
+        }
     };
     let from = || slot.id.to_string();
     let out = match msg {
-        ClientMsg::Pong => return,
+        ClientMsg::Pong => return Ok(()),
         ClientMsg::Pair { peer_id } => {
-            if let Err(code) = reg.pair(slot, &peer_id) {
+            if let Err(code) = reg.pair(slot, &peer_id).await? {
                 let text = match code {
                     ErrorCode::SelfPair => "cannot pair with yourself".to_string(),
                     ErrorCode::AlreadyPaired => format!(
@@ -547,13 +588,13 @@ fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) {
                 };
                 reg.send_error(slot, code, text);
             }
-            return;
+            return Ok(());
         }
         ClientMsg::Unpair => {
-            if let Err(code) = reg.unpair(slot) {
+            if let Err(code) = reg.unpair(slot).await? {
                 reg.send_error(slot, code, "not paired");
             }
-            return;
+            return Ok(());
         }
         ClientMsg::Offer { sdp } => ServerMsg::Offer { sdp, from: from() },
         ClientMsg::Answer { sdp } => ServerMsg::Answer { sdp, from: from() },
@@ -562,9 +603,10 @@ fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) {
             from: from(),
         },
     };
-    if let Relayed::NotPaired = reg.relay(slot, relayed_frame(out.to_json())) {
+    if let Relayed::NotPaired = reg.relay(slot, relayed_frame(out.to_json())).await? {
         reg.send_error(slot, ErrorCode::NotPaired, "not paired: nothing relayed");
     }
+    Ok(())
 }
 
 /// A relayed frame as queued: without the spare capacity the JSON writer

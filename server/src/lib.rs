@@ -7,7 +7,9 @@
 //! [`run`] serves an already bound listener until `shutdown` resolves, so
 //! tests run the real server in-process on `127.0.0.1:0`.
 
+mod backend;
 mod budget;
+pub mod cluster;
 mod conn;
 mod http;
 mod id;
@@ -33,7 +35,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 
+use crate::backend::Backend;
 use crate::budget::Budget;
+pub use crate::cluster::ClusterConfig;
 use crate::limits::{IpLimits, Limits, Refused};
 use crate::metrics::Gauges;
 pub use crate::proxy::Cidr;
@@ -103,6 +107,9 @@ pub struct Config {
     /// `/healthz` and `/metrics`); the handshake is bounded by
     /// `handshake_timeout` like the request head.
     pub tls: Option<Arc<Tls>>,
+    /// When set, this node shares one ID space with every other node on
+    /// the same Redis (`--cluster`); otherwise everything is in memory.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -130,6 +137,7 @@ impl Default for Config {
             turn: None,
             id_reserve: Duration::from_secs(24 * 3600),
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -185,6 +193,9 @@ impl Config {
                  without its own username and credential"
             );
         }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         Ok(())
     }
 }
@@ -192,7 +203,7 @@ impl Config {
 /// State shared by every connection task.
 struct Shared {
     cfg: Config,
-    reg: Registry,
+    backend: Backend,
     limits: Arc<Limits>,
     /// Connections refused at accept that are still being answered.
     lingering: AtomicUsize,
@@ -219,20 +230,29 @@ impl Shared {
 
     /// `/metrics`.
     fn render_metrics(&self) -> String {
-        let (clients, reserved, reservations_evicted) = self.reg.counts();
-        self.reg.metrics.render(&Gauges {
+        let (clients, reserved, reservations_evicted) = self.backend.counts();
+        let budget = self.backend.budget();
+        let mut body = self.backend.metrics().render(&Gauges {
             clients,
+            pairings: match &self.backend {
+                Backend::Memory(_) => None,
+                Backend::Cluster(c) => Some(c.pairings()),
+            },
             reserved,
             reservations_evicted,
-            buffered: self.reg.budget.used(),
-            buffered_peak: self.reg.budget.peak(),
+            buffered: budget.used(),
+            buffered_peak: budget.peak(),
             handshakes: self.limits.handshakes(),
             tracked_addresses: self.limits.tracked(),
             refused: Refused::ALL
                 .iter()
                 .map(|r| (*r, self.limits.refused(*r)))
                 .collect(),
-        })
+        });
+        if let Backend::Cluster(c) = &self.backend {
+            c.figures().render(&mut body);
+        }
+        body
     }
 
     fn welcome(&self, id: &str) -> Utf8Bytes {
@@ -271,7 +291,61 @@ pub async fn serve(
     cfg: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    cfg.validate()?;
+    Signald::new(cfg)
+        .await?
+        .serve(listener, metrics, shutdown)
+        .await
+}
+
+/// A server ready to serve: the configuration checked and, with
+/// `--cluster`, Redis reached and the cluster joined (so that `main` can
+/// fail before it says it is listening).
+pub struct Signald {
+    cfg: Config,
+    backend: Backend,
+}
+
+impl Signald {
+    pub async fn new(cfg: Config) -> anyhow::Result<Signald> {
+        cfg.validate()?;
+        let queue = QueueLimits {
+            frames: cfg.max_queue,
+            bytes: cfg.max_queue_bytes,
+        };
+        let budget = Arc::new(Budget::new(cfg.max_buffered_bytes));
+        let backend = match &cfg.cluster {
+            None => Backend::Memory(Registry::new(
+                cfg.max_clients,
+                queue,
+                budget,
+                cfg.id_reserve,
+            )),
+            Some(c) => Backend::Cluster(
+                cluster::Cluster::join(c.clone(), cfg.max_clients, cfg.id_reserve, queue, budget)
+                    .await?,
+            ),
+        };
+        Ok(Signald { cfg, backend })
+    }
+
+    /// Serves until `shutdown` resolves (see [`serve`]).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        serve_ready(listener, metrics, self.cfg, self.backend, shutdown).await
+    }
+}
+
+async fn serve_ready(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    cfg: Config,
+    backend: Backend,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     // The library's own limit sits above ours so that `too_large` is sent
     // before the close; small buffers keep an idle client at a few KiB.
     let lib_limit = cfg.max_message_bytes.saturating_mul(2).max(64 * 1024);
@@ -286,10 +360,6 @@ pub async fn serve(
         .max_message_size(Some(lib_limit))
         .max_frame_size(Some(lib_limit));
     let grace = cfg.close_grace;
-    let queue = QueueLimits {
-        frames: cfg.max_queue,
-        bytes: cfg.max_queue_bytes,
-    };
     let limits = Limits::new(IpLimits {
         conns_per_ip: cfg.max_conns_per_ip,
         handshakes_per_ip: cfg.max_handshakes_per_ip,
@@ -298,12 +368,7 @@ pub async fn serve(
         registration_burst: cfg.registration_burst,
     });
     let shared = Arc::new(Shared {
-        reg: Registry::new(
-            cfg.max_clients,
-            queue,
-            Arc::new(Budget::new(cfg.max_buffered_bytes)),
-            cfg.id_reserve,
-        ),
+        backend,
         limits,
         lingering: AtomicUsize::new(0),
         metrics_public: metrics.is_none(),
@@ -334,7 +399,7 @@ pub async fn serve(
                 // only to the allocator; once more when the clients dropped
                 // for it have closed (the close grace), taking the
                 // library's buffers with them.
-                if shared.reg.budget.should_trim() {
+                if shared.backend.budget().should_trim() {
                     budget::trim_heap();
                     retrim = grace.as_secs() + 1;
                 } else if retrim > 0 {
@@ -386,10 +451,10 @@ pub async fn serve(
     drop(metrics);
     drop(listener);
     info!(
-        clients = shared.reg.clients(),
+        clients = shared.backend.clients(),
         "shutting down: closing every client with 1001"
     );
-    shared.reg.shutdown();
+    shared.backend.shutdown();
     drop(done_tx);
     if tokio::time::timeout(grace * 2, done_rx.recv())
         .await
@@ -397,6 +462,7 @@ pub async fn serve(
     {
         warn!("some connections did not close in time");
     }
+    shared.backend.leave().await;
     Ok(())
 }
 

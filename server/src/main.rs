@@ -108,6 +108,22 @@ struct Cli {
     /// The TLS certificate's private key (PEM).
     #[arg(long, env = "SIGNALD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Share one ID space with every signald on this Redis:
+    /// redis://HOST:PORT[/DB]. Without it everything stays in this process.
+    #[arg(long, env = "SIGNALD_CLUSTER", value_name = "URL")]
+    cluster: Option<String>,
+    /// This node's name in the cluster's logs and metrics (default: the host name).
+    #[arg(long, env = "SIGNALD_NODE_ID", requires = "cluster")]
+    node_id: Option<String>,
+    /// How often a cluster node tells Redis it is alive.
+    #[arg(long, env = "SIGNALD_CLUSTER_HEARTBEAT", default_value = "500ms",
+          value_parser = duration, requires = "cluster")]
+    cluster_heartbeat: Duration,
+    /// A node silent for this long is dead: the others end its pairings and
+    /// it fences itself. The same on every node.
+    #[arg(long, env = "SIGNALD_CLUSTER_DEAD_AFTER", default_value = "4s",
+          value_parser = duration, requires = "cluster")]
+    cluster_dead_after: Duration,
     /// Log output: text or json on stderr, or journald. Default: journald
     /// when stderr is the journal (JOURNAL_STREAM), else text.
     #[arg(long, env = "SIGNALD_LOG_FORMAT", value_enum)]
@@ -180,6 +196,18 @@ fn run() -> anyhow::Result<()> {
         turn,
         id_reserve: cli.id_reserve,
         tls: tls.clone(),
+        cluster: match cli.cluster {
+            Some(url) => Some(signald::ClusterConfig {
+                url,
+                node_id: match cli.node_id {
+                    Some(n) => n,
+                    None => host_name()?,
+                },
+                heartbeat: cli.cluster_heartbeat,
+                dead_after: cli.cluster_dead_after,
+            }),
+            None => None,
+        },
         ..Config::default()
     };
     cfg.validate()?;
@@ -196,6 +224,9 @@ fn run() -> anyhow::Result<()> {
             None => bind(cli.listen).with_context(|| format!("binding {}", cli.listen))?,
         };
         let addr = listener.local_addr().context("reading the bound address")?;
+        // With --cluster this reaches Redis and joins: a failure exits 1
+        // before the readiness line.
+        let server = signald::Signald::new(cfg).await?;
         let metrics = match cli.metrics_listen {
             Some(m) => {
                 let l = bind(m).with_context(|| format!("binding --metrics-listen {m}"))?;
@@ -225,7 +256,7 @@ fn run() -> anyhow::Result<()> {
         // The socket is listening: connects queue in its backlog from now on,
         // so the service manager may start dependents.
         p2p_service::notify("READY=1").context("sd_notify READY=1")?;
-        signald::serve(listener, metrics, cfg, shutdown).await
+        server.serve(listener, metrics, shutdown).await
     })
 }
 
@@ -247,6 +278,21 @@ fn reload_on_sighup(tls: Option<std::sync::Arc<signald::Tls>>) -> anyhow::Result
         }
     });
     Ok(())
+}
+
+/// The default node ID: the kernel's host name, cut to what a node ID
+/// may hold.
+fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name for --node-id (give --node-id)")?;
+    let name: String = name
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .take(64)
+        .collect();
+    anyhow::ensure!(!name.is_empty(), "no usable host name: give --node-id");
+    Ok(name)
 }
 
 /// Binds with a deep accept queue: a burst of connects must not overflow it

@@ -10,6 +10,9 @@ use crate::limits::Refused;
 /// What the registry, the budget and the limits report beside the counters.
 pub struct Gauges {
     pub clients: usize,
+    /// Pairings with a side on this node, when the registry does not count
+    /// them itself (a cluster node).
+    pub pairings: Option<usize>,
     pub reserved: usize,
     pub reservations_evicted: u64,
     pub buffered: usize,
@@ -63,7 +66,8 @@ impl Metrics {
                 "signald_pairings",
                 "Pairings in force.",
                 "gauge",
-                self.pairings.load(Ordering::Relaxed),
+                now.pairings
+                    .map_or(self.pairings.load(Ordering::Relaxed), |p| p as i64),
             ),
             (
                 "signald_reserved_ids",
@@ -160,5 +164,131 @@ impl Metrics {
             .expect("writing to a String");
         }
         s
+    }
+}
+
+/// A cluster node's figures (`--cluster`): its own, then the cluster's as
+/// read from Redis at its last heartbeat.
+pub struct ClusterFigures {
+    pub node: String,
+    pub incarnation: String,
+    pub live: bool,
+    pub redis_ok: bool,
+    pub joins: u64,
+    pub fences: u64,
+    pub redis_errors: u64,
+    pub relayed_out: u64,
+    pub relayed_in: u64,
+    pub stale_dropped: u64,
+    pub reaped: u64,
+    pub pending_releases: u64,
+    pub nodes: u64,
+    pub clients: u64,
+    pub pairings: u64,
+    pub dead_nodes: u64,
+}
+
+impl ClusterFigures {
+    /// Appends the cluster rows to a `/metrics` body.
+    pub fn render(&self, s: &mut String) {
+        // Node and incarnation names are [A-Za-z0-9_.-]: no escaping needed.
+        writeln!(
+            s,
+            "# HELP signald_cluster_node This node's name and current incarnation.\n\
+             # TYPE signald_cluster_node gauge\n\
+             signald_cluster_node{{node=\"{}\",incarnation=\"{}\"}} 1",
+            self.node, self.incarnation
+        )
+        .expect("writing to a String");
+        let rows: [(&str, &str, &str, u64); 14] = [
+            (
+                "signald_cluster_live",
+                "1 while this node is part of the cluster, 0 while fenced or rejoining.",
+                "gauge",
+                u64::from(self.live),
+            ),
+            (
+                "signald_cluster_redis_up",
+                "1 if the last heartbeat reached Redis.",
+                "gauge",
+                u64::from(self.redis_ok),
+            ),
+            (
+                "signald_cluster_joins_total",
+                "Incarnations this process started (1 + rejoins after a fence).",
+                "counter",
+                self.joins,
+            ),
+            (
+                "signald_cluster_fences_total",
+                "Times this node fenced itself (clients closed with 1013).",
+                "counter",
+                self.fences,
+            ),
+            (
+                "signald_cluster_redis_errors_total",
+                "Redis commands that failed or timed out.",
+                "counter",
+                self.redis_errors,
+            ),
+            (
+                "signald_cluster_relayed_out_total",
+                "Frames relayed to peers on other nodes.",
+                "counter",
+                self.relayed_out,
+            ),
+            (
+                "signald_cluster_relayed_in_total",
+                "Frames from other nodes delivered to this node's clients.",
+                "counter",
+                self.relayed_in,
+            ),
+            (
+                "signald_cluster_stale_dropped_total",
+                "Frames from other nodes for a pairing that had ended, dropped.",
+                "counter",
+                self.stale_dropped,
+            ),
+            (
+                "signald_cluster_reaped_total",
+                "Clients of dead nodes this node freed.",
+                "counter",
+                self.reaped,
+            ),
+            (
+                "signald_cluster_pending_releases",
+                "Ended connections Redis has not been told about yet.",
+                "gauge",
+                self.pending_releases,
+            ),
+            (
+                "signald_cluster_nodes",
+                "Live nodes in the cluster (at the last heartbeat).",
+                "gauge",
+                self.nodes,
+            ),
+            (
+                "signald_cluster_clients",
+                "Clients on all nodes (at the last heartbeat).",
+                "gauge",
+                self.clients,
+            ),
+            (
+                "signald_cluster_pairings",
+                "Pairings in the cluster (at the last heartbeat).",
+                "gauge",
+                self.pairings,
+            ),
+            (
+                "signald_cluster_dead_nodes",
+                "Nodes declared dead whose clients are still being freed.",
+                "gauge",
+                self.dead_nodes,
+            ),
+        ];
+        for (name, help, kind, v) in rows {
+            writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}")
+                .expect("writing to a String");
+        }
     }
 }

@@ -8,7 +8,13 @@
 //!
 //! Lock order, never reversed: map → `peer` locks → `out` locks. A relay holds
 //! one `peer` lock and then one `out` lock; only registry operations, which are
-//! serialised by the map lock, hold two `peer` locks at once.
+//! serialised by the map lock, hold two `peer` locks at once. With
+//! `--cluster` the map is the cluster's local table (`cluster::local`) and
+//! the same order holds below it.
+//!
+//! This registry is the in-memory backend: one process, nothing to install.
+//! `cluster` keeps the same [`Slot`]s and outboxes and puts the IDs and
+//! pairings in Redis instead; `backend` picks one.
 //!
 //! Every outbox is bounded in frames and in bytes (what is queued plus what
 //! its connection took and has not yet written); a client past either bound
@@ -28,6 +34,7 @@ use p2p_proto::signal::{DisconnectReason, ErrorCode, ServerMsg};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::budget::Budget;
+use crate::cluster::Remote;
 use crate::id;
 use crate::metrics::Metrics;
 use crate::reserve::{Claim, Reservations, TokenHash};
@@ -43,6 +50,9 @@ pub enum Kick {
     Evicted,
     /// The server is shutting down (close 1001).
     Shutdown,
+    /// This cluster node lost its place in the cluster (it could not reach
+    /// Redis in time, or was declared dead): close 1013, no notices.
+    Fenced,
     /// The connection's own task ended it; nothing to act on.
     Own,
 }
@@ -73,14 +83,42 @@ impl Outbox {
     }
 }
 
+/// Who a client is paired with.
+pub enum Peer {
+    /// A client of this process: frames go straight into its outbox.
+    Local(Arc<Slot>),
+    /// A client of another cluster node: frames go through Redis.
+    Remote(Arc<Remote>),
+}
+
+/// A pairing as one side sees it.
+pub struct Link {
+    pub peer: Peer,
+    /// The pairing's number, unique in the cluster (always 0 in memory):
+    /// frames and notices tagged with another epoch are stale.
+    pub epoch: u64,
+}
+
+impl Link {
+    pub fn peer_id(&self) -> &Arc<str> {
+        match &self.peer {
+            Peer::Local(p) => &p.id,
+            Peer::Remote(r) => &r.id,
+        }
+    }
+}
+
 /// One connected client, shared by its connection task, its peer and the map.
 pub struct Slot {
     pub id: Arc<str>,
     /// The SHA-256 of the token that may reclaim this ID, if one was given
     /// (the token itself is never kept).
     token: Option<TokenHash>,
+    /// This connection's number in its process (with `--cluster`, the
+    /// node's incarnation and this tell connections apart cluster-wide).
+    pub conn: u64,
     /// The current peer. Changed only under the map lock.
-    peer: Mutex<Option<Arc<Slot>>>,
+    peer: Mutex<Option<Link>>,
     out: Mutex<Outbox>,
     /// Wakes the connection task when a frame is queued or it is kicked.
     pub waker: AtomicWaker,
@@ -88,7 +126,7 @@ pub struct Slot {
     budget: Arc<Budget>,
 }
 
-enum Push {
+pub enum Push {
     Queued,
     /// Over the queue bound: the client must be dropped.
     Overflow,
@@ -96,13 +134,32 @@ enum Push {
     Ending,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take every other client down with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Slot {
-    fn push(&self, frame: Utf8Bytes, lim: QueueLimits) -> Push {
+    /// A client of a cluster node (the in-memory registry makes its own).
+    pub fn new(id: Arc<str>, token: Option<TokenHash>, conn: u64, budget: Arc<Budget>) -> Slot {
+        Slot {
+            id,
+            token,
+            conn,
+            peer: Mutex::new(None),
+            out: Mutex::new(Outbox::default()),
+            waker: AtomicWaker::new(),
+            budget,
+        }
+    }
+
+    /// The pairing cell; lock order: after the map, before any `out`.
+    pub fn link(&self) -> MutexGuard<'_, Option<Link>> {
+        lock(&self.peer)
+    }
+
+    /// Queues a frame from elsewhere and wakes the connection task.
+    pub fn push(&self, frame: Utf8Bytes, lim: QueueLimits) -> Push {
         let res = self.enqueue(frame, lim);
         if matches!(res, Push::Queued) {
             self.waker.wake();
@@ -112,7 +169,7 @@ impl Slot {
 
     /// Queues without waking the connection task: for frames its own task
     /// queues, which it writes before it next waits anyway.
-    fn enqueue(&self, frame: Utf8Bytes, lim: QueueLimits) -> Push {
+    pub fn enqueue(&self, frame: Utf8Bytes, lim: QueueLimits) -> Push {
         let mut out = lock(&self.out);
         let held = out.held();
         if out.end.is_some() {
@@ -160,7 +217,7 @@ impl Slot {
     }
 
     /// Bytes queued for this client and not yet written.
-    fn held(&self) -> usize {
+    pub fn held(&self) -> usize {
         lock(&self.out).held()
     }
 
@@ -169,7 +226,9 @@ impl Slot {
         lock(&self.out).end
     }
 
-    fn end(&self, why: Kick) {
+    /// Marks the client as ending for `why` and wakes its task, which
+    /// then closes it; only the first reason counts.
+    pub fn end(&self, why: Kick) {
         let mut out = lock(&self.out);
         if out.end.is_none() {
             out.end = Some(why);
@@ -189,7 +248,7 @@ impl Slot {
 
     /// The current peer's ID, if paired.
     pub fn peer_id(&self) -> Option<Arc<str>> {
-        lock(&self.peer).as_ref().map(|p| p.id.clone())
+        lock(&self.peer).as_ref().map(|l| l.peer_id().clone())
     }
 }
 
@@ -206,6 +265,8 @@ pub enum Refusal {
     IdTaken,
     ServerFull,
     ShuttingDown,
+    /// A cluster node that cannot reach Redis, or is between incarnations.
+    Unavailable,
 }
 
 /// Outcome of a relay attempt.
@@ -250,11 +311,6 @@ impl Registry {
             budget,
             metrics: Metrics::default(),
         }
-    }
-
-    /// Number of connected (registered) clients.
-    pub fn clients(&self) -> usize {
-        lock(&self.map).clients.len()
     }
 
     /// Connected clients, reserved IDs, reservations evicted: for `/metrics`.
@@ -320,14 +376,7 @@ impl Registry {
                 }
             }
         };
-        let slot = Arc::new(Slot {
-            id: id.clone(),
-            token,
-            peer: Mutex::new(None),
-            out: Mutex::new(Outbox::default()),
-            waker: AtomicWaker::new(),
-            budget: self.budget.clone(),
-        });
+        let slot = Arc::new(Slot::new(id.clone(), token, 0, self.budget.clone()));
         // The first frame of an empty outbox: always taken.
         slot.enqueue(welcome(&id), self.queue);
         map.clients.insert(id, slot.clone());
@@ -401,7 +450,12 @@ impl Registry {
     fn detach_locked(&self, map: &mut Map, slot: &Arc<Slot>, reason: DisconnectReason) -> bool {
         let peer = {
             let mut mine = lock(&slot.peer);
-            let Some(peer) = mine.take() else {
+            let Some(Link {
+                peer: Peer::Local(peer),
+                ..
+            }) = mine.take()
+            else {
+                // In memory every peer is local.
                 return false;
             };
             // Both sides change together: no relay can slip between them.
@@ -437,16 +491,6 @@ impl Registry {
             Push::Queued => self.make_room(),
             Push::Ending => {}
         }
-    }
-
-    /// Queues an `error` frame for the client and counts it.
-    pub fn send_error(&self, slot: &Arc<Slot>, code: ErrorCode, message: impl Into<String>) {
-        self.metrics.error(code);
-        let frame = ServerMsg::Error {
-            code,
-            message: message.into(),
-        };
-        self.send_own(slot, frame.to_json().into());
     }
 
     /// Pairs `a` (the initiator) with `peer_id`. Checks run in the
@@ -485,8 +529,14 @@ impl Registry {
                     overflowed.push(to.clone());
                 }
             }
-            *pa = Some(b.clone());
-            *pb = Some(a.clone());
+            *pa = Some(Link {
+                peer: Peer::Local(b.clone()),
+                epoch: 0,
+            });
+            *pb = Some(Link {
+                peer: Peer::Local(a.clone()),
+                epoch: 0,
+            });
         }
         self.metrics.pairings.fetch_add(1, Ordering::Relaxed);
         for s in overflowed {
@@ -512,7 +562,11 @@ impl Registry {
     pub fn relay(&self, a: &Arc<Slot>, frame: Utf8Bytes) -> Relayed {
         let overflow = {
             let mine = lock(&a.peer);
-            let Some(peer) = mine.as_ref() else {
+            let Some(Link {
+                peer: Peer::Local(peer),
+                ..
+            }) = mine.as_ref()
+            else {
                 return Relayed::NotPaired;
             };
             match peer.push(frame, self.queue) {

@@ -26,6 +26,11 @@ impl TokenHash {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// Lower-case hex, as the cluster keeps it in Redis.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Compares in time independent of where the hashes differ.
     pub fn matches(&self, other: &TokenHash) -> bool {
         id::bytes_equal(&self.0, &other.0)

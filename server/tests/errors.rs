@@ -5,11 +5,21 @@ use serde_json::json;
 use signald::Config;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{self, start, start_default};
+use crate::util::{self, Server, start, start_default};
+
+pub fn bad_input_corpus_is_bad_message_and_harmless_cfg() -> Config {
+    Config::default()
+}
 
 #[tokio::test]
 async fn bad_input_corpus_is_bad_message_and_harmless() {
-    let srv = start_default().await;
+    bad_input_corpus_is_bad_message_and_harmless_on(
+        start(bad_input_corpus_is_bad_message_and_harmless_cfg()).await,
+    )
+    .await;
+}
+
+pub async fn bad_input_corpus_is_bad_message_and_harmless_on(srv: Server) {
     let (mut a, mut b) = srv.pair("a", "b").await;
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let deep_obj = format!(
@@ -66,9 +76,19 @@ async fn bad_input_corpus_is_bad_message_and_harmless() {
     assert_eq!(b.recv().await["sdp"], "still here");
 }
 
+pub fn unknown_types_including_server_only_ones_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn unknown_types_including_server_only_ones() {
-    let srv = start_default().await;
+    unknown_types_including_server_only_ones_on(
+        start(unknown_types_including_server_only_ones_cfg()).await,
+    )
+    .await;
+}
+
+pub async fn unknown_types_including_server_only_ones_on(srv: Server) {
     let mut a = srv.named("a").await;
     for t in [
         "welcome",
@@ -84,9 +104,16 @@ async fn unknown_types_including_server_only_ones() {
     }
 }
 
+pub fn pair_refusals_in_contract_order_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn pair_refusals_in_contract_order() {
-    let srv = start_default().await;
+    pair_refusals_in_contract_order_on(start(pair_refusals_in_contract_order_cfg()).await).await;
+}
+
+pub async fn pair_refusals_in_contract_order_on(srv: Server) {
     let (mut a, _b) = srv.pair("a", "b").await;
     let mut c = srv.named("c").await;
     // Fields first, even when everything else is also wrong.
@@ -111,9 +138,17 @@ async fn pair_refusals_in_contract_order() {
     c.expect_error("self_pair").await;
 }
 
+pub fn not_paired_after_field_validation_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn not_paired_after_field_validation() {
-    let srv = start_default().await;
+    not_paired_after_field_validation_on(start(not_paired_after_field_validation_cfg()).await)
+        .await;
+}
+
+pub async fn not_paired_after_field_validation_on(srv: Server) {
     let mut a = srv.named("a").await;
     for (bad, good) in [
         (json!({"type":"offer"}), json!({"type":"offer","sdp":"x"})),
@@ -135,9 +170,16 @@ async fn not_paired_after_field_validation() {
     a.expect_error("not_paired").await;
 }
 
+pub fn bad_ids_close_4003_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn bad_ids_close_4003() {
-    let srv = start_default().await;
+    bad_ids_close_4003_on(start(bad_ids_close_4003_cfg()).await).await;
+}
+
+pub async fn bad_ids_close_4003_on(srv: Server) {
     let long = "x".repeat(65);
     for q in [
         "id=".to_string(),
@@ -160,9 +202,16 @@ async fn bad_ids_close_4003() {
     srv.named(&"x".repeat(64)).await;
 }
 
+pub fn id_taken_closes_4001_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn id_taken_closes_4001() {
-    let srv = start_default().await;
+    id_taken_closes_4001_on(start(id_taken_closes_4001_cfg()).await).await;
+}
+
+pub async fn id_taken_closes_4001_on(srv: Server) {
     let token = "0123456789abcdef";
     let _held = srv.client(&format!("id=a&token={token}")).await;
     let _plain = srv.named("b").await;
@@ -242,15 +291,22 @@ async fn too_large_closes_1009_exact_limit_is_fine() {
     d.expect_close(1009).await;
 }
 
-#[tokio::test]
-async fn flood_gets_rate_limited_then_1008() {
-    let srv = start(Config {
+pub fn flood_gets_rate_limited_then_1008_cfg() -> Config {
+    Config {
         rate_limit: 1,
         rate_burst: 5,
         rate_close_after: 3,
         ..Config::default()
-    })
-    .await;
+    }
+}
+
+#[tokio::test]
+async fn flood_gets_rate_limited_then_1008() {
+    flood_gets_rate_limited_then_1008_on(start(flood_gets_rate_limited_then_1008_cfg()).await)
+        .await;
+}
+
+pub async fn flood_gets_rate_limited_then_1008_on(srv: Server) {
     let (mut a, mut b) = srv.pair("a", "b").await;
     for _ in 0..20 {
         a.ws.feed(Message::text(r#"{"type":"pong"}"#))
@@ -294,11 +350,21 @@ async fn default_limits_survive_a_big_flood() {
     other.probe_unpaired().await;
 }
 
+pub fn invalid_utf8_text_is_bad_message_then_1007_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn invalid_utf8_text_is_bad_message_then_1007() {
+    invalid_utf8_text_is_bad_message_then_1007_on(
+        start(invalid_utf8_text_is_bad_message_then_1007_cfg()).await,
+    )
+    .await;
+}
+
+pub async fn invalid_utf8_text_is_bad_message_then_1007_on(srv: Server) {
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    let srv = start_default().await;
     let (mut a, mut b) = srv.pair("a", "b").await;
     let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     a.ws.send(Message::Frame(bad)).await.unwrap();

@@ -3,7 +3,7 @@
 use serde_json::json;
 use signald::Config;
 
-use crate::util::{self, start, start_default};
+use crate::util::{self, Server, start, start_default};
 
 #[tokio::test]
 async fn welcome_carries_id_timings_and_ice_servers() {
@@ -34,9 +34,19 @@ async fn no_ice_servers_means_an_empty_list() {
     assert_eq!(w["ice_servers"], json!([]));
 }
 
+pub fn random_ids_are_url_safe_and_distinct_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn random_ids_are_url_safe_and_distinct() {
-    let srv = start_default().await;
+    random_ids_are_url_safe_and_distinct_on(
+        start(random_ids_are_url_safe_and_distinct_cfg()).await,
+    )
+    .await;
+}
+
+pub async fn random_ids_are_url_safe_and_distinct_on(srv: Server) {
     let a = srv.client("").await;
     let b = srv.client("token=0123456789abcdef").await;
     assert_ne!(a.id, b.id);
@@ -45,9 +55,16 @@ async fn random_ids_are_url_safe_and_distinct() {
     }
 }
 
+pub fn pair_relay_unpair_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn pair_relay_unpair() {
-    let srv = start_default().await;
+    pair_relay_unpair_on(start(pair_relay_unpair_cfg()).await).await;
+}
+
+pub async fn pair_relay_unpair_on(srv: Server) {
     let (mut a, mut b) = srv.pair("a", "b").await;
     a.send(json!({"type":"offer","sdp":"v=0 offer","extra":1}))
         .await;
@@ -104,9 +121,16 @@ async fn pair_relay_unpair() {
     );
 }
 
+pub fn closing_tells_the_peer_left_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn closing_tells_the_peer_left() {
-    let srv = start_default().await;
+    closing_tells_the_peer_left_on(start(closing_tells_the_peer_left_cfg()).await).await;
+}
+
+pub async fn closing_tells_the_peer_left_on(srv: Server) {
     let (a, mut b) = srv.pair("a", "b").await;
     drop(a);
     assert_eq!(
@@ -118,9 +142,17 @@ async fn closing_tells_the_peer_left() {
     srv.named("a").await;
 }
 
+pub fn relay_goes_to_the_current_peer_only_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn relay_goes_to_the_current_peer_only() {
-    let srv = start_default().await;
+    relay_goes_to_the_current_peer_only_on(start(relay_goes_to_the_current_peer_only_cfg()).await)
+        .await;
+}
+
+pub async fn relay_goes_to_the_current_peer_only_on(srv: Server) {
     let (mut a, mut b) = srv.pair("a", "b").await;
     let mut c = srv.named("c").await;
     a.send(json!({"type":"unpair"})).await;
@@ -134,9 +166,16 @@ async fn relay_goes_to_the_current_peer_only() {
     b.probe_unpaired().await;
 }
 
+pub fn token_replacement_mid_pairing_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn token_replacement_mid_pairing() {
-    let srv = start_default().await;
+    token_replacement_mid_pairing_on(start(token_replacement_mid_pairing_cfg()).await).await;
+}
+
+pub async fn token_replacement_mid_pairing_on(srv: Server) {
     let token = "s3cret-token-0123%2B%26";
     let mut old = srv.client(&format!("id=a&token={token}")).await;
     let mut b = srv.named("b").await;

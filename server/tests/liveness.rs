@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use signald::Config;
 
-use crate::util::start;
+use crate::util::{Server, start};
 
 fn fast() -> Config {
     Config {
@@ -15,9 +15,19 @@ fn fast() -> Config {
     }
 }
 
+pub fn silent_client_is_closed_4000_and_its_peer_told_timeout_cfg() -> Config {
+    fast()
+}
+
 #[tokio::test]
 async fn silent_client_is_closed_4000_and_its_peer_told_timeout() {
-    let srv = start(fast()).await;
+    silent_client_is_closed_4000_and_its_peer_told_timeout_on(
+        start(silent_client_is_closed_4000_and_its_peer_told_timeout_cfg()).await,
+    )
+    .await;
+}
+
+pub async fn silent_client_is_closed_4000_and_its_peer_told_timeout_on(srv: Server) {
     let (mut silent, mut b) = srv.pair("silent", "b").await;
     // b answers every ping; `silent` reads but never sends.
     let keep_alive = async {
@@ -43,9 +53,16 @@ async fn silent_client_is_closed_4000_and_its_peer_told_timeout() {
     assert_eq!(srv.metric("signald_timeouts_total").await, 1.0);
 }
 
+pub fn any_frame_counts_as_liveness_cfg() -> Config {
+    fast()
+}
+
 #[tokio::test]
 async fn any_frame_counts_as_liveness() {
-    let srv = start(fast()).await;
+    any_frame_counts_as_liveness_on(start(any_frame_counts_as_liveness_cfg()).await).await;
+}
+
+pub async fn any_frame_counts_as_liveness_on(srv: Server) {
     let mut a = srv.named("a").await;
     // Never answer a ping with pong: an unrelated frame every ping is enough.
     // Ten pings span more than three timeouts.
@@ -57,9 +74,19 @@ async fn any_frame_counts_as_liveness() {
     }
 }
 
+pub fn a_client_answering_pings_outlives_many_timeouts_cfg() -> Config {
+    fast()
+}
+
 #[tokio::test]
 async fn a_client_answering_pings_outlives_many_timeouts() {
-    let srv = start(fast()).await;
+    a_client_answering_pings_outlives_many_timeouts_on(
+        start(a_client_answering_pings_outlives_many_timeouts_cfg()).await,
+    )
+    .await;
+}
+
+pub async fn a_client_answering_pings_outlives_many_timeouts_on(srv: Server) {
     let mut a = srv.named("a").await;
     // Ten pings at 100 ms span over three 300 ms timeouts.
     for _ in 0..10 {

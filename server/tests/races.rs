@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 use signald::Config;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{self, Client, start, start_default};
+use crate::util::{self, Client, Server, start};
 
 /// Reads frames until the answer to a probe (`self_pair`, which nothing
 /// else in these tests provokes); returns the frames before it.
-async fn frames_until_probe(c: &mut Client) -> Vec<Value> {
+pub async fn frames_until_probe(c: &mut Client) -> Vec<Value> {
     let id = c.id.clone();
     c.send(json!({"type":"pair","peer_id":id})).await;
     let mut seen = Vec::new();
@@ -24,9 +24,19 @@ async fn frames_until_probe(c: &mut Client) -> Vec<Value> {
     }
 }
 
+pub fn both_sides_unpair_at_the_same_instant_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn both_sides_unpair_at_the_same_instant() {
-    let srv = start_default().await;
+    both_sides_unpair_at_the_same_instant_on(
+        start(both_sides_unpair_at_the_same_instant_cfg()).await,
+    )
+    .await;
+}
+
+pub async fn both_sides_unpair_at_the_same_instant_on(srv: Server) {
     for round in 0..100 {
         let (a_id, b_id) = (format!("a{round}"), format!("b{round}"));
         let (mut a, mut b) = srv.pair(&a_id, &b_id).await;
@@ -66,9 +76,17 @@ async fn both_sides_unpair_at_the_same_instant() {
     }
 }
 
+pub fn one_leaves_while_the_other_unpairs_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn one_leaves_while_the_other_unpairs() {
-    let srv = start_default().await;
+    one_leaves_while_the_other_unpairs_on(start(one_leaves_while_the_other_unpairs_cfg()).await)
+        .await;
+}
+
+pub async fn one_leaves_while_the_other_unpairs_on(srv: Server) {
     for round in 0..100 {
         let (a_id, b_id) = (format!("a{round}"), format!("b{round}"));
         let (mut a, mut b) = srv.pair(&a_id, &b_id).await;
@@ -95,9 +113,19 @@ async fn one_leaves_while_the_other_unpairs() {
     }
 }
 
+pub fn both_leave_at_once_and_the_ids_are_freed_cfg() -> Config {
+    Config::default()
+}
+
 #[tokio::test]
 async fn both_leave_at_once_and_the_ids_are_freed() {
-    let srv = start_default().await;
+    both_leave_at_once_and_the_ids_are_freed_on(
+        start(both_leave_at_once_and_the_ids_are_freed_cfg()).await,
+    )
+    .await;
+}
+
+pub async fn both_leave_at_once_and_the_ids_are_freed_on(srv: Server) {
     for round in 0..50 {
         let (mut a, mut b) = srv.pair("a", "b").await;
         let (ra, rb) = tokio::join!(a.ws.close(None), b.ws.close(None));
@@ -113,12 +141,10 @@ async fn both_leave_at_once_and_the_ids_are_freed() {
             assert!(notices <= 1);
         }
         // Registration is atomic with removal: wait until both IDs are free.
-        let mut tries = 0;
-        while srv.metric("signald_clients").await != 0.0 {
-            tries += 1;
-            assert!(tries < 1000, "clients never went to zero");
-            tokio::task::yield_now().await;
-        }
+        util::eventually("clients at zero", || async {
+            srv.metric("signald_clients").await == 0.0
+        })
+        .await;
         assert_eq!(srv.metric("signald_pairings").await, 0.0);
     }
 }

@@ -3,6 +3,9 @@
 mod util;
 
 mod binary;
+mod cluster;
+mod cluster_failures;
+mod cluster_p2pd;
 mod errors;
 mod flow;
 mod handshake;

@@ -50,6 +50,26 @@ struct Cli {
     /// Latency measurement time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     latency_duration: Duration,
+    /// Also measure two `--cluster` nodes on a redis-server started here:
+    /// same-node against cross-node relay and latency, pairings per
+    /// second across nodes, idle clients per node.
+    #[arg(long)]
+    cluster: bool,
+    /// The redis-server binary for `--cluster`.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// Pairs for the cluster relay runs.
+    #[arg(long, default_value_t = 100)]
+    cluster_pairs: usize,
+    /// Pairs for the cluster latency runs (10 frames/s each).
+    #[arg(long, default_value_t = 200)]
+    cluster_latency_pairs: usize,
+    /// Idle clients on one cluster node.
+    #[arg(long, default_value_t = 5000)]
+    cluster_idle: usize,
+    /// Each cluster measurement's length.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    cluster_duration: Duration,
 }
 
 /// A signald under test, started with the testkit (readiness line, killed
@@ -170,8 +190,196 @@ fn main() -> anyhow::Result<()> {
         relay(&cli, pairs, scenario)?;
     }
     if cli.latency_pairs > 0 {
-        latency(&cli, scenario + 1)?;
+        scenario += 1;
+        latency(&cli, scenario)?;
     }
+    if cli.cluster {
+        cluster(&cli, scenario + 1)?;
+    }
+    Ok(())
+}
+
+/// A redis-server for the cluster runs: loopback, a free port, no
+/// persistence, a temporary directory; killed on drop.
+struct Redis {
+    proc: p2p_testkit::Proc,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait_exit();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Redis {
+    fn start(bin: &PathBuf) -> anyhow::Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("signald-bench-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir);
+        let proc = p2p_testkit::Proc::spawn("redis-server", cmd);
+        proc.wait_line("Ready to accept connections");
+        Ok(Redis {
+            proc,
+            url: format!("redis://127.0.0.1:{port}/"),
+            dir,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid() as u32
+    }
+}
+
+/// CPU seconds of each process since `cpu0`, per `n` events, in µs.
+fn per_event(pids: &[u32], cpu0: &[Duration], n: f64) -> anyhow::Result<Vec<f64>> {
+    pids.iter()
+        .zip(cpu0)
+        .map(|(p, c0)| Ok((procfs::cpu_time(*p)? - *c0).as_secs_f64() * 1e6 / n.max(1.0)))
+        .collect()
+}
+
+fn cpus(pids: &[u32]) -> anyhow::Result<Vec<Duration>> {
+    pids.iter().map(|p| procfs::cpu_time(*p)).collect()
+}
+
+fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
+    let redis = Redis::start(&cli.redis_server)?;
+    let node = |name: &str| {
+        Server::start(
+            &cli.signald,
+            &[
+                "--cluster",
+                &redis.url,
+                "--node-id",
+                name,
+                "--rate-limit",
+                "100000000",
+                "--rate-burst",
+                "100000000",
+            ],
+        )
+    };
+    let (n1, n2) = (node("n1")?, node("n2")?);
+    let pids = [n1.pid(), n2.pid(), redis.pid()];
+    let dur = cli.cluster_duration;
+    for (k, (label, b)) in [("same node", &n1.url), ("across nodes", &n2.url)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut cpu0 = Vec::new();
+        let (frames, secs) = p2p_bench::cluster::relay(
+            &n1.url,
+            b,
+            cli.cluster_pairs,
+            8,
+            dur,
+            &format!("r{k}-"),
+            || cpu0 = cpus(&pids).unwrap_or_default(),
+        )?;
+        let us = per_event(&pids, &cpu0, frames as f64)?;
+        println!(
+            "| cluster relay, {label}, {} pairs × 8 in flight, candidate-sized JSON | \
+             {:.0} frames/s; CPU per frame: node 1 {:.2} µs, node 2 {:.2} µs, redis {:.2} µs \
+             (total {:.2} µs) |",
+            cli.cluster_pairs,
+            frames as f64 / secs,
+            us[0],
+            us[1],
+            us[2],
+            us.iter().sum::<f64>(),
+        );
+        let samples = p2p_bench::cluster::latency(
+            &n1.url,
+            b,
+            cli.cluster_latency_pairs,
+            10.0,
+            dur,
+            &format!("l{k}-"),
+        )?;
+        let ms = |p: f64| match samples.len() {
+            0 => 0.0,
+            n => samples[((n as f64 * p) as usize).min(n - 1)] as f64 / 1000.0,
+        };
+        println!(
+            "| cluster latency, {label}, {} pairs × 10 frames/s, send → receipt | \
+             {} samples: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms |",
+            cli.cluster_latency_pairs,
+            samples.len(),
+            ms(0.5),
+            ms(0.99),
+            ms(1.0),
+        );
+    }
+    let cpu0 = cpus(&pids)?;
+    let (done, secs) = p2p_bench::cluster::pairings(&n1.url, &n2.url, 50, dur, "p-")?;
+    let us = per_event(&pids, &cpu0, done as f64)?;
+    println!(
+        "| cluster pairings across nodes, 50 pairs pairing and unpairing in a loop | \
+         {:.0} pairings/s (each: pair, both `paired`, unpair, the notice); CPU per pairing: \
+         node 1 {:.0} µs, node 2 {:.0} µs, redis {:.0} µs |",
+        done as f64 / secs,
+        us[0],
+        us[1],
+        us[2],
+    );
+    if cli.cluster_idle > 0 {
+        let (rss0, redis0) = (
+            procfs::rss_bytes(n1.pid())?,
+            procfs::rss_bytes(redis.pid())?,
+        );
+        let args: Vec<String> = [
+            "--url",
+            &n1.url,
+            "--source-ip",
+            &source_ip(scenario, 0),
+            "idle",
+            "--clients",
+            &cli.cluster_idle.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut l = Load::start(&cli.load, &args)?;
+        let v = l.expect("connected")?;
+        let connected = v["clients"].as_u64().unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(1));
+        let cpu0 = cpus(&pids)?;
+        let w0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(10));
+        let window = w0.elapsed().as_secs_f64();
+        let pct: Vec<f64> = per_event(&pids, &cpu0, 1.0)?
+            .iter()
+            .map(|us| us / 1e6 / window * 100.0)
+            .collect();
+        let rss = procfs::rss_bytes(n1.pid())?;
+        let redis_rss = procfs::rss_bytes(redis.pid())?;
+        drop(l.stdin.take());
+        l.expect("done")?;
+        l.finish()?;
+        println!(
+            "| cluster idle, {connected} clients on node 1 (30 s pings) | node RSS {:.2} KiB/client, \
+             redis RSS {:.2} KiB/client; idle CPU node 1 {:.2} %, node 2 {:.2} %, redis {:.2} % \
+             of a core over 10 s |",
+            rss.saturating_sub(rss0) as f64 / connected.max(1) as f64 / 1024.0,
+            redis_rss.saturating_sub(redis0) as f64 / connected.max(1) as f64 / 1024.0,
+            pct[0],
+            pct[1],
+            pct[2],
+        );
+    }
+    n1.stop()?;
+    n2.stop()?;
     Ok(())
 }
 

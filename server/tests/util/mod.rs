@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod redis;
+
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,13 +25,21 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A server running in this process; stopped (1001 to all) on `stop`.
+/// A server running in this process, or several cluster nodes on one
+/// Redis, which clients are spread over in turn (a round-robin load
+/// balancer); stopped (1001 to all) on `stop`.
 pub struct Server {
+    /// The (first) node's address.
     pub addr: SocketAddr,
+    /// Every node's address; one for a single server.
+    pub addrs: Vec<SocketAddr>,
+    next: AtomicUsize,
     /// Where `/metrics` is served when not on `addr` (`--metrics-listen`).
     pub metrics_addr: Option<SocketAddr>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    stop: Vec<oneshot::Sender<()>>,
+    task: Vec<JoinHandle<anyhow::Result<()>>>,
+    // In a mutex: a process handle is not `Sync`, a shared `Server` must be.
+    redis: Option<std::sync::Mutex<redis::Redis>>,
 }
 
 pub async fn start(cfg: Config) -> Server {
@@ -39,10 +51,49 @@ pub async fn start(cfg: Config) -> Server {
     }));
     Server {
         addr,
+        addrs: vec![addr],
+        next: AtomicUsize::new(0),
         metrics_addr: None,
-        stop: Some(tx),
-        task: Some(task),
+        stop: vec![tx],
+        task: vec![task],
+        redis: None,
     }
+}
+
+/// Three nodes in this process on a Redis of their own, each with `cfg`
+/// and a short heartbeat (100 ms, dead after 1 s); `None` (after one
+/// `SKIPPED` line) where redis-server is not installed.
+pub async fn start_cluster(test: &str, cfg: Config) -> Option<Server> {
+    let redis = redis::Redis::start(test)?;
+    let mut srv = Server {
+        addr: "127.0.0.1:1".parse().expect("an address"),
+        addrs: Vec::new(),
+        next: AtomicUsize::new(0),
+        metrics_addr: None,
+        stop: Vec::new(),
+        task: Vec::new(),
+        redis: None,
+    };
+    for n in 1..=3 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        srv.addrs.push(listener.local_addr().expect("local addr"));
+        let cfg = Config {
+            cluster: Some(cluster::config(&redis.url(), &format!("n{n}"))),
+            ..cfg.clone()
+        };
+        let node = signald::Signald::new(cfg)
+            .await
+            .expect("joining the cluster");
+        let (tx, rx) = oneshot::channel();
+        srv.task
+            .push(tokio::spawn(node.serve(listener, None, async {
+                rx.await.ok();
+            })));
+        srv.stop.push(tx);
+    }
+    srv.addr = srv.addrs[0];
+    srv.redis = Some(std::sync::Mutex::new(redis));
+    Some(srv)
 }
 
 /// A server with `/metrics` on a listener of its own, which no per-IP
@@ -59,9 +110,12 @@ pub async fn start_with_metrics(cfg: Config) -> Server {
     }));
     Server {
         addr,
+        addrs: vec![addr],
+        next: AtomicUsize::new(0),
         metrics_addr,
-        stop: Some(tx),
-        task: Some(task),
+        stop: vec![tx],
+        task: vec![task],
+        redis: None,
     }
 }
 
@@ -70,12 +124,19 @@ pub async fn start_default() -> Server {
 }
 
 impl Server {
+    /// The next node's WebSocket URL (always the same for one server).
     pub fn url(&self, query: &str) -> String {
+        let addr = self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()];
         if query.is_empty() {
-            format!("ws://{}/ws", self.addr)
+            format!("ws://{addr}/ws")
         } else {
-            format!("ws://{}/ws?{query}", self.addr)
+            format!("ws://{addr}/ws?{query}")
         }
+    }
+
+    /// Whether this is a cluster of several nodes.
+    pub fn is_cluster(&self) -> bool {
+        self.addrs.len() > 1
     }
 
     /// Connects and reads the `welcome`.
@@ -123,21 +184,25 @@ impl Server {
         http_get(self.addr, path).await
     }
 
-    /// The value of one metric line (`name` includes any labels).
+    /// The value of one metric line (`name` includes any labels); of a
+    /// cluster, the sum over its nodes (each counts its own clients).
     pub async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = http_get(self.metrics_addr.unwrap_or(self.addr), "/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
-            .parse()
-            .expect("metric value")
+        let mut sum = 0.0;
+        let addrs = match self.metrics_addr {
+            Some(m) => vec![m],
+            None => self.addrs.clone(),
+        };
+        for addr in addrs {
+            sum += metric_at(addr, name).await;
+        }
+        sum
     }
 
     pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
+        for tx in self.stop.drain(..) {
             tx.send(()).ok();
         }
-        if let Some(task) = self.task.take() {
+        for task in self.task.drain(..) {
             tokio::time::timeout(WAIT, task)
                 .await
                 .expect("server did not stop")
@@ -149,10 +214,20 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
+        for task in &self.task {
             task.abort();
         }
     }
+}
+
+/// One metric of the server at `addr`.
+pub async fn metric_at(addr: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
+        .parse()
+        .expect("metric value")
 }
 
 /// A test client.

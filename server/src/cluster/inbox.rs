@@ -1,0 +1,285 @@
+//! The node's inbox reader: one task per incarnation reads the node's
+//! stream (`XREAD BLOCK` on a connection of its own: a blocking read would
+//! hold up every command behind it on a shared one) and applies each entry
+//! to the local table in stream order, which is the order Redis made the
+//! changes. It is the only writer of the cached pairings, apart from a
+//! connection forgetting its own when it ends and a fence forgetting all.
+//!
+//! After each batch it records how far it got (what a script's caller
+//! waits for) and trims what it applied from the stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use p2p_proto::signal::{DisconnectReason, ServerMsg};
+use redis::AsyncConnectionConfig;
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamReadReply;
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::{debug, warn};
+
+use super::local::Live;
+use super::{CONNECT_TIMEOUT, Inner, Remote, relay};
+use crate::registry::{Kick, Link, Peer, Push, Slot};
+
+/// How long one read blocks when the inbox is empty (a new entry wakes it
+/// at once); the connection's response timeout is this plus a margin.
+const BLOCK_MS: u64 = 1000;
+
+/// Entries per read: a batch is applied under one lock, and trimmed with
+/// one command.
+const BATCH: usize = 1024;
+
+/// One operation of a control event (see `scripts`).
+#[derive(Deserialize)]
+#[serde(tag = "o", rename_all = "snake_case")]
+enum Op {
+    Paired {
+        id: String,
+        c: String,
+        p: String,
+        pn: String,
+        pc: String,
+        e: String,
+        i: bool,
+    },
+    End {
+        id: String,
+        c: String,
+        e: String,
+        r: Option<String>,
+        p: Option<String>,
+    },
+    Kick {
+        id: String,
+        c: String,
+    },
+}
+
+fn reason(r: &str) -> Option<DisconnectReason> {
+    Some(match r {
+        "left" => DisconnectReason::Left,
+        "timeout" => DisconnectReason::Timeout,
+        "unpaired" => DisconnectReason::Unpaired,
+        "replaced" => DisconnectReason::Replaced,
+        _ => return None,
+    })
+}
+
+fn field<'a>(map: &'a HashMap<String, Value>, k: &str) -> Option<&'a [u8]> {
+    match map.get(k)? {
+        Value::BulkString(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn num(b: Option<&[u8]>) -> Option<u64> {
+    std::str::from_utf8(b?).ok()?.parse().ok()
+}
+
+/// Reads incarnation `era`'s inbox from after `last` until the node is
+/// fenced or stops.
+pub async fn run(i: Arc<Inner>, inc: Arc<str>, era: u64, mut last: String) {
+    let key = relay::inbox_key(&inc);
+    let mut con: Option<MultiplexedConnection> = None;
+    let mut seen = i.seen.subscribe();
+    loop {
+        if !i.local.era_is(era) {
+            return;
+        }
+        let c = match &mut con {
+            Some(c) => c,
+            None => match connect(&i).await {
+                Ok(c) => con.insert(c),
+                Err(e) => {
+                    debug!("inbox connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(&last);
+        let read = cmd.query_async::<Option<StreamReadReply>>(c);
+        let res = tokio::select! {
+            r = read => r,
+            _ = seen.wait_for(|(g, _)| *g != era) => return,
+        };
+        match res {
+            Ok(None) => {}
+            Ok(Some(reply)) => {
+                let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+                let Some(end) = entries.last().map(|e| e.id.clone()) else {
+                    continue;
+                };
+                let applied = i.local.apply(era, |live| {
+                    for e in &entries {
+                        apply(&i, live, &e.map);
+                    }
+                });
+                if applied.is_none() {
+                    return;
+                }
+                i.local.make_room(&i.budget, &i.metrics);
+                last = end;
+                if let Some(pos) = relay::entry_pos(&last) {
+                    i.seen.send_if_modified(|s| {
+                        let now = s.0 == era && s.1 < pos;
+                        if now {
+                            s.1 = pos;
+                        }
+                        now
+                    });
+                }
+                // What is applied is not needed again; the node that owns
+                // an inbox is the only one that trims it.
+                let mut m = i.redis.clone();
+                let trimmed = redis::cmd("XTRIM")
+                    .arg(&key)
+                    .arg("MINID")
+                    .arg(&last)
+                    .query_async::<Value>(&mut m)
+                    .await;
+                if let Err(e) = trimmed {
+                    debug!("trimming the inbox: {e}");
+                }
+            }
+            Err(e) => {
+                i.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+                debug!("reading the inbox: {e}");
+                con = None;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connect(i: &Inner) -> redis::RedisResult<MultiplexedConnection> {
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(Duration::from_millis(BLOCK_MS) + CONNECT_TIMEOUT));
+    i.client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+}
+
+/// Applies one inbox entry.
+fn apply(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
+    match field(map, "k") {
+        Some(b"r") => relayed(i, live, map),
+        Some(b"x") => {
+            let ops: Vec<Op> = match field(map, "j").map(serde_json::from_slice) {
+                Some(Ok(ops)) => ops,
+                other => {
+                    warn!("inbox: unreadable event ({:?})", other.map(|r| r.err()));
+                    return;
+                }
+            };
+            for op in ops {
+                control(i, live, op);
+            }
+        }
+        Some(b"hello") => {}
+        other => warn!("inbox: unknown entry kind {other:?}"),
+    }
+}
+
+/// A frame from a peer on another node: delivered only to the connection
+/// and pairing it was sent for.
+fn relayed(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
+    let (Some(id), Some(conn), Some(epoch), Some(frame)) = (
+        field(map, "i").and_then(|b| std::str::from_utf8(b).ok()),
+        num(field(map, "c")),
+        num(field(map, "e")),
+        field(map, "f"),
+    ) else {
+        warn!("inbox: malformed relayed frame");
+        return;
+    };
+    let Some(slot) = live.get(conn, id) else {
+        i.counters.stale_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if slot.link().as_ref().is_none_or(|l| l.epoch != epoch) {
+        i.counters.stale_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let Ok(text) = String::from_utf8(frame.to_vec()) else {
+        warn!("inbox: a relayed frame is not UTF-8");
+        return;
+    };
+    i.counters.relayed_in.fetch_add(1, Ordering::Relaxed);
+    deliver(i, slot, text.into());
+}
+
+fn deliver(i: &Inner, slot: &Arc<Slot>, frame: Utf8Bytes) {
+    if let Push::Overflow = slot.push(frame, i.queue) {
+        i.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
+        slot.end(Kick::SlowReader);
+    }
+}
+
+fn control(i: &Inner, live: &Live, op: Op) {
+    match op {
+        Op::Paired {
+            id,
+            c,
+            p,
+            pn,
+            pc,
+            e,
+            i: initiator,
+        } => {
+            let (Ok(c), Ok(pc), Ok(e)) = (c.parse(), pc.parse::<u64>(), e.parse()) else {
+                return warn!("inbox: malformed paired");
+            };
+            let Some(slot) = live.get(c, &id) else { return };
+            let peer = match live.get(pc, &p) {
+                Some(s) if *pn == *live.inc => Peer::Local(s.clone()),
+                // A local peer already gone is a remote one nobody reads:
+                // its release, next in the inbox, ends this pairing.
+                _ => Peer::Remote(Arc::new(Remote::new(&p, &pn, pc))),
+            };
+            *slot.link() = Some(Link { peer, epoch: e });
+            let frame = ServerMsg::Paired {
+                peer_id: p,
+                initiator,
+            };
+            deliver(i, slot, frame.to_json().into());
+        }
+        Op::End { id, c, e, r, p } => {
+            let (Ok(c), Ok(e)) = (c.parse(), e.parse::<u64>()) else {
+                return warn!("inbox: malformed end");
+            };
+            let Some(slot) = live.get(c, &id) else { return };
+            {
+                let mut link = slot.link();
+                if link.as_ref().is_some_and(|l| l.epoch == e) {
+                    link.take();
+                }
+            }
+            if let (Some(r), Some(p)) = (r.as_deref().and_then(reason), p) {
+                let notice = ServerMsg::PeerDisconnected {
+                    peer_id: p,
+                    reason: r,
+                };
+                deliver(i, slot, notice.to_json().into());
+            }
+        }
+        Op::Kick { id, c } => {
+            if let Some(slot) = c.parse().ok().and_then(|c| live.get(c, &id)) {
+                slot.end(Kick::Replaced);
+            }
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! `--cluster redis://HOST:PORT[/DB]`: several signald nodes, one ID space.
+//!
+//! Redis is the one authority for who holds which ID and who is paired with
+//! whom; every change is one Lua script ([`scripts`]), so claims, pairings
+//! and endings are atomic across nodes and each ended pairing is announced
+//! exactly once. Each node keeps what it needs to serve its own clients
+//! ([`local`]): their outboxes ([`Slot`]s, as in one process) and a cache
+//! of their pairings, changed only in the order Redis made the changes: by
+//! the node's inbox, a Redis stream that the scripts and the other nodes
+//! write to and one task reads ([`inbox`]). Relayed frames to a client of
+//! another node go into that node's inbox ([`relay`]); between two clients
+//! of one node they go straight into the outbox, without Redis.
+//!
+//! Liveness ([`node`]): each node heartbeats; a node silent for longer than
+//! dead-after is declared dead and reaped by the others (its pairings ended,
+//! each survivor told once, its IDs reserved to their tokens). A node that
+//! cannot heartbeat in time fences itself: it closes its clients (1013) and
+//! rejoins under a new incarnation name, never acting on state it may no
+//! longer own; Redis refuses every script from an incarnation past its
+//! deadline anyway.
+//!
+//! The client crate is redis-rs (`redis` 1.x with tokio): its
+//! `ConnectionManager` reconnects in the background and multiplexes every
+//! task's commands over one connection in the order they were issued (which
+//! keeps one client's relayed frames and its later `unpair` in order), its
+//! `Script` runs `EVALSHA` and reloads a script a restarted Redis forgot,
+//! and it adds ten small crates to the build. `fred` has more (pools,
+//! managed pub/sub, Sentinel) and brings about twenty new crates, a second
+//! `socket2` and `rand` among them; nothing here needs what it adds.
+
+mod inbox;
+mod local;
+mod node;
+mod relay;
+mod scripts;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use p2p_proto::signal::{DisconnectReason, ErrorCode, valid_id};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::{debug, info, warn};
+
+use crate::budget::Budget;
+use crate::id;
+use crate::metrics::{ClusterFigures, Metrics};
+use crate::registry::{Kick, Link, Peer, Push, QueueLimits, Refusal, Relayed, Slot, lock};
+use crate::reserve::TokenHash;
+
+use local::Local;
+use scripts::Scripts;
+
+/// How long one Redis command may take before the node gives up on it:
+/// a script runs in microseconds, so a second means Redis (or the way to
+/// it) is in trouble, and the client waiting for it gets a clear 1013
+/// instead of hanging.
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connecting to Redis, at start and on reconnects.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Clients of a dead node freed per reap script: bounded so that one
+/// script never holds Redis for long (Redis runs nothing else meanwhile).
+const REAP_BATCH: usize = 256;
+
+/// How the node takes part in a cluster (`--cluster` and its companions).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT[/DB]` (`rediss://` is not built in).
+    pub url: String,
+    /// This node's name in logs and metrics; each incarnation adds a suffix.
+    pub node_id: String,
+    /// How often the node tells Redis it is alive.
+    pub heartbeat: Duration,
+    /// A node silent for longer is dead; the same on every node (a node
+    /// with another value is refused while others are live).
+    pub dead_after: Duration,
+}
+
+impl ClusterConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.node_id.len() <= 64
+                && !self.node_id.is_empty()
+                && self
+                    .node_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "--node-id must be 1-64 of A-Z a-z 0-9 - _ ."
+        );
+        anyhow::ensure!(
+            !self.heartbeat.is_zero(),
+            "--cluster-heartbeat must be positive"
+        );
+        // Two heartbeats lost in a row (a slow Redis, a short blip) must
+        // not kill a node.
+        anyhow::ensure!(
+            self.dead_after >= self.heartbeat * 3,
+            "--cluster-dead-after ({:?}) must be at least three --cluster-heartbeat ({:?})",
+            self.dead_after,
+            self.heartbeat
+        );
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| anyhow::anyhow!("--cluster {}: {e}", redacted(&self.url)))?;
+        Ok(())
+    }
+}
+
+/// The URL without a password, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// A peer on another node: where its frames go.
+#[derive(Debug)]
+pub struct Remote {
+    pub id: Arc<str>,
+    /// Its node's incarnation.
+    pub node: Arc<str>,
+    pub conn: u64,
+    /// That node's inbox key.
+    inbox: String,
+}
+
+impl Remote {
+    fn new(id: &str, node: &str, conn: u64) -> Remote {
+        Remote {
+            id: id.into(),
+            node: node.into(),
+            conn,
+            inbox: relay::inbox_key(node),
+        }
+    }
+}
+
+/// What the node cannot do without Redis: the client is closed with 1013.
+#[derive(Debug)]
+pub struct Unavailable;
+
+/// A connection ended while Redis could not be told: retried until it is
+/// (or until this incarnation is fenced, when the reaper frees it).
+struct Release {
+    era: u64,
+    id: Arc<str>,
+    conn: u64,
+    reason: DisconnectReason,
+}
+
+/// Cluster counters beside the server's [`Metrics`].
+#[derive(Default)]
+struct Counters {
+    joins: AtomicU64,
+    fences: AtomicU64,
+    redis_errors: AtomicU64,
+    relayed_out: AtomicU64,
+    relayed_in: AtomicU64,
+    stale_dropped: AtomicU64,
+    reaped: AtomicU64,
+    /// The last figures read from Redis (live nodes, clients, pairings,
+    /// reservations, reservations evicted, nodes being reaped).
+    cluster: [AtomicU64; 6],
+}
+
+struct Inner {
+    cfg: ClusterConfig,
+    client: redis::Client,
+    redis: ConnectionManager,
+    scripts: Scripts,
+    max_clients: usize,
+    reserve_ms: u64,
+    queue: QueueLimits,
+    budget: Arc<Budget>,
+    metrics: Metrics,
+    counters: Counters,
+    local: Local,
+    /// (incarnation generation, last inbox entry applied): what the
+    /// barrier after a script waits for.
+    seen: watch::Sender<(u64, (u64, u64))>,
+    /// Ms since `base` until which this incarnation is surely alive in
+    /// Redis's view (its last acknowledged heartbeat was sent before it);
+    /// 0 while not live.
+    deadline: AtomicU64,
+    base: Instant,
+    /// Whether the last heartbeat reached Redis.
+    redis_ok: AtomicBool,
+    conns: AtomicU64,
+    pending: std::sync::Mutex<Vec<Release>>,
+    /// Wakes the node task (a fence to act on, shutdown).
+    wake: Notify,
+}
+
+/// This node's handle on the cluster; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl Cluster {
+    /// Connects to Redis and joins: a clear error if Redis cannot be
+    /// reached or the cluster disagrees with this node's dead-after.
+    pub async fn join(
+        cfg: ClusterConfig,
+        max_clients: usize,
+        reserve: Duration,
+        queue: QueueLimits,
+        budget: Arc<Budget>,
+    ) -> anyhow::Result<Cluster> {
+        cfg.validate()?;
+        let where_ = redacted(&cfg.url);
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| anyhow::anyhow!("--cluster {where_}: {e}"))?;
+        let mcfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = client
+            .get_connection_manager_with_config(mcfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach Redis at {where_}: {e}"))?;
+        let inner = Arc::new(Inner {
+            cfg,
+            client,
+            redis,
+            scripts: Scripts::new(),
+            max_clients,
+            reserve_ms: reserve.as_millis() as u64,
+            queue,
+            budget,
+            metrics: Metrics::default(),
+            counters: Counters::default(),
+            local: Local::new(),
+            seen: watch::Sender::new((0, (0, 0))),
+            deadline: AtomicU64::new(0),
+            base: Instant::now(),
+            redis_ok: AtomicBool::new(false),
+            conns: AtomicU64::new(1),
+            pending: std::sync::Mutex::new(Vec::new()),
+            wake: Notify::new(),
+        });
+        node::join(&inner)
+            .await
+            .map_err(|e| anyhow::anyhow!("joining the cluster at {where_}: {e}"))?;
+        tokio::spawn(node::run(inner.clone()));
+        Ok(Cluster { inner })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.inner.budget
+    }
+
+    /// Whether `/healthz` may say ok: live, and the last heartbeat arrived.
+    pub fn healthy(&self) -> Result<(), &'static str> {
+        if !self.inner.local.is_live() {
+            return Err("fenced: not part of the cluster now\n");
+        }
+        if !self.inner.redis_ok.load(Ordering::Relaxed) {
+            return Err("cannot reach Redis\n");
+        }
+        Ok(())
+    }
+
+    /// This node's clients, reserved IDs (cluster-wide), reservations
+    /// evicted (cluster-wide): the figures `/metrics` always shows.
+    pub fn counts(&self) -> (usize, usize, u64) {
+        let c = &self.inner.counters.cluster;
+        (
+            self.inner.local.clients(),
+            c[3].load(Ordering::Relaxed) as usize,
+            c[4].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Pairings with a side on this node (one between two of its clients
+    /// counts once).
+    pub fn pairings(&self) -> usize {
+        self.inner.local.pairings()
+    }
+
+    pub fn figures(&self) -> ClusterFigures {
+        let i = &self.inner;
+        let c = &i.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (live, incarnation) = i.local.incarnation();
+        ClusterFigures {
+            node: i.cfg.node_id.clone(),
+            incarnation: incarnation.map(|s| s.to_string()).unwrap_or_default(),
+            live,
+            redis_ok: i.redis_ok.load(Ordering::Relaxed),
+            joins: load(&c.joins),
+            fences: load(&c.fences),
+            redis_errors: load(&c.redis_errors),
+            relayed_out: load(&c.relayed_out),
+            relayed_in: load(&c.relayed_in),
+            stale_dropped: load(&c.stale_dropped),
+            reaped: load(&c.reaped),
+            pending_releases: lock(&i.pending).len() as u64,
+            nodes: load(&c.cluster[0]),
+            clients: load(&c.cluster[1]),
+            pairings: load(&c.cluster[2]),
+            dead_nodes: load(&c.cluster[5]),
+        }
+    }
+
+    /// Registers a client (see `Registry::register` for the order of
+    /// checks, which the claim script keeps).
+    pub async fn register(
+        &self,
+        requested: Option<String>,
+        token: Option<String>,
+        welcome: impl Fn(&str) -> Utf8Bytes,
+    ) -> Result<Arc<Slot>, Refusal> {
+        let i = &self.inner;
+        let hash = token.as_deref().map(TokenHash::of);
+        let tok = hash.map(|h| h.hex()).unwrap_or_default();
+        // A random ID is drawn again if taken; 72 bits make a second draw
+        // already a rarity.
+        for _ in 0..8 {
+            let random = requested.is_none();
+            let id: Arc<str> = match &requested {
+                Some(id) => id.as_str().into(),
+                None => id::random_id().into(),
+            };
+            let conn = i.conns.fetch_add(1, Ordering::Relaxed);
+            let slot = Arc::new(Slot::new(id.clone(), hash, conn, i.budget.clone()));
+            // Queued and in the table before the claim: once Redis has it,
+            // events for it may arrive at once, and must find it.
+            slot.enqueue(welcome(&id), i.queue);
+            let (inc, era, room) = i.local.insert(&slot, i.max_clients)?;
+            let conn_s = conn.to_string();
+            let res = i
+                .call(
+                    &i.scripts.claim,
+                    &inc,
+                    &[
+                        &id,
+                        &conn_s,
+                        &tok,
+                        if room { "1" } else { "0" },
+                        if random { "1" } else { "0" },
+                    ],
+                )
+                .await;
+            let refusal = match res.as_deref().map(|v| v.first().map(String::as_str)) {
+                Ok(Some("ok")) => {
+                    i.metrics.connections.fetch_add(1, Ordering::Relaxed);
+                    return Ok(slot);
+                }
+                Ok(Some("retry")) => None,
+                Ok(Some("id_taken")) => Some(Refusal::IdTaken),
+                Ok(Some("full")) => Some(Refusal::ServerFull),
+                Ok(Some("fenced")) => {
+                    i.fence(era, "Redis says this node is dead");
+                    Some(Refusal::Unavailable)
+                }
+                Ok(other) => {
+                    warn!("claim: unexpected answer {other:?}");
+                    Some(Refusal::Unavailable)
+                }
+                Err(_) => {
+                    // It may have run: undo it, now or once Redis is back.
+                    i.defer_release(era, id.clone(), conn, DisconnectReason::Left);
+                    Some(Refusal::Unavailable)
+                }
+            };
+            i.local.remove(&slot);
+            if let Some(r) = refusal {
+                return Err(r);
+            }
+        }
+        Err(Refusal::Unavailable)
+    }
+
+    /// Pairs `a` with `peer_id` (the contract's order of checks); on
+    /// success returns once `a`'s node has applied the pairing, so the
+    /// client's next frame already goes to its peer.
+    pub async fn pair(
+        &self,
+        a: &Arc<Slot>,
+        peer_id: &str,
+    ) -> Result<Result<(), ErrorCode>, Unavailable> {
+        if *a.id == *peer_id {
+            return Ok(Err(ErrorCode::SelfPair));
+        }
+        let i = &self.inner;
+        let Some((inc, era)) = i.local.owner(a) else {
+            // Fenced away or being removed: closing anyway.
+            return Ok(Ok(()));
+        };
+        // An ID nobody can hold is asked for as the empty one (no ID is
+        // empty): still `unknown_peer` after `already_paired`, which only
+        // Redis knows for sure.
+        let peer = if valid_id(peer_id) { peer_id } else { "" };
+        let r = i
+            .call(&i.scripts.pair, &inc, &[&a.id, &a.conn.to_string(), peer])
+            .await;
+        self.pair_answer(era, r).await
+    }
+
+    async fn pair_answer(
+        &self,
+        era: u64,
+        r: redis::RedisResult<Vec<String>>,
+    ) -> Result<Result<(), ErrorCode>, Unavailable> {
+        let i = &self.inner;
+        let r = r.map_err(|_| Unavailable)?;
+        // Whatever the answer, this node first applies what Redis had for
+        // its clients by then (see `scripts::tail`).
+        if let Some(id) = r.get(1) {
+            i.applied(era, id).await?;
+        }
+        match r.first().map(String::as_str) {
+            Some("ok") => Ok(Ok(())),
+            Some("already_paired") => Ok(Err(ErrorCode::AlreadyPaired)),
+            Some("unknown_peer") => Ok(Err(ErrorCode::UnknownPeer)),
+            Some("peer_busy") => Ok(Err(ErrorCode::PeerBusy)),
+            Some("not_paired") => Ok(Err(ErrorCode::NotPaired)),
+            Some("gone") => Ok(Ok(())),
+            Some("fenced") => {
+                i.fence(era, "Redis says this node is dead");
+                Err(Unavailable)
+            }
+            other => {
+                warn!("unexpected script answer {other:?}");
+                Err(Unavailable)
+            }
+        }
+    }
+
+    /// Ends `a`'s pairing; its peer is told `unpaired`.
+    pub async fn unpair(&self, a: &Arc<Slot>) -> Result<Result<(), ErrorCode>, Unavailable> {
+        let i = &self.inner;
+        let Some((inc, era)) = i.local.owner(a) else {
+            return Ok(Ok(()));
+        };
+        let r = i
+            .call(&i.scripts.unpair, &inc, &[&a.id, &a.conn.to_string()])
+            .await;
+        self.pair_answer(era, r).await
+    }
+
+    /// Relays a frame to `a`'s current peer: into its outbox on this node,
+    /// into its node's inbox otherwise.
+    pub async fn relay(&self, a: &Arc<Slot>, frame: Utf8Bytes) -> Result<Relayed, Unavailable> {
+        let i = &self.inner;
+        let (to, epoch) = {
+            let link = a.link();
+            match &*link {
+                None => return Ok(Relayed::NotPaired),
+                Some(Link {
+                    peer: Peer::Local(peer),
+                    ..
+                }) => {
+                    if !i.alive_locally() {
+                        return Err(Unavailable);
+                    }
+                    match peer.push(frame, i.queue) {
+                        Push::Overflow => {
+                            i.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
+                            peer.end(Kick::SlowReader);
+                        }
+                        Push::Queued | Push::Ending => {
+                            i.metrics.relayed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    drop(link);
+                    i.local.make_room(&i.budget, &i.metrics);
+                    return Ok(Relayed::Ok);
+                }
+                Some(Link {
+                    peer: Peer::Remote(r),
+                    epoch,
+                }) => (r.clone(), *epoch),
+            }
+        };
+        if !i.alive_locally() {
+            return Err(Unavailable);
+        }
+        match relay::send(&i.redis, &to, epoch, &frame).await {
+            Ok(()) => {
+                i.counters.relayed_out.fetch_add(1, Ordering::Relaxed);
+                i.metrics.relayed.fetch_add(1, Ordering::Relaxed);
+                Ok(Relayed::Ok)
+            }
+            Err(e) => {
+                i.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+                debug!("relay to {}: {e}", to.node);
+                Err(Unavailable)
+            }
+        }
+    }
+
+    /// Queues a frame for the client itself; one that overflows its own
+    /// queue does not read, and is dropped (its task does the rest).
+    pub fn send_own(&self, slot: &Arc<Slot>, frame: Utf8Bytes) {
+        let i = &self.inner;
+        match slot.enqueue(frame, i.queue) {
+            Push::Overflow => {
+                i.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
+                slot.end(Kick::SlowReader);
+            }
+            Push::Queued => i.local.make_room(&i.budget, &i.metrics),
+            Push::Ending => {}
+        }
+    }
+
+    /// The connection ended: out of the table, and in Redis its pairing
+    /// ended (the peer told `reason`) and its ID freed or reserved.
+    pub async fn remove(&self, slot: &Arc<Slot>, reason: DisconnectReason) {
+        let i = &self.inner;
+        slot.end(Kick::Own);
+        // Its own view of the pairing goes now: no cycle keeps it alive.
+        slot.link().take();
+        let Some((inc, era)) = i.local.remove(slot) else {
+            // Fenced away: the reaper frees it.
+            return;
+        };
+        let r = i
+            .call(
+                &i.scripts.release,
+                &inc,
+                &[&slot.id, &slot.conn.to_string(), reason.as_str()],
+            )
+            .await;
+        match r.as_deref().map(|v| v.first().map(String::as_str)) {
+            Ok(Some("ok" | "gone")) => {}
+            Ok(Some("fenced")) => i.fence(era, "Redis says this node is dead"),
+            Ok(other) => warn!("release: unexpected answer {other:?}"),
+            Err(_) => i.defer_release(era, slot.id.clone(), slot.conn, reason),
+        }
+    }
+
+    /// SIGTERM: every client ends with 1001; the connection tasks then
+    /// release them (peers on other nodes are told `left`).
+    pub fn shutdown(&self) {
+        self.inner.local.shutdown();
+    }
+
+    /// After the clients closed: leave the cluster (whatever is left is
+    /// reaped) and stop the node's tasks.
+    pub async fn leave(&self) {
+        let i = &self.inner;
+        if let Some((inc, _)) = i.local.stop() {
+            match i.call(&i.scripts.leave, &inc, &[]).await {
+                Ok(_) => info!(incarnation = %inc, "left the cluster"),
+                Err(e) => warn!("leaving the cluster: {e} (the others will reap this node)"),
+            }
+        }
+        i.bump_gen();
+        i.wake.notify_one();
+    }
+}
+
+impl Inner {
+    /// Runs a script with the common arguments; counts failures.
+    async fn call(
+        &self,
+        script: &redis::Script,
+        inc: &str,
+        extra: &[&str],
+    ) -> redis::RedisResult<Vec<String>> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(self.cfg.dead_after.as_millis() as u64)
+            .arg(inc)
+            .arg(self.reserve_ms)
+            .arg(self.max_clients);
+        for a in extra {
+            inv.arg(*a);
+        }
+        let mut con = self.redis.clone();
+        let r = inv.invoke_async(&mut con).await;
+        if let Err(e) = &r {
+            self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+            debug!("redis: {e}");
+        }
+        r
+    }
+
+    fn ms_since_base(&self, t: Instant) -> u64 {
+        (t.saturating_duration_since(self.base).as_millis() as u64).max(1)
+    }
+
+    /// Whether this incarnation is still surely alive; past the deadline
+    /// the node fences itself at once (before the heartbeat task, which a
+    /// pause may have left behind).
+    fn alive_locally(&self) -> bool {
+        let d = self.deadline.load(Ordering::Relaxed);
+        if d == 0 {
+            return false;
+        }
+        if self.ms_since_base(Instant::now()) < d {
+            return true;
+        }
+        if let Some((_, era)) = self.local.incarnation_era() {
+            self.fence(era, "past its deadline without a heartbeat");
+        }
+        false
+    }
+
+    /// Waits until the inbox reader applied entry `id` of incarnation
+    /// `era` (the change a script just made to this node's clients).
+    async fn applied(&self, era: u64, id: &str) -> Result<(), Unavailable> {
+        let Some(target) = relay::entry_pos(id) else {
+            return Ok(());
+        };
+        let mut rx = self.seen.subscribe();
+        let waited = tokio::time::timeout(
+            OP_TIMEOUT * 2,
+            rx.wait_for(|(g, pos)| *g != era || *pos >= target),
+        )
+        .await;
+        match waited {
+            Ok(Ok(v)) if v.0 == era => Ok(()),
+            _ => Err(Unavailable),
+        }
+    }
+
+    fn defer_release(&self, era: u64, id: Arc<str>, conn: u64, reason: DisconnectReason) {
+        lock(&self.pending).push(Release {
+            era,
+            id,
+            conn,
+            reason,
+        });
+    }
+
+    /// Leaves the cluster's state alone from now on: every client closed
+    /// with 1013 and no notice sent; the node task rejoins under a new
+    /// incarnation. Only the incarnation `era` is fenced (a late call from
+    /// an older one changes nothing).
+    fn fence(&self, era: u64, why: &str) {
+        if self.local.fence(era) {
+            self.deadline.store(0, Ordering::Relaxed);
+            lock(&self.pending).clear();
+            self.counters.fences.fetch_add(1, Ordering::Relaxed);
+            self.bump_gen();
+            warn!("fenced: {why}; clients closed, rejoining as a new incarnation");
+            self.wake.notify_one();
+        }
+    }
+
+    /// Tells barrier waiters and the inbox reader that the incarnation
+    /// they wait on is over (generations start at 1).
+    fn bump_gen(&self) {
+        self.seen.send_replace((0, (0, 0)));
+    }
+}
