@@ -1381,6 +1381,25 @@ where
                         return;
                     }
                 };
+                // PATCH (p2pd, vendor/PATCHES.md "the close after the last message"):
+                // messages the core delivered before this close may still wait in its
+                // data-channel queue (`poll_reads` leaves them there while the application
+                // is behind). Delivered after the `OnClose`, they reach a reader that has
+                // already stopped: move them ahead of it. At most the SCTP pipeline's
+                // bound (256 messages), retained like any other if the queue is full.
+                if matches!(event, DataChannelEvent::OnClose) {
+                    let ahead = Self::drain_core_data(self.inner.clone()).await;
+                    if !ahead.is_empty() {
+                        debug!(
+                            "data channel {}: {} messages moved ahead of its close",
+                            channel_id,
+                            ahead.len()
+                        );
+                    }
+                    for message in ahead {
+                        self.handle_rtc_message(message).await;
+                    }
+                }
                 self.deliver_data_channel_event(channel_id, event).await;
                 if let Some(retained) = retained_before_open {
                     // Goes behind whatever the `OnOpen` delivery left pending (the

@@ -166,16 +166,33 @@ impl<'a> SctpHandler<'a> {
             return Ok(());
         }
 
-        let mut stream = conn.stream(id)?;
+        // PATCH (p2pd, vendor/PATCHES.md "reads after a reset"): a stream that
+        // is gone or closed ends this stream's drain, not the whole pass. With
+        // `?` here the caller returned early and dropped `messages`, i.e.
+        // every message (and transmit) this pass had already taken out of
+        // SCTP: the last messages before the peer reset its stream (closed its
+        // channel) were lost although SCTP had acknowledged them.
+        let Ok(mut stream) = conn.stream(id) else {
+            ctx_pending.remove(&(ch, id));
+            return Ok(());
+        };
         loop {
             if *budget == 0 {
                 // Leave the rest in the reassembly queue: that is what shrinks `a_rwnd`.
                 ctx_pending.insert((ch, id));
                 return Ok(());
             }
-            let Some(chunks) = stream.read_sctp()? else {
-                ctx_pending.remove(&(ch, id));
-                return Ok(());
+            let chunks = match stream.read_sctp() {
+                Ok(Some(chunks)) => chunks,
+                Ok(None) => {
+                    ctx_pending.remove(&(ch, id));
+                    return Ok(());
+                }
+                Err(err) => {
+                    debug!("stream {id} ended while draining it: {err}");
+                    ctx_pending.remove(&(ch, id));
+                    return Ok(());
+                }
             };
             // Reassemble straight into the delivered buffer: one copy instead of the
             // scratch-buffer round-trip (`max_len` preserves the max-message-size bound
