@@ -30,10 +30,18 @@ fn send_all(a: &Daemon) {
     );
 }
 
-/// Checks that `tail` printed every line, in order, then bob's notice.
-fn all_arrived(tail: &Tail, round: usize) {
+/// Checks that `b`'s `tail` printed every line, in order.
+fn all_arrived(b: &Daemon, tail: &Tail, round: usize) {
     for i in 0..MESSAGES {
-        let line = tail.next_str();
+        let Some(line) = tail.next_within(p2p_testkit::WAIT) else {
+            let c = b.status().counters;
+            panic!(
+                "round {round}: tail stopped after {i} of {MESSAGES} messages; \
+                 the receiver counted {} received",
+                c.messages_received
+            );
+        };
+        let line = String::from_utf8(line).expect("a UTF-8 line");
         let n = line.split(' ').next().unwrap_or_default();
         assert_eq!(
             n,
@@ -61,7 +69,48 @@ fn every_accepted_message_arrives_when_the_sender_unpairs_at_once() {
             p2p_proto::control::LinkState::Idle,
             "round {round}"
         );
-        all_arrived(&tail, round);
+        all_arrived(&b, &tail, round);
+        b.wait_idle();
+    }
+}
+
+/// The receiver's reader is held up while the burst arrives (its `tail`
+/// stopped for half a second), so that at `unpair` much of what the peer's
+/// SCTP stack acknowledged is still unread: closing the sender's
+/// connection at once would throw that away.
+#[test]
+fn a_slow_reader_still_gets_everything_after_the_senders_unpair() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "alice");
+    let b = Daemon::start(&s.url(), "bob");
+    for round in 0..2 {
+        a.pair(&b);
+        let tail = Tail::start(&b, &[]);
+        // SAFETY: signalling a child process we started.
+        unsafe { libc::kill(tail.pid(), libc::SIGSTOP) };
+        let sender = {
+            let input = lines(MESSAGES, SIZE);
+            let mut cmd = a.ctl_cmd(&["send"]);
+            cmd.stdin(std::process::Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = stdin.write_all(input.as_bytes());
+            });
+            child
+        };
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // SAFETY: as above.
+        unsafe { libc::kill(tail.pid(), libc::SIGCONT) };
+        let out = sender.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(a.ctl(&["unpair"]).status.success());
+        all_arrived(&b, &tail, round);
         b.wait_idle();
     }
 }
@@ -77,7 +126,7 @@ fn every_accepted_message_arrives_when_the_sender_is_stopped() {
         let tail = Tail::start(&b, &[]);
         send_all(&a);
         a.stop();
-        all_arrived(&tail, round);
+        all_arrived(&b, &tail, round);
         let st = b.wait_idle();
         assert_eq!(
             st.counters.messages_received as usize,

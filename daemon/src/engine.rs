@@ -147,6 +147,8 @@ pub struct Engine {
     hub: Hub,
     counters: Arc<Counters>,
     runtime: Arc<BufferedRuntime>,
+    /// Drained connections waiting for their peer to close them.
+    retiring: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What the engine is made of, from `lib.rs`'s wiring.
@@ -210,6 +212,7 @@ impl Engine {
             hub,
             counters,
             runtime,
+            retiring: Vec::new(),
         };
         let inputs = Inputs {
             cmds,
@@ -243,6 +246,11 @@ impl Engine {
         }
         if let Some(pc) = self.pc.take() {
             pc.close().await;
+        }
+        // A drained connection's peer may still be reading (bounded by the
+        // drain timeout in each task).
+        for task in self.retiring.drain(..) {
+            let _ = task.await;
         }
     }
 
@@ -532,6 +540,15 @@ impl Engine {
                 }
                 None
             }
+            Effect::ResetAfterDrain => {
+                if let Some(pc) = self.pc.take() {
+                    self.retire(pc);
+                }
+                if self.server.is_connected() {
+                    self.fresh_pc().await;
+                }
+                None
+            }
         }
     }
 
@@ -566,6 +583,18 @@ impl Engine {
                 },
             }),
         }
+    }
+
+    /// Closes a drained connection in the background, once the peer has
+    /// closed it (it read everything) or after the drain timeout.
+    fn retire(&mut self, pc: Pc) {
+        if pc.was_used() {
+            self.counters.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        self.retiring.retain(|t| !t.is_finished());
+        self.retiring.push(tokio::spawn(
+            pc.close_when_peer_closed(self.cfg.drain_timeout),
+        ));
     }
 
     async fn close_pc(&mut self, pc: Pc) {

@@ -105,7 +105,9 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let limit = drain_timeout + Duration::from_secs(5);
+    // The drain, then a drained connection's wait for its peer (each
+    // bounded by the drain timeout), then the rest.
+    let limit = drain_timeout * 2 + Duration::from_secs(5);
     let joined = tokio::time::timeout(limit, async {
         let _ = control_task.await;
         let _ = engine_task.await;

@@ -17,7 +17,7 @@ use p2p_proto::control::InviteFailure;
 use p2p_proto::control::Path;
 use p2p_proto::signal::{CandidateInit, IceServer};
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::peer_connection::transport::{RTCDtlsRole, RTCSctpTransportState};
 use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
@@ -589,6 +589,36 @@ impl Pc {
                 Some(p.current_round_trip_time * 1000.0)
             }
             _ => None,
+        }
+    }
+
+    /// [`Pc::close`], once the peer has closed the connection (so it has
+    /// read everything it acknowledged) or after `limit`.
+    ///
+    /// The peer's close is an SCTP ABORT, which ends our association at
+    /// once; the connection's own state notices only when ICE gives up
+    /// (seconds later), so the association is what is watched.
+    pub async fn close_when_peer_closed(self, limit: Duration) {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < limit && self.association_up().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::debug!(waited = ?started.elapsed(), "closing the drained connection");
+        self.close().await;
+    }
+
+    /// Whether the SCTP association is still established (not closed,
+    /// aborted, or gone with the DTLS transport).
+    async fn association_up(&self) -> bool {
+        if matches!(
+            self.pc_state(),
+            RTCPeerConnectionState::Closed | RTCPeerConnectionState::Failed
+        ) {
+            return false;
+        }
+        match self.pc.sctp().await {
+            Some(sctp) => matches!(sctp.state().await, Ok(RTCSctpTransportState::Connected)),
+            None => false,
         }
     }
 

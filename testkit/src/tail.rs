@@ -54,9 +54,14 @@ impl Tail {
 
     /// The next line, without its newline.
     pub fn next(&self) -> Vec<u8> {
-        self.lines
-            .recv_timeout(WAIT)
+        self.next_within(WAIT)
             .expect("tail printed no line in time")
+    }
+
+    /// The next line, or `None` if none came within `limit` (or `tail`
+    /// ended): for a test that says how far a stream got before it stopped.
+    pub fn next_within(&self, limit: std::time::Duration) -> Option<Vec<u8>> {
+        self.lines.recv_timeout(limit).ok()
     }
 
     pub fn next_str(&self) -> String {

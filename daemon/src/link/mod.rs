@@ -167,6 +167,12 @@ pub enum Effect {
     Drain,
     /// Close the peer connection and build a fresh one.
     Reset,
+    /// As [`Effect::Reset`], for a connection that drained: the peer may
+    /// still be reading what its SCTP stack acknowledged, and closing ours
+    /// (an ABORT) would throw that away. So the old connection is closed
+    /// once the peer closed it, or after the drain timeout; a fresh one is
+    /// built at once.
+    ResetAfterDrain,
     /// Make an ICE restart offer on the open connection; answer with
     /// [`Input::Offered`].
     RestartIce,
@@ -602,7 +608,7 @@ impl Core {
             }
             Change::End(e) => {
                 let mut old = std::mem::replace(&mut self.link, Link::Idle);
-                if let Link::Closing(Closing {
+                let drained = if let Link::Closing(Closing {
                     awaiting: Awaiting::Drain { unpairs },
                     ..
                 }) = &mut old
@@ -610,7 +616,10 @@ impl Core {
                     for reply in unpairs.drain(..) {
                         let _ = reply.send(true);
                     }
-                }
+                    true
+                } else {
+                    false
+                };
                 let paired = old.is_paired();
                 let peer = old.peer().map(str::to_string);
                 if let (Some(number), Some(peer_id)) = (old.claimed_invite(), &peer) {
@@ -646,7 +655,10 @@ impl Core {
                             reason: e.reason,
                         }));
                     }
-                    fx.push(Effect::Reset);
+                    fx.push(match drained {
+                        true => Effect::ResetAfterDrain,
+                        false => Effect::Reset,
+                    });
                 }
             }
         }

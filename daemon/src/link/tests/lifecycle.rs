@@ -360,7 +360,7 @@ fn local_unpair_tells_signald_and_resets() {
     assert!(was);
     assert!(sends_unpair(&fx));
     assert_eq!(ended(&fx), Some(DisconnectReason::LocalUnpair));
-    assert!(fx.contains(&Effect::Reset) && fx.contains(&Effect::Withdraw));
+    assert!(fx.contains(&Effect::ResetAfterDrain) && fx.contains(&Effect::Withdraw));
     let (fx, was) = t.unpair();
     assert!(!was && fx.is_empty());
 }
@@ -389,7 +389,7 @@ fn unpairing_an_open_link_drains_before_telling_anyone() {
     let fx = t.on(Input::Drained);
     assert!(sends_unpair(&fx));
     assert_eq!(ended(&fx), Some(DisconnectReason::LocalUnpair));
-    assert!(fx.contains(&Effect::Reset));
+    assert!(fx.contains(&Effect::ResetAfterDrain));
     assert_eq!((rx.try_recv(), rx2.try_recv()), (Ok(true), Ok(true)));
     assert_eq!(t.state(), LinkState::Idle);
     assert!(t.on(Input::Drained).is_empty(), "a late report is ignored");
