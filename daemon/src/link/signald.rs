@@ -274,16 +274,27 @@ impl Core {
 
     /// What a waiting `pair` is told when signald says the peer is gone.
     fn notice_error(&self, peer: &str, reason: SigReason) -> ErrorBody {
-        let (open, described) = match &self.link {
-            Link::Open(_) => (true, true),
-            Link::Connecting(c) => (false, c.negotiation == Negotiation::Described),
-            Link::Closing(c) => (false, c.described),
-            _ => (false, false),
+        let (open, described, ice_connected) = match &self.link {
+            Link::Open(_) => (true, true, true),
+            Link::Connecting(c) => (
+                false,
+                c.negotiation == Negotiation::Described,
+                c.ice_connected,
+            ),
+            Link::Closing(c) => (false, c.described, false),
+            _ => (false, false, false),
         };
         if reason == SigReason::Unpaired && !open && !described {
             // Before any description came back the peer can only have
             // refused (e.g. its --allow-peer list).
             err(ErrorCode::Refused, format!("{peer} refused the pairing"))
+        } else if reason == SigReason::Unpaired && !open && ice_connected {
+            // A path was found, so what failed is above it (DTLS: e.g. a
+            // certificate that is not the described one).
+            err(
+                ErrorCode::Failed,
+                format!("the data channel to {peer} did not open ({peer} gave up first)"),
+            )
         } else if reason == SigReason::Unpaired && !open {
             let mut e = self.no_path_error();
             e.message = format!("{} ({peer} gave up first)", e.message);

@@ -304,6 +304,38 @@ fn a_peer_that_unpairs_before_answering_refused() {
     assert_eq!(answered(&mut answer).unwrap_err().code, ErrorCode::Refused);
 }
 
+/// The peer's giving up says what failed as our own timeout would: no
+/// path if ICE never connected, the channel if it did (then DTLS failed,
+/// e.g. on a forged fingerprint; "no path" would send the user to look
+/// for a TURN relay).
+#[test]
+fn a_peer_that_gives_up_after_answering_says_what_failed() {
+    for ice in [false, true] {
+        let mut t = T::new();
+        let (_, mut answer) = t.pair("bob", true, LONG);
+        t.server(paired("bob", true));
+        t.on(Input::Offered(Ok("o".into())));
+        t.server(ServerMsg::Answer {
+            sdp: sdp(BOB),
+            from: "bob".into(),
+        });
+        t.on(Input::AnswerApplied(Ok(())));
+        if ice {
+            t.on(Input::IceConnected);
+        }
+        t.server(ServerMsg::PeerDisconnected {
+            peer_id: "bob".into(),
+            reason: SigReason::Unpaired,
+        });
+        let e = answered(&mut answer).unwrap_err();
+        let expected = match ice {
+            true => "the data channel to bob did not open (bob gave up first)",
+            false => "no network path",
+        };
+        assert!(e.message.contains(expected), "ice {ice}: {e:?}");
+    }
+}
+
 #[test]
 fn signalds_refusals_answer_the_request() {
     for (code, ours) in [
