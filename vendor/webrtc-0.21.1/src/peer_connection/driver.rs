@@ -916,10 +916,14 @@ where
             let consumed_listener = (!self.pending_data_channel_events.is_empty())
                 .then(|| self.inner.data_channel_consumed.listen());
             let delivery_blocked = match consumed_listener {
-                Some(listener) => self
-                    .flush_pending_data_channel_events()
-                    .await
-                    .then_some(listener),
+                Some(listener) => match self.flush_pending_data_channel_events().await {
+                    true => Some(listener),
+                    // PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): the consumer
+                    // caught up since `poll_reads`, which then left the core's messages
+                    // (and SCTP's parked ones) where they were. Sleeping now would leave
+                    // them there until the next packet or timer: take them now.
+                    false => continue,
+                },
                 None => None,
             };
             let consumed = async move {
@@ -1934,6 +1938,9 @@ where
     async fn drain_core_data(inner: Arc<PeerConnectionRef>) -> Vec<TaggedRTCMessage> {
         let mut messages = Vec::new();
         let mut core = inner.core.lock().await;
+        // PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): first take up what
+        // back-pressure parked in SCTP, or it waits for the next packet or timer.
+        core.resume_data_reads();
         while let Some(message) = core.poll_data_read() {
             messages.push(message);
         }

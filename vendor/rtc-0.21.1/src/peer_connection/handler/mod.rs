@@ -204,6 +204,17 @@ impl RTCPeerConnection {
         self.pipeline_context.data_read_outs.pop_front()
     }
 
+    /// PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): moves what back-pressure left
+    /// in SCTP's reassembly queues up into the data-channel queue (within the pipeline's
+    /// bound), as [`poll_read`](sansio::Protocol::poll_read) does before it pops.
+    /// [`poll_data_read`](Self::poll_data_read) only pops what is already queued, so a
+    /// caller draining with it alone never resumed a parked stream: it stayed parked, with
+    /// the peer's window closed, until a packet or a timer happened to run the pipeline.
+    #[doc(hidden)]
+    pub fn resume_data_reads(&mut self) {
+        self.pump_reads(None);
+    }
+
     pub(crate) fn get_sctp_handler(&mut self) -> SctpHandler<'_> {
         // The SCTP handler bounds how much it pulls out of the reassembly queues against what
         // the application has not yet consumed. That backlog lives here, not in the handler's
