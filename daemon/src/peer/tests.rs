@@ -57,10 +57,16 @@ impl Fixture {
     }
 
     async fn pc(&self) -> Pc {
+        self.pc_with(mpsc::unbounded_channel().0).await
+    }
+
+    /// A connection whose events go to `events` (a dropped receiver drops
+    /// them, the data channels the peer opens included).
+    async fn pc_with(&self, events: mpsc::UnboundedSender<PcEvent>) -> Pc {
         let counters = Arc::new(Counters::default());
         let ctx = PcContext {
             generation: 1,
-            events: mpsc::unbounded_channel().0,
+            events,
             hub: Hub::new(
                 HistoryLimits {
                     messages: 10,
@@ -217,3 +223,75 @@ fn the_cap_counts_every_candidate_offered() {
         answerer.close().await;
     });
 }
+
+/// A peer that keeps sending on a channel we did not take (p2pd ignores a
+/// second channel, and drops its handle): the crate keeps those messages
+/// for a receiver that never comes. That must not stop the connection:
+/// with a first version of vendor patch 9 the driver spun on them and
+/// never read its socket again, so nothing more was acknowledged.
+#[test]
+fn messages_on_a_channel_nobody_took_do_not_stop_the_connection() {
+    // On its own thread, watched from this one: a driver that spins holds
+    // the runtime's threads, and the test's own timeouts never fire.
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        peer_keeps_sending_on_a_channel_nobody_took();
+        let _ = done_tx.send(());
+    });
+    match done.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the connection stopped (its driver no longer runs)")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the test failed"),
+    }
+}
+
+fn peer_keeps_sending_on_a_channel_nobody_took() {
+    let f = Fixture::new();
+    f.rt.block_on(async {
+        let (tx, mut offerer_events) = mpsc::unbounded_channel();
+        let mut offerer = f.pc_with(tx).await;
+        // The answerer's events, its data channel among them, are dropped.
+        let mut answerer = f.pc().await;
+        let offer = offerer.offer("peer", false).await.unwrap();
+        let answer = answerer.answer(offer).await.unwrap();
+        offerer.accept_answer(answer).await.unwrap();
+        // Trickle the offerer's candidates until its channel opens (the
+        // answerer finds the offerer through them; its own are learnt as
+        // peer-reflexive).
+        tokio::time::timeout(STEP, async {
+            while let Some(ev) = offerer_events.recv().await {
+                match ev.kind {
+                    PcEventKind::Candidate(Some(c)) => {
+                        let c = offerer.local_candidate(c);
+                        let _ = answerer.add_candidate(c).await;
+                    }
+                    PcEventKind::ChannelOpen => return,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the channel opens");
+        let dc = offerer.channel().expect("the offerer's channel");
+        for i in 0..200 {
+            dc.send_text(&format!("{i} {}", "x".repeat(1000)))
+                .await
+                .unwrap();
+        }
+        // Everything is acknowledged: the answerer still reads its socket.
+        tokio::time::timeout(STEP, async {
+            while dc.outstanding_bytes().await.unwrap_or(0) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the peer acknowledges everything sent");
+        offerer.close().await;
+        answerer.close().await;
+    });
+}
+
+/// How long a step of a test here may take before it fails.
+const STEP: Duration = Duration::from_secs(10);

@@ -916,14 +916,21 @@ where
             let consumed_listener = (!self.pending_data_channel_events.is_empty())
                 .then(|| self.inner.data_channel_consumed.listen());
             let delivery_blocked = match consumed_listener {
-                Some(listener) => match self.flush_pending_data_channel_events().await {
-                    true => Some(listener),
-                    // PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): the consumer
-                    // caught up since `poll_reads`, which then left the core's messages
-                    // (and SCTP's parked ones) where they were. Sleeping now would leave
-                    // them there until the next packet or timer: take them now.
-                    false => continue,
-                },
+                Some(listener) => {
+                    let retained = self.retained_data_channel_events();
+                    match self.flush_pending_data_channel_events().await {
+                        true => Some(listener),
+                        // PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): the
+                        // consumer caught up since `poll_reads`, which then left the core's
+                        // messages (and SCTP's parked ones) where they were. Sleeping now
+                        // would leave them there until the next packet or timer: take them
+                        // now. Only when this retry delivered something: events kept for a
+                        // channel with no receiver stay pending without blocking, and
+                        // looping on them would spin.
+                        false if self.retained_data_channel_events() < retained => continue,
+                        false => None,
+                    }
+                }
                 None => None,
             };
             let consumed = async move {
@@ -1884,6 +1891,15 @@ where
                 debug!("data channel {} has no live receiver", channel_id);
             }
         }
+    }
+
+    /// PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): how many data-channel events
+    /// are retained, for telling whether a retry delivered any.
+    fn retained_data_channel_events(&self) -> usize {
+        self.pending_data_channel_events
+            .values()
+            .map(VecDeque::len)
+            .sum()
     }
 
     /// Retry retained events. Returns `true` while a *registered* consumer is still
