@@ -91,7 +91,7 @@ async fn a_node_stopped_past_its_deadline_fences_itself_and_sends_no_second_noti
     let n2 = Node::start(&redis, "n2", &[]);
     let n3 = Node::start(&redis, "n3", &[]);
     let mut pairs = pairs(6, &n1, [&n2, &n3]).await;
-    n1.signal(libc::SIGSTOP);
+    n1.stop();
     // While it is stopped its clients still write: the frames wait in its
     // sockets, and must never reach anyone.
     for (a, _) in pairs.iter_mut() {

@@ -130,6 +130,31 @@ impl Proc {
         }
     }
 
+    /// Stops the process (SIGSTOP) and waits until every one of its threads
+    /// is stopped: `kill` returns before that, and a thread still running
+    /// on the other core may handle one more event meanwhile.
+    pub fn stop(&self) {
+        self.signal(libc::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.pid());
+        wait_for("the process to stop", || {
+            let stopped = std::fs::read_dir(&tasks).is_ok_and(|dir| {
+                dir.flatten().all(|t| {
+                    // The state follows the command name, which is in
+                    // parentheses and may itself hold spaces.
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                        st.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                })
+            });
+            if stopped {
+                Ok(())
+            } else {
+                Err("still running")
+            }
+        });
+    }
+
     /// Waits (at most [`WAIT`]) for the process to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WAIT;

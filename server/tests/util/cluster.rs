@@ -79,6 +79,11 @@ impl Node {
     pub fn signal(&self, sig: i32) {
         self.s.proc().signal(sig);
     }
+
+    /// SIGSTOP, returning once the node is really stopped.
+    pub fn stop(&self) {
+        self.s.proc().stop();
+    }
 }
 
 pub async fn raw_at(addr: SocketAddr, query: &str) -> Ws {
