@@ -920,7 +920,7 @@ where
                     let retained = self.retained_data_channel_events();
                     match self.flush_pending_data_channel_events().await {
                         true => Some(listener),
-                        // PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): the
+                        // PATCH (p2pd, vendor/PATCHES.md 9, "parked reads resume at once"): the
                         // consumer caught up since `poll_reads`, which then left the core's
                         // messages (and SCTP's parked ones) where they were. Sleeping now
                         // would leave them there until the next packet or timer: take them
@@ -1392,7 +1392,7 @@ where
                         return;
                     }
                 };
-                // PATCH (p2pd, vendor/PATCHES.md "the close after the last message"):
+                // PATCH (p2pd, vendor/PATCHES.md 8, "a channel's close comes after its last message"):
                 // messages the core delivered before this close may still wait in its
                 // data-channel queue (`poll_reads` leaves them there while the application
                 // is behind). Delivered after the `OnClose`, they reach a reader that has
@@ -1893,7 +1893,7 @@ where
         }
     }
 
-    /// PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): how many data-channel events
+    /// PATCH (p2pd, vendor/PATCHES.md 9, "parked reads resume at once"): how many data-channel events
     /// are retained, for telling whether a retry delivered any.
     fn retained_data_channel_events(&self) -> usize {
         self.pending_data_channel_events
@@ -1954,7 +1954,7 @@ where
     async fn drain_core_data(inner: Arc<PeerConnectionRef>) -> Vec<TaggedRTCMessage> {
         let mut messages = Vec::new();
         let mut core = inner.core.lock().await;
-        // PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): first take up what
+        // PATCH (p2pd, vendor/PATCHES.md 9, "parked reads resume at once"): first take up what
         // back-pressure parked in SCTP, or it waits for the next packet or timer.
         core.resume_data_reads();
         while let Some(message) = core.poll_data_read() {

@@ -204,7 +204,7 @@ impl RTCPeerConnection {
         self.pipeline_context.data_read_outs.pop_front()
     }
 
-    /// PATCH (p2pd, vendor/PATCHES.md "parked reads resume"): moves what back-pressure left
+    /// PATCH (p2pd, vendor/PATCHES.md 9, "parked reads resume at once"): moves what back-pressure left
     /// in SCTP's reassembly queues up into the data-channel queue (within the pipeline's
     /// bound), as [`poll_read`](sansio::Protocol::poll_read) does before it pops.
     /// [`poll_data_read`](Self::poll_data_read) only pops what is already queued, so a

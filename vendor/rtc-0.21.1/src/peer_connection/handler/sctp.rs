@@ -166,7 +166,7 @@ impl<'a> SctpHandler<'a> {
             return Ok(());
         }
 
-        // PATCH (p2pd, vendor/PATCHES.md "reads after a reset"): a stream that
+        // PATCH (p2pd, vendor/PATCHES.md 7, "a stream that ends mid-drain"): a stream that
         // is gone or closed ends this stream's drain, not the whole pass. With
         // `?` here the caller returned early and dropped `messages`, i.e.
         // every message (and transmit) this pass had already taken out of
