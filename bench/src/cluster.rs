@@ -10,23 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const PING: &str = r#"{"type":"ping"}"#;
-const PONG: &str = r#"{"type":"pong"}"#;
-
-/// The candidate frame signald-load uses (about 230 bytes of JSON), with
-/// `stamp` in `sdpMid`.
-fn candidate(stamp: u64) -> String {
-    json!({"type":"candidate","candidate":{
-        "candidate":"candidate:842163049 1 udp 1677729535 192.0.2.10 51234 typ srflx raddr 10.0.0.5 rport 51234 generation 0 ufrag Ab3d network-cost 999",
-        "sdpMid":stamp.to_string(),"sdpMLineIndex":0,"usernameFragment":"Ab3d"}})
-    .to_string()
-}
+use crate::frames::{PING, PONG, Ws, candidate, relay_window};
 
 fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
@@ -92,28 +78,7 @@ pub fn relay(
 ) -> anyhow::Result<(u64, f64)> {
     rt()?.block_on(async {
         let pairs = pairs(url_a, url_b, n, prefix).await?;
-        let received = Arc::new(AtomicU64::new(0));
-        let frame = candidate(0);
-        for (a, b) in pairs {
-            for (mut ws, initial) in [(a, window), (b, 0)] {
-                let (received, frame) = (received.clone(), frame.clone());
-                tokio::spawn(async move {
-                    for _ in 0..initial {
-                        ws.feed(Message::text(frame.clone())).await?;
-                    }
-                    ws.flush().await?;
-                    while let Some(msg) = ws.next().await {
-                        if let Message::Text(t) = msg?
-                            && t.starts_with(r#"{"type":"candidate""#)
-                        {
-                            received.fetch_add(1, Ordering::Relaxed);
-                            ws.send(Message::text(frame.clone())).await?;
-                        }
-                    }
-                    anyhow::Ok(())
-                });
-            }
-        }
+        let received = relay_window(pairs, window);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let c0 = received.load(Ordering::Relaxed);
         let t0 = Instant::now();

@@ -10,10 +10,11 @@
 //! - `signald-bench --cluster`: two signald nodes on a redis-server it
 //!   starts, same-node against cross-node ([`cluster`] is the load).
 //!
-//! Shared here: [`procfs`] figures, the raw loopback path ([`raw`]) and
+//! Shared here: the signaling [`frames`] and relay window, [`procfs`] figures, the raw loopback path ([`raw`]) and
 //! the table rows ([`table`]).
 
 pub mod cluster;
+pub mod frames;
 pub mod procfs;
 pub mod raw;
 pub mod table;

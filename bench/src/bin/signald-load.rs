@@ -17,13 +17,13 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use p2p_bench::frames::{PING, PONG, Ws, candidate, relay_window};
 
 #[derive(Parser)]
 struct Cli {
@@ -72,17 +72,6 @@ enum Mode {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
-}
-
-const PING: &str = r#"{"type":"ping"}"#;
-const PONG: &str = r#"{"type":"pong"}"#;
-
-/// A candidate as a browser sends it, about 230 bytes of JSON.
-fn candidate(stamp: u64) -> String {
-    json!({"type":"candidate","candidate":{
-        "candidate":"candidate:842163049 1 udp 1677729535 192.0.2.10 51234 typ srflx raddr 10.0.0.5 rport 51234 generation 0 ufrag Ab3d network-cost 999",
-        "sdpMid":stamp.to_string(),"sdpMLineIndex":0,"usernameFragment":"Ab3d"}})
-    .to_string()
 }
 
 fn epoch() -> Instant {
@@ -331,29 +320,7 @@ async fn relay(
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<()> {
-    let received = Arc::new(AtomicU64::new(0));
-    let frame = candidate(0);
-    for (a, b) in pairs {
-        for (mut ws, initial) in [(a, window), (b, 0)] {
-            let (received, frame) = (received.clone(), frame.clone());
-            tokio::spawn(async move {
-                for _ in 0..initial {
-                    ws.feed(Message::text(frame.clone())).await?;
-                }
-                ws.flush().await?;
-                // Every frame received is answered with one: the window stays.
-                while let Some(msg) = ws.next().await {
-                    if let Message::Text(t) = msg?
-                        && t.starts_with(r#"{"type":"candidate""#)
-                    {
-                        received.fetch_add(1, Ordering::Relaxed);
-                        ws.send(Message::text(frame.clone())).await?;
-                    }
-                }
-                anyhow::Ok(())
-            });
-        }
-    }
+    let received = relay_window(pairs, window);
     tokio::time::sleep(warmup).await;
     let c0 = received.load(Ordering::Relaxed);
     let t0 = Instant::now();
