@@ -19,6 +19,7 @@ use p2p_proto::control::{
 };
 use p2p_proto::identity;
 use p2p_proto::signal::{ClientMsg, IceServer};
+use rtc::peer_connection::transport::RTCDtlsRole;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use webrtc::data_channel::DataChannel;
@@ -619,6 +620,8 @@ impl Engine {
             certificate: self.identity.certificate(),
             sctp: self.cfg.sctp,
             relay_wait: self.cfg.ice_relay_wait,
+            // As the DTLS server the answerer saves a round of waiting.
+            answering_dtls_role: RTCDtlsRole::Server,
         };
         let ctx = PcContext {
             generation: self.generation,

@@ -65,6 +65,12 @@ pub struct PcSettings {
     pub sctp: crate::config::SctpTimers,
     /// How long a relayed pair waits before it may be chosen.
     pub relay_wait: Duration,
+    /// The DTLS role we take when answering. p2pd answers as `Server`,
+    /// which saves the offerer a round of waiting; tests also answer as
+    /// `Client`, the role other stacks take (aiortc always, webrtc-rs by
+    /// default), to check that the channel opens either way
+    /// (vendor/PATCHES.md 11-12).
+    pub answering_dtls_role: RTCDtlsRole,
 }
 
 /// How long SCTP may delay an acknowledgement. libdatachannel's 20 ms
@@ -280,8 +286,7 @@ impl Pc {
             // all a relayed open costs.
             .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
             .with_relay_acceptance_min_wait(Some(settings.relay_wait))
-            // The answerer as DTLS server saves a round of waiting.
-            .with_answering_dtls_role(RTCDtlsRole::Server)
+            .with_answering_dtls_role(settings.answering_dtls_role)
             // Never advertise more window than the socket can hold: overflow
             // drops packets and SCTP's 1 s minimum RTO then stalls the link.
             .with_sctp_max_receive_buffer_size(window)

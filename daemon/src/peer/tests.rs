@@ -48,6 +48,7 @@ impl Fixture {
                 rto_max: Duration::from_millis(800),
             },
             relay_wait: Duration::from_millis(300),
+            answering_dtls_role: RTCDtlsRole::Server,
         };
         Fixture {
             rt,
@@ -288,6 +289,56 @@ fn peer_keeps_sending_on_a_channel_nobody_took() {
         })
         .await
         .expect("the peer acknowledges everything sent");
+        offerer.close().await;
+        answerer.close().await;
+    });
+}
+
+/// Most stacks answer as the DTLS client (aiortc always, webrtc-rs by
+/// default); the RFC then makes them the SCTP client too, while our
+/// offer makes us the ICE-controlling side, which sends an INIT as well
+/// (vendor/PATCHES.md 11, for aiortc). Both INITs cross: without the
+/// simultaneous open (PATCHES.md 12) each side dropped the other's and the
+/// channel never opened.
+#[test]
+fn a_dtls_client_answerer_opens_the_channel() {
+    let f = Fixture::new();
+    // The other stack: its own key, answering as the DTLS client.
+    let mut other = Fixture::new();
+    other.settings.answering_dtls_role = RTCDtlsRole::Client;
+    f.rt.block_on(async {
+        let (tx, mut offerer_events) = mpsc::unbounded_channel();
+        let mut offerer = f.pc_with(tx).await;
+        let (tx, mut answerer_events) = mpsc::unbounded_channel();
+        let mut answerer = other.pc_with(tx).await;
+        let offer = offerer.offer("peer", false).await.unwrap();
+        let answer = answerer.answer(offer).await.unwrap();
+        assert!(answer.contains("a=setup:active"), "{answer}");
+        offerer.accept_answer(answer).await.unwrap();
+        let (mut offerer_open, mut answerer_open) = (false, false);
+        tokio::time::timeout(STEP, async {
+            while !(offerer_open && answerer_open) {
+                tokio::select! {
+                    Some(ev) = offerer_events.recv() => match ev.kind {
+                        PcEventKind::Candidate(Some(c)) => {
+                            let c = offerer.local_candidate(c);
+                            let _ = answerer.add_candidate(c).await;
+                        }
+                        PcEventKind::ChannelOpen => offerer_open = true,
+                        _ => {}
+                    },
+                    Some(ev) = answerer_events.recv() => {
+                        if let PcEventKind::DataChannel(_) = ev.kind {
+                            answerer_open = true;
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the channel did not open (offerer {offerer_open}, answerer {answerer_open})")
+        });
         offerer.close().await;
         answerer.close().await;
     });

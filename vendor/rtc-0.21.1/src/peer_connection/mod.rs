@@ -1213,7 +1213,8 @@ impl RTCPeerConnection {
                     get_application_media(parsed_remote_description),
                 ) {
                     let (dtls_role, remote_caps, local_sctp_port, remote_sctp_port) = (
-                        self.dtls_transport().role(),
+                        // PATCH (p2pd, vendor/PATCHES.md 11): not only the DTLS client initiates.
+                        self.sctp_initiating_role(),
                         SCTPTransportCapabilities {
                             max_message_size: get_application_media_section_max_message_size(
                                 remote_application_media,
@@ -1614,7 +1615,8 @@ impl RTCPeerConnection {
                     get_application_media(parsed_remote_description),
                 ) {
                     let (dtls_role, remote_caps, local_sctp_port, remote_sctp_port) = (
-                        self.dtls_transport().role(),
+                        // PATCH (p2pd, vendor/PATCHES.md 11): not only the DTLS client initiates.
+                        self.sctp_initiating_role(),
                         SCTPTransportCapabilities {
                             max_message_size: get_application_media_section_max_message_size(
                                 remote_application_media,

@@ -1316,8 +1316,13 @@ pub(crate) trait MediaDescriptionExt {
 
 impl MediaDescriptionExt for MediaDescription {
     fn is_webrtc_datachannel(&self) -> bool {
+        // PATCH (p2pd, vendor/PATCHES.md 10, "the legacy data channel m-line"): also the
+        // pre-RFC 8841 form, `DTLS/SCTP 5000` with `a=sctpmap:5000 webrtc-datachannel N`, as
+        // aiortc 1.4 offers it. Without this its port was parsed as an RTP payload type and
+        // the offer refused ("number too large").
         self.media_name.media == MEDIA_SECTION_APPLICATION
-            && self.media_name.formats == ["webrtc-datachannel"]
+            && (self.media_name.formats == ["webrtc-datachannel"]
+                || self.media_name.protos == ["DTLS", "SCTP"])
     }
 }
 
