@@ -6,6 +6,7 @@ mod data;
 mod delivery;
 mod failures;
 mod hostile;
+mod interop;
 mod invite;
 mod local_users;
 mod nat_lab;

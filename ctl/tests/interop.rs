@@ -1,0 +1,158 @@
+//! Interop: p2pd against WebRTC stacks it does not share code with, aiortc
+//! (Python, `interop/aiortc_peer.py`) and Chromium (`interop/peer.html`),
+//! through the NAT lab's cone NATs with signald's STUN server. Each peer
+//! speaks protocol 1 as a third-party client (no token, no stable key, so
+//! p2pd runs with `--trust any`), sends `hello 0..N` when the channel
+//! opens and echoes what it receives as `echo:<message>`.
+//!
+//! Needs root (the lab), python3-aiortc and python3-websockets, and
+//! chromium; `scripts/test` installs them as root, elsewhere each test
+//! prints one `SKIPPED` line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use p2p_testkit::lab::{Lab, Nat};
+use p2p_testkit::proc::in_netns;
+use p2p_testkit::{Daemon, Proc, Tail, lab_or_skip, skip};
+
+const HELLOS: usize = 50;
+const ECHOES: usize = 500;
+
+fn here(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(file)
+}
+
+/// Debian's python3 with aiortc, or `None` after one skip line.
+fn aiortc(what: &str) -> Option<PathBuf> {
+    let py = PathBuf::from("/usr/bin/python3");
+    let ok = Command::new(&py)
+        .args(["-c", "import aiortc, websockets"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        skip(
+            what,
+            "/usr/bin/python3 lacks aiortc (apt-get install python3-aiortc python3-websockets)",
+        );
+        return None;
+    }
+    Some(py)
+}
+
+/// The aiortc peer `id` in lab host `host`, pairing with `pair` if given.
+fn aiortc_peer(lab: &Lab, py: &Path, host: &str, id: &str, pair: Option<&str>) -> Proc {
+    let mut cmd = in_netns(Some(&lab.ns(host)), py);
+    cmd.arg(here("aiortc_peer.py"))
+        .args(["--url", &Lab::server_url(), "--id", id])
+        .args(["--hellos", &HELLOS.to_string()]);
+    if let Some(p) = pair {
+        cmd.args(["--pair", p]);
+    }
+    let peer = Proc::spawn(id, cmd);
+    peer.wait_line(&format!("welcome {id}"));
+    peer
+}
+
+/// A lab with cone NATs and STUN, and p2pd `h1` in it (`--trust any`: the
+/// other stack has no stable key).
+fn lab_with_p2pd(extra: &[&str]) -> (Lab, p2p_testkit::Signald, Daemon) {
+    let mut lab = Lab::build(Nat::Cone);
+    lab.start_coturn();
+    let s = lab.signald(&[Lab::stun()]);
+    let a = lab.daemon("h1", "h1", &[&["--trust", "any"], extra].concat());
+    (lab, s, a)
+}
+
+/// The peer's `hello`s arrive, then `ECHOES` lines sent from `a` come back
+/// echoed, each once and in order.
+fn hellos_and_echoes(a: &Daemon, tail: &Tail, round: &str) {
+    for i in 0..HELLOS {
+        assert_eq!(tail.next_str(), format!("hello {i}"), "{round}: hello {i}");
+    }
+    let input: String = (0..ECHOES).map(|i| format!("{round} {i}\n")).collect();
+    let out = a.ctl_stdin(&["send"], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..ECHOES {
+        assert_eq!(
+            tail.next_str(),
+            format!("echo:{round} {i}"),
+            "{round}: echo {i} lost or out of order"
+        );
+    }
+}
+
+#[test]
+fn interop_aiortc_answers_p2pd() {
+    lab_or_skip!();
+    let Some(py) = aiortc("interop aiortc") else {
+        return;
+    };
+    let (lab, _s, a) = lab_with_p2pd(&[]);
+    let peer = aiortc_peer(&lab, &py, "h2", "py", None);
+    let tail = Tail::start(&a, &[]);
+    a.ok(&["pair", "py", "--timeout", "30s"]);
+    peer.wait_line("open p2p");
+    hellos_and_echoes(&a, &tail, "to aiortc");
+}
+
+#[test]
+fn interop_aiortc_offers_and_p2pd_answers() {
+    lab_or_skip!();
+    let Some(py) = aiortc("interop aiortc") else {
+        return;
+    };
+    let (lab, _s, a) = lab_with_p2pd(&[]);
+    let tail = Tail::start(&a, &[]);
+    let peer = aiortc_peer(&lab, &py, "h2", "py", Some("h1"));
+    a.wait_open_with("py");
+    peer.wait_line("open p2p");
+    hellos_and_echoes(&a, &tail, "from aiortc");
+}
+
+/// Router A's mapping changes under an open link with aiortc. p2pd
+/// restarts ICE through signald, but aiortc 1.4 cannot restart ICE (it
+/// answers with its old credentials), so the restart finds no path and the
+/// link ends at `--ice-restart-timeout` with `ice_failed`, as a reset did
+/// before: both sides are then ready, and pairing again works.
+#[test]
+fn interop_aiortc_without_ice_restart_resets_at_the_bound_and_pairs_again() {
+    lab_or_skip!();
+    let Some(py) = aiortc("interop aiortc") else {
+        return;
+    };
+    let fast = [
+        "--ice-disconnected-timeout",
+        "1s",
+        "--ice-restart-timeout",
+        "3s",
+    ];
+    let (lab, _s, a) = lab_with_p2pd(&fast);
+    let peer = aiortc_peer(&lab, &py, "h2", "py", None);
+    let tail = Tail::start(&a, &[]);
+    let events = Tail::start(&a, &["--json"]);
+    a.ok(&["pair", "py", "--timeout", "30s"]);
+    peer.wait_line("open p2p");
+    hellos_and_echoes(&a, &tail, "before");
+    let resets = a.status().counters.resets;
+
+    lab.rebind_r1();
+    events.wait_event("ice_restarting");
+    // A real restart offer (new credentials) reached aiortc through signald.
+    peer.wait_line("restart-offer ufrag-changed=true");
+    let ev = events.wait_event("peer_disconnected");
+    assert_eq!(ev["reason"], "ice_failed", "{ev}");
+    a.wait_idle();
+    assert_eq!(a.status().counters.resets, resets + 1);
+    peer.wait_line("closed");
+
+    a.ok(&["pair", "py", "--timeout", "30s"]);
+    hellos_and_echoes(&a, &tail, "after");
+}
