@@ -57,6 +57,66 @@ fn aiortc_peer(lab: &Lab, py: &Path, host: &str, id: &str, pair: Option<&str>) -
     peer
 }
 
+/// Headless Chromium, or `None` after one skip line.
+fn chromium(what: &str) -> Option<PathBuf> {
+    let bin = PathBuf::from("/usr/lib/chromium/chromium");
+    if !bin.is_file() {
+        skip(what, "chromium is not installed (apt-get install chromium)");
+        return None;
+    }
+    Some(bin)
+}
+
+/// Headless Chromium running interop/peer.html, and its profile directory.
+/// Its events are console lines starting with "P2P ".
+struct Browser {
+    // Dropped in this order: the browser ends before its profile goes.
+    proc: Proc,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn wait_line(&self, needle: &str) -> String {
+        self.proc.wait_line(needle)
+    }
+}
+
+/// The browser peer `id` in lab host `host`, pairing with `pair` if given.
+fn browser_peer(lab: &Lab, bin: &Path, host: &str, id: &str, pair: Option<&str>) -> Browser {
+    let profile = tempfile::tempdir().unwrap();
+    let mut page = format!(
+        "file://{}?url={}&id={id}&hellos={HELLOS}",
+        here("peer.html").display(),
+        Lab::server_url()
+    );
+    if let Some(p) = pair {
+        page.push_str(&format!("&pair={p}"));
+    }
+    let mut cmd = in_netns(Some(&lab.ns(host)), bin);
+    cmd.args([
+        "--headless=new",
+        // The lab runs as root, where Chromium's sandbox cannot start.
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        // Host candidates as addresses, not mDNS names: p2pd does not
+        // resolve .local (docs/webrtc.md).
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+        "--enable-logging=stderr",
+        "--v=0",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg(page);
+    let peer = Browser {
+        proc: Proc::spawn(id, cmd),
+        _profile: profile,
+    };
+    peer.wait_line(&format!("P2P welcome {id}"));
+    peer
+}
+
 /// A lab with cone NATs and STUN, and p2pd `h1` in it (`--trust any`: the
 /// other stack has no stable key).
 fn lab_with_p2pd(extra: &[&str]) -> (Lab, p2p_testkit::Signald, Daemon) {
@@ -73,6 +133,11 @@ fn hellos_and_echoes(a: &Daemon, tail: &Tail, round: &str) {
     for i in 0..HELLOS {
         assert_eq!(tail.next_str(), format!("hello {i}"), "{round}: hello {i}");
     }
+    echoes(a, tail, round);
+}
+
+/// `ECHOES` lines sent from `a` come back echoed, each once and in order.
+fn echoes(a: &Daemon, tail: &Tail, round: &str) {
     let input: String = (0..ECHOES).map(|i| format!("{round} {i}\n")).collect();
     let out = a.ctl_stdin(&["send"], input.as_bytes());
     assert!(
@@ -155,4 +220,65 @@ fn interop_aiortc_without_ice_restart_resets_at_the_bound_and_pairs_again() {
 
     a.ok(&["pair", "py", "--timeout", "30s"]);
     hellos_and_echoes(&a, &tail, "after");
+}
+
+#[test]
+fn interop_chromium_answers_p2pd() {
+    lab_or_skip!();
+    let Some(bin) = chromium("interop chromium") else {
+        return;
+    };
+    let (lab, _s, a) = lab_with_p2pd(&[]);
+    let peer = browser_peer(&lab, &bin, "h2", "br", None);
+    let tail = Tail::start(&a, &[]);
+    a.ok(&["pair", "br", "--timeout", "30s"]);
+    peer.wait_line("P2P open p2p");
+    hellos_and_echoes(&a, &tail, "to chromium");
+}
+
+#[test]
+fn interop_chromium_offers_and_p2pd_answers() {
+    lab_or_skip!();
+    let Some(bin) = chromium("interop chromium") else {
+        return;
+    };
+    let (lab, _s, a) = lab_with_p2pd(&[]);
+    let tail = Tail::start(&a, &[]);
+    let peer = browser_peer(&lab, &bin, "h2", "br", Some("h1"));
+    a.wait_open_with("br");
+    peer.wait_line("P2P open p2p");
+    hellos_and_echoes(&a, &tail, "from chromium");
+}
+
+/// Router A's mapping changes under an open link with Chromium: p2pd
+/// restarts ICE through signald, Chromium answers the restart over the same
+/// connection, and what was sent meanwhile comes back in order, with no
+/// reset.
+#[test]
+fn interop_chromium_follows_an_ice_restart_after_a_network_change() {
+    lab_or_skip!();
+    let Some(bin) = chromium("interop chromium") else {
+        return;
+    };
+    let (lab, _s, a) = lab_with_p2pd(&["--ice-disconnected-timeout", "1s"]);
+    let peer = browser_peer(&lab, &bin, "h2", "br", None);
+    let tail = Tail::start(&a, &[]);
+    let events = Tail::start(&a, &["--json"]);
+    a.ok(&["pair", "br", "--timeout", "30s"]);
+    peer.wait_line("P2P open p2p");
+    hellos_and_echoes(&a, &tail, "before");
+    let resets = a.status().counters.resets;
+
+    lab.rebind_r1();
+    events.wait_event("ice_restarting");
+    // Sent while the path is down: queued, then delivered on the new one.
+    echoes(&a, &tail, "during");
+    events.wait_event("ice_restarted");
+    peer.wait_line("P2P kept h1");
+    peer.wait_line("P2P restart-offer ufrag-changed=true");
+    echoes(&a, &tail, "after");
+    let st = a.status();
+    assert_eq!(st.counters.resets, resets, "restarted, not reset");
+    assert!(st.counters.ice_restarts >= 1);
+    assert_eq!(st.link, p2p_proto::control::LinkState::Open);
 }
