@@ -82,6 +82,12 @@ const SCTP_DELAYED_ACK: Duration = Duration::from_millis(20);
 /// (what a lost INIT or COOKIE costs): Chrome's 500 ms; the crate's 1 s.
 const SCTP_RTO_INITIAL: Duration = Duration::from_millis(500);
 
+/// The session's ICE username fragment (`a=ice-ufrag`, the first one).
+fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+}
+
 /// The SCTP timers our connections use (vendor/PATCHES.md, "SCTP timers").
 fn sctp_timers(t: crate::config::SctpTimers) -> rtc::sctp::TimerConfig {
     let ms = |d: Duration| d.as_millis() as u64;
@@ -409,8 +415,22 @@ impl Pc {
         Ok(answer.sdp)
     }
 
-    /// The initiator applies the peer's answer.
+    /// The initiator applies the peer's answer (also the answer to our ICE
+    /// restart).
     pub async fn accept_answer(&mut self, answer: String) -> anyhow::Result<()> {
+        if self.described {
+            // The answer to our restart. With its old ICE credentials the
+            // peer did not restart ICE (aiortc 1.4 cannot): no check of our
+            // new generation can succeed, so say so now rather than wait out
+            // --ice-restart-timeout.
+            let before = self.pc.remote_description().await;
+            let before = before.as_ref().and_then(|d| ice_ufrag(&d.sdp));
+            if before.is_some() && before == ice_ufrag(&answer) {
+                anyhow::bail!(
+                    "the peer answered our ICE restart with its old ICE credentials: it cannot restart ICE, so the link cannot move to a new path"
+                );
+            }
+        }
         self.pc
             .set_remote_description(RTCSessionDescription::answer(answer)?)
             .await?;
