@@ -20,9 +20,7 @@ const HELLOS: usize = 50;
 const ECHOES: usize = 500;
 
 fn here(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/interop")
-        .join(file)
+    p2p_testkit::manifest_dir().join("tests/interop").join(file)
 }
 
 /// Debian's python3 with aiortc, or `None` after one skip line.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    p2p_testkit::manifest_dir().join("..")
 }
 
 /// The directory holding this build's binaries; signald and p2pctl must be

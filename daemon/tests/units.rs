@@ -2,15 +2,13 @@
 //! `systemd-analyze verify --user`. Skipped with one printed line where
 //! systemd-analyze is absent (`apt-get install systemd`).
 
-use std::path::Path;
-
 #[test]
 fn user_unit_verifies() {
     let Some(tool) = p2p_testkit::systemd_analyze("p2pd unit") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/p2pd.service");
+    let src = p2p_testkit::manifest_dir().join("../systemd/p2pd.service");
     let text = std::fs::read_to_string(src)
         .unwrap()
         .replace("/usr/local/bin/p2pd", env!("CARGO_BIN_EXE_p2pd"));

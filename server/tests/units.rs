@@ -10,7 +10,7 @@ use std::process::Command;
 /// (verify insists that the command exists).
 fn stage(units: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let src = p2p_testkit::manifest_dir().join("../systemd");
     let paths = units
         .iter()
         .map(|u| {

@@ -38,6 +38,17 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The directory of the package whose test is running, as `cargo test`
+/// sets it when it runs the test. Not `env!("CARGO_MANIFEST_DIR")`: clones
+/// that share one target directory (CI's clean clone, a worktree) share
+/// test binaries too, and the value compiled in may name a clone that is
+/// gone.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .expect("CARGO_MANIFEST_DIR is set: run the tests with cargo test")
+}
+
 /// A command for `program`, run inside network namespace `netns` if given
 /// (`ip netns exec` execs it, so the child's PID is the program's).
 pub fn in_netns(netns: Option<&str>, program: &Path) -> Command {
