@@ -72,6 +72,47 @@ pub fn tcp_throughput(dur: Duration) -> anyhow::Result<f64> {
     Ok(total as f64 / (end - t0).as_secs_f64() / 1e6)
 }
 
+/// MB/s received of 1,200-byte UDP datagrams sent one per syscall from one
+/// loopback socket to another for `dur`: the size a data channel's packets
+/// have (SCTP in DTLS under a 1,200-byte path MTU), so this is about the
+/// most a one-way transfer could move here before any WebRTC work, with
+/// one sender and one receiver thread as each daemon has (the crate batches
+/// a few datagrams per syscall with GSO; this does not).
+pub fn udp_throughput(dur: Duration) -> anyhow::Result<f64> {
+    let rx = UdpSocket::bind("127.0.0.1:0")?;
+    let tx = UdpSocket::bind("127.0.0.1:0")?;
+    for s in [&rx, &tx] {
+        let s = socket2::SockRef::from(s);
+        let _ = s.set_recv_buffer_size(4 << 20);
+        let _ = s.set_send_buffer_size(4 << 20);
+    }
+    rx.set_read_timeout(Some(Duration::from_millis(200)))?;
+    tx.connect(rx.local_addr()?)?;
+    let reader = std::thread::spawn(move || -> (u64, Option<Instant>) {
+        let mut buf = [0u8; 2048];
+        let mut total = 0u64;
+        let mut last = None;
+        while let Ok(n) = rx.recv(&mut buf) {
+            total += n as u64;
+            last = Some(Instant::now());
+        }
+        (total, last)
+    });
+    let datagram = [3u8; 1200];
+    let t0 = Instant::now();
+    while t0.elapsed() < dur {
+        for _ in 0..64 {
+            // A full socket buffer is a drop, as on a real path: not an error.
+            let _ = tx.send(&datagram);
+        }
+    }
+    let (total, last) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("udp reader panicked"))?;
+    let end = last.context("no datagram arrived")?;
+    Ok(total as f64 / (end - t0).as_secs_f64() / 1e6)
+}
+
 /// `RcvbufErrors` of `/proc/net/snmp`: UDP datagrams the kernel dropped
 /// because a socket's receive buffer was full.
 pub fn rcvbuf_errors() -> anyhow::Result<u64> {

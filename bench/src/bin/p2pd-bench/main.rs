@@ -14,7 +14,7 @@ mod one_way;
 use std::time::Duration;
 
 use clap::Parser;
-use p2p_bench::raw::{tcp_throughput, udp_rtt};
+use p2p_bench::raw::{tcp_throughput, udp_rtt, udp_throughput};
 use p2p_bench::table::{self, machine, us};
 use p2p_testkit::{Control, Daemon, Signald};
 
@@ -87,8 +87,9 @@ fn main() -> anyhow::Result<()> {
     // The raw path first, before any daemon runs.
     let (udp_p50, udp_p99) = udp_rtt(1000)?;
     let tcp_mbs = tcp_throughput(Duration::from_secs(2))?;
+    let udp_mbs = udp_throughput(Duration::from_secs(2))?;
     eprintln!(
-        "raw: UDP RTT p50 {} p99 {}, TCP {tcp_mbs:.0} MB/s",
+        "raw: UDP RTT p50 {} p99 {}, TCP {tcp_mbs:.0} MB/s, UDP 1,200-byte datagrams {udp_mbs:.0} MB/s",
         us(udp_p50),
         us(udp_p99)
     );
@@ -96,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         udp_p50,
         udp_p99,
         tcp_mbs,
+        udp_mbs,
     };
     let mut args = vec!["--listen", "127.0.0.1:0"];
     if !cli.default_rate_limit {

@@ -16,6 +16,8 @@ pub struct Raw {
     pub udp_p50: Duration,
     pub udp_p99: Duration,
     pub tcp_mbs: f64,
+    /// One-way 1,200-byte datagrams, one per syscall (`raw::udp_throughput`).
+    pub udp_mbs: f64,
 }
 
 fn wait_link(node: &mut Node, want: LinkState) {

@@ -62,7 +62,10 @@ pub fn row(bench: &mut Bench, cli: &Cli, n: usize, size: usize, raw: &Raw) -> Ro
     let fastest = rates.iter().cloned().fold(0.0, f64::max);
     let slowest = rates.iter().cloned().fold(f64::INFINITY, f64::min);
     let even = slowest >= fastest * 2.0 / 3.0;
-    let tcp = format!("TCP 16 KiB writes {:.0} MB/s", raw.tcp_mbs);
+    let tcp = format!(
+        "TCP 16 KiB writes {:.0} MB/s; UDP 1,200-byte datagrams one way {:.0} MB/s",
+        raw.tcp_mbs, raw.udp_mbs
+    );
     if size <= 100 {
         Row::new(
             format!(
