@@ -1,8 +1,10 @@
 //! `p2pd-lab-bench` (`scripts/bench-nat-lab`): open time and throughput per
 //! path through the NAT lab (`p2p_testkit::lab`: network namespaces, needs
 //! root), and on the impaired path a plain TCP transfer across the same
-//! namespaces and wire, printed as Markdown tables. Speed is measured
-//! here, never asserted in a test.
+//! namespaces and wire, printed as Markdown tables, with the CPU each
+//! process used during the 16 KiB transfer. Speed is measured here, never
+//! asserted in a test. An argument runs only the paths whose name contains
+//! it (`p2pd-lab-bench relayed`).
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,8 @@ struct Row {
     lines_per_s: f64,
     big_mb_s: f64,
     tcp: Option<(f64, f64)>,
+    /// CPU of the 16 KiB transfer, as % of one core: p2pd a, p2pd b, coturn.
+    cpu: (f64, f64, f64),
 }
 
 fn main() {
@@ -72,20 +76,28 @@ fn main() {
             flags: old_timers,
         },
     ];
-    let rows: Vec<Row> = paths.iter().map(measure).collect();
+    let only = std::env::args().nth(1).unwrap_or_default();
+    let rows: Vec<Row> = paths
+        .iter()
+        .filter(|p| p.name.contains(only.as_str()))
+        .map(measure)
+        .collect();
 
     let mut out = String::from(
-        "| path | selected pair | pair to open p50 / max | 100-byte lines/s | 16 KiB msgs MB/s |\n|---|---|---|---|---|\n",
+        "| path | selected pair | pair to open p50 / max | 100-byte lines/s | 16 KiB msgs MB/s | CPU % of a core during 16 KiB: p2pd a / b / coturn |\n|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         out.push_str(&format!(
-            "| {} | {} | {:.0} / {:.0} ms | {:.0} | {:.2} |\n",
+            "| {} | {} | {:.0} / {:.0} ms | {:.0} | {:.2} | {:.0} / {:.0} / {:.0} |\n",
             r.name,
             r.selected,
             r.open_p50.as_secs_f64() * 1e3,
             r.open_max.as_secs_f64() * 1e3,
             r.lines_per_s,
-            r.big_mb_s
+            r.big_mb_s,
+            r.cpu.0,
+            r.cpu.1,
+            r.cpu.2
         ));
     }
     out.push_str(
@@ -142,7 +154,16 @@ fn measure(p: &Path) -> Row {
     };
     let lines_per_s = n_lines as f64 / timed_transfer(&a, &tail, n_lines, 100);
     let big_bytes = n_big * 16 * 1024;
-    let big_mb_s = big_bytes as f64 / timed_transfer(&a, &tail, n_big, 16 * 1024) / 1e6;
+    let pids = [Some(a.proc().pid()), Some(b.proc().pid()), lab.coturn_pid()];
+    let cpu = |pid: Option<i32>| {
+        pid.and_then(|p| p2p_bench::procfs::cpu_time(p as u32).ok())
+            .unwrap_or_default()
+    };
+    let before = pids.map(cpu);
+    let secs = timed_transfer(&a, &tail, n_big, 16 * 1024);
+    let share = |i: usize| (cpu(pids[i]).saturating_sub(before[i])).as_secs_f64() / secs * 100.0;
+    let cpu_shares = (share(0), share(1), share(2));
+    let big_mb_s = big_bytes as f64 / secs / 1e6;
     drop((tail, a, b, s));
     let tcp = p.impaired.then(|| {
         lab.forward_tcp_to_h2(TCP_PORT);
@@ -168,6 +189,7 @@ fn measure(p: &Path) -> Row {
         lines_per_s,
         big_mb_s,
         tcp,
+        cpu: cpu_shares,
     }
 }
 

@@ -137,6 +137,7 @@ pub struct Lab {
     dir: tempfile::TempDir,
     procs: Vec<Proc>,
     alive: Vec<String>,
+    coturn: Option<i32>,
 }
 
 impl Lab {
@@ -157,6 +158,7 @@ impl Lab {
             dir: tempfile::tempdir().unwrap(),
             procs: Vec::new(),
             alive: Vec::new(),
+            coturn: None,
         };
         for n in ["inet", "r1", "h1", "r2", "h2"] {
             let ns = lab.ns(n);
@@ -285,7 +287,14 @@ impl Lab {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        self.coturn = Some(proc.pid());
         self.procs.push(proc);
+    }
+
+    /// coturn's PID once [`start_coturn`](Self::start_coturn) ran (`ip
+    /// netns exec` execs it, so this is turnserver itself).
+    pub fn coturn_pid(&self) -> Option<i32> {
+        self.coturn
     }
 
     pub fn signald(&self, ice: &[String]) -> Signald {
