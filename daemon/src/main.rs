@@ -132,10 +132,12 @@ fn serve(cfg: p2pd::Config, started: Arc<Mutex<Option<File>>>) -> anyhow::Result
     // connection, whose tasks (the crate's driver, the channel reader, the
     // control connections) hand each message on to the next: with a worker
     // per core they ran on different threads, and every hand-off woke a
-    // sleeping one. On the 2-core bench machine one worker moved 16 KiB
-    // messages at 78-116 MB/s against 66-86 (100-byte lines: 212k-277k
-    // lines/s against 167k-242k), three alternating runs each; a
-    // current-thread runtime was a little slower than one worker.
+    // sleeping one (perf: 14-16% of the sender in finish_task_switch;
+    // strace: 13.5k epoll_waits in 2 s of transfer, 111 with one worker).
+    // Seven alternating benchmark rounds on the 2-core machine, medians of
+    // three runs each: 16 KiB messages 76-105 MB/s against 66-83, 100-byte
+    // lines 188k-275k/s against 164k-195k. A current-thread runtime was a
+    // little slower than one worker.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
