@@ -69,7 +69,7 @@ pub struct PcSettings {
     /// which saves the offerer a round of waiting; tests also answer as
     /// `Client`, the role other stacks take (aiortc always, webrtc-rs by
     /// default), to check that the channel opens either way
-    /// (vendor/PATCHES.md 11-12).
+    /// (vendor/PATCHES.md 11).
     pub answering_dtls_role: RTCDtlsRole,
 }
 

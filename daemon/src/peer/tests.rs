@@ -295,11 +295,12 @@ fn peer_keeps_sending_on_a_channel_nobody_took() {
 }
 
 /// Most stacks answer as the DTLS client (aiortc always, webrtc-rs by
-/// default); the RFC then makes them the SCTP client too, while our
-/// offer makes us the ICE-controlling side, which sends an INIT as well
-/// (vendor/PATCHES.md 11, for aiortc). Both INITs cross: without the
-/// simultaneous open (PATCHES.md 12) each side dropped the other's and the
-/// channel never opened.
+/// default). An RFC 8832 one is then the SCTP client and sends the INIT;
+/// we, the ICE-controlling DTLS server, must take it rather than send our
+/// own at once (vendor/PATCHES.md 11 sends one only if none comes, for
+/// aiortc). A first version of that patch made us an SCTP client right
+/// away: both sides sent an INIT, each dropped the other's, and this test
+/// failed ("offerer false, answerer false").
 #[test]
 fn a_dtls_client_answerer_opens_the_channel() {
     let f = Fixture::new();

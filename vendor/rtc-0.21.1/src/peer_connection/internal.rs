@@ -673,20 +673,17 @@ impl RTCPeerConnection {
         &mut self.pipeline_context.sctp_handler_context.sctp_transport
     }
 
-    /// PATCH (p2pd, vendor/PATCHES.md 11, "the ICE-controlling side sends an INIT too"): whether
-    /// this side sends the SCTP INIT (passed on as the `Client` role the
-    /// SCTP transport starts from): as the DTLS client, as before (RFC 8832), and now also as
-    /// the ICE-controlling side. aiortc lets only the ICE-controlling side initiate and takes
-    /// an INIT only as the controlled side, so when it answered with `a=setup:active` (it always
-    /// does) both sides waited and the channel never opened. A peer that follows the RFC, and
-    /// so initiates too, meets ours in a simultaneous open (vendor/PATCHES.md 12). Between two p2pd
-    /// the offerer is both (the answerer takes the DTLS server role): nothing changes there.
-    /// Stream IDs still follow the DTLS role.
-    pub(crate) fn sctp_initiating_role(&self) -> RTCDtlsRole {
-        match self.ice_transport().role() {
-            RTCIceRole::Controlling => RTCDtlsRole::Client,
-            _ => self.dtls_transport().role(),
-        }
+    /// PATCH (p2pd, vendor/PATCHES.md 11, "an INIT when the peer sends none"): whether this
+    /// side, a DTLS server, sends the SCTP INIT itself when none has come from the peer. The
+    /// crate makes the DTLS client the SCTP client, as RFC 8832 says, and the server only
+    /// waits. aiortc initiates only as the ICE-controlling side and takes an INIT only as the
+    /// controlled one; it always answers as the DTLS client, so with p2pd offering both sides
+    /// waited and the channel never opened. So the ICE-controlling DTLS server waits briefly
+    /// for an INIT (every RFC 8832 peer sends one at once) and then sends its own. Between two
+    /// p2pd the offerer is the DTLS client (p2pd answers as the server): nothing changes there.
+    pub(crate) fn sctp_initiates_if_silent(&self) -> bool {
+        self.ice_transport().role() == RTCIceRole::Controlling
+            && self.dtls_transport().role() == RTCDtlsRole::Server
     }
 
     /// add_rtp_transceiver appends t into rtp_transceivers

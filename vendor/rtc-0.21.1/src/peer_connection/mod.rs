@@ -1213,8 +1213,7 @@ impl RTCPeerConnection {
                     get_application_media(parsed_remote_description),
                 ) {
                     let (dtls_role, remote_caps, local_sctp_port, remote_sctp_port) = (
-                        // PATCH (p2pd, vendor/PATCHES.md 11): not only the DTLS client initiates.
-                        self.sctp_initiating_role(),
+                        self.dtls_transport().role(),
                         SCTPTransportCapabilities {
                             max_message_size: get_application_media_section_max_message_size(
                                 remote_application_media,
@@ -1231,6 +1230,10 @@ impl RTCPeerConnection {
                     // then, we create_answer() and set_local_description() here
                     // Now we should have done SDP negotiation.
                     // Therefore, it is ready to start sctp and rtp.
+                    // PATCH (p2pd, vendor/PATCHES.md 11): the ICE-controlling DTLS server
+                    // initiates if the peer does not.
+                    let initiate_if_silent = self.sctp_initiates_if_silent();
+                    self.sctp_transport_mut().initiate_if_silent = initiate_if_silent;
                     self.sctp_transport_mut().start(
                         dtls_role,
                         remote_caps,
@@ -1615,8 +1618,7 @@ impl RTCPeerConnection {
                     get_application_media(parsed_remote_description),
                 ) {
                     let (dtls_role, remote_caps, local_sctp_port, remote_sctp_port) = (
-                        // PATCH (p2pd, vendor/PATCHES.md 11): not only the DTLS client initiates.
-                        self.sctp_initiating_role(),
+                        self.dtls_transport().role(),
                         SCTPTransportCapabilities {
                             max_message_size: get_application_media_section_max_message_size(
                                 remote_application_media,
@@ -1633,6 +1635,10 @@ impl RTCPeerConnection {
                     // then, after call set_remote_description here,
                     // Now we should have done SDP negotiation.
                     // Therefore, it is ready to start sctp and rtp.
+                    // PATCH (p2pd, vendor/PATCHES.md 11): the ICE-controlling DTLS server
+                    // initiates if the peer does not.
+                    let initiate_if_silent = self.sctp_initiates_if_silent();
+                    self.sctp_transport_mut().initiate_if_silent = initiate_if_silent;
                     self.sctp_transport_mut().start(
                         dtls_role,
                         remote_caps,

@@ -135,20 +135,11 @@ impl Endpoint {
         } else {
             //TODO: improve INIT handling for DoS attack
             if partial_decode.first_chunk_type == CT_INIT {
-                let known = if let Some(dst_cid) = partial_decode.initiate_tag {
+                if let Some(dst_cid) = partial_decode.initiate_tag {
                     self.association_ids.get(&dst_cid).cloned()
                 } else {
                     None
-                };
-                // PATCH (p2pd, vendor/PATCHES.md 12, "simultaneous open"): a client endpoint (no server config)
-                // hands the peer's INIT to the association it is opening, which answers it
-                // with an INIT ACK (RFC 9260 5.2.1) instead of the endpoint dropping it.
-                // Both sides then initiate and either side's handshake opens the
-                // association, whichever role the peer thinks it has.
-                known.or_else(|| match (&self.server_config, self.associations.len()) {
-                    (None, 1) => self.associations.iter().next().map(|(i, _)| AssociationHandle(i)),
-                    _ => None,
-                })
+                }
             } else {
                 None
             }

@@ -70,7 +70,20 @@ pub(crate) struct SctpHandlerContext {
     /// nothing seeded it; that fallback was taken on **every client connection**, for the flush
     /// that emits the INIT chunk. Seeding at construction makes the `Option` unnecessary.
     now: Instant,
+
+    /// PATCH (p2pd, vendor/PATCHES.md 11, "an INIT when the peer sends none"): when to
+    /// initiate the association ourselves if the peer has not by then.
+    fallback_init_at: Option<Instant>,
 }
+
+/// PATCH (p2pd, vendor/PATCHES.md 11): how long the DTLS server that is also ICE-controlling
+/// waits for the peer's INIT before it sends its own. An RFC 8832 peer (the DTLS client) sends
+/// its INIT as soon as its handshake ends, one round trip after ours; a peer that initiates only
+/// as the ICE-controlling side (aiortc) never does. If ours went out first and the peer's came
+/// after it, the endpoint would take the peer's as a second association, so the wait is longer
+/// than nearly any path's round trip. It must also stay well under ICE's disconnected timeout
+/// (a second at the least in p2pd's tests): nothing else crosses the path while it runs.
+const FALLBACK_INIT_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl SctpHandlerContext {
     pub(crate) fn new(now: Instant, sctp_transport: SctpTransport) -> Self {
@@ -84,6 +97,7 @@ impl SctpHandlerContext {
             pending_readable: HashSet::new(),
             association_transport: HashMap::new(),
             now,
+            fallback_init_at: None,
         }
     }
 
@@ -746,6 +760,9 @@ impl<'a>
                 // it at the next flush instead of waiting for a later handle_* (the
                 // deferred flush is now the only transmit path).
                 self.ctx.flush_dirty = true;
+            } else if self.ctx.sctp_transport.fallback_init_config.is_some() {
+                // PATCH (p2pd, vendor/PATCHES.md 11): wait a while for the peer's INIT.
+                self.ctx.fallback_init_at = Some(now + FALLBACK_INIT_DELAY);
             }
         }
 
@@ -774,6 +791,31 @@ impl<'a>
     fn handle_timeout(&mut self, now: Instant) -> Result<()> {
         if self.ctx.sctp_transport.sctp_endpoint.is_none() {
             return Ok(());
+        }
+
+        // PATCH (p2pd, vendor/PATCHES.md 11): the peer sent no INIT in time; send ours.
+        if self.ctx.fallback_init_at.is_some_and(|at| at <= now) {
+            self.ctx.fallback_init_at = None;
+            let config = self.ctx.sctp_transport.fallback_init_config.take();
+            if let (Some(config), true) =
+                (config, self.ctx.sctp_transport.sctp_associations.is_empty())
+            {
+                debug!("sctp: the peer sent no INIT; initiating the association ourselves");
+                let (ch, conn) = self
+                    .ctx
+                    .sctp_transport
+                    .sctp_endpoint
+                    .as_mut()
+                    .ok_or(Error::ErrSCTPNotEstablished)?
+                    .connect(
+                        now,
+                        ClientConfig::new(config),
+                        TransportContext::default().peer_addr,
+                    )
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                self.ctx.sctp_transport.sctp_associations.insert(ch, conn);
+                self.ctx.flush_dirty = true;
+            }
         }
 
         let mut transmits = vec![];
@@ -837,7 +879,8 @@ impl<'a>
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        let mut eto = None;
+        // PATCH (p2pd, vendor/PATCHES.md 11): the fallback INIT's deadline too.
+        let mut eto = self.ctx.fallback_init_at;
 
         for conn in self.ctx.sctp_transport.sctp_associations.values() {
             if let Some(timeout) = conn.poll_timeout() {

@@ -28,6 +28,11 @@ pub(crate) struct SctpTransport {
 
     pub(crate) sctp_endpoint: Option<::sctp::Endpoint>,
     pub(crate) sctp_transport_config: Option<::sctp::TransportConfig>,
+    /// PATCH (p2pd, vendor/PATCHES.md 11): whether a DTLS server initiates the association
+    /// itself when the peer sends no INIT (set before `start` for the ICE-controlling side)...
+    pub(crate) initiate_if_silent: bool,
+    /// ... and the configuration it then initiates with.
+    pub(crate) fallback_init_config: Option<::sctp::TransportConfig>,
     pub(crate) sctp_associations: HashMap<AssociationHandle, Association>,
 
     // SCTPTransportState doesn't have an enum to distinguish between New/Connecting
@@ -71,6 +76,8 @@ impl SctpTransport {
             dtls_transport_id,
             sctp_endpoint: None,
             sctp_transport_config: None,
+            initiate_if_silent: false,
+            fallback_init_config: None,
             sctp_associations: HashMap::new(),
 
             is_started: false,
@@ -204,6 +211,10 @@ impl SctpTransport {
             ));
             self.sctp_transport_config = Some(sctp_transport_config);
         } else {
+            // PATCH (p2pd, vendor/PATCHES.md 11)
+            if self.initiate_if_silent {
+                self.fallback_init_config = Some(sctp_transport_config.clone());
+            }
             self.sctp_endpoint = Some(::sctp::Endpoint::new(
                 TransportContext::default().local_addr, // placeholder; rewritten per-transmit by the ICE handler
                 TransportProtocol::UDP, // placeholder; rewritten per-transmit by the ICE handler
