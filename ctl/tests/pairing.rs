@@ -199,3 +199,25 @@ fn a_pairing_refused_by_the_allow_list_is_an_event() {
     assert_eq!(ev["peer_id"], "alice");
     assert_eq!(ev["reason"], "refused_by_allow_list");
 }
+
+/// An idle link hears nothing but ICE's checks. With a disconnected
+/// timeout shorter than the checks' interval (the crate's 2 s), every gap
+/// between two checks looked like a dead path and restarted ICE; p2pd now
+/// checks at a third of the timeout.
+#[test]
+fn an_idle_link_with_a_short_disconnected_timeout_stays_quiet() {
+    let s = Signald::start();
+    let short = ["--ice-disconnected-timeout", "1s"];
+    let a = Daemon::start_with(&s.url(), "alice", &short);
+    let b = Daemon::start_with(&s.url(), "bob", &short);
+    a.pair(&b);
+    // Idle for several timeouts: long enough for the old behaviour to
+    // restart at least once (it did within ~1.2 s).
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    for d in [&a, &b] {
+        let st = d.status();
+        assert_eq!(st.counters.ice_restarts, 0, "{st:#?}");
+        assert_eq!(st.link, LinkState::Open);
+    }
+    a.ok(&["send", "still here"]);
+}

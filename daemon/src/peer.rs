@@ -82,6 +82,15 @@ const SCTP_DELAYED_ACK: Duration = Duration::from_millis(20);
 /// (what a lost INIT or COOKIE costs): Chrome's 500 ms; the crate's 1 s.
 const SCTP_RTO_INITIAL: Duration = Duration::from_millis(500);
 
+/// How often ICE checks the selected pair (a STUN request, so the peer
+/// answers): the crate's 2 s, or a third of the disconnected timeout if
+/// that is shorter. An idle link hears nothing else, and with the crate's
+/// 2 s a timeout of 1 s declared it silent (and restarted ICE) between any
+/// two checks; a third leaves room for one lost check.
+fn keepalive_interval(disconnected_timeout: Duration) -> Duration {
+    (disconnected_timeout / 3).min(Duration::from_secs(2))
+}
+
 /// The session's ICE username fragment (`a=ice-ufrag`, the first one).
 fn ice_ufrag(sdp: &str) -> Option<&str> {
     sdp.lines()
@@ -278,7 +287,7 @@ impl Pc {
             .with_ice_timeouts(
                 Some(settings.ice_disconnected_timeout),
                 Some(settings.ice_disconnected_timeout),
-                None,
+                Some(keepalive_interval(settings.ice_disconnected_timeout)),
             )
             // Faster checks while connecting only; the keepalive after
             // connecting stays at the crate's default.
