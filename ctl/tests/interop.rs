@@ -3,13 +3,15 @@
 //! through the NAT lab's cone NATs with signald's STUN server. Each peer
 //! speaks protocol 1 as a third-party client (no token, no stable key, so
 //! p2pd runs with `--trust any`), sends `hello 0..N` when the channel
-//! opens and echoes what it receives as `echo:<message>`.
+//! opens and echoes what it receives as `echo:<message>`. Both print the
+//! same event words (`open p2p`, `kept h1`, `restart-offer …`), so each
+//! scenario below is written once for both stacks.
 //!
 //! Needs root (the lab), python3-aiortc and python3-websockets, and
 //! chromium; `scripts/test` installs them as root, elsewhere each test
 //! prints one `SKIPPED` line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use p2p_testkit::lab::{Lab, Nat};
@@ -23,96 +25,129 @@ fn here(file: &str) -> PathBuf {
     p2p_testkit::manifest_dir().join("tests/interop").join(file)
 }
 
-/// Debian's python3 with aiortc, or `None` after one skip line.
-fn aiortc(what: &str) -> Option<PathBuf> {
-    let py = PathBuf::from("/usr/bin/python3");
-    let ok = Command::new(&py)
-        .args(["-c", "import aiortc, websockets"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        skip(
-            what,
-            "/usr/bin/python3 lacks aiortc (apt-get install python3-aiortc python3-websockets)",
-        );
-        return None;
-    }
-    Some(py)
+/// The other WebRTC stack, found on this machine.
+enum Stack {
+    /// Debian's python3, which has aiortc.
+    Aiortc(PathBuf),
+    /// The Chromium binary, run headless.
+    Chromium(PathBuf),
 }
 
-/// The aiortc peer `id` in lab host `host`, pairing with `pair` if given.
-fn aiortc_peer(lab: &Lab, py: &Path, host: &str, id: &str, pair: Option<&str>) -> Proc {
-    let mut cmd = in_netns(Some(&lab.ns(host)), py);
-    cmd.arg(here("aiortc_peer.py"))
-        .args(["--url", &Lab::server_url(), "--id", id])
-        .args(["--hellos", &HELLOS.to_string()]);
-    if let Some(p) = pair {
-        cmd.args(["--pair", p]);
+impl Stack {
+    /// aiortc, or `None` after one skip line.
+    fn aiortc() -> Option<Stack> {
+        let py = PathBuf::from("/usr/bin/python3");
+        let ok = Command::new(&py)
+            .args(["-c", "import aiortc, websockets"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            skip(
+                "interop aiortc",
+                "/usr/bin/python3 lacks aiortc (apt-get install python3-aiortc python3-websockets)",
+            );
+            return None;
+        }
+        Some(Stack::Aiortc(py))
     }
-    let peer = Proc::spawn(id, cmd);
-    peer.wait_line(&format!("welcome {id}"));
-    peer
+
+    /// Chromium, or `None` after one skip line.
+    fn chromium() -> Option<Stack> {
+        let bin = PathBuf::from("/usr/lib/chromium/chromium");
+        if !bin.is_file() {
+            skip(
+                "interop chromium",
+                "chromium is not installed (apt-get install chromium)",
+            );
+            return None;
+        }
+        Some(Stack::Chromium(bin))
+    }
+
+    /// The peer's signaling ID.
+    fn id(&self) -> &'static str {
+        match self {
+            Stack::Aiortc(_) => "py",
+            Stack::Chromium(_) => "br",
+        }
+    }
+
+    /// Starts the peer in lab host h2, pairing with `pair` if given, and
+    /// waits for its welcome.
+    fn start(&self, lab: &Lab, pair: Option<&str>) -> Peer {
+        let id = self.id();
+        let ns = lab.ns("h2");
+        let peer = match self {
+            Stack::Aiortc(py) => {
+                let mut cmd = in_netns(Some(&ns), py);
+                cmd.arg(here("aiortc_peer.py"))
+                    .args(["--url", &Lab::server_url(), "--id", id])
+                    .args(["--hellos", &HELLOS.to_string()]);
+                if let Some(p) = pair {
+                    cmd.args(["--pair", p]);
+                }
+                Peer {
+                    proc: Proc::spawn(id, cmd),
+                    prefix: "",
+                    _profile: None,
+                }
+            }
+            Stack::Chromium(bin) => {
+                let profile = tempfile::tempdir().unwrap();
+                let mut page = format!(
+                    "file://{}?url={}&id={id}&hellos={HELLOS}",
+                    here("peer.html").display(),
+                    Lab::server_url()
+                );
+                if let Some(p) = pair {
+                    page.push_str(&format!("&pair={p}"));
+                }
+                let mut cmd = in_netns(Some(&ns), bin);
+                cmd.args([
+                    "--headless=new",
+                    // The lab runs as root, where Chromium's sandbox cannot start.
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    // Host candidates as addresses, not mDNS names: p2pd
+                    // does not resolve .local (docs/webrtc.md).
+                    "--disable-features=WebRtcHideLocalIpsWithMdns",
+                    // Console lines ("P2P …") go to stderr.
+                    "--enable-logging=stderr",
+                    "--v=0",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg(page);
+                Peer {
+                    proc: Proc::spawn(id, cmd),
+                    prefix: "P2P ",
+                    _profile: Some(profile),
+                }
+            }
+        };
+        peer.wait_event(&format!("welcome {id}"));
+        peer
+    }
 }
 
-/// Headless Chromium, or `None` after one skip line.
-fn chromium(what: &str) -> Option<PathBuf> {
-    let bin = PathBuf::from("/usr/lib/chromium/chromium");
-    if !bin.is_file() {
-        skip(what, "chromium is not installed (apt-get install chromium)");
-        return None;
-    }
-    Some(bin)
-}
-
-/// Headless Chromium running interop/peer.html, and its profile directory.
-/// Its events are console lines starting with "P2P ".
-struct Browser {
+/// A running peer of the other stack.
+struct Peer {
     // Dropped in this order: the browser ends before its profile goes.
     proc: Proc,
-    _profile: tempfile::TempDir,
+    /// What its event lines start with (the page's console lines are
+    /// marked, among Chromium's own).
+    prefix: &'static str,
+    _profile: Option<tempfile::TempDir>,
 }
 
-impl Browser {
-    fn wait_line(&self, needle: &str) -> String {
-        self.proc.wait_line(needle)
+impl Peer {
+    /// Waits for the event line `what` (e.g. "open p2p").
+    fn wait_event(&self, what: &str) -> String {
+        self.proc.wait_line(&format!("{}{what}", self.prefix))
     }
-}
-
-/// The browser peer `id` in lab host `host`, pairing with `pair` if given.
-fn browser_peer(lab: &Lab, bin: &Path, host: &str, id: &str, pair: Option<&str>) -> Browser {
-    let profile = tempfile::tempdir().unwrap();
-    let mut page = format!(
-        "file://{}?url={}&id={id}&hellos={HELLOS}",
-        here("peer.html").display(),
-        Lab::server_url()
-    );
-    if let Some(p) = pair {
-        page.push_str(&format!("&pair={p}"));
-    }
-    let mut cmd = in_netns(Some(&lab.ns(host)), bin);
-    cmd.args([
-        "--headless=new",
-        // The lab runs as root, where Chromium's sandbox cannot start.
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        // Host candidates as addresses, not mDNS names: p2pd does not
-        // resolve .local (docs/webrtc.md).
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-        "--enable-logging=stderr",
-        "--v=0",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .arg(page);
-    let peer = Browser {
-        proc: Proc::spawn(id, cmd),
-        _profile: profile,
-    };
-    peer.wait_line(&format!("P2P welcome {id}"));
-    peer
 }
 
 /// A lab with cone NATs and STUN, and p2pd `h1` in it (`--trust any`: the
@@ -152,32 +187,56 @@ fn echoes(a: &Daemon, tail: &Tail, round: &str) {
     }
 }
 
+/// p2pd pairs and offers; the other stack answers.
+fn p2pd_offers(stack: Stack) {
+    let (lab, _s, a) = lab_with_p2pd(&[]);
+    let peer = stack.start(&lab, None);
+    let tail = Tail::start(&a, &[]);
+    a.ok(&["pair", stack.id(), "--timeout", "30s"]);
+    peer.wait_event("open p2p");
+    hellos_and_echoes(&a, &tail, "p2pd offers");
+}
+
+/// The other stack pairs and offers; p2pd answers.
+fn p2pd_answers(stack: Stack) {
+    let (lab, _s, a) = lab_with_p2pd(&[]);
+    let tail = Tail::start(&a, &[]);
+    let peer = stack.start(&lab, Some("h1"));
+    a.wait_open_with(stack.id());
+    peer.wait_event("open p2p");
+    hellos_and_echoes(&a, &tail, "p2pd answers");
+}
+
 #[test]
 fn interop_aiortc_answers_p2pd() {
     lab_or_skip!();
-    let Some(py) = aiortc("interop aiortc") else {
-        return;
-    };
-    let (lab, _s, a) = lab_with_p2pd(&[]);
-    let peer = aiortc_peer(&lab, &py, "h2", "py", None);
-    let tail = Tail::start(&a, &[]);
-    a.ok(&["pair", "py", "--timeout", "30s"]);
-    peer.wait_line("open p2p");
-    hellos_and_echoes(&a, &tail, "to aiortc");
+    if let Some(stack) = Stack::aiortc() {
+        p2pd_offers(stack);
+    }
 }
 
 #[test]
 fn interop_aiortc_offers_and_p2pd_answers() {
     lab_or_skip!();
-    let Some(py) = aiortc("interop aiortc") else {
-        return;
-    };
-    let (lab, _s, a) = lab_with_p2pd(&[]);
-    let tail = Tail::start(&a, &[]);
-    let peer = aiortc_peer(&lab, &py, "h2", "py", Some("h1"));
-    a.wait_open_with("py");
-    peer.wait_line("open p2p");
-    hellos_and_echoes(&a, &tail, "from aiortc");
+    if let Some(stack) = Stack::aiortc() {
+        p2pd_answers(stack);
+    }
+}
+
+#[test]
+fn interop_chromium_answers_p2pd() {
+    lab_or_skip!();
+    if let Some(stack) = Stack::chromium() {
+        p2pd_offers(stack);
+    }
+}
+
+#[test]
+fn interop_chromium_offers_and_p2pd_answers() {
+    lab_or_skip!();
+    if let Some(stack) = Stack::chromium() {
+        p2pd_answers(stack);
+    }
 }
 
 /// Router A's mapping changes under an open link with aiortc. p2pd
@@ -189,11 +248,9 @@ fn interop_aiortc_offers_and_p2pd_answers() {
 #[test]
 fn interop_aiortc_without_ice_restart_resets_at_once_and_pairs_again() {
     lab_or_skip!();
-    let Some(py) = aiortc("interop aiortc") else {
+    let Some(stack) = Stack::aiortc() else {
         return;
     };
-    // The restart bound is longer than any wait of the test: only the
-    // answer itself can end the link in time.
     let fast = [
         "--ice-disconnected-timeout",
         "1s",
@@ -201,59 +258,28 @@ fn interop_aiortc_without_ice_restart_resets_at_once_and_pairs_again() {
         "60s",
     ];
     let (lab, _s, a) = lab_with_p2pd(&fast);
-    let peer = aiortc_peer(&lab, &py, "h2", "py", None);
+    let peer = stack.start(&lab, None);
     let tail = Tail::start(&a, &[]);
     let events = Tail::start(&a, &["--json"]);
     a.ok(&["pair", "py", "--timeout", "30s"]);
-    peer.wait_line("open p2p");
+    peer.wait_event("open p2p");
     hellos_and_echoes(&a, &tail, "before");
     let resets = a.status().counters.resets;
 
     lab.rebind_r1();
     events.wait_event("ice_restarting");
     // A real restart offer (new credentials) reached aiortc through signald.
-    peer.wait_line("restart-offer ufrag-changed=true");
+    peer.wait_event("restart-offer ufrag-changed=true");
     let ev = events.wait_event("peer_disconnected");
     assert_eq!(ev["reason"], "failed", "{ev}");
-    assert!(
-        a.proc().log().contains("it cannot restart ICE"),
-        "{}",
-        a.proc().log()
-    );
+    // The log says why (read from its pipe a moment after the event).
+    a.proc().wait_line("it cannot restart ICE");
     a.wait_idle();
     assert_eq!(a.status().counters.resets, resets + 1);
-    peer.wait_line("closed");
+    peer.wait_event("closed");
 
     a.ok(&["pair", "py", "--timeout", "30s"]);
     hellos_and_echoes(&a, &tail, "after");
-}
-
-#[test]
-fn interop_chromium_answers_p2pd() {
-    lab_or_skip!();
-    let Some(bin) = chromium("interop chromium") else {
-        return;
-    };
-    let (lab, _s, a) = lab_with_p2pd(&[]);
-    let peer = browser_peer(&lab, &bin, "h2", "br", None);
-    let tail = Tail::start(&a, &[]);
-    a.ok(&["pair", "br", "--timeout", "30s"]);
-    peer.wait_line("P2P open p2p");
-    hellos_and_echoes(&a, &tail, "to chromium");
-}
-
-#[test]
-fn interop_chromium_offers_and_p2pd_answers() {
-    lab_or_skip!();
-    let Some(bin) = chromium("interop chromium") else {
-        return;
-    };
-    let (lab, _s, a) = lab_with_p2pd(&[]);
-    let tail = Tail::start(&a, &[]);
-    let peer = browser_peer(&lab, &bin, "h2", "br", Some("h1"));
-    a.wait_open_with("br");
-    peer.wait_line("P2P open p2p");
-    hellos_and_echoes(&a, &tail, "from chromium");
 }
 
 /// Router A's mapping changes under an open link with Chromium: p2pd
@@ -263,15 +289,15 @@ fn interop_chromium_offers_and_p2pd_answers() {
 #[test]
 fn interop_chromium_follows_an_ice_restart_after_a_network_change() {
     lab_or_skip!();
-    let Some(bin) = chromium("interop chromium") else {
+    let Some(stack) = Stack::chromium() else {
         return;
     };
     let (lab, _s, a) = lab_with_p2pd(&["--ice-disconnected-timeout", "1s"]);
-    let peer = browser_peer(&lab, &bin, "h2", "br", None);
+    let peer = stack.start(&lab, None);
     let tail = Tail::start(&a, &[]);
     let events = Tail::start(&a, &["--json"]);
     a.ok(&["pair", "br", "--timeout", "30s"]);
-    peer.wait_line("P2P open p2p");
+    peer.wait_event("open p2p");
     hellos_and_echoes(&a, &tail, "before");
     let resets = a.status().counters.resets;
 
@@ -280,8 +306,8 @@ fn interop_chromium_follows_an_ice_restart_after_a_network_change() {
     // Sent while the path is down: queued, then delivered on the new one.
     echoes(&a, &tail, "during");
     events.wait_event("ice_restarted");
-    peer.wait_line("P2P kept h1");
-    peer.wait_line("P2P restart-offer ufrag-changed=true");
+    peer.wait_event("kept h1");
+    peer.wait_event("restart-offer ufrag-changed=true");
     echoes(&a, &tail, "after");
     let st = a.status();
     assert_eq!(st.counters.resets, resets, "restarted, not reset");
