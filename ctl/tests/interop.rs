@@ -187,18 +187,40 @@ fn echoes(a: &Daemon, tail: &Tail, round: &str) {
     }
 }
 
-/// p2pd pairs and offers; the other stack answers.
-fn p2pd_offers(stack: Stack) {
-    let (lab, _s, a) = lab_with_p2pd(&[]);
+/// p2pd `h1` (with `extra` flags) paired with the other stack's peer, which
+/// answered p2pd's offer.
+struct Open {
+    lab: Lab,
+    _signald: p2p_testkit::Signald,
+    a: Daemon,
+    peer: Peer,
+    /// `p2pctl tail` on `a`, and the same with `--json` (events).
+    tail: Tail,
+    events: Tail,
+}
+
+/// p2pd pairs and offers, the other stack answers, and a first round of
+/// hellos and echoes (`round`) comes through.
+fn p2pd_offers(stack: &Stack, extra: &[&str], round: &str) -> Open {
+    let (lab, signald, a) = lab_with_p2pd(extra);
     let peer = stack.start(&lab, None);
     let tail = Tail::start(&a, &[]);
+    let events = Tail::start(&a, &["--json"]);
     a.ok(&["pair", stack.id(), "--timeout", "30s"]);
     peer.wait_event("open p2p");
-    hellos_and_echoes(&a, &tail, "p2pd offers");
+    hellos_and_echoes(&a, &tail, round);
+    Open {
+        lab,
+        _signald: signald,
+        a,
+        peer,
+        tail,
+        events,
+    }
 }
 
 /// The other stack pairs and offers; p2pd answers.
-fn p2pd_answers(stack: Stack) {
+fn p2pd_answers(stack: &Stack) {
     let (lab, _s, a) = lab_with_p2pd(&[]);
     let tail = Tail::start(&a, &[]);
     let peer = stack.start(&lab, Some("h1"));
@@ -211,7 +233,7 @@ fn p2pd_answers(stack: Stack) {
 fn interop_aiortc_answers_p2pd() {
     lab_or_skip!();
     if let Some(stack) = Stack::aiortc() {
-        p2pd_offers(stack);
+        p2pd_offers(&stack, &[], "p2pd offers");
     }
 }
 
@@ -219,7 +241,7 @@ fn interop_aiortc_answers_p2pd() {
 fn interop_aiortc_offers_and_p2pd_answers() {
     lab_or_skip!();
     if let Some(stack) = Stack::aiortc() {
-        p2pd_answers(stack);
+        p2pd_answers(&stack);
     }
 }
 
@@ -227,7 +249,7 @@ fn interop_aiortc_offers_and_p2pd_answers() {
 fn interop_chromium_answers_p2pd() {
     lab_or_skip!();
     if let Some(stack) = Stack::chromium() {
-        p2pd_offers(stack);
+        p2pd_offers(&stack, &[], "p2pd offers");
     }
 }
 
@@ -235,7 +257,7 @@ fn interop_chromium_answers_p2pd() {
 fn interop_chromium_offers_and_p2pd_answers() {
     lab_or_skip!();
     if let Some(stack) = Stack::chromium() {
-        p2pd_answers(stack);
+        p2pd_answers(&stack);
     }
 }
 
@@ -257,13 +279,15 @@ fn interop_aiortc_without_ice_restart_resets_at_once_and_pairs_again() {
         "--ice-restart-timeout",
         "60s",
     ];
-    let (lab, _s, a) = lab_with_p2pd(&fast);
-    let peer = stack.start(&lab, None);
-    let tail = Tail::start(&a, &[]);
-    let events = Tail::start(&a, &["--json"]);
-    a.ok(&["pair", "py", "--timeout", "30s"]);
-    peer.wait_event("open p2p");
-    hellos_and_echoes(&a, &tail, "before");
+    // Every field bound: one left to `..` would drop with the temporary.
+    let Open {
+        lab,
+        _signald,
+        a,
+        peer,
+        tail,
+        events,
+    } = p2pd_offers(&stack, &fast, "before");
     let resets = a.status().counters.resets;
 
     lab.rebind_r1();
@@ -292,13 +316,16 @@ fn interop_chromium_follows_an_ice_restart_after_a_network_change() {
     let Some(stack) = Stack::chromium() else {
         return;
     };
-    let (lab, _s, a) = lab_with_p2pd(&["--ice-disconnected-timeout", "1s"]);
-    let peer = stack.start(&lab, None);
-    let tail = Tail::start(&a, &[]);
-    let events = Tail::start(&a, &["--json"]);
-    a.ok(&["pair", "br", "--timeout", "30s"]);
-    peer.wait_event("open p2p");
-    hellos_and_echoes(&a, &tail, "before");
+    let fast = ["--ice-disconnected-timeout", "1s"];
+    // Every field bound: one left to `..` would drop with the temporary.
+    let Open {
+        lab,
+        _signald,
+        a,
+        peer,
+        tail,
+        events,
+    } = p2pd_offers(&stack, &fast, "before");
     let resets = a.status().counters.resets;
 
     lab.rebind_r1();
