@@ -138,11 +138,8 @@ async fn read_acks(mut reader: ReplyReader, window: Arc<Semaphore>) -> Result<Ac
     };
     let mut n = 0u64;
     loop {
-        let reply = match reader.next_reply().await {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => break,
-            Err(CtlError::Refused(e)) => Err(e),
-            Err(e) => return Err(e),
+        let Some(reply) = reader.next_ack().await? else {
+            break;
         };
         n += 1;
         // Requests already in flight after a refusal are still answered
