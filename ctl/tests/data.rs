@@ -15,6 +15,54 @@ fn hundred_thousand_stdin_lines_arrive_complete_and_in_order() {
     assert_eq!(a.status().counters.messages_sent, N as u64);
 }
 
+/// Tiny messages pile up unread in the receiver's SCTP stack while its
+/// only follower is stopped. A window that counted bytes alone let 40,000+
+/// ten-byte messages queue on one stream; past 32,768 the stack's
+/// reassembly order broke and delivery stopped for good, with every one of
+/// them acknowledged (vendor/PATCHES.md 12).
+#[test]
+fn tiny_messages_held_up_by_a_stopped_reader_all_arrive_in_order() {
+    let (_s, a, b) = paired("alice", "bob");
+    let tail = Tail::start(&b, &[]);
+    const N: usize = 100_000;
+    // SAFETY: signalling a child process we started.
+    unsafe { libc::kill(tail.pid(), libc::SIGSTOP) };
+    let input: String = (0..N).map(|i| format!("{i}\n")).collect();
+    let mut sender = a.ctl_cmd(&["send"]);
+    sender.stdin(std::process::Stdio::piped());
+    let mut sender = sender.spawn().unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    // Less than the hub's stall grace (2 s), so the follower is held up,
+    // not dropped: what it cannot take stays in bob's SCTP stack.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // SAFETY: as above.
+    unsafe { libc::kill(tail.pid(), libc::SIGCONT) };
+    for i in 0..N {
+        let Some(line) = tail.next_within(p2p_testkit::WAIT) else {
+            panic!(
+                "tail stopped after {i} of {N} messages; bob counted {} received",
+                b.status().counters.messages_received
+            );
+        };
+        assert_eq!(
+            line,
+            i.to_string().as_bytes(),
+            "message {i} lost or out of order"
+        );
+    }
+    let out = sender.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.status().counters.missed_by_subscribers, 0);
+}
+
 #[test]
 fn tail_replays_history_with_n_and_json_carries_sender_and_time() {
     let s = Signald::start();

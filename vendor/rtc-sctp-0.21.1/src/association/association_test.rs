@@ -1633,3 +1633,55 @@ fn test_reconfig_backoff_must_double_once() -> Result<()> {
 
 #[path = "message_selection_test.rs"]
 mod message_selection_test;
+
+/// PATCH (p2pd, vendor/PATCHES.md 12, "a bound on unread messages"): a receiver that
+/// reads nothing while its peer sends many tiny messages. With a window that counted
+/// bytes only, 40,000 ten-byte messages fit in the default 1 MiB; the reassembly
+/// queue then returned the first 32,769 and no more, ever.
+#[test]
+fn unread_tiny_messages_are_bounded_and_all_readable() -> Result<()> {
+    let mut receiver = timed_test_association();
+    receiver.ack_mode = AckMode::NoDelay;
+    let ppi = PayloadProtocolIdentifier::Binary;
+    receiver.open_stream(0, ppi)?;
+    let first_tsn = receiver.peer_last_tsn.wrapping_add(1);
+    let chunk = |i: u32| ChunkPayloadData {
+        stream_identifier: 0,
+        beginning_fragment: true,
+        ending_fragment: true,
+        tsn: first_tsn.wrapping_add(i),
+        stream_sequence_number: i as u16,
+        payload_type: ppi,
+        user_data: Bytes::from(format!("line {i:05}")),
+        ..Default::default()
+    };
+    // A sender that keeps to the window we advertise stops before
+    // MAX_UNREAD_MESSAGES.
+    let mut within_window = 0u32;
+    while receiver.get_my_receiver_window_credit() > 0 {
+        receiver.handle_data(&chunk(within_window))?;
+        within_window += 1;
+    }
+    assert!(within_window as usize <= MAX_UNREAD_MESSAGES, "{within_window}");
+    assert!(within_window > 10_000, "only {within_window} tiny messages fit");
+    // One that counts only payload bytes (as every sender does) goes on;
+    // the receiver takes messages up to its cap and drops the rest.
+    for i in within_window..40_000 {
+        receiver.handle_data(&chunk(i))?;
+    }
+    let queued = receiver.streams[&0].get_num_messages_in_reassembly_queue();
+    assert_eq!(queued, UNREAD_MESSAGES_CAP);
+    let mut read = 0u32;
+    while let Some(chunks) = receiver.stream(0)?.read_sctp()? {
+        let mut buf = [0u8; 16];
+        let n = chunks.read(&mut buf)?;
+        assert_eq!(&buf[..n], format!("line {read:05}").as_bytes());
+        read += 1;
+    }
+    assert_eq!(read as usize, queued, "every queued message is readable, in order");
+    assert_eq!(
+        receiver.get_my_receiver_window_credit(),
+        receiver.max_receive_buffer_size
+    );
+    Ok(())
+}

@@ -66,6 +66,20 @@ pub(crate) mod timer;
 #[cfg(test)]
 mod association_test;
 
+/// PATCH (p2pd, vendor/PATCHES.md 12, "a bound on unread messages"): how many unread
+/// messages the advertised receive window holds, whatever their size (a quarter of
+/// the 16-bit SSN space). Each unread message is charged 1/`MAX_UNREAD_MESSAGES` of
+/// the buffer in the window we advertise.
+pub(crate) const MAX_UNREAD_MESSAGES: usize = 16_384;
+
+/// PATCH (p2pd, vendor/PATCHES.md 12): past this many unread messages DATA is
+/// dropped, whatever the byte credit. The reassembly queue's serial-number order
+/// needs its SSNs to span less than half of the 16-bit space (32,768). A sender
+/// counts only payload bytes against our window, so it may send more small
+/// messages than the charged window announced: up to this cap they are taken
+/// rather than dropped (a drop costs a retransmission timeout).
+pub(crate) const UNREAD_MESSAGES_CAP: usize = 28_672;
+
 /// Reasons why an association might be lost
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
@@ -1338,7 +1352,7 @@ impl Association {
         let mut stream_handle_data = false;
         if can_push {
             if self.get_or_create_stream(d.stream_identifier).is_some() {
-                if self.get_my_receiver_window_credit() > 0 {
+                if self.receive_buffer_has_room() {
                     // Pass the new chunk to stream level as soon as it arrives
                     self.payload_queue.push(d.clone(), self.peer_last_tsn);
                     stream_handle_data = true;
@@ -2237,13 +2251,38 @@ impl Association {
             .any(|s| s.reassembly_queue.is_readable())
     }
 
+    /// PATCH (p2pd, vendor/PATCHES.md 12, "a bound on unread messages"): each unread
+    /// message is charged, besides its bytes, 1/`MAX_UNREAD_MESSAGES` of the buffer.
+    /// Counting bytes alone let a peer queue 100,000 ten-byte messages in a 1 MiB
+    /// window; past 32,768 unread messages on one stream the reassembly queue's
+    /// serial-number order breaks, and it stopped returning messages for good (a
+    /// transfer stalled with SACKed data that was never delivered). Kernels charge
+    /// queued chunks their bookkeeping the same way (a receive buffer is memory,
+    /// not payload).
     pub(crate) fn get_my_receiver_window_credit(&self) -> u32 {
-        let mut bytes_queued = 0;
+        let per_message = (self.max_receive_buffer_size as usize / MAX_UNREAD_MESSAGES).max(1);
+        let mut charged: usize = 0;
         for s in self.streams.values() {
-            bytes_queued += s.get_num_bytes_in_reassembly_queue() as u32;
+            charged = charged
+                .saturating_add(s.get_num_bytes_in_reassembly_queue())
+                .saturating_add(s.get_num_messages_in_reassembly_queue() * per_message);
         }
+        let charged = u32::try_from(charged).unwrap_or(u32::MAX);
+        self.max_receive_buffer_size.saturating_sub(charged)
+    }
 
-        self.max_receive_buffer_size.saturating_sub(bytes_queued)
+    /// PATCH (p2pd, vendor/PATCHES.md 12): whether a DATA chunk is taken into the
+    /// receive buffer. Bytes as before (what the peer counts against our window),
+    /// and at most [`UNREAD_MESSAGES_CAP`] unread messages on any stream.
+    fn receive_buffer_has_room(&self) -> bool {
+        let mut bytes: usize = 0;
+        for s in self.streams.values() {
+            if s.get_num_messages_in_reassembly_queue() >= UNREAD_MESSAGES_CAP {
+                return false;
+            }
+            bytes = bytes.saturating_add(s.get_num_bytes_in_reassembly_queue());
+        }
+        bytes < self.max_receive_buffer_size as usize
     }
 
     /// gather_outbound gathers outgoing packets. The returned bool value set to

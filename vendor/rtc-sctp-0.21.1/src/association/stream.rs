@@ -633,4 +633,9 @@ impl StreamState {
         // No lock is required as it reads the size with atomic load function.
         self.reassembly_queue.get_num_bytes()
     }
+
+    /// PATCH (p2pd, vendor/PATCHES.md 12): unread messages in the reassembly queue.
+    pub(crate) fn get_num_messages_in_reassembly_queue(&self) -> usize {
+        self.reassembly_queue.get_num_messages()
+    }
 }

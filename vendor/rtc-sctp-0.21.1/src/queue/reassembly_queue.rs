@@ -462,4 +462,14 @@ impl ReassemblyQueue {
     pub(crate) fn get_num_bytes(&self) -> usize {
         self.n_bytes
     }
+
+    /// PATCH (p2pd, vendor/PATCHES.md 12, "a bound on unread messages"): how many
+    /// messages (chunk sets, complete or not, and loose unordered fragments) wait
+    /// here. `ordered` is kept in SSN order with serial-number comparisons, which
+    /// hold only while its SSNs span less than half of the 16-bit space; the
+    /// receive window keeps this count below that (see
+    /// `Association::get_my_receiver_window_credit`).
+    pub(crate) fn get_num_messages(&self) -> usize {
+        self.ordered.len() + self.unordered.len() + self.unordered_chunks.len()
+    }
 }
