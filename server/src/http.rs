@@ -520,7 +520,9 @@ mod tests {
         ) {
             let h = build(&lines);
             let r = parse(&h).route;
-            let count = |name: &str| lines.iter().filter(|l| {
+            // An empty line ends the head: what follows it is not a header.
+            let head = lines.iter().take_while(|l| !l.is_empty());
+            let count = |name: &str| head.clone().filter(|l| {
                 l.split_once(':').is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
             }).count();
             if let Route::Upgrade { .. } = r {
