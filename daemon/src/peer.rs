@@ -82,6 +82,15 @@ const SCTP_DELAYED_ACK: Duration = Duration::from_millis(20);
 /// (what a lost INIT or COOKIE costs): Chrome's 500 ms; the crate's 1 s.
 const SCTP_RTO_INITIAL: Duration = Duration::from_millis(500);
 
+/// How long a DTLS handshake flight waits for its answer before it is sent
+/// again: what a lost handshake packet costs an open. The crate's 1 s made
+/// every such loss on the lab's impaired path cost a second. Browsers start
+/// at twice the ICE round trip (at least 50 ms) and back off; the crate's
+/// interval is fixed and a flight is sent at most 8 times, so this also
+/// bounds how long one flight may go unanswered (4 s) before the handshake
+/// fails.
+const DTLS_FLIGHT_INTERVAL: Duration = Duration::from_millis(500);
+
 /// How often ICE checks the selected pair (a STUN request, so the peer
 /// answers): the crate's 2 s, or a third of the disconnected timeout if
 /// that is shorter. An idle link hears nothing else, and with the crate's
@@ -306,6 +315,7 @@ impl Pc {
             // drops packets and SCTP's 1 s minimum RTO then stalls the link.
             .with_sctp_max_receive_buffer_size(window)
             .with_sctp_timer_config(sctp_timers(settings.sctp))
+            .with_dtls_flight_interval(DTLS_FLIGHT_INTERVAL)
             .build();
         let ice_servers = settings
             .ice_servers

@@ -134,6 +134,8 @@ impl RTCPeerConnection {
             disable_certificate_fingerprint_verification: setting_engine
                 .disable_certificate_fingerprint_verification,
             replay_protection: setting_engine.replay_protection,
+            // PATCH (p2pd, vendor/PATCHES.md 13)
+            flight_interval: setting_engine.dtls_flight_interval,
             crypto_provider,
         })?;
 

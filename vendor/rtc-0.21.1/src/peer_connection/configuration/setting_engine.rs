@@ -377,6 +377,10 @@ pub struct SettingEngine {
     /// PATCH (p2pd): SCTP's retransmission and delayed-ACK timers. `None`
     /// uses rtc-sctp's defaults.
     pub(crate) sctp_timer_config: Option<::sctp::TimerConfig>,
+    /// PATCH (p2pd, vendor/PATCHES.md 13, "the DTLS flight interval"): how long a
+    /// DTLS handshake flight waits for its answer before it is sent again. `None`
+    /// uses rtc-dtls's 1 s.
+    pub(crate) dtls_flight_interval: Option<std::time::Duration>,
     pub(crate) ignore_rid_pause_for_recv: bool,
     pub(crate) write_ssrc_attributes_for_simulcast: bool,
 }
@@ -1410,6 +1414,15 @@ impl SettingEngineBuilder {
     /// retransmission limits); see [`sctp::TimerConfig`].
     pub fn with_sctp_timer_config(mut self, timers: ::sctp::TimerConfig) -> Self {
         self.0.sctp_timer_config = Some(timers);
+        self
+    }
+
+    /// PATCH (p2pd, vendor/PATCHES.md 13): how long a DTLS handshake flight waits
+    /// for its answer before it is retransmitted (rtc-dtls's default is 1 s). The
+    /// interval does not back off, and a flight is retransmitted at most 7 times, so
+    /// the handshake fails after 8 unanswered intervals.
+    pub fn with_dtls_flight_interval(mut self, interval: std::time::Duration) -> Self {
+        self.0.dtls_flight_interval = Some(interval);
         self
     }
 

@@ -561,6 +561,7 @@ mod tests {
                 allow_insecure_verification_algorithm: false,
                 disable_certificate_fingerprint_verification: false,
                 replay_protection: Default::default(),
+                flight_interval: None,
                 crypto_provider: provider,
             },
         )
@@ -590,6 +591,7 @@ mod tests {
                 allow_insecure_verification_algorithm: false,
                 disable_certificate_fingerprint_verification: false,
                 replay_protection: Default::default(),
+                flight_interval: None,
                 crypto_provider: provider,
             },
         )

@@ -62,6 +62,8 @@ pub(crate) struct DtlsTransport {
     pub(crate) allow_insecure_verification_algorithm: bool,
     pub(crate) disable_certificate_fingerprint_verification: bool,
     pub(crate) replay_protection: ReplayProtection,
+    /// PATCH (p2pd, vendor/PATCHES.md 13): the handshake's retransmission interval.
+    pub(crate) flight_interval: Option<std::time::Duration>,
 }
 
 pub(crate) struct RTCDtlsTransportConfig {
@@ -74,6 +76,8 @@ pub(crate) struct RTCDtlsTransportConfig {
     pub(crate) allow_insecure_verification_algorithm: bool,
     pub(crate) disable_certificate_fingerprint_verification: bool,
     pub(crate) replay_protection: ReplayProtection,
+    /// PATCH (p2pd, vendor/PATCHES.md 13): `None` keeps rtc-dtls's 1 s.
+    pub(crate) flight_interval: Option<std::time::Duration>,
     pub(crate) crypto_provider: Arc<dyn RTCCryptoProvider>,
 }
 
@@ -89,6 +93,7 @@ impl DtlsTransport {
             allow_insecure_verification_algorithm,
             disable_certificate_fingerprint_verification,
             replay_protection,
+            flight_interval,
             crypto_provider,
         } = config;
         if !certificates.is_empty() {
@@ -125,6 +130,7 @@ impl DtlsTransport {
             allow_insecure_verification_algorithm,
             disable_certificate_fingerprint_verification,
             replay_protection,
+            flight_interval,
             crypto_provider,
         })
     }
@@ -256,6 +262,8 @@ impl DtlsTransport {
                 .with_verify_peer_certificate(verify_peer_certificate)
                 .with_extended_master_secret(::dtls::config::ExtendedMasterSecretType::Require)
                 .with_replay_protection_window(self.replay_protection.dtls)
+                // PATCH (p2pd, vendor/PATCHES.md 13): zero is rtc-dtls's "default" (1 s).
+                .with_flight_interval(self.flight_interval.unwrap_or_default())
                 .build(self.dtls_role == RTCDtlsRole::Client, None)?,
         ))
     }
