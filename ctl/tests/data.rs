@@ -28,14 +28,7 @@ fn tiny_messages_held_up_by_a_stopped_reader_all_arrive_in_order() {
     // SAFETY: signalling a child process we started.
     unsafe { libc::kill(tail.pid(), libc::SIGSTOP) };
     let input: String = (0..N).map(|i| format!("{i}\n")).collect();
-    let mut sender = a.ctl_cmd(&["send"]);
-    sender.stdin(std::process::Stdio::piped());
-    let mut sender = sender.spawn().unwrap();
-    let mut stdin = sender.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let _ = stdin.write_all(input.as_bytes());
-    });
+    let sender = a.spawn_ctl_stdin(&["send"], input.into_bytes());
     // Less than the hub's stall grace (2 s), so the follower is held up,
     // not dropped: what it cannot take stays in bob's SCTP stack.
     std::thread::sleep(std::time::Duration::from_millis(1200));

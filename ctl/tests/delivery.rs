@@ -88,18 +88,7 @@ fn a_slow_reader_still_gets_everything_after_the_senders_unpair() {
         let tail = Tail::start(&b, &[]);
         // SAFETY: signalling a child process we started.
         unsafe { libc::kill(tail.pid(), libc::SIGSTOP) };
-        let sender = {
-            let input = lines(MESSAGES, SIZE);
-            let mut cmd = a.ctl_cmd(&["send"]);
-            cmd.stdin(std::process::Stdio::piped());
-            let mut child = cmd.spawn().unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            std::thread::spawn(move || {
-                use std::io::Write;
-                let _ = stdin.write_all(input.as_bytes());
-            });
-            child
-        };
+        let sender = a.spawn_ctl_stdin(&["send"], lines(MESSAGES, SIZE).into_bytes());
         std::thread::sleep(std::time::Duration::from_millis(500));
         // SAFETY: as above.
         unsafe { libc::kill(tail.pid(), libc::SIGCONT) };

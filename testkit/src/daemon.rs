@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use p2p_proto::control::{LinkState, ServerState, Status};
@@ -159,6 +159,15 @@ impl Daemon {
 
     /// Runs `p2pctl ARGS` with `input` on stdin.
     pub fn ctl_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        self.spawn_ctl_stdin(args, input.to_vec())
+            .wait_with_output()
+            .expect("waiting for p2pctl")
+    }
+
+    /// Starts `p2pctl ARGS` with `input` fed to its stdin from a thread,
+    /// and returns at once (stdout and stderr piped): for a test that acts
+    /// while the command runs, then waits for its output.
+    pub fn spawn_ctl_stdin(&self, args: &[&str], input: Vec<u8>) -> Child {
         let mut child = self
             .ctl_cmd(args)
             .stdin(Stdio::piped())
@@ -167,14 +176,11 @@ impl Daemon {
             .spawn()
             .expect("running p2pctl");
         let mut stdin = child.stdin.take().expect("piped");
-        let input = input.to_vec();
         // p2pctl may stop reading early (a refusal): that is not our error.
-        let writer = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let _ = stdin.write_all(&input);
         });
-        let out = child.wait_with_output().expect("waiting for p2pctl");
-        writer.join().expect("stdin writer");
-        out
+        child
     }
 
     /// Runs `p2pctl ARGS`, asserting success; returns its stdout.

@@ -1352,6 +1352,7 @@ impl Association {
         let mut stream_handle_data = false;
         if can_push {
             if self.get_or_create_stream(d.stream_identifier).is_some() {
+                // PATCH (p2pd, vendor/PATCHES.md 12): bytes and unread messages, not the charged credit.
                 if self.receive_buffer_has_room() {
                     // Pass the new chunk to stream level as soon as it arrives
                     self.payload_queue.push(d.clone(), self.peer_last_tsn);

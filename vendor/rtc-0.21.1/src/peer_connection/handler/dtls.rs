@@ -561,7 +561,7 @@ mod tests {
                 allow_insecure_verification_algorithm: false,
                 disable_certificate_fingerprint_verification: false,
                 replay_protection: Default::default(),
-                flight_interval: None,
+                flight_interval: None, // PATCH (p2pd, vendor/PATCHES.md 13)
                 crypto_provider: provider,
             },
         )
@@ -591,7 +591,7 @@ mod tests {
                 allow_insecure_verification_algorithm: false,
                 disable_certificate_fingerprint_verification: false,
                 replay_protection: Default::default(),
-                flight_interval: None,
+                flight_interval: None, // PATCH (p2pd, vendor/PATCHES.md 13)
                 crypto_provider: provider,
             },
         )

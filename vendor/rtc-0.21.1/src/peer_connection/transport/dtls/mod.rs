@@ -93,7 +93,7 @@ impl DtlsTransport {
             allow_insecure_verification_algorithm,
             disable_certificate_fingerprint_verification,
             replay_protection,
-            flight_interval,
+            flight_interval, // PATCH (p2pd, vendor/PATCHES.md 13)
             crypto_provider,
         } = config;
         if !certificates.is_empty() {
@@ -130,7 +130,7 @@ impl DtlsTransport {
             allow_insecure_verification_algorithm,
             disable_certificate_fingerprint_verification,
             replay_protection,
-            flight_interval,
+            flight_interval, // PATCH (p2pd, vendor/PATCHES.md 13)
             crypto_provider,
         })
     }
