@@ -96,8 +96,9 @@ pub struct Cli {
     #[arg(long, env = "P2PD_PIDFILE", requires = "daemonize")]
     pub pidfile: Option<PathBuf>,
 
-    /// Longest wait between reconnect attempts to signald.
-    #[arg(long, env = "P2PD_RECONNECT_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Longest wait between reconnect attempts to signald (jittered: each
+    /// wait is between half of it and all of it).
+    #[arg(long, env = "P2PD_RECONNECT_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
     pub reconnect_max: Duration,
 
     /// ICE: silence on the selected path before the link counts as lost.

@@ -10,6 +10,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod consent;
 pub mod control;
 pub mod counters;
 pub mod engine;
@@ -84,6 +85,7 @@ pub async fn run(
             tls: cfg.tls.clone(),
         },
         sig_tx,
+        stop_rx.clone(),
         sig_stop_rx,
     );
     let socket = cfg.socket.clone();

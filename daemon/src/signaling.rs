@@ -19,6 +19,11 @@ use crate::throttle::{Throttle, excerpt};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First reconnect delay; doubles up to the configured maximum.
 const BACKOFF_START: Duration = Duration::from_millis(100);
+/// How long p2pd waits before taking its ID back after another connection
+/// with our ID and token replaced ours (most likely a second p2pd with the
+/// same `--id` and state): long enough that two such daemons do not
+/// flap every second, whatever `--reconnect-max` says.
+const AFTER_REPLACED: Duration = Duration::from_secs(10);
 
 /// What the engine hears from the signaling task.
 #[derive(Debug)]
@@ -47,13 +52,19 @@ pub struct SigConfig {
 
 /// Starts the signaling task. Outgoing frames queued while disconnected are
 /// dropped at the next connect: they belonged to a session that is over.
+///
+/// `stopping` says the daemon is stopping: from then on no new connection
+/// is made (a stopping daemon never registers again), while a connected
+/// session stays up for the engine's last frames (a drained link's
+/// `unpair`) until `shutdown`.
 pub fn start(
     cfg: SigConfig,
     events: mpsc::Sender<SigEvent>,
+    stopping: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
 ) -> (mpsc::Sender<ClientMsg>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1024);
-    let task = tokio::spawn(run(cfg, events, rx, shutdown));
+    let task = tokio::spawn(run(cfg, events, rx, stopping, shutdown));
     (tx, task)
 }
 
@@ -102,18 +113,23 @@ async fn run(
     cfg: SigConfig,
     events: mpsc::Sender<SigEvent>,
     mut out: mpsc::Receiver<ClientMsg>,
+    mut stopping: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let url = connect_url(&cfg.server, cfg.id.as_deref(), cfg.token.as_deref());
     let mut attempt = 0u32;
     loop {
-        if *shutdown.borrow() {
+        if *shutdown.borrow() || *stopping.borrow() {
             return;
         }
-        // (why, whether to wait the longest backoff before retrying)
-        let (reason, wait_longest) = match timeout(CONNECT_TIMEOUT, connect(&url, cfg.tls.as_ref()))
-            .await
-        {
+        // (why, whether to wait before taking our ID back)
+        let attempt_connect = timeout(CONNECT_TIMEOUT, connect(&url, cfg.tls.as_ref()));
+        let connected = tokio::select! {
+            r = attempt_connect => r,
+            // An attempt under way is dropped: no registration after stop.
+            _ = stopping.changed() => return,
+        };
+        let (reason, replaced) = match connected {
             Err(_) => (
                 format!("no welcome from {} within {CONNECT_TIMEOUT:?}", cfg.server),
                 false,
@@ -150,7 +166,7 @@ async fn run(
                     // Another connection took our ID with our token: most
                     // likely a second p2pd with the same --id. Retrying at
                     // once would take it back and start a tug of war, so
-                    // wait the longest backoff and say so.
+                    // wait a while and say so.
                     Ended::Replaced => (
                         format!(
                             "replaced at signald by another connection with our ID and token (a second p2pd with --id {}?)",
@@ -165,8 +181,8 @@ async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let retry_in = if wait_longest {
-            cfg.reconnect_max
+        let retry_in = if replaced {
+            AFTER_REPLACED.max(cfg.reconnect_max)
         } else {
             backoff(attempt, cfg.reconnect_max)
         };
@@ -182,6 +198,7 @@ async fn run(
         tokio::select! {
             _ = sleep(retry_in) => {}
             _ = shutdown.changed() => return,
+            _ = stopping.changed() => return,
         }
     }
 }
