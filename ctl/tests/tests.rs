@@ -8,6 +8,7 @@ mod failures;
 mod hostile;
 mod interop;
 mod invite;
+mod liveness;
 mod local_users;
 mod nat_lab;
 mod pairing;

@@ -31,7 +31,7 @@ use crate::hub::Hub;
 use crate::identity::Identity;
 use crate::invite::Code;
 use crate::invite::handshake::Sides;
-use crate::link::{Core, Effect, Input, InviteEdit, InviteRole, Policy, TrustEdit};
+use crate::link::{Core, Effect, Input, InviteEdit, InviteRole, PathCheck, Policy, TrustEdit};
 use crate::peer::{Pc, PcContext, PcEvent, PcEventKind, PcSettings};
 use crate::signaling::SigEvent;
 use crate::status::ServerView;
@@ -411,6 +411,7 @@ impl Engine {
             PcEventKind::InviteClaim { number, reply } => Input::InviteClaim { number, reply },
             PcEventKind::InviteDone(result) => Input::InviteDone(result),
             PcEventKind::Drained => Input::Drained,
+            PcEventKind::PathChecked(result) => Input::PathChecked(result),
             PcEventKind::ChannelOpen => Input::ChannelOpen {
                 path: pc.path().await,
             },
@@ -526,6 +527,13 @@ impl Engine {
                 });
                 None
             }
+            Effect::CheckPath => match &mut self.pc {
+                Some(pc) => {
+                    pc.check_path();
+                    None
+                }
+                None => Some(Input::PathChecked(PathCheck::Silent)),
+            },
             Effect::Drain => match &self.pc {
                 Some(pc) => {
                     pc.drain(self.cfg.drain_timeout);

@@ -92,12 +92,13 @@ const SCTP_RTO_INITIAL: Duration = Duration::from_millis(500);
 const DTLS_FLIGHT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often ICE checks the selected pair (a STUN request, so the peer
-/// answers): the crate's 2 s, or a third of the disconnected timeout if
-/// that is shorter. An idle link hears nothing else, and with the crate's
-/// 2 s a timeout of 1 s declared it silent (and restarted ICE) between any
-/// two checks; a third leaves room for one lost check.
+/// answers): [`crate::consent::CONSENT_INTERVAL`], one check per tick of
+/// the agent, so that a check of the path ([`Pc::check_path`]) decides
+/// within about a second. Never longer than a third of the disconnected
+/// timeout: an idle link hears nothing else, and a timeout shorter than
+/// the interval would declare it silent between two checks.
 fn keepalive_interval(disconnected_timeout: Duration) -> Duration {
-    (disconnected_timeout / 3).min(Duration::from_secs(2))
+    (disconnected_timeout / 3).min(crate::consent::CONSENT_INTERVAL)
 }
 
 /// The session's ICE username fragment (`a=ice-ufrag`, the first one).
@@ -163,6 +164,8 @@ pub enum PcEventKind {
     InviteDone(Result<(), InviteFailure>),
     /// A drain ([`Pc::drain`]) is over.
     Drained,
+    /// What a check of the path ([`Pc::check_path`]) found.
+    PathChecked(crate::link::PathCheck),
 }
 
 /// The connection's states as its callbacks last reported them.
@@ -193,6 +196,8 @@ pub struct Pc {
     used: bool,
     /// `a=mid` of our data section, put into trickled candidates.
     mid: Option<String>,
+    /// A check of the path under way ([`Pc::check_path`]).
+    check: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The `p2p-invite` side of a connection: the channel and the handshake
@@ -366,6 +371,7 @@ impl Pc {
             described: false,
             used: false,
             mid: None,
+            check: None,
         })
     }
 
@@ -577,6 +583,21 @@ impl Pc {
         }
     }
 
+    /// Checks whether the peer still answers on the path (see
+    /// [`crate::consent`]); reports [`PcEventKind::PathChecked`]. A check
+    /// already under way is left to finish: its verdict answers both.
+    pub fn check_path(&mut self) {
+        if self.check.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let pc = self.pc.clone();
+        let ctx = self.ctx.clone();
+        self.check = Some(tokio::spawn(async move {
+            let verdict = crate::consent::run(pc.as_ref()).await;
+            ctx.forward(PcEventKind::PathChecked(verdict));
+        }));
+    }
+
     /// Whether an offer or answer was made with this connection.
     pub fn was_used(&self) -> bool {
         self.used
@@ -669,7 +690,10 @@ impl Pc {
     /// Closes the connection and waits for its reader, so that nothing of
     /// it (tasks, sockets) outlives this call.
     pub async fn close(mut self) {
-        if let Some(task) = self.invite.task.take() {
+        for task in [self.invite.task.take(), self.check.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         // A held reader waits on its gate: let it go, to see the close.

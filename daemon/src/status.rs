@@ -138,10 +138,8 @@ pub async fn build(parts: Parts<'_>) -> Status {
             _ => None,
         },
         ice_restarting: matches!(link, Link::Open(o) if o.restart.is_some()),
-        paired_at_signald: !matches!(
-            link,
-            Link::Open(o) if matches!(o.at_signald, crate::link::AtSignald::Gone { .. })
-        ),
+        paired_at_signald: link.paired_at_signald(),
+        reachable: link.reachable(),
         path,
         fingerprint: link.identity().map(|i| i.fingerprint),
         trust: link.identity().map(|i| i.trust),

@@ -113,7 +113,7 @@ impl Core {
             Link::Closing(c) if c.until <= now => Some(c.ending.clone()),
             Link::Open(_) => {
                 self.restart_timed_out(now, fx);
-                self.repair_due(now, fx);
+                self.ask_to_pair_again(now, fx);
                 None
             }
             _ => None,

@@ -282,6 +282,7 @@ impl Core {
             identity,
             restart: None,
             at_signald: super::AtSignald::Paired,
+            probe: None,
         };
         self.apply(Change::Open(open, path), fx);
     }

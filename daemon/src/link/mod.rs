@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 pub use invite::{InviteEdit, InviteProgress, InviteRole};
 pub use state::{
-    AtSignald, Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open, PairReply,
+    AtSignald, Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Probe,
     Requested, Restart, Waiter,
 };
 pub use trust::{PeerIdentity, TrustEdit};
@@ -45,9 +45,30 @@ use crate::trust::TrustStore;
 
 /// How long a broken connection waits for signald to say why.
 pub const LOSS_GRACE: Duration = Duration::from_millis(250);
-/// How often the initiator of an open link asks signald to pair it again
-/// with its peer while the peer is not back yet.
+/// How soon the initiator of an open link asks signald again to pair it
+/// with its peer while the peer is not back yet; the interval doubles with
+/// each refusal up to [`REPAIR_RETRY_MAX`].
 pub const REPAIR_RETRY: Duration = Duration::from_secs(1);
+/// The longest interval between two such requests: a peer that never
+/// comes back to signald (a browser that keeps its connection but not its
+/// WebSocket) costs signald one frame every 30 s, not one a second.
+pub const REPAIR_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The wait before the next request to pair again, after `asks` of them.
+pub fn repair_interval(asks: u32) -> Duration {
+    REPAIR_RETRY
+        .saturating_mul(1 << asks.saturating_sub(1).min(5))
+        .min(REPAIR_RETRY_MAX)
+}
+
+/// What a check of the data path found ([`Effect::CheckPath`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathCheck {
+    /// The peer answered a consent check sent after the check began.
+    Answered,
+    /// Several consent checks went unanswered.
+    Silent,
+}
 
 /// What the core is told.
 #[derive(Debug)]
@@ -98,6 +119,8 @@ pub enum Input {
     ChannelOpen {
         path: Option<Path>,
     },
+    /// The result of [`Effect::CheckPath`].
+    PathChecked(PathCheck),
     /// Time passed; deadlines up to `now` are due.
     Tick,
     /// The peer opened `p2p-invite`: it pairs with an invite code.
@@ -180,6 +203,10 @@ pub enum Effect {
     Restarted {
         peer: String,
     },
+    /// Find out whether the peer still answers on the data path (consent
+    /// checks, which every ICE stack answers by itself); answer with
+    /// [`Input::PathChecked`].
+    CheckPath,
 }
 
 /// What the core knows of the signaling connection.
@@ -291,6 +318,19 @@ impl Core {
                     let _ = reply.send(Err(e));
                 }
                 Ok(()) => {
+                    if let Some(lost) = self.link.peer().map(str::to_string) {
+                        // The open link's path is silent: the user moves on.
+                        tracing::info!(%lost, new = %peer, "a pairing with another peer replaces the lost link");
+                        let e = Ending {
+                            reason: DisconnectReason::Superseded,
+                            error: err(
+                                ErrorCode::Failed,
+                                format!("replaced by a pairing with {peer}"),
+                            ),
+                            tell_signald: self.link.paired_at_signald(),
+                        };
+                        self.apply(Change::End(e), &mut fx);
+                    }
                     let waiter = Waiter {
                         wait_open,
                         reply,
@@ -341,6 +381,12 @@ impl Core {
                 self.ask_to_pair_again(now, &mut fx);
             }
             Input::SignalingDown { why } => {
+                if let Signaling::Down { why: old } = &mut self.signaling {
+                    // Another failed attempt to reconnect: nothing of ours
+                    // was at signald since the connection dropped.
+                    *old = why;
+                    return fx;
+                }
                 let error = err(
                     ErrorCode::Failed,
                     format!("lost the signaling connection: {why}"),
@@ -421,6 +467,7 @@ impl Core {
                 _ => {}
             },
             Input::Lost { reason, clean } => self.on_lost(reason, clean, now, &mut fx),
+            Input::PathChecked(result) => self.on_path_checked(result, now, &mut fx),
             Input::ChannelOpen { path } => self.on_channel_open(path, now, &mut fx),
             Input::InviteChannel => self.on_invite_channel(&mut fx),
             Input::InviteClaim { number, reply } => self.on_invite_claim(number, reply, now),
@@ -538,14 +585,16 @@ impl Core {
                 format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
             ));
         }
-        if let Some(current) = self.link.peer() {
+        if id == peer {
+            return Err(err(ErrorCode::SelfPair, "cannot pair with ourselves"));
+        }
+        if let Some(current) = self.link.peer()
+            && !(self.link.is_lost() && current != peer)
+        {
             return Err(err(
                 ErrorCode::AlreadyPaired,
                 format!("already paired with {current}; run `p2pctl unpair` first"),
             ));
-        }
-        if id == peer {
-            return Err(err(ErrorCode::SelfPair, "cannot pair with ourselves"));
         }
         if code {
             return Ok(());
@@ -636,11 +685,19 @@ impl Core {
                         reason,
                     }));
                 }
-                if matches!(old, Link::Requested(_)) {
-                    // Its answer is still to come; our unpair follows it.
+                // A request whose answer is still to come (ours, or the
+                // initiator's request to pair an open link again): our
+                // unpair follows it, and its answer is ignored.
+                let unanswered = match &old {
+                    Link::Requested(_) => true,
+                    Link::Open(o) => matches!(o.at_signald, AtSignald::Gone { pending: true, .. }),
+                    _ => false,
+                };
+                if unanswered {
                     self.abandoned += 1;
                 }
-                if e.tell_signald && matches!(self.signaling, Signaling::Up { .. }) {
+                if (e.tell_signald || unanswered) && matches!(self.signaling, Signaling::Up { .. })
+                {
                     fx.push(Effect::Signal(ClientMsg::Unpair));
                 }
                 if let Some(w) = old.take_waiter() {

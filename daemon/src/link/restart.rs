@@ -1,22 +1,26 @@
-//! ICE restarts of an open link: when its path goes silent, new ICE
-//! credentials and candidates go through signald while DTLS, SCTP and the
-//! data channel stay up, and what was sent meanwhile is delivered once a
-//! new path is found. Only when no path is found within the bound
-//! (`--ice-restart-timeout`) does the link reset, as before.
+//! An open link lives exactly as long as its peer: ICE restarts when its
+//! path goes silent, checks of the path when signald says the peer went
+//! away, and the pairing at signald made again after it was lost.
 //!
-//! The original initiator makes the restart offer; the answerer waits for
-//! it (and answers a peer's restart offer whenever one comes, as browsers
-//! may send them). So two offers never cross, at the price that a silence
-//! only the answerer notices ends in a reset at the bound.
+//! When the path goes silent, new ICE credentials and candidates go
+//! through signald while DTLS, SCTP and the data channel stay up, and what
+//! was sent meanwhile is delivered once a new path is found. Only when no
+//! path is found within the bound (`--ice-restart-timeout`) does the link
+//! end. The original initiator makes the restart offer; the answerer waits
+//! for it (and answers a peer's restart offer whenever one comes, as
+//! browsers may send them). So two offers never cross, at the price that
+//! a silence only the answerer notices ends at the bound.
 //!
-//! A network change usually breaks the signaling connection too, and
-//! signald then ends the pairing (telling the peer `left`, `timeout` or
-//! `replaced`). An open link does not end with it: the initiator asks
-//! signald to pair the two again as soon as it can (every
-//! [`REPAIR_RETRY`] while the peer is not back), the restart's offer
-//! waits for that, and the link ends only if the pairing is not made
-//! again within the same bound. A signald restart costs open links
-//! nothing for the same reason.
+//! signald's view is never enough to end a link. Its pairing ends with a
+//! network change, a signald restart or outage, or the peer's death, and
+//! only the data path tells these apart: after `left` or `timeout` the
+//! shell checks whether the peer still answers consent checks
+//! ([`Effect::CheckPath`], `crate::consent`). An answer keeps the link; no
+//! answer after `left` ends it at once (`peer_gone`); no answer after
+//! `timeout` makes it lost (an ICE restart until the bound, which a `pair`
+//! with another peer may cut short). While the pairing is gone, the
+//! initiator asks signald to make it again whenever both are connected,
+//! at growing intervals, for as long as the link lives.
 
 use std::time::Duration;
 
@@ -26,7 +30,11 @@ use tokio::time::Instant;
 
 use p2p_proto::signal::{ClientMsg, ErrorCode as SigError};
 
-use super::{AtSignald, Change, Core, Effect, Ending, Link, REPAIR_RETRY, Restart, Signaling};
+use p2p_proto::control::ErrorCode;
+
+use super::{
+    AtSignald, Change, Core, Effect, Ending, Link, PathCheck, Probe, Restart, Signaling, err,
+};
 
 /// A peer's restart offers are taken at most this often: each one costs
 /// us a new ICE generation (gathering, checks).
@@ -63,32 +71,111 @@ impl Core {
     }
 
     /// signald no longer holds the open link's pairing (`reason`: its
-    /// notice, or our own signaling connection lost). False when the link
-    /// is not open, for the caller to end it as before.
+    /// notice, or our own signaling connection lost). The link goes on:
+    /// its path, not signald, says whether the peer is there. False when
+    /// the link is not open, for the caller to end it as before.
     pub(super) fn pairing_gone(
         &mut self,
         reason: DisconnectReason,
         now: Instant,
         fx: &mut Vec<Effect>,
     ) -> bool {
-        let deadline = now + self.policy.restart_timeout;
         let Link::Open(o) = &mut self.link else {
             return false;
         };
-        if let AtSignald::Paired = o.at_signald {
-            tracing::info!(peer = %o.peer, %reason, "the pairing ended at signald; keeping the channel and pairing again");
-            o.at_signald = AtSignald::Gone {
-                reason,
-                deadline,
-                asked: None,
-            };
+        match &mut o.at_signald {
+            AtSignald::Paired => {
+                tracing::info!(peer = %o.peer, %reason, "the pairing ended at signald; keeping the channel and pairing again");
+                o.at_signald = AtSignald::Gone {
+                    reason,
+                    asked: None,
+                    asks: 0,
+                    pending: false,
+                };
+            }
+            AtSignald::Gone {
+                reason: why,
+                pending,
+                ..
+            } => {
+                // Our own connection dropped: the frames of that session,
+                // answers included, are gone with it.
+                if reason == DisconnectReason::SignalingLost {
+                    *pending = false;
+                } else {
+                    *why = reason;
+                }
+            }
         }
         self.ask_to_pair_again(now, fx);
         true
     }
 
+    /// signald says the open link's peer left or went silent there: check
+    /// the data path at once (one check at a time).
+    pub(super) fn check_path(&mut self, notice: DisconnectReason, fx: &mut Vec<Effect>) {
+        let Link::Open(o) = &mut self.link else {
+            return;
+        };
+        match &mut o.probe {
+            Some(p) => {
+                // `left` decides more than `timeout`: keep the stronger.
+                if notice == DisconnectReason::Left {
+                    p.notice = notice;
+                }
+            }
+            None => {
+                tracing::info!(peer = %o.peer, %notice, "checking whether the peer still answers on the data path");
+                o.probe = Some(Probe { notice });
+                fx.push(Effect::CheckPath);
+            }
+        }
+    }
+
+    /// What the check of the data path found. An answer keeps the link
+    /// (the peer is there, only not at signald). Silence after `left`
+    /// means the peer is gone: the link ends now. Silence after `timeout`
+    /// (a frozen process, or a network change on its side) makes the link
+    /// lost: the restart logic looks for a path until its bound, and a
+    /// `pair` with another peer may replace it meanwhile.
+    pub(super) fn on_path_checked(
+        &mut self,
+        result: PathCheck,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Link::Open(o) = &mut self.link else {
+            return;
+        };
+        let Some(probe) = o.probe.take() else {
+            tracing::debug!(?result, "ignoring a path check nobody asked for");
+            return;
+        };
+        match (result, probe.notice) {
+            (PathCheck::Answered, _) => {
+                tracing::info!(peer = %o.peer, notice = %probe.notice, "the peer answers on the data path; keeping the link");
+            }
+            (PathCheck::Silent, DisconnectReason::Left) => {
+                tracing::info!(peer = %o.peer, "the peer left signald and does not answer on the data path: it is gone");
+                let e = Ending {
+                    reason: DisconnectReason::PeerGone,
+                    error: err(
+                        ErrorCode::Failed,
+                        format!("{} is gone (it left signald and stopped answering)", o.peer),
+                    ),
+                    tell_signald: false,
+                };
+                self.apply(Change::End(e), fx);
+            }
+            (PathCheck::Silent, notice) => {
+                tracing::info!(peer = %o.peer, %notice, "the peer does not answer on the data path; the link is lost");
+                self.restart(now, fx);
+            }
+        }
+    }
+
     /// The initiator of an open link whose pairing signald lost asks for
-    /// it again (at most every [`REPAIR_RETRY`]).
+    /// it again, at growing intervals ([`super::repair_interval`]).
     pub(super) fn ask_to_pair_again(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if !matches!(self.signaling, Signaling::Up { .. }) {
             return;
@@ -96,13 +183,25 @@ impl Core {
         let Link::Open(o) = &mut self.link else {
             return;
         };
-        let AtSignald::Gone { asked, .. } = &mut o.at_signald else {
+        let AtSignald::Gone {
+            asked,
+            asks,
+            pending,
+            ..
+        } = &mut o.at_signald
+        else {
             return;
         };
-        if !o.initiator || asked.is_some_and(|at| now < at + REPAIR_RETRY) {
+        let due = match asked {
+            Some(at) => now >= *at + super::repair_interval(*asks),
+            None => true,
+        };
+        if !o.initiator || *pending || !due {
             return;
         }
         *asked = Some(now);
+        *asks = asks.saturating_add(1);
+        *pending = true;
         fx.push(Effect::Signal(ClientMsg::Pair {
             peer_id: o.peer.clone(),
         }));
@@ -130,36 +229,18 @@ impl Core {
     /// yet, or not free yet): the next try comes at the retry tick. True
     /// when the error was the answer to such a request.
     pub(super) fn repair_refused(&mut self, code: SigError) -> bool {
-        let asking = matches!(
-            &self.link,
-            Link::Open(o) if matches!(o.at_signald, AtSignald::Gone { asked: Some(_), .. })
-        );
-        if asking {
-            tracing::debug!(%code, "signald cannot pair us again yet; retrying");
-        }
-        asking
-    }
-
-    /// The pairing did not come back in time: the link ends with the
-    /// reason signald gave; otherwise ask again when the retry is due.
-    pub(super) fn repair_due(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let Link::Open(o) = &self.link else { return };
-        let AtSignald::Gone {
-            reason, deadline, ..
-        } = &o.at_signald
-        else {
-            return;
+        let Link::Open(o) = &mut self.link else {
+            return false;
         };
-        if *deadline <= now {
-            let e = Ending {
-                reason: *reason,
-                error: self.no_path_error(),
-                tell_signald: false,
-            };
-            self.apply(Change::End(e), fx);
-        } else {
-            self.ask_to_pair_again(now, fx);
+        let AtSignald::Gone { pending, asks, .. } = &mut o.at_signald else {
+            return false;
+        };
+        if !*pending {
+            return false;
         }
+        *pending = false;
+        tracing::debug!(%code, next_in = ?super::repair_interval(*asks), "signald cannot pair us again yet; retrying");
+        true
     }
 
     /// An offer from the peer of the open link: its restart.
@@ -225,17 +306,24 @@ impl Core {
         fx.push(Effect::AcceptAnswer { sdp });
     }
 
-    /// No path within the bound: end the link the way a lost one ends.
+    /// No path within the bound: the link ends. Its reason is signald's
+    /// (or `signaling_lost`) when the pairing there was gone too, since
+    /// that is why no restart could be made; else `ice_failed`.
     pub(super) fn restart_timed_out(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let due = matches!(&self.link, Link::Open(o) if o.restart.as_ref().is_some_and(|r| r.deadline <= now));
-        if due {
-            let e = Ending {
-                reason: DisconnectReason::IceFailed,
-                error: self.no_path_error(),
-                tell_signald: true,
-            };
-            self.apply(Change::End(e), fx);
+        let Link::Open(o) = &self.link else { return };
+        if o.restart.as_ref().is_none_or(|r| r.deadline > now) {
+            return;
         }
+        let (reason, paired) = match o.at_signald {
+            AtSignald::Paired => (DisconnectReason::IceFailed, true),
+            AtSignald::Gone { reason, .. } => (reason, false),
+        };
+        let e = Ending {
+            reason,
+            error: self.no_path_error(),
+            tell_signald: paired,
+        };
+        self.apply(Change::End(e), fx);
     }
 }
 

@@ -57,7 +57,13 @@ impl Core {
                     };
                     if reason != SigReason::Unpaired && self.pairing_gone(reason.into(), now, fx) {
                         // Its signaling connection ended, not (yet) the
-                        // link: a network change, or signald restarting.
+                        // link: a network change, signald restarting, or
+                        // the peer gone. `replaced` means a live peer took
+                        // its ID back; after `left` or `timeout` the data
+                        // path says which.
+                        if matches!(reason, SigReason::Left | SigReason::Timeout) {
+                            self.check_path(reason.into(), fx);
+                        }
                     } else if matches!(self.link, Link::Open(_)) && reason == SigReason::Unpaired {
                         // It may still be sending its last messages: a p2pd
                         // unpairs only after they were acknowledged, but

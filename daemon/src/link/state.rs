@@ -94,22 +94,39 @@ pub struct Open {
     pub restart: Option<Restart>,
     /// Whether signald still holds the pairing.
     pub at_signald: AtSignald,
+    /// A check of the data path under way: signald said the peer's
+    /// signaling connection ended (`left`) or went silent (`timeout`), and
+    /// only the path can say whether the peer itself is still there.
+    pub probe: Option<Probe>,
+}
+
+/// A check of whether the peer still answers on the data path, asked for
+/// with [`super::Effect::CheckPath`] and answered by
+/// [`super::Input::PathChecked`].
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    /// signald's notice that started it: with no answer, `left` ends the
+    /// link at once (`peer_gone`), anything else makes it lost (an ICE
+    /// restart until `--ice-restart-timeout`).
+    pub notice: DisconnectReason,
 }
 
 /// The pairing at signald, as an open link sees it. A network change, or
-/// signald restarting, ends the pairing there (and signald tells the
-/// peer) while the channel itself may live on: the link then waits for
-/// the pairing to be made again rather than ending.
+/// signald restarting or going away, ends the pairing there (and signald
+/// tells the peer) while the channel itself lives on: the link never ends
+/// for that alone, only when its path goes silent (see `restart.rs`).
 #[derive(Debug)]
 pub enum AtSignald {
     Paired,
     /// Ended at signald for `reason`. The initiator asks signald to pair
-    /// again (last at `asked`); if that has not happened by `deadline`,
-    /// the link ends with `reason`.
+    /// the two again (last at `asked`, then after a growing interval: see
+    /// [`super::repair_interval`]); `asks` counts the tries, and `pending`
+    /// says that signald's answer to the last one is still to come.
     Gone {
         reason: DisconnectReason,
-        deadline: Instant,
         asked: Option<Instant>,
+        asks: u32,
+        pending: bool,
     },
 }
 
@@ -194,6 +211,28 @@ impl Link {
         }
     }
 
+    /// An open link whose path went silent: an ICE restart is looking for
+    /// a new one, and a `pair` with another peer may replace the link.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Link::Open(o) if o.restart.is_some())
+    }
+
+    /// Whether the path of the open link answers: `None` while a check is
+    /// under way or when the link is not open.
+    pub fn reachable(&self) -> Option<bool> {
+        match self {
+            Link::Open(o) if o.probe.is_some() => None,
+            Link::Open(o) => Some(o.restart.is_none()),
+            _ => None,
+        }
+    }
+
+    /// Whether signald holds the pairing (false only for an open link
+    /// whose pairing ended there).
+    pub fn paired_at_signald(&self) -> bool {
+        !matches!(self, Link::Open(o) if matches!(o.at_signald, AtSignald::Gone { .. }))
+    }
+
     /// Whether signald has paired us (a pairing exists to be ended).
     pub fn is_paired(&self) -> bool {
         matches!(self, Link::Connecting(_) | Link::Open(_) | Link::Closing(_))
@@ -224,13 +263,12 @@ impl Link {
             Link::Idle => None,
             Link::Open(o) => {
                 let gone = match &o.at_signald {
-                    AtSignald::Paired => None,
                     AtSignald::Gone {
-                        deadline, asked, ..
-                    } => Some(match asked {
-                        Some(at) if o.initiator => (*deadline).min(*at + super::REPAIR_RETRY),
-                        _ => *deadline,
-                    }),
+                        asked: Some(at),
+                        asks,
+                        ..
+                    } if o.initiator => Some(*at + super::repair_interval(*asks)),
+                    _ => None,
                 };
                 [o.restart.as_ref().map(|r| r.deadline), gone]
                     .into_iter()

@@ -114,7 +114,8 @@ pub enum DisconnectReason {
     /// Negotiation failed locally (an offer or answer could not be made or
     /// applied); the log says why.
     Failed,
-    /// signald paired us with someone else while this link was up.
+    /// signald paired us with someone else while this link was up, or a
+    /// `pair` with another peer replaced a link whose path had gone silent.
     Superseded,
     /// p2pd is shutting down.
     Shutdown,
@@ -129,6 +130,9 @@ pub enum DisconnectReason {
     IdentityMismatch,
     /// The invitation handshake failed (see the `invite_failed` event).
     InviteFailed,
+    /// The peer is gone: signald said its connection `left`, and it did not
+    /// answer the consent checks on the data path that followed.
+    PeerGone,
 }
 
 /// Why an invitation handshake failed.
@@ -170,7 +174,7 @@ impl InviteFailure {
 
 impl DisconnectReason {
     /// Every reason, in the order of the documentation.
-    pub const ALL: [DisconnectReason; 17] = [
+    pub const ALL: [DisconnectReason; 18] = [
         Self::Left,
         Self::Timeout,
         Self::Unpaired,
@@ -188,6 +192,7 @@ impl DisconnectReason {
         Self::NotTrusted,
         Self::IdentityMismatch,
         Self::InviteFailed,
+        Self::PeerGone,
     ];
 
     /// The wire name, as in `peer_disconnected.reason`.
@@ -210,6 +215,7 @@ impl DisconnectReason {
             Self::NotTrusted => "not_trusted",
             Self::IdentityMismatch => "identity_mismatch",
             Self::InviteFailed => "invite_failed",
+            Self::PeerGone => "peer_gone",
         }
     }
 }

@@ -146,6 +146,14 @@ pub struct StatusPeer {
     /// restart).
     #[serde(default = "super::yes")]
     pub paired_at_signald: bool,
+    /// Whether the open link's path answers: `true` when the last check
+    /// was answered, `false` while it is silent (an ICE restart is looking
+    /// for a new path, and a `pair` with another peer may replace the
+    /// link), `null` while a check is under way or the link is not open.
+    /// With `paired_at_signald: false`, `true` means the peer is there but
+    /// not at signald.
+    #[serde(default)]
+    pub reachable: Option<bool>,
     /// The selected ICE path, once connected.
     pub path: Option<Path>,
     /// The key the peer's description carries, once it has been checked,

@@ -225,28 +225,155 @@ fn an_open_link_outlives_its_signaling_and_the_initiator_pairs_again() {
     );
 }
 
+fn gone(t: &mut T, peer: &str, reason: SigReason) -> Vec<Effect> {
+    t.server(ServerMsg::PeerDisconnected {
+        peer_id: peer.into(),
+        reason,
+    })
+}
+
 #[test]
-fn the_answerer_keeps_the_link_when_signald_reports_its_peer_gone_and_waits() {
+fn signalds_notices_keep_the_link_and_left_or_timeout_check_the_path() {
     let mut t = T::new();
     open_as_answerer(&mut t);
-    for reason in [SigReason::Replaced, SigReason::Left, SigReason::Timeout] {
-        let fx = t.server(ServerMsg::PeerDisconnected {
-            peer_id: "carol".into(),
-            reason,
-        });
-        assert!(fx.is_empty(), "{reason:?}: the answerer waits: {fx:?}");
+    let fx = gone(&mut t, "carol", SigReason::Replaced);
+    assert!(fx.is_empty(), "a live peer took its ID back: {fx:?}");
+    assert_eq!(t.state(), LinkState::Open);
+    assert!(t.server(paired("carol", false)).is_empty());
+    for reason in [SigReason::Left, SigReason::Timeout] {
+        let fx = gone(&mut t, "carol", reason);
+        assert_eq!(fx, [Effect::CheckPath], "{reason:?}");
+        assert_eq!(t.core.link().reachable(), None, "being checked");
+        assert!(t.on(Input::PathChecked(PathCheck::Answered)).is_empty());
         assert_eq!(t.state(), LinkState::Open);
-        assert!(t.server(paired("carol", false)).is_empty());
+        assert_eq!(t.core.link().reachable(), Some(true));
+        assert!(!t.core.link().paired_at_signald());
     }
-    // Carol never comes back: the link ends with signald's reason.
-    t.server(ServerMsg::PeerDisconnected {
-        peer_id: "carol".into(),
-        reason: SigReason::Left,
-    });
+    // Answered: the peer is there, only not at signald; no bound applies.
+    assert!(t.advance(Duration::from_secs(600)).is_empty());
+    assert_eq!(t.state(), LinkState::Open);
+}
+
+#[test]
+fn a_peer_that_left_and_does_not_answer_is_gone_at_once() {
+    for initiator in [true, false] {
+        let mut t = T::new();
+        let peer = if initiator {
+            t.open_with_bob();
+            "bob"
+        } else {
+            open_as_answerer(&mut t);
+            "carol"
+        };
+        assert!(gone(&mut t, peer, SigReason::Left).contains(&Effect::CheckPath));
+        let fx = t.on(Input::PathChecked(PathCheck::Silent));
+        assert_eq!(ended(&fx), Some(DisconnectReason::PeerGone), "{fx:?}");
+        assert!(fx.contains(&Effect::Reset));
+        // signald ended the pairing itself; only the initiator's request
+        // to pair again, still unanswered, gets an unpair after it.
+        assert_eq!(sends_unpair(&fx), initiator);
+        assert_eq!(t.state(), LinkState::Idle, "ready for the next pairing");
+    }
+}
+
+#[test]
+fn a_silent_peer_after_timeout_is_lost_and_another_pairing_replaces_it() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let fx = gone(&mut t, "bob", SigReason::Timeout);
+    assert_eq!(
+        fx,
+        [
+            Effect::Signal(ClientMsg::Pair {
+                peer_id: "bob".into()
+            }),
+            Effect::CheckPath
+        ]
+    );
+    // The initiator asked signald to pair again; bob is not there.
+    let fx = t.on(Input::PathChecked(PathCheck::Silent));
+    assert_eq!(
+        events(&fx),
+        [&EventKind::IceRestarting {
+            peer_id: "bob".into()
+        }]
+    );
+    assert_eq!(t.state(), LinkState::Open, "lost, not ended");
+    assert_eq!(t.core.link().reachable(), Some(false));
+    assert!(t.server(signald_error(SigError::UnknownPeer)).is_empty());
+    // Pairing bob again is still refused; carol replaces the lost link.
+    let (_, mut again) = t.pair("bob", false, LONG);
+    assert_eq!(
+        answered(&mut again).unwrap_err().code,
+        ErrorCode::AlreadyPaired
+    );
+    let (fx, _carol) = t.pair("carol", true, LONG);
+    assert_eq!(ended(&fx), Some(DisconnectReason::Superseded), "{fx:?}");
+    assert!(!sends_unpair(&fx), "signald holds no pairing of ours");
+    let pair_at = fx
+        .iter()
+        .position(|e| {
+            *e == Effect::Signal(ClientMsg::Pair {
+                peer_id: "carol".into(),
+            })
+        })
+        .expect("carol asked for");
+    let reset_at = fx.iter().position(|e| *e == Effect::Reset).unwrap();
+    assert!(reset_at < pair_at, "a fresh connection first: {fx:?}");
+    assert_eq!(t.state(), LinkState::Requested);
+}
+
+#[test]
+fn a_lost_link_ends_at_the_bound_with_signalds_reason() {
+    let mut t = T::new();
+    open_as_answerer(&mut t);
+    gone(&mut t, "carol", SigReason::Timeout);
+    t.on(Input::PathChecked(PathCheck::Silent));
     assert!(t.advance(Duration::from_secs(9)).is_empty());
     let fx = t.advance(Duration::from_secs(1));
-    assert_eq!(ended(&fx), Some(DisconnectReason::Left));
+    assert_eq!(ended(&fx), Some(DisconnectReason::Timeout));
     assert!(!sends_unpair(&fx), "signald holds no pairing to end");
+}
+
+#[test]
+fn a_request_to_pair_again_still_unanswered_is_unpaired_when_the_link_ends() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let fx = gone(&mut t, "bob", SigReason::Left);
+    assert!(
+        fx.contains(&Effect::Signal(ClientMsg::Pair {
+            peer_id: "bob".into()
+        })),
+        "{fx:?}"
+    );
+    let fx = t.on(Input::PathChecked(PathCheck::Silent));
+    assert!(sends_unpair(&fx), "in case signald pairs the two after all");
+    // signald's late answer to that request is not taken for the next one.
+    let (_, mut carol) = t.pair("carol", false, LONG);
+    assert!(t.server(signald_error(SigError::UnknownPeer)).is_empty());
+    assert_eq!(t.state(), LinkState::Requested);
+    t.server(paired("carol", true));
+    assert!(answered(&mut carol).is_ok());
+}
+
+#[test]
+fn requests_to_pair_again_back_off() {
+    let mut t = T::new();
+    t.open_with_bob();
+    gone(&mut t, "bob", SigReason::Replaced);
+    let mut gaps = Vec::new();
+    let mut last = t.now;
+    for _ in 0..400 {
+        let fx = t.advance(Duration::from_millis(250));
+        if fx.contains(&Effect::Signal(ClientMsg::Pair {
+            peer_id: "bob".into(),
+        })) {
+            gaps.push((t.now - last).as_secs());
+            last = t.now;
+        }
+        t.server(signald_error(SigError::UnknownPeer));
+    }
+    assert_eq!(gaps[..7], [1, 2, 4, 8, 16, 30, 30], "{gaps:?}");
 }
 
 #[test]
