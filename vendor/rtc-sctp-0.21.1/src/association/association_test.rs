@@ -1685,3 +1685,38 @@ fn unread_tiny_messages_are_bounded_and_all_readable() -> Result<()> {
     );
     Ok(())
 }
+
+/// PATCH (p2pd, vendor/PATCHES.md 14): an ABORT ends the association
+/// whatever its error causes (RFC 9260 section 9.1), not only one carrying
+/// "User Initiated Abort". werift closes with an ABORT without a cause.
+#[test]
+fn every_abort_ends_the_association() -> Result<()> {
+    use crate::chunk::chunk_abort::ChunkAbort;
+    for causes in [
+        vec![],
+        vec![ErrorCause {
+            code: crate::chunk::ErrorCauseCode(13),
+            ..Default::default()
+        }],
+    ] {
+        let mut a = timed_test_association();
+        a.open_stream(0, PayloadProtocolIdentifier::Binary)?;
+        let packet = Packet {
+            common_header: CommonHeader::default(),
+            chunks: vec![],
+        };
+        let abort: Box<dyn Chunk> = Box::new(ChunkAbort {
+            error_causes: causes.clone(),
+        });
+        a.handle_chunk(&packet, &abort, Instant::now())?;
+        assert_eq!(a.state(), AssociationState::Closed, "{causes:?}");
+        assert!(a.streams.is_empty(), "{causes:?}");
+        assert!(
+            a.events
+                .iter()
+                .any(|e| matches!(e, Event::AssociationLost { id: 0, .. })),
+            "the stream's loss is reported: {causes:?}"
+        );
+    }
+    Ok(())
+}

@@ -1008,16 +1008,23 @@ impl Association {
                 self.handle_init(p, c)?
             }
         } else if let Some(c) = chunk_any.downcast_ref::<ChunkAbort>() {
+            // PATCH (p2pd, vendor/PATCHES.md 14, "every ABORT ends the
+            // association"): RFC 9260 section 9.1: on an ABORT the receiver
+            // removes the association, whatever its error causes. Only a
+            // "User Initiated Abort" cause ended it here; an ABORT with no
+            // cause or another one (werift's close) returned an error that
+            // the caller logs, and the association lived on until ICE gave up.
             let mut err_str = String::new();
             for e in &c.error_causes {
-                if matches!(e.code, USER_INITIATED_ABORT) {
-                    debug!("User initiated abort received");
-                    let _ = self.close(AssociationError::Reset);
-                    return Ok(());
-                }
                 err_str += &format!("({})", e);
             }
-            return Err(Error::ErrAbortChunk(err_str));
+            if c.error_causes.iter().any(|e| e.code == USER_INITIATED_ABORT) {
+                debug!("User initiated abort received");
+            } else {
+                debug!("[{}] ABORT received {}", self.side, err_str);
+            }
+            let _ = self.close(AssociationError::Reset);
+            return Ok(());
         } else if let Some(c) = chunk_any.downcast_ref::<ChunkError>() {
             let mut err_str = String::new();
             for e in &c.error_causes {
