@@ -2,6 +2,7 @@
 //! WebRTC data channels, driven through the real p2pctl.
 
 mod control_socket;
+mod current_stacks;
 mod data;
 mod delivery;
 mod failures;

@@ -62,33 +62,49 @@ impl Fingerprint {
         hex.join(":")
     }
 
-    /// The fingerprint of the SDP's `a=fingerprint` lines. Every one of
-    /// them (session level and each media section) must agree and be
-    /// `sha-256`: anything else is an error, never a guess.
+    /// The key the SDP's `a=fingerprint` lines name, by its sha-256 line.
+    /// A description may name one certificate by several hash functions
+    /// (RFC 8122 section 5; aiortc 1.16 sends sha-256, sha-384 and
+    /// sha-512): every sha-256 line (session level and each media section)
+    /// must agree, and the others are left to DTLS, which checks every
+    /// sha-256, sha-384 and sha-512 line against the certificate the peer
+    /// presents (vendor/PATCHES.md 15). A description without a sha-256
+    /// line is an error here, never a guess.
     pub fn from_sdp(sdp: &str) -> Result<Fingerprint, String> {
         let mut found: Option<Fingerprint> = None;
+        let mut others: Vec<String> = Vec::new();
         for line in sdp.lines() {
             let Some(rest) = line.trim_end().strip_prefix("a=fingerprint:") else {
                 continue;
             };
             let (alg, value) = rest
-                .split_once(' ')
+                .trim()
+                .split_once(char::is_whitespace)
                 .ok_or_else(|| format!("malformed a=fingerprint line {line:?}"))?;
             if !alg.eq_ignore_ascii_case("sha-256") {
-                return Err(format!(
-                    "the description's fingerprint uses {alg}, not sha-256"
-                ));
+                let alg = alg.to_ascii_lowercase();
+                if !others.contains(&alg) {
+                    others.push(alg);
+                }
+                continue;
             }
             let fp = Self::from_hex(value.trim())
                 .ok_or_else(|| format!("malformed a=fingerprint value {value:?}"))?;
             match found {
                 Some(f) if f != fp => {
-                    return Err("the description carries two different fingerprints".into());
+                    return Err("the description carries two different sha-256 fingerprints".into());
                 }
                 _ => found = Some(fp),
             }
         }
-        found.ok_or_else(|| "the description carries no a=fingerprint".into())
+        match found {
+            Some(fp) => Ok(fp),
+            None if others.is_empty() => Err("the description carries no a=fingerprint".into()),
+            None => Err(format!(
+                "the description names its key only by {} (no sha-256 line, which p2pd's pins use)",
+                others.join(", ")
+            )),
+        }
     }
 }
 
@@ -194,5 +210,32 @@ mod tests {
         assert!(Fingerprint::from_sdp(&sdp(&[&session, &other])).is_err());
         assert!(Fingerprint::from_sdp(&sdp(&["a=fingerprint:sha-1 AB:CD"])).is_err());
         assert!(Fingerprint::from_sdp(&sdp(&["a=mid:0"])).is_err());
+    }
+
+    /// aiortc 1.16 names its certificate by three hash functions (RFC 8122
+    /// section 5); the sha-256 line is the key, DTLS checks the others.
+    #[test]
+    fn sdp_with_several_hash_functions_gives_the_sha256_key() {
+        let fp = Fingerprint::parse(HEX).unwrap();
+        let sdp = |lines: &[&str]| format!("v=0\r\n{}\r\n", lines.join("\r\n"));
+        let s384 = format!("a=fingerprint:sha-384 {}", ["AB"; 48].join(":"));
+        let s512 = format!("a=fingerprint:sha-512 {}", ["CD"; 64].join(":"));
+        let s256 = format!("a=fingerprint:sha-256 {HEX}");
+        for lines in [
+            vec![s256.as_str(), &s384, &s512],
+            vec![&s512, &s384, &s256],
+            vec!["a=fingerprint:sha-1 AB:CD", &s256],
+        ] {
+            assert_eq!(
+                Fingerprint::from_sdp(&sdp(&lines)).unwrap(),
+                fp,
+                "{lines:?}"
+            );
+        }
+        let why = Fingerprint::from_sdp(&sdp(&[&s384, &s512])).unwrap_err();
+        assert!(
+            why.contains("sha-384, sha-512") && why.contains("no sha-256"),
+            "{why}"
+        );
     }
 }

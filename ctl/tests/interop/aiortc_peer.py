@@ -6,7 +6,9 @@ client would: no token, ICE servers only from the welcome, trickled
 candidates in, whole-SDP candidates out (aiortc gathers before it answers).
 
 On the data channel it sends `hello 0` .. `hello N-1` as soon as the
-channel opens, then echoes every message it receives as `echo:<message>`.
+channel opens, then echoes every message it receives as `echo:<message>`,
+except `close your connection`, on which it closes its peer connection
+without a word to signald.
 It prints one line per event on stdout for the test to wait for:
 `welcome <id>`, `paired <peer> <initiator>`, `offer`, `answer`, `open`,
 `restart-offer ufrag-changed=<bool>`, `peer_disconnected <reason>`,
@@ -18,7 +20,9 @@ whose network changed comes back, pairs again and sends an ICE restart
 offer over the same connection. aiortc 1.4 answers such an offer with its
 old ICE credentials (it cannot restart ICE), which the test relies on.
 
-Run with Debian's python3 (python3-aiortc, python3-websockets).
+Run with Debian's python3 (python3-aiortc 1.4, python3-websockets), or
+with the virtual environment scripts/test makes from requirements.txt
+(aiortc as PyPI has it today).
 """
 
 import argparse
@@ -88,7 +92,11 @@ class Peer:
 
         @channel.on("message")
         def on_message(message):
-            if isinstance(message, bytes):
+            if message == "close your connection":
+                # Closes the peer connection (SCTP ABORT, DTLS close alert)
+                # and tells signald nothing: p2pd must see it on the path.
+                asyncio.ensure_future(self.close())
+            elif isinstance(message, bytes):
                 channel.send(b"echo:" + message)
             else:
                 channel.send("echo:" + message)

@@ -345,5 +345,93 @@ fn a_dtls_client_answerer_opens_the_channel() {
     });
 }
 
+/// The DER of the fixture's certificate, from its `id.pem`.
+fn certificate_der(f: &Fixture) -> Vec<u8> {
+    use base64::Engine as _;
+    let pem = std::fs::read_to_string(f._dir.path().join("id.pem")).unwrap();
+    let b64: String = pem
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .expect("a certificate in id.pem")
+        .split_whitespace()
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+fn sdp_hex(digest: &[u8]) -> String {
+    let hex: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+    hex.join(":")
+}
+
+/// The answer names the answerer's certificate by sha-256, sha-384 and
+/// sha-512 (as aiortc 1.16 does): with all three right the channel opens
+/// (before vendor patch 15 the crate refused any line but sha-256); with
+/// one wrong the offerer's DTLS refuses the certificate (the patch checks
+/// every line, where the crate accepted any one that matched).
+#[test]
+fn every_fingerprint_line_is_checked_against_the_certificate() {
+    use sha2::Digest;
+    let f = Fixture::new();
+    let other = Fixture::new();
+    let der = certificate_der(&other);
+    let right = format!(
+        "a=fingerprint:sha-384 {}\r\na=fingerprint:sha-512 {}\r\n",
+        sdp_hex(&sha2::Sha384::digest(&der)),
+        sdp_hex(&sha2::Sha512::digest(&der))
+    );
+    let wrong = format!(
+        "a=fingerprint:sha-384 {}\r\na=fingerprint:sha-512 {}\r\n",
+        sdp_hex(&sha2::Sha384::digest(&der)),
+        sdp_hex(&sha2::Sha512::digest(b"another certificate"))
+    );
+    for (extra, opens) in [(right, true), (String::new(), true), (wrong, false)] {
+        let opened = f.rt.block_on(async {
+            let (tx, mut offerer_events) = mpsc::unbounded_channel();
+            let mut offerer = f.pc_with(tx).await;
+            let mut answerer = other.pc().await;
+            let offer = offerer.offer("peer", false).await.unwrap();
+            let answer = answerer.answer(offer).await.unwrap();
+            assert!(
+                answer.contains(&sdp_hex(&sha2::Sha256::digest(&der))),
+                "the certificate read is the one the answer names"
+            );
+            // After the sha-256 line, in its media section.
+            let at = answer.find("a=fingerprint:").unwrap();
+            let at = at + answer[at..].find("\r\n").unwrap() + 2;
+            let answer = format!("{}{extra}{}", &answer[..at], &answer[at..]);
+            offerer.accept_answer(answer).await.unwrap();
+            // A refused certificate does not fail the connection here: the
+            // DTLS client refuses each flight the server sends again, and
+            // the daemon's connect timeout ends it. Nothing opens meanwhile,
+            // where the right lines open in milliseconds.
+            let limit = if opens { STEP } else { Duration::from_secs(3) };
+            let opened = tokio::time::timeout(limit, async {
+                loop {
+                    match offerer_events.recv().await.map(|e| e.kind) {
+                        Some(PcEventKind::Candidate(Some(c))) => {
+                            let c = offerer.local_candidate(c);
+                            let _ = answerer.add_candidate(c).await;
+                        }
+                        Some(PcEventKind::ChannelOpen) => return true,
+                        Some(PcEventKind::PcState(RTCPeerConnectionState::Failed)) | None => {
+                            return false;
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .await
+            .unwrap_or(false);
+            offerer.close().await;
+            answerer.close().await;
+            opened
+        });
+        assert_eq!(opened, opens, "{extra}");
+    }
+}
+
 /// How long a step of a test here may take before it fails.
 const STEP: Duration = Duration::from_secs(10);

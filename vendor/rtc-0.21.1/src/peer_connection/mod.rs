@@ -271,7 +271,7 @@ use crate::peer_connection::handler::sctp::SctpHandlerContext;
 use crate::peer_connection::sdp::MediaDescriptionExt;
 use crate::peer_connection::sdp::session_description::RTCSessionDescription;
 use crate::peer_connection::sdp::{
-    extract_fingerprint, extract_ice_details, get_application_media,
+    extract_fingerprints, extract_ice_details, get_application_media,
     get_application_media_section_max_message_size, get_application_media_section_sctp_port,
     get_mid_value, get_peer_direction, has_ice_trickle_option, is_lite_set, sdp_type::RTCSdpType,
     update_sdp_origin,
@@ -1568,8 +1568,8 @@ impl RTCPeerConnection {
             if !is_renegotiation {
                 let remote_is_lite = is_lite_set(parsed_remote_description);
 
-                let (remote_fingerprint, remote_fingerprint_hash) =
-                    extract_fingerprint(parsed_remote_description)?;
+                // PATCH (p2pd, vendor/PATCHES.md 15): every fingerprint line.
+                let remote_fingerprints = extract_fingerprints(parsed_remote_description)?;
 
                 // If one of the agents is lite and the other one is not, the lite agent must be the controlling agent.
                 // If both or neither agents are lite the offering agent is controlling.
@@ -1598,10 +1598,10 @@ impl RTCPeerConnection {
                     },
                     RTCDtlsParameters {
                         role: remote_dtls_role,
-                        fingerprints: vec![RTCDtlsFingerprint {
-                            algorithm: remote_fingerprint_hash,
-                            value: remote_fingerprint,
-                        }],
+                        fingerprints: remote_fingerprints
+                            .into_iter()
+                            .map(|(value, algorithm)| RTCDtlsFingerprint { algorithm, value })
+                            .collect(),
                     },
                 )?;
             }

@@ -1203,35 +1203,36 @@ pub(crate) fn get_peer_direction(media: &MediaDescription) -> RTCRtpTransceiverD
     RTCRtpTransceiverDirection::Unspecified
 }
 
-pub(crate) fn extract_fingerprint(desc: &SessionDescription) -> Result<(String, String)> {
-    let mut fingerprints = vec![];
-
-    if let Some(fingerprint) = desc.attribute("fingerprint") {
-        fingerprints.push(fingerprint.clone());
-    }
-
-    for m in &desc.media_descriptions {
-        if let Some(fingerprint) = m.attribute("fingerprint").and_then(|o| o) {
-            fingerprints.push(fingerprint.to_owned());
+/// PATCH (p2pd, vendor/PATCHES.md 15, "every fingerprint RFC 8122 allows"):
+/// every `a=fingerprint` line of the session and of each media section, as
+/// `(value, algorithm)` with the algorithm in lower case, each pair once.
+/// RFC 8122 section 5 allows several (aiortc 1.16 sends sha-256, sha-384
+/// and sha-512 lines for one certificate); the crate took the first line
+/// of each level and required them to be equal strings. Which lines must
+/// match the certificate is the DTLS verifier's decision
+/// (`transport/dtls/mod.rs`).
+pub(crate) fn extract_fingerprints(desc: &SessionDescription) -> Result<Vec<(String, String)>> {
+    let mut fingerprints: Vec<(String, String)> = vec![];
+    let lines = desc.attributes.iter().chain(
+        desc.media_descriptions
+            .iter()
+            .flat_map(|m| m.attributes.iter()),
+    );
+    for a in lines.filter(|a| a.key == "fingerprint") {
+        let value = a.value.as_deref().unwrap_or_default();
+        let parts: Vec<&str> = value.split_whitespace().collect();
+        if parts.len() != 2 {
+            return Err(Error::ErrSessionDescriptionInvalidFingerprint);
+        }
+        let pair = (parts[1].to_owned(), parts[0].to_lowercase());
+        if !fingerprints.contains(&pair) {
+            fingerprints.push(pair);
         }
     }
-
     if fingerprints.is_empty() {
         return Err(Error::ErrSessionDescriptionNoFingerprint);
     }
-
-    for m in 1..fingerprints.len() {
-        if fingerprints[m] != fingerprints[0] {
-            return Err(Error::ErrSessionDescriptionConflictingFingerprints);
-        }
-    }
-
-    let parts: Vec<&str> = fingerprints[0].split(' ').collect();
-    if parts.len() != 2 {
-        return Err(Error::ErrSessionDescriptionInvalidFingerprint);
-    }
-
-    Ok((parts[1].to_owned(), parts[0].to_owned()))
+    Ok(fingerprints)
 }
 
 pub(crate) fn extract_ice_details(

@@ -5,7 +5,7 @@ use crate::peer_connection::transport::dtls::parameters::RTCDtlsParameters;
 use crate::peer_connection::transport::dtls::role::{DEFAULT_DTLS_ROLE_ANSWER, RTCDtlsRole};
 use crate::peer_connection::transport::dtls::state::RTCDtlsTransportState;
 use crate::peer_connection::transport::ice::role::RTCIceRole;
-use crypto::{HashAlgorithm, RTCCryptoProvider};
+use crypto::RTCCryptoProvider; // PATCH (p2pd, vendor/PATCHES.md 15): no HashAlgorithm here any more
 use dtls::cipher_suite::CipherSuiteId;
 use dtls::config::{ClientAuthType, VerifyPeerCertificateFn};
 use dtls::extension::extension_use_srtp::SrtpProtectionProfile;
@@ -208,32 +208,12 @@ impl DtlsTransport {
         // afterwards with a Noise handshake over the data channel.
         let verify_peer_certificate: Option<VerifyPeerCertificateFn> =
             if !self.disable_certificate_fingerprint_verification {
-                let fingerprint_crypto = self.crypto_provider.clone();
                 Some(Arc::new(
                     move |certs: &[Vec<u8>], _chains: &[CertificateDer<'static>]| -> Result<()> {
                         if certs.is_empty() {
                             return Err(Error::ErrNonCertificate);
                         }
-
-                        for fp in &remote_fingerprints {
-                            if fp.algorithm != "sha-256" {
-                                return Err(Error::ErrUnsupportedFingerprintAlgorithm);
-                            }
-
-                            let hashed = fingerprint_crypto
-                                .crypto()
-                                .hash(HashAlgorithm::Sha256, &certs[0])
-                                .map_err(|error| Error::Crypto(error.to_string()))?;
-                            let values: Vec<String> =
-                                hashed.iter().map(|x| format! {"{x:02x}"}).collect();
-                            let remote_value = values.join(":").to_lowercase();
-
-                            if remote_value == fp.value.to_lowercase() {
-                                return Ok(());
-                            }
-                        }
-
-                        Err(Error::ErrNoMatchingCertificateFingerprint)
+                        verify_fingerprints(&remote_fingerprints, &certs[0])
                     },
                 ))
             } else {
@@ -530,4 +510,37 @@ mod tests {
         );
         Ok(())
     }
+}
+
+/// PATCH (p2pd, vendor/PATCHES.md 15, "every fingerprint RFC 8122 allows"):
+/// whether `certificate` is the one the description's fingerprints name.
+/// Every sha-256, sha-384 and sha-512 line must match it (RFC 8122 section
+/// 5: a certificate may be named by several hash functions, and each one
+/// given must hold). md5 and sha-1 lines, and hash functions we do not
+/// know, are ignored beside such a line; a description with none of the
+/// three is refused. The crate accepted any one matching sha-256 line and
+/// refused the whole description at the first line of another hash.
+pub(crate) fn verify_fingerprints(
+    fingerprints: &[crate::peer_connection::RTCDtlsFingerprint],
+    certificate: &[u8],
+) -> Result<()> {
+    use sha2::Digest;
+    let mut checked = 0;
+    for fp in fingerprints {
+        let digest = match fp.algorithm.to_lowercase().as_str() {
+            "sha-256" => sha2::Sha256::digest(certificate).to_vec(),
+            "sha-384" => sha2::Sha384::digest(certificate).to_vec(),
+            "sha-512" => sha2::Sha512::digest(certificate).to_vec(),
+            _ => continue,
+        };
+        let hex: Vec<String> = digest.iter().map(|b| format!("{b:02x}")).collect();
+        if hex.join(":") != fp.value.to_lowercase() {
+            return Err(Error::ErrNoMatchingCertificateFingerprint);
+        }
+        checked += 1;
+    }
+    if checked == 0 {
+        return Err(Error::ErrUnsupportedFingerprintAlgorithm);
+    }
+    Ok(())
 }
