@@ -250,3 +250,50 @@ fn id_and_trust_speak_one_token_and_reject_bad_input_as_usage() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("was not trusted"));
 }
+
+/// The hole issue 21 found: a group-writable known_peers (umask 002) under
+/// `--trust tofu` let an impostor's key for `bob` be pinned, and the
+/// rewrite dropped every other pin. A store that cannot be fully trusted
+/// now refuses every pairing, says which file and why, and is never
+/// written; the same for a comment line that is not UTF-8.
+#[test]
+fn a_trust_store_that_cannot_be_trusted_refuses_every_pairing_and_stays_as_it_was() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Signald::start();
+    let alice = Daemon::start_with(&s.url(), "alice", &["--trust", "tofu"]);
+    let store = alice.state_dir().join("known_peers");
+    let pins = format!(
+        "bob {} 2026-12-01T21:34:44Z\ncarol {} 2026-12-01T21:34:44Z\n",
+        Fingerprint::from_bytes([1; 32]),
+        Fingerprint::from_bytes([2; 32])
+    );
+    // An impostor as bob, with a fresh key, that accepts anyone.
+    let impostor = Daemon::start_with(&s.url(), "bob", &["--trust", "any"]);
+    let spoiled: [(&str, Vec<u8>, u32); 2] = [
+        ("writable by other users", pins.clone().into_bytes(), 0o664),
+        (
+            "cannot read it",
+            [pins.as_bytes(), b"# caf\xe9\n"].concat(),
+            0o600,
+        ),
+    ];
+    for (why, bytes, mode) in spoiled {
+        std::fs::write(&store, &bytes).unwrap();
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(mode)).unwrap();
+        impostor.refused(&["pair", "alice"], "refused");
+        alice.wait_idle();
+        let err = alice.refused(&["pair", "carol"], why);
+        assert!(err.contains(&store.display().to_string()), "{err}");
+        let st = alice.status();
+        assert!(st.trust.problems.iter().any(|p| p.contains(why)), "{st:?}");
+        let out = alice.ctl(&["trust", &impostor.token()]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be trusted"));
+        assert_eq!(std::fs::read(&store).unwrap(), bytes, "{why}: rewritten");
+    }
+    // Fixed: the pins hold again, and the impostor's key is not bob's.
+    std::fs::write(&store, &pins).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o600)).unwrap();
+    impostor.refused(&["pair", "alice"], "refused");
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), pins);
+}

@@ -109,7 +109,7 @@ pub async fn build(parts: Parts<'_>) -> Status {
     let trust = StatusTrust {
         policy: store.policy(),
         known_peers: store.path().display().to_string(),
-        pinned: store.list().len(),
+        pinned: store.list().map_or(0, |pins| pins.len()),
         problems: store.problems(),
     };
     let link = core.link();

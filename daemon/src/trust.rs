@@ -2,19 +2,26 @@
 //! `known_peers` file (like SSH's `known_hosts`), and the policy for peers
 //! it does not name.
 //!
-//! The file has one peer per line, fields separated by spaces:
+//! The file has one peer per line, fields separated by any run of spaces
+//! or tabs (so the aligned table `p2pctl trust --list` prints can be pasted
+//! in):
 //!
 //! ```text
 //! # ID  FINGERPRINT  ADDED  [COMMENT...]
 //! bob   sha256:…     2026-12-01T21:34:44Z  laptop in the office
 //! ```
 //!
-//! `#` starts a comment line; blank lines are ignored. A line that cannot be
-//! read pins nothing and is reported (log and `status.trust.problems`); the
-//! file is re-read whenever it changes, so hand edits and configuration
-//! management apply without a restart. p2pd rewrites the file atomically
-//! when it pins or unpins, keeping every other line as it was. A file (or
-//! directory) that another user could write is not trusted at all.
+//! `#` starts a comment line; blank lines are ignored. The file is re-read
+//! whenever it changes, so hand edits and configuration management apply
+//! without a restart. p2pd rewrites it atomically when it pins or unpins,
+//! keeping every other line as it was.
+//!
+//! The store fails closed: when it cannot be fully trusted (a file or
+//! directory another user could write, a file that cannot be read or is
+//! not UTF-8, a line that does not parse, two different keys for one ID),
+//! it is [`Broken`]: it pins nothing, every pairing is refused under every
+//! policy, and p2pd never writes it, until it is fixed. A missing file is
+//! an empty store.
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -40,6 +47,26 @@ enum Line {
     /// A comment, a blank line, or a line that could not be read: written
     /// back as it was.
     Other(String),
+}
+
+/// Why the trust store cannot be used, file and line: p2pd refuses every
+/// pairing and every edit of the store until it is fixed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the trust store {} cannot be trusted ({}): p2pd refuses every pairing, and will not write it, until it is fixed", file.display(), problems.join("; "))]
+pub struct Broken {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+/// What [`TrustStore::pin_first`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstPin {
+    /// The key is pinned now.
+    Added,
+    /// The same key was pinned already (by hand, or by another pairing).
+    AlreadyPinned,
+    /// Another key was pinned for that ID meanwhile: it stays.
+    Conflict(Fingerprint),
 }
 
 pub struct TrustStore {
@@ -73,22 +100,36 @@ impl TrustStore {
         &self.path
     }
 
-    /// Lines that pin nothing because they could not be read.
+    /// Why the store cannot be trusted (file, line), one message each;
+    /// empty when it can.
     pub fn problems(&mut self) -> Vec<String> {
         self.reload(false);
         self.problems.clone()
     }
 
-    /// The fingerprint pinned for `id`.
-    pub fn get(&mut self, id: &str) -> Option<Fingerprint> {
+    /// Whether the store can be used now (re-read if it changed).
+    pub fn check(&mut self) -> Result<(), Broken> {
         self.reload(false);
+        match self.problems.is_empty() {
+            true => Ok(()),
+            false => Err(Broken {
+                file: self.path.clone(),
+                problems: self.problems.clone(),
+            }),
+        }
+    }
+
+    /// The fingerprint pinned for `id`; none while the store is broken
+    /// (callers refuse on [`TrustStore::check`] first).
+    pub fn get(&mut self, id: &str) -> Option<Fingerprint> {
+        self.check().ok()?;
         self.pins().find(|p| p.id == id).map(|p| p.fingerprint)
     }
 
     /// Every pin.
-    pub fn list(&mut self) -> Vec<Pin> {
-        self.reload(false);
-        self.pins().cloned().collect()
+    pub fn list(&mut self) -> Result<Vec<Pin>, Broken> {
+        self.check()?;
+        Ok(self.pins().cloned().collect())
     }
 
     fn pins(&self) -> impl Iterator<Item = &Pin> {
@@ -98,6 +139,32 @@ impl TrustStore {
         })
     }
 
+    /// A broken store is never written: the error says why.
+    fn writable(&mut self) -> std::io::Result<()> {
+        self.check().map_err(std::io::Error::other)
+    }
+
+    /// Pins `fp` for `id` unless a pin for `id` exists by now: first
+    /// contact (`--trust tofu`) never overwrites a pin added meanwhile,
+    /// by hand or otherwise.
+    pub fn pin_first(
+        &mut self,
+        id: &str,
+        fp: Fingerprint,
+        comment: &str,
+    ) -> std::io::Result<FirstPin> {
+        self.writable()?;
+        let pinned = self.pins().find(|p| p.id == id).map(|p| p.fingerprint);
+        match pinned {
+            Some(pinned) if pinned == fp => Ok(FirstPin::AlreadyPinned),
+            Some(pinned) => Ok(FirstPin::Conflict(pinned)),
+            None => {
+                self.set(id, fp, Some(comment.to_string()))?;
+                Ok(FirstPin::Added)
+            }
+        }
+    }
+
     /// Pins `fp` for `id`, replacing any pin; returns the one replaced.
     pub fn set(
         &mut self,
@@ -105,7 +172,7 @@ impl TrustStore {
         fp: Fingerprint,
         comment: Option<String>,
     ) -> std::io::Result<(Pin, Option<Fingerprint>)> {
-        self.reload(false);
+        self.writable()?;
         let replaced = self.pins().find(|p| p.id == id).map(|p| p.fingerprint);
         let pin = Pin {
             id: id.to_string(),
@@ -123,7 +190,7 @@ impl TrustStore {
 
     /// Removes the pin of `id`; whether there was one.
     pub fn remove(&mut self, id: &str) -> std::io::Result<bool> {
-        self.reload(false);
+        self.writable()?;
         if self.pins().all(|p| p.id != id) {
             return Ok(false);
         }
@@ -201,7 +268,8 @@ impl TrustStore {
             }
             Err(e) => {
                 self.lines.clear();
-                self.problems = vec![format!("cannot read {}: {e}", self.path.display())];
+                self.stamp = None;
+                self.problems = vec![format!("cannot read it: {e}")];
                 return;
             }
         };
@@ -229,13 +297,12 @@ impl TrustStore {
                 }
                 Err(e) => {
                     self.lines.clear();
-                    self.problems
-                        .push(format!("cannot read {}: {e}", self.path.display()));
+                    self.problems.push(format!("cannot read it: {e}"));
                 }
             }
         }
         for p in &self.problems {
-            tracing::warn!(file = %self.path.display(), "trust store: {p}");
+            tracing::error!(file = %self.path.display(), "trust store broken, every pairing refused until it is fixed: {p}");
         }
     }
 }
@@ -248,18 +315,17 @@ fn unsafe_to_trust(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
     let owner_ok = |m: &std::fs::Metadata| m.uid() == me || m.uid() == 0;
     if !owner_ok(meta) || meta.mode() & 0o022 != 0 {
         return Some(format!(
-            "{} is writable by other users (owner uid {}, mode {:o}); it pins nothing until that is fixed",
-            path.display(),
+            "it is writable by other users (owner uid {}, mode {:o}): chmod 600 {} and make it ours",
             meta.uid(),
-            meta.mode() & 0o777
+            meta.mode() & 0o777,
+            path.display()
         ));
     }
     let dir = path.parent()?;
     match std::fs::metadata(dir) {
         Ok(d) if !owner_ok(&d) || (d.mode() & 0o022 != 0 && d.mode() & 0o1000 == 0) => {
             Some(format!(
-                "{} is in a directory other users can write ({}); it pins nothing until that is fixed",
-                path.display(),
+                "it is in a directory other users can write: chmod 700 {}",
                 dir.display()
             ))
         }
@@ -267,11 +333,13 @@ fn unsafe_to_trust(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
     }
 }
 
-/// Reads the file's lines; unreadable ones are kept verbatim and reported.
+/// Reads the file's lines. Any line that does not parse, and a second
+/// pin with another key for one ID, is a problem: the store is broken.
+/// (The same pin twice is not; the second line is kept as it is.)
 fn parse(text: &str) -> (Vec<Line>, Vec<String>) {
     let mut lines = Vec::new();
     let mut problems = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: std::collections::HashMap<String, (usize, Fingerprint)> = Default::default();
     for (n, raw) in text.lines().enumerate() {
         let t = raw.trim();
         if t.is_empty() || t.starts_with('#') {
@@ -279,15 +347,23 @@ fn parse(text: &str) -> (Vec<Line>, Vec<String>) {
             continue;
         }
         match parse_pin(t) {
-            Ok(pin) if seen.insert(pin.id.clone()) => lines.push(Line::Pin(pin)),
-            Ok(pin) => {
-                problems.push(format!(
-                    "line {}: a second pin for {} (the first one holds)",
-                    n + 1,
-                    pin.id
-                ));
-                lines.push(Line::Other(raw.to_string()));
-            }
+            Ok(pin) => match seen.get(&pin.id) {
+                None => {
+                    seen.insert(pin.id.clone(), (n + 1, pin.fingerprint));
+                    lines.push(Line::Pin(pin));
+                }
+                Some((_, first)) if *first == pin.fingerprint => {
+                    lines.push(Line::Other(raw.to_string()));
+                }
+                Some((at, _)) => {
+                    problems.push(format!(
+                        "line {}: a second key for {} (line {at} pins another)",
+                        n + 1,
+                        pin.id
+                    ));
+                    lines.push(Line::Other(raw.to_string()));
+                }
+            },
             Err(e) => {
                 problems.push(format!("line {}: {e}", n + 1));
                 lines.push(Line::Other(raw.to_string()));
@@ -297,11 +373,25 @@ fn parse(text: &str) -> (Vec<Line>, Vec<String>) {
     (lines, problems)
 }
 
+/// The first three fields (separated by any run of whitespace) and the
+/// rest of the line, trimmed.
+fn fields(t: &str) -> ([&str; 3], &str) {
+    let mut rest = t;
+    let mut out = [""; 3];
+    for f in &mut out {
+        rest = rest.trim_start();
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        *f = &rest[..end];
+        rest = &rest[end..];
+    }
+    (out, rest.trim())
+}
+
 fn parse_pin(t: &str) -> Result<Pin, String> {
-    let mut fields = t.splitn(4, char::is_whitespace).filter(|f| !f.is_empty());
-    let (Some(id), Some(fp), Some(added)) = (fields.next(), fields.next(), fields.next()) else {
+    let ([id, fp, added], comment) = fields(t);
+    if added.is_empty() {
         return Err("expected ID FINGERPRINT ADDED [COMMENT]".into());
-    };
+    }
     if !p2p_proto::signal::valid_id(id) {
         return Err(format!("{id:?} is not a valid ID"));
     }
@@ -312,10 +402,7 @@ fn parse_pin(t: &str) -> Result<Pin, String> {
         id: id.to_string(),
         fingerprint,
         added: added.to_string(),
-        comment: fields
-            .next()
-            .map(|c| c.trim().to_string())
-            .filter(|c| !c.is_empty()),
+        comment: Some(comment.to_string()).filter(|c| !c.is_empty()),
     })
 }
 

@@ -106,10 +106,12 @@ fn table(peers: &[Pin]) -> String {
     if peers.is_empty() {
         return "no trusted peers (p2pctl trust ID FINGERPRINT adds one)\n".into();
     }
-    let w = peers.iter().map(|p| p.id.len()).max().unwrap_or(2).max(2);
+    // The header is a comment line, so the listing pasted into
+    // known_peers is a valid store.
+    let w = peers.iter().map(|p| p.id.len()).max().unwrap_or(4).max(4);
     let mut out = format!(
         "{:w$}  {:50}  {:20}  COMMENT\n",
-        "ID", "FINGERPRINT", "ADDED"
+        "# ID", "FINGERPRINT", "ADDED"
     );
     for p in peers {
         out.push_str(&format!(

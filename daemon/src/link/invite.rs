@@ -207,8 +207,19 @@ impl Core {
             Ok(()) => {
                 let fp = c.identity.map(|i| i.fingerprint);
                 let trust = match fp.map(|f| self.pin_invited(&peer, f)) {
-                    Some(true) => PeerTrust::Invite,
-                    _ => PeerTrust::Unverified,
+                    Some(Ok(())) => PeerTrust::Invite,
+                    Some(Err(e)) => {
+                        // Proven, but not pinned: the link would be unverified
+                        // where the user asked for a verified one.
+                        let e = Ending {
+                            reason: DisconnectReason::NotTrusted,
+                            error: err(ErrorCode::StoreFailed, e),
+                            tell_signald: true,
+                        };
+                        self.apply(Change::End(e), fx);
+                        return;
+                    }
+                    None => PeerTrust::Unverified,
                 };
                 if let (Link::Connecting(c), Some(f)) = (&mut self.link, fp) {
                     c.identity = Some(super::PeerIdentity {
@@ -237,16 +248,17 @@ impl Core {
         }
     }
 
-    /// Both sides pin each other once the handshake proved the key.
-    fn pin_invited(&mut self, peer: &str, fp: Fingerprint) -> bool {
+    /// Both sides pin each other once the handshake proved the key; why
+    /// not, if the store would not take it (the link then ends).
+    fn pin_invited(&mut self, peer: &str, fp: Fingerprint) -> Result<(), String> {
         match self.trust.set(peer, fp, Some("invite".into())) {
             Ok(_) => {
                 tracing::info!(%peer, fingerprint = %fp, "pinned by invitation");
-                true
+                Ok(())
             }
             Err(e) => {
-                tracing::error!(%peer, error = %e, "could not pin the invited peer; the link is unverified");
-                false
+                tracing::error!(%peer, error = %e, "could not pin the invited peer; ending the link");
+                Err(format!("could not pin {peer}'s key: {e}"))
             }
         }
     }
@@ -274,7 +286,14 @@ impl Core {
             return;
         };
         let (peer, initiator, identity) = (c.peer.clone(), c.initiator, c.identity);
-        let identity = identity.map(|id| self.pin_first_contact(&peer, id));
+        let identity = match identity.map(|id| self.pin_first_contact(&peer, id)) {
+            Some(Err(ending)) => {
+                self.apply(Change::End(ending), fx);
+                return;
+            }
+            Some(Ok(id)) => Some(id),
+            None => None,
+        };
         let open = Open {
             peer,
             initiator,

@@ -597,7 +597,9 @@ impl Core {
             ));
         }
         if code {
-            return Ok(());
+            // The code proves the key, which is then pinned: the store
+            // must be usable all the same.
+            return self.store_usable();
         }
         self.admits(peer)
     }

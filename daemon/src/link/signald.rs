@@ -155,6 +155,10 @@ impl Core {
             if !self.policy.allow_peers.is_empty() && !self.policy.allow_peers.contains(&peer) {
                 tracing::warn!(%peer, "refusing a pairing from a peer not in --allow-peer");
                 Some(DisconnectReason::RefusedByAllowList)
+            } else if let Err(e) = self.store_usable() {
+                // Not even an invitation: its pin could not be written.
+                tracing::error!(%peer, "refusing a pairing: {}", e.message);
+                Some(DisconnectReason::NotTrusted)
             } else if let Err(e) = self.admits(&peer) {
                 if self.invites.admits(&peer, now) {
                     invite = Some(InviteProgress::new(InviteRole::Inviter));

@@ -16,6 +16,7 @@ use p2p_proto::identity::Fingerprint;
 use tokio::sync::oneshot;
 
 use super::{Change, Core, Effect, Ending, Link, err};
+use crate::trust::{Broken, FirstPin};
 
 /// The key a peer presented, and how far it is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +48,17 @@ pub enum TrustEdit {
 }
 
 impl Core {
+    /// Whether the trust store can be used at all: a broken one refuses
+    /// every pairing, under every policy (it fails closed).
+    pub(super) fn store_usable(&mut self) -> Result<(), ErrorBody> {
+        self.trust
+            .check()
+            .map_err(|broken| err(ErrorCode::StoreFailed, broken.to_string()))
+    }
+
     /// Whether `peer` may pair with us at all, before anything is sent.
     pub(super) fn admits(&mut self, peer: &str) -> Result<(), ErrorBody> {
+        self.store_usable()?;
         if self.trust.policy() == TrustPolicy::Known && self.trust.get(peer).is_none() {
             return Err(err(
                 ErrorCode::NotTrusted,
@@ -74,6 +84,10 @@ impl Core {
             error,
             tell_signald: true,
         };
+        if let Err(error) = self.store_usable() {
+            tracing::error!(%peer, "refusing the pairing: {}", error.message);
+            return Err(refuse(DisconnectReason::NotTrusted, error));
+        }
         let seen = Fingerprint::from_sdp(sdp);
         match (self.trust.get(peer), seen) {
             (Some(pin), Ok(fp)) if pin == fp => Ok(PeerIdentity {
@@ -133,23 +147,54 @@ impl Core {
         }
     }
 
-    /// First contact under `tofu`: pins the key DTLS has just proven. If
-    /// the store cannot be written the link goes on, unverified.
-    pub(super) fn pin_first_contact(&mut self, peer: &str, id: PeerIdentity) -> PeerIdentity {
+    /// First contact under `tofu`: pins the key DTLS has just proven,
+    /// unless a pin for the peer appeared meanwhile (by hand): then that
+    /// pin decides. The store failing (broken, or not writable) ends the
+    /// link: an unknown key is never taken without its pin.
+    pub(super) fn pin_first_contact(
+        &mut self,
+        peer: &str,
+        id: PeerIdentity,
+    ) -> Result<PeerIdentity, Ending> {
         if id.trust != PeerTrust::Tofu {
-            return id;
+            return Ok(id);
         }
-        match self.trust.set(peer, id.fingerprint, Some("tofu".into())) {
-            Ok(_) => {
+        let refuse = |reason, error| Ending {
+            reason,
+            error,
+            tell_signald: true,
+        };
+        match self.trust.pin_first(peer, id.fingerprint, "tofu") {
+            Ok(FirstPin::Added) => {
                 tracing::info!(%peer, fingerprint = %id.fingerprint, "pinned on first contact (--trust tofu)");
-                id
+                Ok(id)
+            }
+            Ok(FirstPin::AlreadyPinned) => Ok(PeerIdentity {
+                trust: PeerTrust::Pinned,
+                ..id
+            }),
+            Ok(FirstPin::Conflict(pin)) => {
+                let received = id.fingerprint;
+                tracing::warn!(%peer, expected = %pin, %received, "a pin for the peer was added meanwhile and does not match");
+                Err(refuse(
+                    DisconnectReason::IdentityMismatch,
+                    err(
+                        ErrorCode::IdentityMismatch,
+                        format!(
+                            "{peer}'s key does not match the one pinned for it meanwhile: expected {pin}, received {received}"
+                        ),
+                    ),
+                ))
             }
             Err(e) => {
-                tracing::error!(%peer, error = %e, file = %self.trust.path().display(), "could not pin the peer's key; the link is unverified");
-                PeerIdentity {
-                    trust: PeerTrust::Unverified,
-                    ..id
-                }
+                tracing::error!(%peer, error = %e, file = %self.trust.path().display(), "could not pin the peer's key; ending the link");
+                Err(refuse(
+                    DisconnectReason::NotTrusted,
+                    err(
+                        ErrorCode::StoreFailed,
+                        format!("could not pin {peer}'s key: {e}"),
+                    ),
+                ))
             }
         }
     }
@@ -161,10 +206,11 @@ impl Core {
         fx: &mut Vec<Effect>,
     ) {
         let store_failed = |e: std::io::Error, path: &std::path::Path| {
-            err(
-                ErrorCode::StoreFailed,
-                format!("could not write the trust store {}: {e}", path.display()),
-            )
+            let message = match e.get_ref().and_then(|i| i.downcast_ref::<Broken>()) {
+                Some(broken) => broken.to_string(),
+                None => format!("could not write the trust store {}: {e}", path.display()),
+            };
+            err(ErrorCode::StoreFailed, message)
         };
         let (result, touched) = match edit {
             TrustEdit::Trust {
@@ -188,8 +234,12 @@ impl Core {
                 (r, Some(peer))
             }
             TrustEdit::List => {
-                let peers: Vec<Pin> = self.trust.list();
-                (Ok(OkBody::TrustList { peers }), None)
+                let r = self
+                    .trust
+                    .list()
+                    .map(|peers: Vec<Pin>| OkBody::TrustList { peers })
+                    .map_err(|broken| err(ErrorCode::StoreFailed, broken.to_string()));
+                (r, None)
             }
         };
         let _ = reply.send(result);
