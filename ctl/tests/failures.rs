@@ -164,6 +164,16 @@ fn a_restarted_daemon_reclaims_its_id_with_the_kept_token() {
     let dir2 = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir2.path().join("state/p2pd")).unwrap();
     std::fs::write(dir2.path().join("state/p2pd/alice.token"), &token).unwrap();
+    // Ours alone, or p2pd refuses them.
+    use std::os::unix::fs::PermissionsExt;
+    for (p, mode) in [
+        ("state", 0o700),
+        ("state/p2pd", 0o700),
+        ("state/p2pd/alice.token", 0o600),
+    ] {
+        std::fs::set_permissions(dir2.path().join(p), std::fs::Permissions::from_mode(mode))
+            .unwrap();
+    }
     let a2 = Daemon::builder(&s.url(), "alice").dir(dir2).spawn();
     a2.wait_status("registered as alice", |st| {
         st.server.state == ServerState::Connected && st.id.as_deref() == Some("alice")

@@ -228,6 +228,7 @@ impl Cli {
             Some(d) => std::path::absolute(&d).context("resolving --state-dir")?,
             None => paths::default_state_dir()?,
         };
+        paths::check_private(&state_dir, "the state directory", true)?;
         let token = match (&self.id, &self.token_file) {
             (None, _) => None,
             (Some(_), Some(f)) => Some(paths::read_token(f)?),

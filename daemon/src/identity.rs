@@ -33,6 +33,7 @@ pub struct Identity {
 impl Identity {
     /// Reads the key at `path`, or makes one and stores it there.
     pub fn load_or_create(path: &Path) -> anyhow::Result<Identity> {
+        crate::paths::check_private(path, "our key", false)?;
         let cert = match std::fs::read_to_string(path) {
             Ok(pem) => {
                 let provider = crypto::default_provider().context("the crypto provider")?;

@@ -38,6 +38,49 @@ pub fn ensure_private_dir(dir: &Path, tighten: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a secret (our key, an ID token) or the state directory that
+/// holds them when it is not ours alone: a symlink, another type than
+/// expected, another owner, or a mode that lets others in. The message
+/// says how to fix it, and p2pd does not fix it behind the user's back
+/// (like sshd's StrictModes): whoever could read the key could pose as us,
+/// and whoever could write it could have swapped it. A missing path is
+/// fine (p2pd creates it, 0600 or 0700).
+pub fn check_private(path: &Path, what: &str, is_dir: bool) -> anyhow::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("checking {what} {}", path.display())),
+    };
+    let p = path.display();
+    let kind = if is_dir { "directory" } else { "file" };
+    if meta.file_type().is_symlink() {
+        bail!(
+            "{what} {p} is a symlink; it must be the {kind} itself (replace the link with its target)"
+        );
+    }
+    if meta.is_dir() != is_dir || !(is_dir || meta.is_file()) {
+        bail!("{what} {p} is not a {kind}");
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if meta.uid() != me {
+        bail!(
+            "{what} {p} belongs to uid {}, not to us (uid {me}): chown {me} {p}, or use another --state-dir",
+            meta.uid()
+        );
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        let (want, others) = match (is_dir, mode & 0o022 != 0) {
+            (true, _) => ("700", "other users can look into it"),
+            (false, true) => ("600", "other users can write it"),
+            (false, false) => ("600", "other users can read it"),
+        };
+        bail!("{what} {p} is mode {mode:o}: {others}; chmod {want} {p}");
+    }
+    Ok(())
+}
+
 /// `$XDG_STATE_HOME/p2pd`, else `~/.local/state/p2pd`: our key, the trust
 /// store and ID tokens.
 pub fn default_state_dir() -> anyhow::Result<PathBuf> {
@@ -51,8 +94,9 @@ pub fn default_state_dir() -> anyhow::Result<PathBuf> {
     Ok(base.join("p2pd"))
 }
 
-/// Reads a token file, which must hold one valid token.
+/// Reads a token file, which must hold one valid token and be ours alone.
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    check_private(path, "the token file", false)?;
     let text = fs::read_to_string(path)
         .with_context(|| format!("reading token file {}", path.display()))?;
     let token = text.trim().to_string();
@@ -70,7 +114,7 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
 pub fn read_or_create_token(path: &Path) -> anyhow::Result<String> {
     match read_token(path) {
         Ok(t) => return Ok(t),
-        Err(e) if path.exists() => return Err(e),
+        Err(e) if path.symlink_metadata().is_ok() => return Err(e),
         Err(_) => {}
     }
     if let Some(dir) = path.parent() {
@@ -130,5 +174,62 @@ mod tests {
         let mode = fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Secrets that others could read or swap are refused with the fix,
+    /// and left as they are (no chmod behind the user's back).
+    #[test]
+    fn secrets_and_their_directory_must_be_ours_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("identity.pem");
+        assert!(
+            check_private(&key, "our key", false).is_ok(),
+            "missing is fine"
+        );
+        fs::write(&key, "k").unwrap();
+        for (mode, fix) in [
+            (0o600, None),
+            (0o400, None),
+            (0o640, Some("other users can read it; chmod 600")),
+            (0o606, Some("other users can write it; chmod 600")),
+        ] {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            let r = check_private(&key, "our key", false);
+            match fix {
+                None => assert!(r.is_ok(), "{mode:o}: {r:?}"),
+                Some(fix) => {
+                    let e = r.unwrap_err().to_string();
+                    assert!(
+                        e.contains(fix) && e.contains(&key.display().to_string()),
+                        "{e}"
+                    );
+                    let now = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+                    assert_eq!(now, mode, "left as it was");
+                }
+            }
+        }
+        let link = dir.path().join("link.pem");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        let e = check_private(&link, "our key", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a symlink"), "{e}");
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        let e = check_private(&state, "the state directory", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chmod 700"), "{e}");
+        assert!(
+            check_private(&key, "the state directory", true).is_err(),
+            "a file"
+        );
+        // A token file others can read is refused where it is read.
+        let token = dir.path().join("a.token");
+        fs::write(&token, "0123456789abcdefXYZ\n").unwrap();
+        fs::set_permissions(&token, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_or_create_token(&token).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
     }
 }

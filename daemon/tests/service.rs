@@ -188,3 +188,35 @@ fn daemonize_reports_a_startup_failure_with_exit_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("blocker"), "{err}");
 }
+
+/// An existing key that other users can read, or a state directory they
+/// can look into, stops p2pd at start with the exact fix; it changes
+/// nothing itself (issue 21, item 3).
+#[test]
+fn a_key_or_state_directory_open_to_others_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state").join("p2pd");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = p2pd(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("chmod 700 {}", state.display())),
+        "{err}"
+    );
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let key = state.join("identity.pem");
+    std::fs::write(&key, "not read: refused first").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = p2pd(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "left as it was");
+}

@@ -30,6 +30,9 @@ struct Cli {
     /// counts CPU time in 10 ms ticks: 60 s resolve 0.017 % of a core).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle_window: Duration,
+    /// Only these figures (killed, frozen, signald, idle); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 const MINUTE_BOUND: &[&str] = &["--ice-restart-timeout", "60s"];
@@ -182,12 +185,20 @@ fn idle_cpu(window: Duration) -> anyhow::Result<Row> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     eprintln!("machine: {}", machine());
-    let rows = vec![
-        killed(cli.trials),
-        frozen(cli.trials),
-        signald_back(cli.trials),
-        idle_cpu(cli.idle_window)?,
-    ];
+    let want = |f: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == f);
+    let mut rows = Vec::new();
+    if want("killed") {
+        rows.push(killed(cli.trials));
+    }
+    if want("frozen") {
+        rows.push(frozen(cli.trials));
+    }
+    if want("signald") {
+        rows.push(signald_back(cli.trials));
+    }
+    if want("idle") {
+        rows.push(idle_cpu(cli.idle_window)?);
+    }
     println!("machine: {}", machine());
     println!();
     table::print("p2pd", &rows);

@@ -62,7 +62,7 @@ impl Code {
 
     /// Reads `N-word-word`, case and spacing forgiven (`7 Amber canyon`).
     pub fn parse(s: &str) -> Result<Code, String> {
-        let bad = || format!("{s:?} is not an invite code (like 7-amber-canyon)");
+        let bad = || format!("{s:?} is not an invite code (like 7-maple-otter)");
         let parts: Vec<String> = s
             .split(['-', ' ', '_'])
             .filter(|p| !p.is_empty())

@@ -136,3 +136,27 @@ mod props {
         }
     }
 }
+
+/// The codes the documents show are codes p2pd would accept (an example
+/// whose words are not in the list teaches people to mistrust real ones).
+#[test]
+fn the_documented_example_codes_are_real_codes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut seen = 0;
+    for doc in ["README.md", "docs/security.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for word in text.split(|c: char| c.is_whitespace() || c == '`') {
+            let parts: Vec<&str> = word.split('-').collect();
+            let looks_like_a_code = parts.len() == 3
+                && parts[0].parse::<u8>().is_ok()
+                && parts[1..]
+                    .iter()
+                    .all(|w| w.chars().all(|c| c.is_ascii_lowercase()));
+            if looks_like_a_code {
+                assert!(Code::parse(word).is_ok(), "{doc}: {word:?} is not a code");
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 3, "the examples were found ({seen})");
+}

@@ -140,7 +140,7 @@ mod tests {
                 peer_id: "b".into(),
                 wait: true,
                 timeout_ms: Some(5),
-                code: Some("7-amber-canyon".into()),
+                code: Some("7-maple-otter".into()),
             },
             Request::Invite {
                 ttl_ms: Some(1000),
