@@ -5,14 +5,15 @@
 //! WebSocket may have died with a network change while its peer connection
 //! lives, or signald may be restarting. Only the path can tell. Every ICE
 //! stack answers STUN Binding requests on the selected pair by itself (the
-//! consent checks of RFC 7675), and ours sends one at every tick of the
-//! ICE agent ([`CONSENT_INTERVAL`]), so the counters of the connection's
-//! candidate pairs say whether our requests are still answered. No message
-//! of ours ever reaches the peer's application: a browser, aiortc or
-//! werift never sees the check.
+//! consent checks of RFC 7675), so p2pd sends a few of them at once
+//! (`send_consent_check`, vendor/PATCHES.md 16) and reads the candidate
+//! pairs' counters to see whether one was answered. No message of ours
+//! reaches the peer's application: a browser, aiortc or werift never sees
+//! the check. Between checks the link pays only for the agent's ordinary
+//! keepalive.
 //!
-//! [`Checker`] holds the decision (no I/O, explicit instants); [`run`] feeds
-//! it samples of the connection's stats until it decides.
+//! [`Checker`] holds the decision (no I/O, explicit instants); [`run`] does
+//! what it says until it decides.
 
 use std::time::Duration;
 
@@ -21,88 +22,83 @@ use webrtc::peer_connection::{PeerConnection, RTCStatsReportEntry, StatsSelector
 
 use crate::link::PathCheck;
 
-/// How often ICE sends a consent check on the selected pair. The agent's
-/// timer ticks every 200 ms once connected and sends a check on a tick when
-/// this much has passed since the last one, so 150 ms means one check per
-/// tick. Five STUN round trips a second cost an idle link next to nothing
-/// (the agent wakes for its tick anyway), and they let a check of the path
-/// decide within about a second ([`CHECKS`]).
-pub const CONSENT_INTERVAL: Duration = Duration::from_millis(150);
-
-/// Consent checks that must go unanswered before the path counts as silent.
-const CHECKS: u64 = 3;
-/// After the last of them, how long its answer may take: three round
-/// trips, within these bounds.
+/// Consent checks sent before the path counts as silent: one lost
+/// datagram must not end a link.
+const CHECKS: u32 = 3;
+/// Between two checks: two round trips, within these bounds.
+const SPACING_MIN: Duration = Duration::from_millis(200);
+const SPACING_MAX: Duration = Duration::from_millis(500);
+/// After the last check, how long its answer may take: three round trips,
+/// within these bounds.
 const GRACE_MIN: Duration = Duration::from_millis(150);
 const GRACE_MAX: Duration = Duration::from_secs(1);
-/// When no checks go out at all (no selected pair, ICE already gone), the
-/// path is silent after this long without an answer.
-const GIVE_UP: Duration = Duration::from_millis(1500);
-/// How often [`run`] samples the stats.
-const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// How often [`run`] looks at the counters while it waits.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
-/// Consent checks sent and answers received over every candidate pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counts {
-    pub sent: u64,
-    pub answered: u64,
+/// What [`Checker::step`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Send a consent check now.
+    Send,
+    /// Nothing yet: look again at the counters soon.
+    Wait,
+    /// Decided.
+    Verdict(PathCheck),
 }
 
-/// One check of the path, from its first sample to its verdict.
+/// One check of the path: [`CHECKS`] consent checks spaced by the round
+/// trip, and a verdict when one is answered or the last one's grace ends.
 #[derive(Debug)]
 pub struct Checker {
-    started: Instant,
-    first: Counts,
-    /// When the last of the [`CHECKS`] requests was first seen sent.
-    all_sent: Option<Instant>,
+    /// Answers received over every pair before the first check.
+    answered_before: u64,
+    sent: u32,
+    last_sent: Option<Instant>,
 }
 
 impl Checker {
-    pub fn new(now: Instant, counts: Counts) -> Checker {
+    pub fn new(answered_before: u64) -> Checker {
         Checker {
-            started: now,
-            first: counts,
-            all_sent: None,
+            answered_before,
+            sent: 0,
+            last_sent: None,
         }
     }
 
-    /// Takes one sample; the verdict once there is one. `rtt` is ICE's
-    /// round-trip time on the selected pair, when measured.
-    pub fn sample(
-        &mut self,
-        now: Instant,
-        counts: Counts,
-        rtt: Option<Duration>,
-    ) -> Option<PathCheck> {
-        if counts.answered > self.first.answered {
-            return Some(PathCheck::Answered);
+    /// The next step at `now`, given the answers counted so far and ICE's
+    /// round-trip time on the selected pair, when measured. After a
+    /// [`Step::Send`] the caller sends the check and calls [`Checker::sent`].
+    pub fn step(&self, now: Instant, answered: u64, rtt: Option<Duration>) -> Step {
+        if answered > self.answered_before {
+            return Step::Verdict(PathCheck::Answered);
         }
-        if self.all_sent.is_none() && counts.sent >= self.first.sent + CHECKS {
-            self.all_sent = Some(now);
+        let rtt = rtt.unwrap_or(Duration::ZERO);
+        let wait = match self.sent {
+            0 => return Step::Send,
+            n if n < CHECKS => (rtt * 2).clamp(SPACING_MIN, SPACING_MAX),
+            _ => (rtt * 3).clamp(GRACE_MIN, GRACE_MAX),
+        };
+        match self.last_sent {
+            Some(at) if now < at + wait => Step::Wait,
+            _ if self.sent < CHECKS => Step::Send,
+            _ => Step::Verdict(PathCheck::Silent),
         }
-        let grace = rtt
-            .map(|r| r * 3)
-            .unwrap_or(GRACE_MIN)
-            .clamp(GRACE_MIN, GRACE_MAX);
-        match self.all_sent {
-            Some(at) if now >= at + grace => Some(PathCheck::Silent),
-            _ if now >= self.started + GIVE_UP + grace => Some(PathCheck::Silent),
-            _ => None,
-        }
+    }
+
+    /// A check went out at `now`.
+    pub fn sent(&mut self, now: Instant) {
+        self.sent += 1;
+        self.last_sent = Some(now);
     }
 }
 
-/// The consent counters and the selected pair's round trip, from the
-/// connection's stats.
-async fn counts(pc: &dyn PeerConnection) -> (Counts, Option<Duration>) {
+/// Answers received over every candidate pair, and the selected pair's
+/// round trip, from the connection's stats.
+async fn answers(pc: &dyn PeerConnection) -> (u64, Option<Duration>) {
     let report = pc
         .get_stats(std::time::Instant::now(), StatsSelector::None)
         .await;
-    let mut c = Counts::default();
-    for p in report.candidate_pairs() {
-        c.sent += p.consent_requests_sent;
-        c.answered += p.responses_received;
-    }
+    let answered = report.candidate_pairs().map(|p| p.responses_received).sum();
     let rtt = report
         .transport()
         .and_then(|t| report.get(&t.selected_candidate_pair_id))
@@ -112,20 +108,31 @@ async fn counts(pc: &dyn PeerConnection) -> (Counts, Option<Duration>) {
             }
             _ => None,
         });
-    (c, rtt)
+    (answered, rtt)
 }
 
-/// Checks the path of `pc`: samples its stats until the peer answers a
-/// consent check or [`CHECKS`] of them went unanswered.
+/// Checks the path of `pc`: sends consent checks until one is answered or
+/// [`CHECKS`] of them went unanswered.
 pub async fn run(pc: &dyn PeerConnection) -> PathCheck {
-    let (first, _) = counts(pc).await;
-    let mut checker = Checker::new(Instant::now(), first);
+    let started = Instant::now();
+    let (before, _) = answers(pc).await;
+    let mut checker = Checker::new(before);
     loop {
-        tokio::time::sleep(SAMPLE_EVERY).await;
-        let (c, rtt) = counts(pc).await;
-        if let Some(verdict) = checker.sample(Instant::now(), c, rtt) {
-            tracing::debug!(?verdict, took = ?checker.started.elapsed(), sent = c.sent - first.sent, "path checked");
-            return verdict;
+        let (answered, rtt) = answers(pc).await;
+        match checker.step(Instant::now(), answered, rtt) {
+            Step::Verdict(verdict) => {
+                tracing::debug!(?verdict, took = ?started.elapsed(), "path checked");
+                return verdict;
+            }
+            Step::Send => {
+                // Without a selected pair nothing can answer: counted as
+                // sent all the same, so silence is declared in time.
+                if let Err(e) = pc.send_consent_check().await {
+                    tracing::debug!(error = %e, "a consent check could not be sent");
+                }
+                checker.sent(Instant::now());
+            }
+            Step::Wait => tokio::time::sleep(SAMPLE_EVERY).await,
         }
     }
 }
@@ -138,129 +145,61 @@ mod tests {
         t0 + Duration::from_millis(ms)
     }
 
-    #[test]
-    fn one_answer_is_enough() {
+    /// Drives a checker whose peer never answers; the instants of its
+    /// sends and of its verdict.
+    fn silent_run(rtt: Option<Duration>) -> (Vec<u64>, u64) {
         let t0 = Instant::now();
-        let mut c = Checker::new(
-            t0,
-            Counts {
-                sent: 10,
-                answered: 9,
-            },
-        );
-        assert_eq!(
-            c.sample(
-                at(t0, 20),
-                Counts {
-                    sent: 10,
-                    answered: 9
-                },
-                None
-            ),
-            None
-        );
-        assert_eq!(
-            c.sample(
-                at(t0, 40),
-                Counts {
-                    sent: 11,
-                    answered: 10
-                },
-                None
-            ),
-            Some(PathCheck::Answered)
-        );
-    }
-
-    #[test]
-    fn silent_after_three_unanswered_checks_and_their_grace() {
-        let t0 = Instant::now();
-        let rtt = Some(Duration::from_millis(100));
-        let mut c = Checker::new(
-            t0,
-            Counts {
-                sent: 4,
-                answered: 4,
-            },
-        );
-        for (ms, sent) in [(200, 5), (400, 6), (599, 6)] {
-            assert_eq!(
-                c.sample(at(t0, ms), Counts { sent, answered: 4 }, rtt),
-                None
-            );
+        let mut c = Checker::new(7);
+        let mut sends = Vec::new();
+        for ms in 0..5000 {
+            match c.step(at(t0, ms), 7, rtt) {
+                Step::Send => {
+                    c.sent(at(t0, ms));
+                    sends.push(ms);
+                }
+                Step::Wait => {}
+                Step::Verdict(v) => {
+                    assert_eq!(v, PathCheck::Silent);
+                    return (sends, ms);
+                }
+            }
         }
-        // The third goes out at 600 ms; three round trips later, silence.
-        assert_eq!(
-            c.sample(
-                at(t0, 600),
-                Counts {
-                    sent: 7,
-                    answered: 4
-                },
-                rtt
-            ),
-            None
-        );
-        assert_eq!(
-            c.sample(
-                at(t0, 899),
-                Counts {
-                    sent: 7,
-                    answered: 4
-                },
-                rtt
-            ),
-            None
-        );
-        assert_eq!(
-            c.sample(
-                at(t0, 900),
-                Counts {
-                    sent: 7,
-                    answered: 4
-                },
-                rtt
-            ),
-            Some(PathCheck::Silent)
-        );
+        panic!("no verdict");
     }
 
     #[test]
-    fn a_late_answer_within_the_grace_still_counts() {
-        let t0 = Instant::now();
-        let mut c = Checker::new(t0, Counts::default());
-        assert_eq!(
-            c.sample(
-                at(t0, 600),
-                Counts {
-                    sent: 3,
-                    answered: 0
-                },
-                None
-            ),
-            None
-        );
-        assert_eq!(
-            c.sample(
-                at(t0, 700),
-                Counts {
-                    sent: 4,
-                    answered: 1
-                },
-                None
-            ),
-            Some(PathCheck::Answered)
-        );
+    fn three_unanswered_checks_spaced_by_the_round_trip_mean_silence() {
+        // Loopback: the floors.
+        assert_eq!(silent_run(None), (vec![0, 200, 400], 550));
+        // A 150 ms path: two and three round trips.
+        let rtt = Some(Duration::from_millis(150));
+        assert_eq!(silent_run(rtt), (vec![0, 300, 600], 1050));
+        // A very long path: the ceilings.
+        let rtt = Some(Duration::from_secs(2));
+        assert_eq!(silent_run(rtt), (vec![0, 500, 1000], 2000));
     }
 
     #[test]
-    fn no_checks_sent_means_silent_after_the_bound() {
+    fn one_answer_is_enough_even_a_late_one() {
         let t0 = Instant::now();
-        let mut c = Checker::new(t0, Counts::default());
-        assert_eq!(c.sample(at(t0, 1600), Counts::default(), None), None);
+        let mut c = Checker::new(3);
+        assert_eq!(c.step(t0, 3, None), Step::Send);
+        c.sent(t0);
+        assert_eq!(c.step(at(t0, 100), 3, None), Step::Wait);
         assert_eq!(
-            c.sample(at(t0, 1650), Counts::default(), None),
-            Some(PathCheck::Silent)
+            c.step(at(t0, 150), 4, None),
+            Step::Verdict(PathCheck::Answered)
+        );
+        // After the last check, within its grace.
+        let mut c = Checker::new(0);
+        for ms in [0, 200, 400] {
+            assert_eq!(c.step(at(t0, ms), 0, None), Step::Send);
+            c.sent(at(t0, ms));
+        }
+        assert_eq!(c.step(at(t0, 549), 0, None), Step::Wait);
+        assert_eq!(
+            c.step(at(t0, 549), 1, None),
+            Step::Verdict(PathCheck::Answered)
         );
     }
 }

@@ -92,13 +92,14 @@ const SCTP_RTO_INITIAL: Duration = Duration::from_millis(500);
 const DTLS_FLIGHT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often ICE checks the selected pair (a STUN request, so the peer
-/// answers): [`crate::consent::CONSENT_INTERVAL`], one check per tick of
-/// the agent, so that a check of the path ([`Pc::check_path`]) decides
-/// within about a second. Never longer than a third of the disconnected
-/// timeout: an idle link hears nothing else, and a timeout shorter than
-/// the interval would declare it silent between two checks.
+/// answers): the crate's 2 s, or a third of the disconnected timeout if
+/// that is shorter. An idle link hears nothing else, and with the crate's
+/// 2 s a timeout of 1 s declared it silent (and restarted ICE) between any
+/// two checks; a third leaves room for one lost check. A check of the path
+/// when signald reports the peer gone does not wait for these: it sends
+/// its own at once ([`crate::consent`]).
 fn keepalive_interval(disconnected_timeout: Duration) -> Duration {
-    (disconnected_timeout / 3).min(crate::consent::CONSENT_INTERVAL)
+    (disconnected_timeout / 3).min(Duration::from_secs(2))
 }
 
 /// The session's ICE username fragment (`a=ice-ufrag`, the first one).

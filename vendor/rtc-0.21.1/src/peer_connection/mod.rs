@@ -1810,6 +1810,14 @@ impl RTCPeerConnection {
         self.ice_restart_requested = Some(RTCOfferOptions { ice_restart: true });
     }
 
+    /// PATCH (p2pd, vendor/PATCHES.md 16, "a consent check on demand"):
+    /// sends an ICE consent check on the selected candidate pair now; its
+    /// answer shows in the pair's stats (`responses_received`). False when
+    /// no pair is selected.
+    pub fn send_consent_check(&mut self, now: Instant) -> bool {
+        self.ice_transport_mut().agent.send_consent_check(now)
+    }
+
     /// Returns the current configuration of this peer connection.
     ///
     /// The returned reference is to the current configuration. To modify the configuration,

@@ -985,6 +985,26 @@ impl Agent {
         }
     }
 
+    /// PATCH (p2pd, vendor/PATCHES.md 16, "a consent check on demand"):
+    /// sends a consent check (a STUN Binding request) on the selected pair
+    /// now, as [`Agent::check_keepalive`] does once `keepalive_interval` has
+    /// passed, so that an application can learn within a round trip whether
+    /// the peer still answers without making every keepalive that frequent.
+    /// False when no pair is selected.
+    pub fn send_consent_check(&mut self, now: Instant) -> bool {
+        let Some(pair_index) = self.selected_pair else {
+            return false;
+        };
+        let (local_index, remote_index) = {
+            let p = &self.candidate_pairs[pair_index];
+            (p.local_index, p.remote_index)
+        };
+        self.last_consent_sent = now;
+        self.candidate_pairs[pair_index].on_consent_request_sent();
+        self.ping_candidate(now, local_index, remote_index);
+        true
+    }
+
     fn request_connectivity_check(&mut self) {
         // Defer the connectivity check to `handle_timeout` instead of running it
         // inline. Running `contact()` here is re-entrant: it can advance the state

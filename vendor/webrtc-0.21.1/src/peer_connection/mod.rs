@@ -590,6 +590,13 @@ pub trait PeerConnection: crate::sealed::Sealed + Send + Sync + 'static {
     /// See [restartIce](https://www.w3.org/TR/webrtc/#dom-rtcpeerconnection-restartice)
     async fn restart_ice(&self) -> Result<()>;
 
+    /// PATCH (p2pd, vendor/PATCHES.md 16, "a consent check on demand"):
+    /// sends an ICE consent check (a STUN Binding request, which the peer's
+    /// ICE agent answers by itself) on the selected candidate pair now,
+    /// whatever the keepalive interval; the answer shows in the pair's
+    /// stats (`responses_received`). `Ok(false)` when no pair is selected.
+    async fn send_consent_check(&self) -> Result<bool>;
+
     /// Returns the configuration currently in effect for this connection.
     async fn get_configuration(&self) -> RTCConfiguration;
 
@@ -1307,6 +1314,16 @@ impl PeerConnection for PeerConnectionImpl {
         } else {
             Ok(())
         }
+    }
+
+    async fn send_consent_check(&self) -> Result<bool> {
+        let sent = {
+            let mut core = self.inner.core.lock().await;
+            core.send_consent_check(Instant::now())
+        };
+        // The request is queued in the core; the driver sends it now.
+        self.inner.wake_writes().await;
+        Ok(sent)
     }
 
     async fn restart_ice(&self) -> Result<()> {
