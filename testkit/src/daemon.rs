@@ -19,6 +19,8 @@ pub struct DaemonBuilder {
     netns: Option<String>,
     dir: Option<tempfile::TempDir>,
     loopback: bool,
+    /// The tests' short reconnect cap, or p2pd's default (for benchmarks).
+    fast_reconnect: bool,
 }
 
 impl DaemonBuilder {
@@ -43,6 +45,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Keeps p2pd's own `--reconnect-max` instead of the tests' 300 ms
+    /// (for a benchmark of how soon daemons are back at signald).
+    pub fn default_reconnect(mut self) -> Self {
+        self.fast_reconnect = false;
+        self
+    }
+
     /// Starts p2pd and waits until its control socket serves.
     pub fn spawn(self) -> Daemon {
         let dir = match self.dir {
@@ -52,8 +61,10 @@ impl DaemonBuilder {
         let mut cmd = in_netns(self.netns.as_deref(), &bin("p2pd"));
         cmd.args(["--server", &self.server, "--id", &self.id])
             .arg("--socket")
-            .arg(dir.path().join("p2pd.sock"))
-            .args(["--reconnect-max", "300ms"]);
+            .arg(dir.path().join("p2pd.sock"));
+        if self.fast_reconnect {
+            cmd.args(["--reconnect-max", "300ms"]);
+        }
         if self.loopback {
             cmd.args(["--bind", "127.0.0.1"]);
         }
@@ -103,6 +114,7 @@ impl Daemon {
             netns: None,
             dir: None,
             loopback: true,
+            fast_reconnect: true,
         }
     }
 

@@ -123,8 +123,11 @@ fn frozen(trials: usize) -> Row {
 fn signald_back(trials: usize) -> Row {
     let mut s = Signald::start_with(&["--listen", "127.0.0.1:0"]);
     let port = s.port();
-    let a = Daemon::start(&s.url(), "alice");
-    let b = Daemon::start(&s.url(), "bob");
+    // p2pd's default reconnect cap (1 s), not the tests' 300 ms.
+    let a = Daemon::builder(&s.url(), "alice")
+        .default_reconnect()
+        .start();
+    let b = Daemon::builder(&s.url(), "bob").default_reconnect().start();
     let mut took = Vec::new();
     for i in 0..trials {
         s.proc().signal(libc::SIGTERM);
