@@ -68,11 +68,14 @@ fn a_wrong_code_is_refused_on_both_sides_and_burns_the_invite() {
         "invite_failed"
     );
     alice.wait_idle();
-    // One guess per code: the right one fails too now.
-    mallory.refused(
-        &["pair", "alice", "--code", &code],
-        "wrong or expired invite code",
-    );
+    mallory.wait_idle();
+    // The joiner spent its code too: trying it again fails at once, and
+    // alice hears nothing of it.
+    let err = mallory.refused(&["pair", "alice", "--code", &wrong], "used already");
+    assert!(err.contains("ask alice for a new code"), "{err}");
+    // One guess per code: the right one fails too now, and alice admits
+    // no unknown peer once no invite is open.
+    mallory.refused(&["pair", "alice", "--code", &code], "no open invite");
     for d in [&alice, &mallory] {
         assert_eq!(d.status().counters.messages_received, 0);
         assert_eq!(
@@ -85,7 +88,7 @@ fn a_wrong_code_is_refused_on_both_sides_and_burns_the_invite() {
 }
 
 #[test]
-fn expired_cancelled_and_for_another_peer_each_say_so() {
+fn expired_cancelled_and_for_another_peer_each_say_so_before_any_negotiation() {
     let s = Signald::start();
     let alice = Daemon::start(&s.url(), "alice");
     let bob = Daemon::start(&s.url(), "bob");
@@ -95,16 +98,23 @@ fn expired_cancelled_and_for_another_peer_each_say_so() {
     alice.wait_status("the short invite expired", |_| {
         !alice.ok(&["invite", "--list"]).contains(&short)
     });
-    bob.refused(&["pair", "alice", "--code", &short], "has expired");
+    // Once an invite ended, unknown peers are refused before any
+    // negotiation: no connection, no candidates, one clear message.
+    bob.refused(&["pair", "alice", "--code", &short], "no open invite");
     alice.wait_idle();
 
     let cancelled = invite(&alice, &[]);
     alice.ok(&["invite", "--cancel", &cancelled]);
-    bob.refused(&["pair", "alice", "--code", &cancelled], "was cancelled");
+    bob.refused(&["pair", "alice", "--code", &cancelled], "no open invite");
     alice.wait_idle();
 
     let for_bob = invite(&alice, &["--for", "bob"]);
-    carol.refused(&["pair", "alice", "--code", &for_bob], "for another peer");
+    // An invite for bob admits no one else: carol is refused before any
+    // negotiation, as if no invite were open.
+    carol.refused(
+        &["pair", "alice", "--code", &for_bob],
+        "no open invite for us",
+    );
     alice.wait_idle();
     // Not used up by carol's attempt: bob still gets in.
     bob.ok(&["pair", "alice", "--code", &for_bob]);

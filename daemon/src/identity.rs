@@ -214,6 +214,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("identity.pem");
         std::fs::write(&path, "not a key").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let e = Identity::load_or_create(&path).err().unwrap();
         assert!(
             format!("{e:#}").contains("does not hold a p2pd key"),

@@ -185,14 +185,15 @@ impl Invites {
         Ok(number)
     }
 
-    /// Whether an unknown `peer` may pair with us for a handshake: an open
-    /// invite it may use, or one that ended lately (to be told why).
+    /// Whether an unknown `peer` may pair with us for a handshake: only
+    /// while an invite it may use is open. Once none is, unknown peers are
+    /// refused before any negotiation (no connection, no candidates), and
+    /// the joiner's `pair --code` says there is no open invite.
     pub fn admits(&mut self, peer: &str, now: Instant) -> bool {
         self.sweep(now);
         self.open
             .iter()
             .any(|o| !o.claimed && o.for_peer.as_deref().is_none_or(|f| f == peer))
-            || !self.ended.is_empty()
     }
 
     /// `peer` names invite `number` in its handshake: its code, if it may.

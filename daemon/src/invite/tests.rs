@@ -79,9 +79,14 @@ fn invites_expire_are_cancelled_and_are_bounded() {
         Err(InviteFailure::Expired)
     );
     assert!(inv.list(now + secs(2)).is_empty());
-    // Remembered for a while (so a late peer hears why), then forgotten.
-    assert!(inv.admits("x", now + secs(2)));
-    assert!(!inv.admits("x", now + secs(2) + REMEMBER));
+    // Remembered for a while (a handshake naming it hears why), but no
+    // unknown peer is admitted for it: none is open.
+    assert!(!inv.admits("x", now + secs(2)));
+    assert_eq!(
+        inv.claim(a.number, "x", now + secs(2) + REMEMBER),
+        Err(InviteFailure::Unknown),
+        "then forgotten"
+    );
     let b = inv.create(secs(60), None, now).unwrap();
     assert_eq!(inv.cancel(&b.code, now).unwrap(), b.number);
     assert_eq!(inv.claim(b.number, "x", now), Err(InviteFailure::Cancelled));

@@ -123,6 +123,14 @@ impl Core {
             return;
         }
         inv.started = true;
+        if let InviteRole::Joiner(code) = inv.role {
+            // From here whoever answers as the inviter gets its one guess,
+            // whatever happens next: the code is spent here too.
+            if self.spent_codes.len() >= super::SPENT_CODES {
+                self.spent_codes.pop_front();
+            }
+            self.spent_codes.push_back(code);
+        }
         fx.push(Effect::RunInvite {
             role: inv.role,
             me,

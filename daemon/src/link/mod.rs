@@ -254,7 +254,15 @@ pub struct Core {
     trust: TrustStore,
     /// Our open invitations (memory only).
     invites: Invites,
+    /// Codes we began a handshake with as the joiner: each one gave
+    /// whoever answered as the inviter its one guess, so it is never sent
+    /// again (the most recent [`SPENT_CODES`]).
+    spent_codes: std::collections::VecDeque<Code>,
 }
+
+/// Spent invite codes remembered (a code is one of 141,376 per number:
+/// forgetting an old one costs nothing).
+const SPENT_CODES: usize = 64;
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
     ErrorBody {
@@ -274,6 +282,7 @@ impl Core {
             policy,
             trust,
             invites: Invites::default(),
+            spent_codes: Default::default(),
         }
     }
 
@@ -313,7 +322,7 @@ impl Core {
                 timeout,
                 reply,
                 code,
-            } => match self.check_pair(&peer, code.is_some()) {
+            } => match self.check_pair(&peer, code.as_ref()) {
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -569,7 +578,7 @@ impl Core {
     }
 
     /// With `code` the peer's key need not be pinned: the code proves it.
-    fn check_pair(&mut self, peer: &str, code: bool) -> Result<(), ErrorBody> {
+    fn check_pair(&mut self, peer: &str, code: Option<&Code>) -> Result<(), ErrorBody> {
         let id = match &self.signaling {
             Signaling::Down { why } => {
                 return Err(err(
@@ -596,7 +605,15 @@ impl Core {
                 format!("already paired with {current}; run `p2pctl unpair` first"),
             ));
         }
-        if code {
+        if let Some(code) = code {
+            if self.spent_codes.contains(code) {
+                return Err(err(
+                    ErrorCode::InviteFailed,
+                    format!(
+                        "the invite code {code} was used already (a handshake with it began, which spends it): ask {peer} for a new code"
+                    ),
+                ));
+            }
             // The code proves the key, which is then pinned: the store
             // must be usable all the same.
             return self.store_usable();

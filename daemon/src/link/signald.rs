@@ -294,7 +294,16 @@ impl Core {
             Link::Closing(c) => (false, c.described, false),
             _ => (false, false, false),
         };
-        if reason == SigReason::Unpaired && !open && !described {
+        let joining = matches!(&self.link, Link::Connecting(c) if c.invite.as_ref().is_some_and(|i| matches!(i.role, InviteRole::Joiner(_))));
+        if reason == SigReason::Unpaired && !open && !described && joining {
+            // An inviter admits unknown peers only while an invite is open.
+            err(
+                ErrorCode::InviteFailed,
+                format!(
+                    "{peer} refused the pairing: it has no open invite for us (the code expired, was cancelled or was used: ask {peer} for a new one)"
+                ),
+            )
+        } else if reason == SigReason::Unpaired && !open && !described {
             // Before any description came back the peer can only have
             // refused (e.g. its --allow-peer list).
             err(ErrorCode::Refused, format!("{peer} refused the pairing"))

@@ -78,14 +78,13 @@ fn the_inviter_admits_an_unknown_peer_only_while_an_invite_is_open() {
         verified: true
     }));
     assert_eq!(t.core.trust_store().get("erin"), Some(fp(5)));
-    // Used up: the next stranger is refused.
+    // Used up: the next stranger is refused before any negotiation (no
+    // connection, no candidates of ours).
     t.unpair();
     let fx = t.server(paired("frank", false));
-    assert!(
-        t.core.invite_pending(),
-        "an ended invite still admits, to say why"
-    );
-    let _ = fx;
+    assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted), "{fx:?}");
+    assert!(sends_unpair(&fx));
+    assert_eq!(t.state(), LinkState::Idle);
 }
 
 #[test]
@@ -114,18 +113,9 @@ fn a_failed_handshake_uses_the_invite_up_and_says_so() {
     assert_eq!(ended(&fx), Some(DisconnectReason::InviteFailed));
     assert!(sends_unpair(&fx));
     assert_eq!(t.core.trust_store().get("mallory"), None);
-    // The right code is useless now: the claim is refused.
-    t.server(paired("mallory", false));
-    t.server(ServerMsg::Offer {
-        sdp: sdp(6),
-        from: "mallory".into(),
-    });
-    let (reply, mut code) = oneshot::channel();
-    t.on(Input::InviteClaim {
-        number: inv.number,
-        reply,
-    });
-    assert_eq!(code.try_recv().unwrap(), Err(InviteFailure::Used));
+    // The right code is useless now: mallory is not even admitted.
+    let fx = t.server(paired("mallory", false));
+    assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted), "{fx:?}");
 }
 
 #[test]
@@ -143,4 +133,92 @@ fn an_invite_channel_from_a_pinned_peer_still_holds_the_link_for_the_handshake()
         "{fx:?}"
     );
     assert!(t.on(Input::ChannelOpen { path: None }).is_empty());
+}
+
+/// Runs a joiner's pairing with `code` up to its handshake's start.
+fn join_until_the_handshake(t: &mut T, code: &str) -> Answer {
+    let (_, answer) = t.pair_with_code("dave", code);
+    t.server(paired("dave", true));
+    t.on(Input::Offered(Ok("o".into())));
+    t.server(ServerMsg::Answer {
+        sdp: sdp(4),
+        from: "dave".into(),
+    });
+    let fx = t.on(Input::AnswerApplied(Ok(())));
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::RunInvite { .. })),
+        "{fx:?}"
+    );
+    answer
+}
+
+#[test]
+fn a_handshake_that_began_spends_the_code_at_the_joiner_too() {
+    let mut t = T::new();
+    let mut answer = join_until_the_handshake(&mut t, "4-oak-elk");
+    let fx = t.on(Input::InviteDone(Err(InviteFailure::WrongCode)));
+    assert_eq!(ended(&fx), Some(DisconnectReason::InviteFailed));
+    assert_eq!(
+        answered(&mut answer).unwrap_err().code,
+        ErrorCode::InviteFailed
+    );
+    // The same code again fails here at once: nothing goes to signald, so
+    // whoever answered as dave gets no second guess.
+    let (fx, mut again) = t.pair_with_code("dave", "4-oak-elk");
+    assert!(fx.is_empty(), "{fx:?}");
+    let e = answered(&mut again).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InviteFailed);
+    assert!(
+        e.message.contains("ask dave for a new code"),
+        "{}",
+        e.message
+    );
+    // Another code is fine.
+    let (fx, _) = t.pair_with_code("dave", "4-oak-fig");
+    assert!(
+        fx.contains(&Effect::Signal(ClientMsg::Pair {
+            peer_id: "dave".into()
+        })),
+        "{fx:?}"
+    );
+}
+
+#[test]
+fn a_failure_before_the_handshake_does_not_spend_the_code() {
+    let mut t = T::new();
+    let (_, mut answer) = t.pair_with_code("dave", "4-oak-elk");
+    t.server(signald_error(SigError::UnknownPeer));
+    assert_eq!(
+        answered(&mut answer).unwrap_err().code,
+        ErrorCode::UnknownPeer
+    );
+    let (_, mut answer) = t.pair_with_code("dave", "4-oak-elk");
+    t.server(paired("dave", true));
+    t.on(Input::Offered(Ok("o".into())));
+    // No path: the pairing times out before any handshake.
+    t.advance(Duration::from_secs(31));
+    assert!(answered(&mut answer).is_err());
+    let (fx, _) = t.pair_with_code("dave", "4-oak-elk");
+    assert!(
+        fx.contains(&Effect::Signal(ClientMsg::Pair {
+            peer_id: "dave".into()
+        })),
+        "still usable: {fx:?}"
+    );
+}
+
+/// A joiner refused before any description came back was refused by an
+/// inviter with no open invite: `pair --code` says so.
+#[test]
+fn a_joiner_refused_at_once_is_told_there_is_no_open_invite() {
+    let mut t = T::new();
+    let (_, mut answer) = t.pair_with_code("dave", "4-oak-elk");
+    t.server(paired("dave", true));
+    t.server(ServerMsg::PeerDisconnected {
+        peer_id: "dave".into(),
+        reason: SigReason::Unpaired,
+    });
+    let e = answered(&mut answer).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InviteFailed);
+    assert!(e.message.contains("no open invite"), "{}", e.message);
 }
