@@ -64,19 +64,7 @@ fn aiortc(py: &PathBuf, s: &Signald, pair: Option<&str>) -> Proc {
 
 /// The hellos arrive, then `ECHOES` lines come back echoed, in order.
 fn hellos_and_echoes(a: &Daemon, tail: &Tail, round: &str) {
-    for i in 0..HELLOS {
-        assert_eq!(tail.next_str(), format!("hello {i}"), "{round}: hello {i}");
-    }
-    let input: String = (0..ECHOES).map(|i| format!("{round} {i}\n")).collect();
-    let out = a.ctl_stdin(&["send"], input.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for i in 0..ECHOES {
-        assert_eq!(tail.next_str(), format!("echo:{round} {i}"), "{round}");
-    }
+    crate::interop::hellos_then_echoes(a, tail, round, HELLOS, ECHOES);
 }
 
 /// Both roles under both policies that admit a peer without a pinned key.

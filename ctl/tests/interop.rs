@@ -163,22 +163,39 @@ fn lab_with_p2pd(extra: &[&str]) -> (Lab, p2p_testkit::Signald, Daemon) {
 /// The peer's `hello`s arrive, then `ECHOES` lines sent from `a` come back
 /// echoed, each once and in order.
 fn hellos_and_echoes(a: &Daemon, tail: &Tail, round: &str) {
-    for i in 0..HELLOS {
+    hellos_then_echoes(a, tail, round, HELLOS, ECHOES);
+}
+
+/// The peer's `hellos` (`hello 0`, ...) arrive, then `echoes` lines sent
+/// from `a` come back as `echo:<line>`, each once and in order: what both
+/// test peers (`interop/aiortc_peer.py`, `interop/peer.html`) do.
+pub(crate) fn hellos_then_echoes(
+    a: &Daemon,
+    tail: &Tail,
+    round: &str,
+    hellos: usize,
+    echoes: usize,
+) {
+    for i in 0..hellos {
         assert_eq!(tail.next_str(), format!("hello {i}"), "{round}: hello {i}");
     }
-    echoes(a, tail, round);
+    echo_lines(a, tail, round, echoes);
 }
 
 /// `ECHOES` lines sent from `a` come back echoed, each once and in order.
 fn echoes(a: &Daemon, tail: &Tail, round: &str) {
-    let input: String = (0..ECHOES).map(|i| format!("{round} {i}\n")).collect();
+    echo_lines(a, tail, round, ECHOES);
+}
+
+fn echo_lines(a: &Daemon, tail: &Tail, round: &str, n: usize) {
+    let input: String = (0..n).map(|i| format!("{round} {i}\n")).collect();
     let out = a.ctl_stdin(&["send"], input.as_bytes());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for i in 0..ECHOES {
+    for i in 0..n {
         assert_eq!(
             tail.next_str(),
             format!("echo:{round} {i}"),
