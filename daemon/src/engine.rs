@@ -31,7 +31,10 @@ use crate::hub::Hub;
 use crate::identity::Identity;
 use crate::invite::Code;
 use crate::invite::handshake::Sides;
-use crate::link::{Core, Effect, Input, InviteEdit, InviteRole, PathCheck, Policy, TrustEdit};
+use crate::link::{
+    Core, Effect, Input, InviteEdit, InviteRole, NegotiationError, PathCheck, Policy, SignalError,
+    TrustEdit,
+};
 use crate::peer::{Pc, PcContext, PcEvent, PcEventKind, PcSettings};
 use crate::signaling::SigEvent;
 use crate::status::ServerView;
@@ -196,6 +199,7 @@ impl Engine {
                 server: cfg.server.clone(),
             },
             TrustStore::open(cfg.known_peers.clone(), cfg.trust),
+            Instant::now(),
         );
         let engine = Engine {
             bad_candidates: Throttle::new(),
@@ -446,7 +450,7 @@ impl Engine {
             }
             Effect::Offer { peer, invite } => {
                 Some(Input::Offered(match self.pc_for_pairing().await {
-                    Ok(pc) => pc.offer(&peer, invite).await.map_err(|e| format!("{e:#}")),
+                    Ok(pc) => pc.offer(&peer, invite).await,
                     Err(e) => Err(e),
                 }))
             }
@@ -477,12 +481,12 @@ impl Engine {
                 None
             }
             Effect::Answer { sdp } => Some(Input::Answered(match self.pc_for_pairing().await {
-                Ok(pc) => pc.answer(sdp).await.map_err(|e| format!("{e:#}")),
+                Ok(pc) => pc.answer(sdp).await,
                 Err(e) => Err(e),
             })),
             Effect::AcceptAnswer { sdp } => {
                 Some(Input::AnswerApplied(match self.pc_for_pairing().await {
-                    Ok(pc) => pc.accept_answer(sdp).await.map_err(|e| format!("{e:#}")),
+                    Ok(pc) => pc.accept_answer(sdp).await,
                     Err(e) => Err(e),
                 }))
             }
@@ -512,8 +516,8 @@ impl Engine {
                 None
             }
             Effect::RestartIce => Some(Input::Offered(match self.pc.as_mut() {
-                Some(pc) => pc.restart_offer().await.map_err(|e| format!("{e:#}")),
-                None => Err("no peer connection to restart".into()),
+                Some(pc) => pc.restart_offer().await,
+                None => Err(NegotiationError::NoConnection),
             })),
             Effect::Restarted { peer } => {
                 self.counters.ice_restarts.fetch_add(1, Ordering::Relaxed);
@@ -563,13 +567,11 @@ impl Engine {
 
     /// The connection for a new pairing, built now if none is ready (the
     /// last build failed).
-    async fn pc_for_pairing(&mut self) -> Result<&mut Pc, String> {
+    async fn pc_for_pairing(&mut self) -> Result<&mut Pc, NegotiationError> {
         if self.pc.is_none() {
             self.fresh_pc().await;
         }
-        self.pc
-            .as_mut()
-            .ok_or_else(|| "no peer connection could be built (see the log)".to_string())
+        self.pc.as_mut().ok_or(NegotiationError::NoConnection)
     }
 
     /// Queues a frame for signald; on failure, the result for the core.
@@ -587,8 +589,8 @@ impl Engine {
             Err(e) => Some(Input::SignalFailed {
                 what,
                 why: match e {
-                    mpsc::error::TrySendError::Full(_) => "its queue is full".into(),
-                    mpsc::error::TrySendError::Closed(_) => "it has stopped".into(),
+                    mpsc::error::TrySendError::Full(_) => SignalError::QueueFull,
+                    mpsc::error::TrySendError::Closed(_) => SignalError::Stopped,
                 },
             }),
         }

@@ -31,7 +31,7 @@ use crate::channel::{self, Reader};
 use crate::counters::Counters;
 use crate::hub::Hub;
 use crate::invite::handshake::Sides;
-use crate::link::InviteRole;
+use crate::link::{InviteRole, NegotiationError};
 use crate::udp::BufferedRuntime;
 
 /// Label of the channel p2pd creates (any label is accepted from others).
@@ -100,6 +100,11 @@ const DTLS_FLIGHT_INTERVAL: Duration = Duration::from_millis(500);
 /// its own at once ([`crate::consent`]).
 fn keepalive_interval(disconnected_timeout: Duration) -> Duration {
     (disconnected_timeout / 3).min(Duration::from_secs(2))
+}
+
+/// The stack's refusal, in its own words, for the link's core.
+fn stack(e: impl std::fmt::Display) -> NegotiationError {
+    NegotiationError::Stack(format!("{e:#}"))
 }
 
 /// The session's ICE username fragment (`a=ice-ufrag`, the first one).
@@ -384,7 +389,7 @@ impl Pc {
     /// negotiated in band) and returns the offer's SDP. With `invite` the
     /// handshake's channel comes first (so the peer sees it before the
     /// user's) and the user's channel stays held until the handshake passed.
-    pub async fn offer(&mut self, peer_id: &str, invite: bool) -> anyhow::Result<String> {
+    pub async fn offer(&mut self, peer_id: &str, invite: bool) -> Result<String, NegotiationError> {
         self.used = true;
         if invite {
             let dc = self
@@ -393,19 +398,24 @@ impl Pc {
                     crate::invite::wire::LABEL,
                     Some(RTCDataChannelInit::default()),
                 )
-                .await?;
+                .await
+                .map_err(stack)?;
             self.invite.dc = Some(dc);
         }
         let dc = self
             .pc
             .create_data_channel(CHANNEL_LABEL, Some(RTCDataChannelInit::default()))
-            .await?;
+            .await
+            .map_err(stack)?;
         let gate = invite.then(|| self.hold());
         // The initiator pokes the driver until the channel opens (see
         // `docs/webrtc.md`, "fast open").
         self.channel = Some(channel::start(dc, true, peer_id, &self.ctx, gate));
-        let offer = self.pc.create_offer(None).await?;
-        self.pc.set_local_description(offer.clone()).await?;
+        let offer = self.pc.create_offer(None).await.map_err(stack)?;
+        self.pc
+            .set_local_description(offer.clone())
+            .await
+            .map_err(stack)?;
         self.learn_mid().await;
         Ok(offer.sdp)
     }
@@ -413,10 +423,13 @@ impl Pc {
     /// The initiator's ICE restart of the open connection: new credentials
     /// (the peer's answer carries its own), candidates gathered again;
     /// DTLS, SCTP and the channel are untouched. Returns the offer's SDP.
-    pub async fn restart_offer(&mut self) -> anyhow::Result<String> {
+    pub async fn restart_offer(&mut self) -> Result<String, NegotiationError> {
         let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
-        let offer = self.pc.create_offer(Some(options)).await?;
-        self.pc.set_local_description(offer.clone()).await?;
+        let offer = self.pc.create_offer(Some(options)).await.map_err(stack)?;
+        self.pc
+            .set_local_description(offer.clone())
+            .await
+            .map_err(stack)?;
         // A new ICE generation: the cap counts its candidates afresh.
         self.candidates = 0;
         Ok(offer.sdp)
@@ -424,26 +437,28 @@ impl Pc {
 
     /// The answerer's side: applies the offer and returns the answer's SDP.
     /// Also the answer to the peer's ICE restart of an open connection.
-    pub async fn answer(&mut self, offer: String) -> anyhow::Result<String> {
+    pub async fn answer(&mut self, offer: String) -> Result<String, NegotiationError> {
         if self.described {
             // A restart: a new ICE generation, its candidates counted afresh.
             self.candidates = 0;
         }
         self.used = true;
-        self.pc
-            .set_remote_description(RTCSessionDescription::offer(offer)?)
-            .await?;
+        let offer = RTCSessionDescription::offer(offer).map_err(stack)?;
+        self.pc.set_remote_description(offer).await.map_err(stack)?;
         self.described = true;
-        self.flush_early_candidates().await?;
-        let answer = self.pc.create_answer(None).await?;
-        self.pc.set_local_description(answer.clone()).await?;
+        self.flush_early_candidates().await.map_err(stack)?;
+        let answer = self.pc.create_answer(None).await.map_err(stack)?;
+        self.pc
+            .set_local_description(answer.clone())
+            .await
+            .map_err(stack)?;
         self.learn_mid().await;
         Ok(answer.sdp)
     }
 
     /// The initiator applies the peer's answer (also the answer to our ICE
     /// restart).
-    pub async fn accept_answer(&mut self, answer: String) -> anyhow::Result<()> {
+    pub async fn accept_answer(&mut self, answer: String) -> Result<(), NegotiationError> {
         if self.described {
             // The answer to our restart. With its old ICE credentials the
             // peer did not restart ICE (aiortc 1.4 cannot): no check of our
@@ -452,16 +467,16 @@ impl Pc {
             let before = self.pc.remote_description().await;
             let before = before.as_ref().and_then(|d| ice_ufrag(&d.sdp));
             if before.is_some() && before == ice_ufrag(&answer) {
-                anyhow::bail!(
-                    "the peer answered our ICE restart with its old ICE credentials: it cannot restart ICE, so the link cannot move to a new path"
-                );
+                return Err(NegotiationError::NoIceRestart);
             }
         }
+        let answer = RTCSessionDescription::answer(answer).map_err(stack)?;
         self.pc
-            .set_remote_description(RTCSessionDescription::answer(answer)?)
-            .await?;
+            .set_remote_description(answer)
+            .await
+            .map_err(stack)?;
         self.described = true;
-        self.flush_early_candidates().await
+        self.flush_early_candidates().await.map_err(stack)
     }
 
     /// The answerer takes the user's channel the peer opened (held until

@@ -8,14 +8,14 @@ use tokio::time::Instant;
 
 use super::{
     Awaiting, Change, Closing, Connecting, Core, Effect, Ending, LOSS_GRACE, Link, Negotiation,
-    Signaling, err,
+    NegotiationError, SignalError, Signaling, Step, err,
 };
 
 impl Core {
     pub(super) fn on_signal_failed(
         &mut self,
         what: &'static str,
-        why: String,
+        why: SignalError,
         fx: &mut Vec<Effect>,
     ) {
         tracing::warn!(what, %why, "a frame for signald could not be queued");
@@ -147,9 +147,11 @@ impl Core {
         }
     }
 
-    /// A local failure of the pairing under way.
-    pub(super) fn fail(&mut self, why: String, fx: &mut Vec<Effect>) {
+    /// A local failure of the pairing under way (or of an open link's
+    /// renegotiation) at `step`.
+    pub(super) fn fail(&mut self, step: Step, e: NegotiationError, fx: &mut Vec<Effect>) {
         if self.link.is_paired() {
+            let why = format!("{}: {e}", step.describe());
             tracing::warn!(%why, "negotiation failed");
             let e = Ending {
                 reason: DisconnectReason::Failed,

@@ -61,6 +61,53 @@ pub fn repair_interval(asks: u32) -> Duration {
         .min(REPAIR_RETRY_MAX)
 }
 
+/// Why the shell could not make or apply a description
+/// ([`Effect::Offer`], [`Effect::Answer`], [`Effect::AcceptAnswer`],
+/// [`Effect::RestartIce`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NegotiationError {
+    /// No peer connection could be built for the pairing.
+    #[error("no peer connection could be built (see the log)")]
+    NoConnection,
+    /// The peer answered our ICE restart with its old ICE credentials: it
+    /// cannot restart ICE (aiortc 1.4), so no check of our new generation
+    /// can succeed.
+    #[error(
+        "the peer answered our ICE restart with its old ICE credentials: it cannot restart ICE, so the link cannot move to a new path"
+    )]
+    NoIceRestart,
+    /// The WebRTC stack refused; its words.
+    #[error("{0}")]
+    Stack(String),
+}
+
+/// Which step of the negotiation failed, for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Offer,
+    Answer,
+    ApplyAnswer,
+}
+
+impl Step {
+    fn describe(self) -> &'static str {
+        match self {
+            Step::Offer => "making the offer",
+            Step::Answer => "answering the offer",
+            Step::ApplyAnswer => "applying the answer",
+        }
+    }
+}
+
+/// Why a frame could not be handed to the signaling connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    #[error("its queue is full")]
+    QueueFull,
+    #[error("it has stopped")]
+    Stopped,
+}
+
 /// What a check of the data path found ([`Effect::CheckPath`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathCheck {
@@ -99,12 +146,13 @@ pub enum Input {
     /// connection (its queue is full or it is gone).
     SignalFailed {
         what: &'static str,
-        why: String,
+        why: SignalError,
     },
-    /// Results of [`Effect::Offer`], [`Effect::Answer`], [`Effect::AcceptAnswer`].
-    Offered(Result<String, String>),
-    Answered(Result<String, String>),
-    AnswerApplied(Result<(), String>),
+    /// Results of [`Effect::Offer`] and [`Effect::RestartIce`],
+    /// [`Effect::Answer`], [`Effect::AcceptAnswer`].
+    Offered(Result<String, NegotiationError>),
+    Answered(Result<String, NegotiationError>),
+    AnswerApplied(Result<(), NegotiationError>),
     /// A local candidate to trickle (`None`: gathering is complete).
     LocalCandidate(Option<CandidateInit>),
     /// ICE reached connected or completed.
@@ -252,6 +300,9 @@ pub struct Core {
     /// Which key each known peer must present (a small file, re-read when
     /// it changes: the one piece of I/O the core touches).
     trust: TrustStore,
+    /// The instant the input being handled was given at: every change
+    /// happens then (no clock is read inside the core).
+    now: Instant,
     /// Our open invitations (memory only).
     invites: Invites,
     /// Codes we began a handshake with as the joiner: each one gave
@@ -272,8 +323,9 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
 }
 
 impl Core {
-    pub fn new(policy: Policy, trust: TrustStore) -> Core {
+    pub fn new(policy: Policy, trust: TrustStore, now: Instant) -> Core {
         Core {
+            now,
             link: Link::Idle,
             signaling: Signaling::Down {
                 why: "connecting".into(),
@@ -314,6 +366,7 @@ impl Core {
 
     /// Handles one input at `now`; returns what to do.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Effect> {
+        self.now = now;
         let mut fx = Vec::new();
         match input {
             Input::Pair {
@@ -432,7 +485,7 @@ impl Core {
                     fx.push(Effect::Signal(ClientMsg::Offer { sdp }));
                 }
                 Ok(_) => {}
-                Err(e) => self.fail(format!("making the offer: {e}"), &mut fx),
+                Err(e) => self.fail(Step::Offer, e, &mut fx),
             },
             Input::Answered(r) => match r {
                 Ok(sdp) => {
@@ -447,7 +500,7 @@ impl Core {
                     }
                     self.maybe_run_invite(&mut fx);
                 }
-                Err(e) => self.fail(format!("answering the offer: {e}"), &mut fx),
+                Err(e) => self.fail(Step::Answer, e, &mut fx),
             },
             Input::AnswerApplied(r) => match r {
                 Ok(()) => {
@@ -456,7 +509,7 @@ impl Core {
                     }
                     self.maybe_run_invite(&mut fx);
                 }
-                Err(e) => self.fail(format!("applying the answer: {e}"), &mut fx),
+                Err(e) => self.fail(Step::ApplyAnswer, e, &mut fx),
             },
             Input::LocalCandidate(candidate) => {
                 if matches!(self.link, Link::Connecting(_) | Link::Open(_)) {
@@ -693,7 +746,7 @@ impl Core {
                 if let (Some(number), Some(peer_id)) = (old.claimed_invite(), &peer) {
                     // The handshake never finished: the invite is used up
                     // all the same, and the inviter hears of it.
-                    self.invites.finish(number, tokio::time::Instant::now());
+                    self.invites.finish(number, self.now);
                     let reason = match e.reason {
                         DisconnectReason::ConnectTimeout => InviteFailure::Timeout,
                         _ => InviteFailure::Protocol,

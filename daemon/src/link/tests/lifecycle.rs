@@ -175,7 +175,7 @@ fn a_frame_signaling_would_not_take_fails_the_link_at_once() {
     t.on(Input::Offered(Ok("o".into())));
     let fx = t.on(Input::SignalFailed {
         what: "offer",
-        why: "its queue is full".into(),
+        why: SignalError::QueueFull,
     });
     let e = answered(&mut answer).unwrap_err();
     assert_eq!(e.code, ErrorCode::Failed);
@@ -191,7 +191,7 @@ fn a_frame_signaling_would_not_take_fails_the_link_at_once() {
     let (_, mut answer) = t.pair("bob", true, LONG);
     let fx = t.on(Input::SignalFailed {
         what: "pair request",
-        why: "it has stopped".into(),
+        why: SignalError::Stopped,
     });
     assert_eq!(
         answered(&mut answer).unwrap_err().code,

@@ -50,6 +50,7 @@ impl T {
 
     fn with(allow: &[&str], policy: TrustPolicy) -> T {
         let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
         let mut store = TrustStore::open(dir.path().join("known_peers"), policy);
         store.set("bob", fp(BOB), None).unwrap();
         store.set("carol", fp(CAROL), None).unwrap();
@@ -63,8 +64,9 @@ impl T {
                     server: "ws://signald/ws".into(),
                 },
                 store,
+                now,
             ),
-            now: Instant::now(),
+            now,
             _dir: dir,
         };
         t.on(Input::SignalingUp {

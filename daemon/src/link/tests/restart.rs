@@ -400,3 +400,21 @@ fn a_restart_without_a_pairing_makes_its_offer_once_paired_again() {
     let (fx, was) = t.unpair();
     assert!(was && sends_unpair(&fx));
 }
+
+/// A peer that cannot restart ICE (aiortc 1.4 answers with its old
+/// credentials) ends the link at once, with the shell's typed reason in
+/// the message rather than after the restart bound.
+#[test]
+fn a_peer_that_cannot_restart_ice_ends_the_link_at_once_and_says_why() {
+    let mut t = T::new();
+    t.open_with_bob();
+    t.on(silent());
+    t.on(Input::Offered(Ok("restart-offer".into())));
+    t.server(ServerMsg::Answer {
+        sdp: sdp(BOB),
+        from: "bob".into(),
+    });
+    let fx = t.on(Input::AnswerApplied(Err(NegotiationError::NoIceRestart)));
+    assert_eq!(ended(&fx), Some(DisconnectReason::Failed), "{fx:?}");
+    assert_eq!(t.state(), LinkState::Idle);
+}
