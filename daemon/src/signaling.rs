@@ -68,18 +68,15 @@ pub fn start(
     (tx, task)
 }
 
-/// The upgrade URL: the server URL plus `id` and `token` query parameters.
-pub fn connect_url(server: &str, id: Option<&str>, token: Option<&str>) -> String {
+/// The upgrade URL: the server URL plus the `id` query parameter. The
+/// token goes in an `Authorization: Bearer` header instead (see
+/// [`connect`]): reverse proxies log request lines, not that header.
+pub fn connect_url(server: &str, id: Option<&str>) -> String {
     let mut url = server.to_string();
-    let mut sep = if url.contains('?') { '&' } else { '?' };
-    for (k, v) in [("id", id), ("token", token)] {
-        if let Some(v) = v {
-            url.push(sep);
-            url.push_str(k);
-            url.push('=');
-            url.push_str(&percent_encode(v));
-            sep = '&';
-        }
+    if let Some(id) = id {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("id=");
+        url.push_str(&percent_encode(id));
     }
     url
 }
@@ -116,14 +113,17 @@ async fn run(
     mut stopping: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let url = connect_url(&cfg.server, cfg.id.as_deref(), cfg.token.as_deref());
+    let url = connect_url(&cfg.server, cfg.id.as_deref());
     let mut attempt = 0u32;
     loop {
         if *shutdown.borrow() || *stopping.borrow() {
             return;
         }
         // (why, whether to wait before taking our ID back)
-        let attempt_connect = timeout(CONNECT_TIMEOUT, connect(&url, cfg.tls.as_ref()));
+        let attempt_connect = timeout(
+            CONNECT_TIMEOUT,
+            connect(&url, cfg.token.as_deref(), cfg.tls.as_ref()),
+        );
         let connected = tokio::select! {
             r = attempt_connect => r,
             // An attempt under way is dropped: no registration after stop.
@@ -208,14 +208,26 @@ type Ws =
 
 async fn connect(
     url: &str,
+    token: Option<&str>,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Ws, ServerMsg), String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
     let config = WebSocketConfig::default()
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20));
     let connector = tls.map(|t| tokio_tungstenite::Connector::Rustls(t.clone()));
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+    if let Some(token) = token {
+        // A token is printable ASCII (checked when it was read).
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "the token cannot be sent in a header".to_string())?;
+        request.headers_mut().insert("Authorization", value);
+    }
     let (mut ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector)
             .await
             .map_err(
                 |e| match crate::tls::explain(&e, crate::tls::host_of(url)) {
@@ -226,19 +238,24 @@ async fn connect(
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
+                // signald's words reach the log and status escaped and cut.
                 return match serde_json::from_str::<ServerMsg>(&t) {
                     Ok(w @ ServerMsg::Welcome { .. }) => Ok((ws, w)),
-                    Ok(ServerMsg::Error { code, message }) => {
-                        Err(format!("signald refused us: {code}: {message}"))
-                    }
-                    _ => Err(format!("expected a welcome from signald, got {t}")),
+                    Ok(ServerMsg::Error { code, message }) => Err(format!(
+                        "signald refused us: {code}: {}",
+                        excerpt(&message, 200)
+                    )),
+                    _ => Err(format!(
+                        "expected a welcome from signald, got {}",
+                        excerpt(&t, 200)
+                    )),
                 };
             }
             Some(Ok(Message::Close(Some(cf)))) => {
                 return Err(format!(
                     "signald closed the connection: code {} {}",
                     u16::from(cf.code),
-                    cf.reason
+                    excerpt(&cf.reason, 200)
                 ));
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -263,6 +280,18 @@ fn well_formed(m: &ServerMsg) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{} is not a valid peer ID", excerpt(id, 70)))
+    }
+}
+
+/// The frame with signald's free text (an error's message) escaped and
+/// cut, as it may reach the log and `status`.
+fn escaped(m: ServerMsg) -> ServerMsg {
+    match m {
+        ServerMsg::Error { code, message } => ServerMsg::Error {
+            code,
+            message: excerpt(&message, 200),
+        },
+        other => other,
     }
 }
 
@@ -334,8 +363,8 @@ async fn session(
                                 return Ended::Other(format!("answering ping failed: {e}"));
                             }
                         }
-                        Ok(m) => match well_formed(&m) {
-                            Ok(()) => {
+                        Ok(m) => match well_formed(&m).map(|()| escaped(m)) {
+                            Ok(m) => {
                                 if events.send(SigEvent::Msg(m)).await.is_err() {
                                     return Ended::Other("engine stopped".into());
                                 }
@@ -358,7 +387,7 @@ async fn session(
                             Some(cf) => Ended::Other(format!(
                                 "signald closed the connection: code {} {}",
                                 u16::from(cf.code),
-                                cf.reason
+                                excerpt(&cf.reason, 200)
                             )),
                             None => Ended::Other("signald closed the connection".into()),
                         };
@@ -401,12 +430,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn url_carries_encoded_id_and_token() {
+    fn url_carries_the_id_and_never_the_token() {
         assert_eq!(
-            connect_url("ws://h/ws", Some("a"), Some("x&y=z%0123456789")),
-            "ws://h/ws?id=a&token=x%26y%3Dz%250123456789"
+            connect_url("ws://h/ws", Some("a-b_c")),
+            "ws://h/ws?id=a-b_c"
         );
-        assert_eq!(connect_url("ws://h/ws", None, None), "ws://h/ws");
+        assert_eq!(
+            connect_url("ws://h/ws?x=1", Some("a")),
+            "ws://h/ws?x=1&id=a"
+        );
+        assert_eq!(connect_url("ws://h/ws", None), "ws://h/ws");
         assert_eq!(
             redact("ws://h/ws?id=a&token=secret&x=1"),
             "ws://h/ws?id=a&token=<hidden>&x=1"
@@ -429,6 +462,25 @@ mod tests {
         let why = well_formed(&offer).unwrap_err();
         assert!(why.contains("bytes)"), "cut short in the log: {why}");
         assert!(well_formed(&ServerMsg::Ping).is_ok());
+    }
+
+    #[test]
+    fn signalds_words_are_escaped_and_cut() {
+        let m = escaped(ServerMsg::Error {
+            code: p2p_proto::signal::ErrorCode::BadMessage,
+            message: format!("\u{1b}[2J\nfake log line {}", "x".repeat(500)),
+        });
+        let ServerMsg::Error { message, .. } = m else {
+            unreachable!()
+        };
+        assert!(
+            !message.contains('\u{1b}') && !message.contains('\n'),
+            "{message}"
+        );
+        assert!(
+            message.len() < 300 && message.ends_with("bytes)"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -220,3 +220,56 @@ fn a_key_or_state_directory_open_to_others_is_refused_at_start() {
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644, "left as it was");
 }
+
+/// p2pd sends its token in an `Authorization: Bearer` header, never in the
+/// request line that reverse proxies log (issue 21, item 9).
+#[test]
+fn the_token_travels_in_a_header_not_in_the_url() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pd"))
+        .args(["--server", &url, "--id", "alice", "--socket"])
+        .arg(dir.path().join("p2pd.sock"))
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .env("P2PD_LOG", "warn")
+        .env_remove("P2PD_SOCKET")
+        .env_remove("P2PD_SERVER")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(listener.accept());
+    });
+    let Ok(Ok((conn, _))) = rx.recv_timeout(WAIT) else {
+        let _ = child.kill();
+        panic!("p2pd never connected");
+    };
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = Vec::new();
+    for line in BufReader::new(conn).lines() {
+        let line = line.unwrap();
+        if line.is_empty() {
+            break;
+        }
+        head.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let token = std::fs::read_to_string(dir.path().join("state/p2pd/alice.token")).unwrap();
+    let token = token.trim();
+    assert_eq!(head[0], "GET /ws?id=alice HTTP/1.1", "{head:?}");
+    assert!(
+        head.iter()
+            .any(|h| h == &format!("authorization: Bearer {token}")
+                || h == &format!("Authorization: Bearer {token}")),
+        "{head:?}"
+    );
+    assert_eq!(
+        head.iter().filter(|h| h.contains(token)).count(),
+        1,
+        "only in the header: {head:?}"
+    );
+}

@@ -81,7 +81,11 @@ pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv:
         Route::Metrics if srv.metrics_public => metrics(&mut stream, &srv).await,
         Route::Metrics => return answer(&mut stream, Reply::NotFound).await,
         Route::Refuse(reply) => return answer(&mut stream, reply).await,
-        Route::Upgrade { query, accept } => {
+        Route::Upgrade {
+            query,
+            accept,
+            bearer,
+        } => {
             if let Err(why) = ticket.register() {
                 return answer(&mut stream, refusal(why)).await;
             }
@@ -97,7 +101,7 @@ pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv:
             )
             .await;
             drop(buf);
-            session(ws, query, &srv).await;
+            session(ws, query, bearer, &srv).await;
             drop(ticket);
             return;
         }
@@ -239,8 +243,13 @@ enum Ending {
     Unavailable,
 }
 
-async fn session<S: Io>(mut ws: Ws<S>, query: Option<String>, srv: &Shared) {
-    let ask = match id::parse_query(query.as_deref()) {
+async fn session<S: Io>(
+    mut ws: Ws<S>,
+    query: Option<String>,
+    bearer: Result<Option<String>, &'static str>,
+    srv: &Shared,
+) {
+    let ask = match id::parse_ask(query.as_deref(), bearer) {
         Ok(ask) => ask,
         Err(msg) => {
             return refuse(&mut ws, srv, ErrorCode::BadId, msg, close_code::BAD_ID).await;

@@ -82,6 +82,9 @@ pub enum Route {
     Upgrade {
         query: Option<String>,
         accept: String,
+        /// The token of an `Authorization: Bearer TOKEN` header (RFC
+        /// 6750): `Ok(None)` without one, `Err` for a malformed one or two.
+        bearer: Result<Option<String>, &'static str>,
     },
     Healthz,
     Metrics,
@@ -174,7 +177,11 @@ pub fn parse(head: &[u8]) -> Request<'_> {
         ("GET", "/healthz") => Route::Healthz,
         ("GET", "/metrics") => Route::Metrics,
         ("GET", "/ws") => match upgrade(&req) {
-            Ok(accept) => Route::Upgrade { query, accept },
+            Ok(accept) => Route::Upgrade {
+                query,
+                accept,
+                bearer: bearer(&req),
+            },
             Err(reply) => Route::Refuse(reply),
         },
         ("GET", _) => Route::Refuse(Reply::NotFound),
@@ -193,6 +200,24 @@ fn values<'h>(req: &httparse::Request<'_, 'h>, name: &str) -> Vec<Option<&'h str
         .filter(|h| h.name.eq_ignore_ascii_case(name))
         .map(|h| std::str::from_utf8(h.value).ok().map(str::trim))
         .collect()
+}
+
+/// The token of the request's `Authorization: Bearer TOKEN` header. A
+/// token in a header stays out of the request line, which reverse proxies
+/// log; the query form stays for clients that cannot set headers
+/// (browsers). Its rules are the query's (`id::parse_ask`).
+fn bearer(req: &httparse::Request<'_, '_>) -> Result<Option<String>, &'static str> {
+    match values(req, "authorization").as_slice() {
+        [] => Ok(None),
+        [Some(v)] => match v.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Ok(Some(token.trim().to_string()))
+            }
+            _ => Err("the Authorization header must be `Bearer TOKEN`"),
+        },
+        [_] => Err("the Authorization header is not UTF-8"),
+        _ => Err("more than one Authorization header"),
+    }
 }
 
 /// Checks a `GET /ws` as RFC 6455 4.2.1 asks; returns the accept value.
@@ -333,8 +358,28 @@ mod tests {
                 query: Some("id=a".into()),
                 // RFC 6455 1.3.
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                bearer: Ok(None),
             }
         );
+    }
+
+    #[test]
+    fn a_bearer_token_comes_from_one_authorization_header() {
+        let key = format!("Sec-WebSocket-Key: {KEY}");
+        let bearer = |extra: &[&str]| match route(&ws(&[&[key.as_str()], extra].concat())) {
+            Route::Upgrade { bearer, .. } => bearer,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            bearer(&["Authorization: Bearer 0123456789abcdef"]),
+            Ok(Some("0123456789abcdef".into()))
+        );
+        assert_eq!(
+            bearer(&["authorization: bearer  0123456789abcdef "]),
+            Ok(Some("0123456789abcdef".into()))
+        );
+        assert!(bearer(&["Authorization: Basic dXNlcjpwdw=="]).is_err());
+        assert!(bearer(&["Authorization: Bearer a", "Authorization: Bearer b"]).is_err());
     }
 
     #[test]
@@ -556,7 +601,7 @@ mod tests {
             }
             prop_assert_eq!(
                 parse(&build(&lines)).route,
-                Route::Upgrade { query: None, accept: derive_accept_key(key.as_bytes()) }
+                Route::Upgrade { query: None, accept: derive_accept_key(key.as_bytes()), bearer: Ok(None) }
             );
         }
 

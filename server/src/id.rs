@@ -55,6 +55,26 @@ pub fn parse_query(query: Option<&str>) -> Result<Ask, &'static str> {
     Ok(ask)
 }
 
+/// What the upgrade asks for: the query's `id` and `token`, and the token
+/// of an `Authorization: Bearer` header (`bearer`, as `http` read it). A
+/// token may come one way or the other, not both.
+pub fn parse_ask(
+    query: Option<&str>,
+    bearer: Result<Option<String>, &'static str>,
+) -> Result<Ask, &'static str> {
+    let mut ask = parse_query(query)?;
+    if let Some(token) = bearer? {
+        if ask.token.is_some() {
+            return Err("the token is given twice (query and Authorization header)");
+        }
+        if !valid_token(&token) {
+            return Err("token must be 16 to 128 printable ASCII characters without space");
+        }
+        ask.token = Some(token);
+    }
+    Ok(ask)
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -89,6 +109,20 @@ mod tests {
         assert!(parse_query(Some("id=a%2")).is_err());
         assert!(parse_query(Some("id=a%20b")).is_err());
         assert!(parse_query(Some("token=short")).is_err());
+    }
+
+    #[test]
+    fn a_bearer_token_is_the_token_and_comes_one_way_only() {
+        let t = "0123456789abcdef";
+        let a = parse_ask(Some("id=alice"), Ok(Some(t.into()))).unwrap();
+        assert_eq!(
+            (a.id.as_deref(), a.token.as_deref()),
+            (Some("alice"), Some(t))
+        );
+        assert!(parse_ask(Some("id=a&token=0123456789abcdef"), Ok(Some(t.into()))).is_err());
+        assert!(parse_ask(Some("id=a"), Ok(Some("short".into()))).is_err());
+        assert!(parse_ask(Some("id=a"), Err("two")).is_err());
+        assert_eq!(parse_ask(Some("id=a"), Ok(None)).unwrap().token, None);
     }
 
     #[test]

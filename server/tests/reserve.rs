@@ -96,3 +96,39 @@ async fn a_reservation_expires() {
     }
     assert!(refused, "the ID was kept for a while first");
 }
+
+/// The token may come in an `Authorization: Bearer` header (what p2pd
+/// sends, so that proxies do not log it); it works exactly as the query's,
+/// and one given both ways is refused.
+#[tokio::test]
+async fn a_bearer_token_holds_and_reclaims_its_id_like_the_querys() {
+    let srv = start(Config::default()).await;
+    let first = |mut ws: crate::util::Ws| async move {
+        match crate::util::next_frame(&mut ws, true).await {
+            Ok(v) => (
+                v["type"].as_str().unwrap_or("").to_string(),
+                v["code"].as_str().unwrap_or("").to_string(),
+                ws,
+            ),
+            Err(code) => ("closed".into(), format!("{code:?}"), ws),
+        }
+    };
+    let (kind, _, held) = first(srv.raw_with_bearer("id=alice", OWNER).await).await;
+    assert_eq!(kind, "welcome");
+    // Another token, by header or query, is refused; the same one replaces.
+    let (kind, code, _) = first(srv.raw_with_bearer("id=alice", OTHER).await).await;
+    assert_eq!((kind.as_str(), code.as_str()), ("error", "id_taken"));
+    let (kind, _, _again) = first(srv.raw(&format!("id=alice&token={OWNER}")).await).await;
+    assert_eq!(kind, "welcome", "the query form names the same token");
+    drop(held);
+    let (kind, code, _) = first(
+        srv.raw_with_bearer(&format!("id=bob&token={OWNER}"), OWNER)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (kind.as_str(), code.as_str()),
+        ("error", "bad_id"),
+        "given twice"
+    );
+}

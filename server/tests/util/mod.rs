@@ -158,6 +158,22 @@ impl Server {
         c
     }
 
+    /// Connects with `Authorization: Bearer TOKEN` and `query`, without
+    /// reading anything.
+    pub async fn raw_with_bearer(&self, query: &str, token: &str) -> Ws {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = self.url(query).into_client_request().expect("a request");
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        ws
+    }
+
     /// Connects without reading anything.
     pub async fn raw(&self, query: &str) -> Ws {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(self.url(query)))
