@@ -482,6 +482,7 @@ async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &
     let timer = tokio::time::sleep_until(next_ping.min(start + cfg.ping_timeout));
     tokio::pin!(timer);
     let mut bucket = Bucket::new(cfg.rate_limit, cfg.rate_burst, start);
+    let mut bytes = Bucket::new(cfg.rate_limit_bytes, cfg.rate_burst_bytes, start);
     let mut dropped: u32 = 0;
     loop {
         let ev = poll_fn(|cx| poll_event(ws, slot, out, timer.as_mut(), cx)).await;
@@ -522,7 +523,7 @@ async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &
         if let Message::Close(_) = msg {
             return Ending::Left;
         }
-        if !bucket.take(now) {
+        if !bucket.take(now, 1) {
             dropped += 1;
             reg.send_error(
                 slot,
@@ -542,6 +543,22 @@ async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &
                 if text.len() > cfg.max_message_bytes {
                     too_large(slot, srv);
                     return Ending::TooLarge;
+                }
+                // The sender pays for its bursts, not its peer's queue.
+                if !bytes.take(now, text.len()) {
+                    dropped += 1;
+                    reg.send_error(
+                        slot,
+                        ErrorCode::RateLimited,
+                        format!(
+                            "over {} bytes/s (burst {}); frame dropped",
+                            cfg.rate_limit_bytes, cfg.rate_burst_bytes
+                        ),
+                    );
+                    if dropped >= cfg.rate_close_after {
+                        return Ending::RateLimited;
+                    }
+                    continue;
                 }
                 if on_text(&text, slot, srv).await.is_err() {
                     return Ending::Unavailable;
@@ -670,7 +687,8 @@ fn poll_event<S: Io>(
     }
 }
 
-/// Token bucket: `rate` frames per second, at most `burst` in a row.
+/// Token bucket: `rate` tokens per second, at most `burst` saved up; a
+/// frame takes one (the frame limit) or its length (the byte budget).
 struct Bucket {
     tokens: f64,
     rate: f64,
@@ -688,12 +706,13 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
+    fn take(&mut self, now: Instant, amount: usize) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let amount = amount as f64;
+        if self.tokens >= amount {
+            self.tokens -= amount;
             true
         } else {
             false

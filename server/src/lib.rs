@@ -66,6 +66,13 @@ pub struct Config {
     pub rate_limit: u32,
     /// Token bucket size.
     pub rate_burst: u32,
+    /// Byte budget of a client's frames: refill in bytes per second. A
+    /// sender pays for its own bursts: one client cannot flood its peer's
+    /// queue (and get the peer dropped as a slow reader) faster than this.
+    pub rate_limit_bytes: u32,
+    /// Byte budget size: bytes allowed in a burst (at least
+    /// `max_message_bytes`, so that one largest message always fits).
+    pub rate_burst_bytes: u32,
     /// Dropped frames after which the client is closed with 1008.
     pub rate_close_after: u32,
     /// Frames queued for one client before it is dropped as not reading.
@@ -122,6 +129,8 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             rate_limit: 100,
             rate_burst: 200,
+            rate_limit_bytes: 64 * 1024,
+            rate_burst_bytes: 256 * 1024,
             rate_close_after: 100,
             max_queue: 256,
             max_queue_bytes: 1024 * 1024,
@@ -161,6 +170,16 @@ impl Config {
         );
         anyhow::ensure!(self.rate_limit > 0, "--rate-limit must be positive");
         anyhow::ensure!(self.rate_burst > 0, "--rate-burst must be positive");
+        anyhow::ensure!(
+            self.rate_limit_bytes > 0,
+            "--rate-limit-bytes must be positive"
+        );
+        anyhow::ensure!(
+            self.rate_burst_bytes as usize >= self.max_message_bytes,
+            "--rate-burst-bytes ({}) must be at least --max-message-bytes ({}), or the largest message could never pass",
+            self.rate_burst_bytes,
+            self.max_message_bytes
+        );
         anyhow::ensure!(
             self.rate_close_after > 0,
             "--rate-close-after must be positive"

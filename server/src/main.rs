@@ -45,6 +45,15 @@ struct Cli {
     /// Token bucket size: frames allowed in a burst.
     #[arg(long, env = "SIGNALD_RATE_BURST", default_value_t = 200)]
     rate_burst: u32,
+    /// Byte budget of a client's frames, bytes per second: a sender pays
+    /// for its own bursts (its frames over it are dropped with
+    /// rate_limited, and count toward --rate-close-after).
+    #[arg(long, env = "SIGNALD_RATE_LIMIT_BYTES", default_value_t = 65536)]
+    rate_limit_bytes: u32,
+    /// Byte budget size: bytes allowed in a burst (at least
+    /// --max-message-bytes).
+    #[arg(long, env = "SIGNALD_RATE_BURST_BYTES", default_value_t = 262144)]
+    rate_burst_bytes: u32,
     /// Close with 1008 once this many frames were dropped by the rate limit.
     #[arg(long, env = "SIGNALD_RATE_CLOSE_AFTER", default_value_t = 100)]
     rate_close_after: u32,
@@ -183,6 +192,8 @@ fn run() -> anyhow::Result<()> {
         max_message_bytes: cli.max_message_bytes,
         rate_limit: cli.rate_limit,
         rate_burst: cli.rate_burst,
+        rate_limit_bytes: cli.rate_limit_bytes,
+        rate_burst_bytes: cli.rate_burst_bytes,
         rate_close_after: cli.rate_close_after,
         max_queue: cli.max_queue,
         max_queue_bytes: cli.max_queue_bytes,

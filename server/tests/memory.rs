@@ -69,6 +69,10 @@ async fn buffered_back_to_zero(srv: &Server) {
 async fn a_slow_reader_is_dropped_by_bytes_and_its_peer_told_at_once() {
     let srv = start(Config {
         close_grace: Duration::from_millis(200),
+        // The sender's own byte budget out of the way (it is tested
+        // below): what is tested is the reader's bound.
+        rate_limit_bytes: u32::MAX,
+        rate_burst_bytes: u32::MAX,
         ..Config::default()
     })
     .await;
@@ -110,6 +114,8 @@ async fn many_slow_readers_stay_within_the_global_budget() {
         max_queue_bytes: 2 * budget,
         max_buffered_bytes: budget,
         close_grace: Duration::from_millis(200),
+        rate_limit_bytes: u32::MAX,
+        rate_burst_bytes: u32::MAX,
         ..Config::default()
     })
     .await;
@@ -168,4 +174,62 @@ async fn a_large_message_reaches_a_reader_whole() {
     a.send(json!({"type":"answer","sdp":ctl})).await;
     assert_eq!(b.recv().await["sdp"], ctl);
     buffered_back_to_zero(&srv).await;
+}
+
+/// Issue 21's remote kick: an anonymous client pairs with an idle victim
+/// and bursts 150 offers of 60 KB. The burst used to land in the victim's
+/// queue and get the victim dropped as a slow reader. The sender now pays:
+/// its frames over its byte budget are dropped with `rate_limited`, it is
+/// closed with 1008 once it goes on, and the victim stays, told that its
+/// peer left.
+#[tokio::test]
+async fn a_burst_is_paid_by_its_sender_not_by_its_peer() {
+    let srv = start_default().await;
+    let mut victim = stuck(&srv, "victim").await;
+    let mut attacker = srv.named("attacker").await;
+    pair_with(&mut attacker, &mut victim).await;
+    let frame = offer(60_000);
+    let burst = async {
+        for _ in 0..150 {
+            // The server closes the attacker part way: later writes fail.
+            if attacker
+                .ws
+                .feed(Message::text(frame.clone()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = attacker.ws.flush().await;
+    };
+    tokio::time::timeout(util::WAIT, burst)
+        .await
+        .expect("the attacker was read");
+    let mut limited = 0;
+    let closed = loop {
+        match util::next_frame(&mut attacker.ws, true).await {
+            Ok(v) if v["code"] == "rate_limited" => limited += 1,
+            Ok(v) => panic!("unexpected {v}"),
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(closed, Some(1008), "after {limited} rate_limited");
+    assert!(limited >= 1);
+    // The victim held a few frames at most, read them late, and is fine.
+    assert_eq!(srv.metric("signald_slow_reader_drops_total").await, 0.0);
+    let mut offers = 0;
+    loop {
+        let v = victim.recv().await;
+        match v["type"].as_str() {
+            Some("offer") => offers += 1,
+            Some("peer_disconnected") => {
+                assert_eq!(v["reason"], "left");
+                break;
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert!((1..=5).contains(&offers), "{offers} offers got through");
+    victim.probe_unpaired().await;
 }

@@ -141,6 +141,8 @@ fn every_frame_gets_the_answer_its_parse_calls_for() {
         let srv = start(Config {
             rate_limit: 1_000_000,
             rate_burst: 1_000_000,
+            rate_limit_bytes: u32::MAX,
+            rate_burst_bytes: u32::MAX,
             ..Config::default()
         })
         .await;

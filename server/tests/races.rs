@@ -191,6 +191,8 @@ async fn a_stuck_reader_is_dropped_and_nobody_else_stalls() {
         max_queue: 16,
         rate_limit: 1_000_000,
         rate_burst: 1_000_000,
+        rate_limit_bytes: u32::MAX,
+        rate_burst_bytes: u32::MAX,
         close_grace: Duration::from_millis(200),
         ..Config::default()
     })

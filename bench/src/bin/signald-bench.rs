@@ -267,6 +267,10 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
                 "100000000",
                 "--rate-burst",
                 "100000000",
+                "--rate-limit-bytes",
+                "4000000000",
+                "--rate-burst-bytes",
+                "4000000000",
             ],
         )
     };
@@ -455,10 +459,20 @@ fn idle(cli: &Cli, n: usize, scenario: usize) -> anyhow::Result<()> {
 }
 
 fn relay_server(cli: &Cli) -> anyhow::Result<Server> {
-    // The per-connection rate limit (100/s by default) would measure itself.
+    // The per-connection rate limits (100 frames/s and 64 KiB/s by
+    // default) would measure themselves.
     Server::start(
         &cli.signald,
-        &["--rate-limit", "100000000", "--rate-burst", "100000000"],
+        &[
+            "--rate-limit",
+            "100000000",
+            "--rate-burst",
+            "100000000",
+            "--rate-limit-bytes",
+            "4000000000",
+            "--rate-burst-bytes",
+            "4000000000",
+        ],
     )
 }
 

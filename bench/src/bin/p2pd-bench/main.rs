@@ -102,6 +102,8 @@ fn main() -> anyhow::Result<()> {
     let mut args = vec!["--listen", "127.0.0.1:0"];
     if !cli.default_rate_limit {
         args.extend(["--rate-limit", "100000", "--rate-burst", "100000"]);
+        args.extend(["--rate-limit-bytes", "4000000000"]);
+        args.extend(["--rate-burst-bytes", "4000000000"]);
     }
     let signald = Signald::start_with(&args);
     let url = signald.url();
