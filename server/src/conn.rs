@@ -64,7 +64,15 @@ const PING: &str = r#"{"type":"ping"}"#;
 /// Serves one admitted connection to its end. `ticket` counts it for its
 /// client's address until then.
 pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv: Arc<Shared>) {
-    let Some((buf, len)) = read_head(&mut stream, &srv).await else {
+    let head = tokio::select! {
+        head = read_head(&mut stream, &srv) => head,
+        // Shed for a newcomer (limits.rs): closed without an answer.
+        _ = ticket.shed() => {
+            debug!("handshake shed to make room");
+            return;
+        }
+    };
+    let Some((buf, len)) = head else {
         return;
     };
     ticket.handshake_done();

@@ -136,7 +136,7 @@ impl Default for Config {
             max_queue_bytes: 1024 * 1024,
             max_buffered_bytes: 256 * 1024 * 1024,
             max_conns_per_ip: 1024,
-            max_handshakes_per_ip: 512,
+            max_handshakes_per_ip: 64,
             max_handshakes: 4096,
             registration_rate: 100.0,
             registration_burst: 1000,
@@ -262,6 +262,7 @@ impl Shared {
             buffered: budget.used(),
             buffered_peak: budget.peak(),
             handshakes: self.limits.handshakes(),
+            handshakes_shed: self.limits.shed(),
             tracked_addresses: self.limits.tracked(),
             refused: Refused::ALL
                 .iter()
@@ -496,7 +497,12 @@ async fn serve_conn(
         None => conn::handle(stream, peer.ip(), ticket, srv).await,
         Some(tls) => {
             let accept = tls.acceptor().accept(stream);
-            match tokio::time::timeout(srv.cfg.handshake_timeout, accept).await {
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(srv.cfg.handshake_timeout, accept) => r,
+                // Shed for a newcomer (limits.rs).
+                _ = ticket.shed() => return,
+            };
+            match accepted {
                 Ok(Ok(stream)) => conn::handle(stream, peer.ip(), ticket, srv).await,
                 Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
                 Err(_) => tracing::debug!("TLS handshake not complete in time"),

@@ -10,6 +10,13 @@
 //! the head is read. IPv6 addresses count by their /64, what one host or
 //! one customer usually gets: per-address limits would be no limit at all.
 //!
+//! When the global limit on handshakes is reached, the newcomer is not
+//! simply refused: the oldest unfinished handshake of the address holding
+//! the most is shed (its connection closed) to make room, as long as that
+//! address holds more than the newcomer's would. So a few addresses that
+//! keep reopening slow handshakes cannot lock everyone else out; only when
+//! the handshakes are spread evenly is a newcomer refused (503).
+//!
 //! All state sits behind one std `Mutex`, held for a few counter updates
 //! and never across an `.await`.
 
@@ -18,6 +25,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::proxy;
@@ -91,8 +99,20 @@ impl Entry {
     }
 }
 
+/// One handshake in progress.
+struct Pending {
+    /// The address it counts under (none: through a trusted proxy).
+    ip: Option<IpAddr>,
+    since: Instant,
+    /// Told when the handshake is shed.
+    shed: Arc<Notify>,
+}
+
 struct State {
     by_ip: HashMap<IpAddr, Entry>,
+    /// Handshakes in progress, by ticket; `handshakes` is its length.
+    pending: HashMap<u64, Pending>,
+    next_id: u64,
     handshakes: usize,
     /// Size of `by_ip` after the last sweep: sweeping again once it has
     /// doubled keeps the cost per connection constant.
@@ -103,6 +123,8 @@ pub struct Limits {
     lim: IpLimits,
     state: Mutex<State>,
     refused: [AtomicU64; Refused::ALL.len()],
+    /// Handshakes shed to make room for a newcomer.
+    shed: AtomicU64,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -127,10 +149,13 @@ impl Limits {
             lim,
             state: Mutex::new(State {
                 by_ip: HashMap::new(),
+                pending: HashMap::new(),
+                next_id: 0,
                 handshakes: 0,
                 swept_at: 1024,
             }),
             refused: Default::default(),
+            shed: AtomicU64::new(0),
         })
     }
 
@@ -157,10 +182,16 @@ impl Limits {
     pub fn admit(self: &Arc<Self>, peer: IpAddr, per_ip: bool) -> Result<Ticket, Refused> {
         let now = Instant::now();
         let mut st = lock(&self.state);
-        if over(self.lim.handshakes, st.handshakes) {
-            return Err(self.count(Refused::Handshakes));
-        }
         let ip = key(peer);
+        if over(self.lim.handshakes, st.handshakes) {
+            let mine = match per_ip {
+                true => st.by_ip.get(&ip).map_or(0, |e| e.handshakes),
+                false => 0,
+            };
+            if !self.shed_heaviest(&mut st, mine, now) {
+                return Err(self.count(Refused::Handshakes));
+            }
+        }
         if per_ip {
             if st.by_ip.len() >= st.swept_at * 2 {
                 self.sweep(&mut st, now);
@@ -176,12 +207,65 @@ impl Limits {
             e.handshakes += 1;
         }
         st.handshakes += 1;
+        let id = st.next_id;
+        st.next_id += 1;
+        let shed = Arc::new(Notify::new());
+        st.pending.insert(
+            id,
+            Pending {
+                ip: per_ip.then_some(ip),
+                since: now,
+                shed: shed.clone(),
+            },
+        );
         Ok(Ticket {
             limits: self.clone(),
             counted: per_ip.then_some(ip),
-            handshaking: true,
-            handshake_ip: per_ip.then_some(ip),
+            handshake: Some(id),
+            shed,
         })
+    }
+
+    /// Sheds the oldest handshake of the address holding the most, if it
+    /// holds more than one and more than the newcomer's address would
+    /// (`mine` now, one more once admitted). Whether one was shed.
+    fn shed_heaviest(&self, st: &mut State, mine: usize, now: Instant) -> bool {
+        let Some((&ip, heaviest)) = st.by_ip.iter().max_by_key(|(_, e)| e.handshakes) else {
+            return false;
+        };
+        if heaviest.handshakes < 2 || heaviest.handshakes <= mine + 1 {
+            return false;
+        }
+        let oldest = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.ip == Some(ip))
+            .min_by_key(|(_, p)| p.since)
+            .map(|(&id, _)| id);
+        let Some(p) = oldest.and_then(|id| st.pending.remove(&id)) else {
+            return false;
+        };
+        st.handshakes -= 1;
+        self.release(st, ip, false, true, now);
+        // A permit is kept if its task is not waiting yet.
+        p.shed.notify_one();
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Handshakes shed so far to make room for newcomers.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    /// Ends handshake `id`, if it was not shed meanwhile.
+    fn end_handshake(&self, st: &mut State, id: u64, now: Instant) {
+        if let Some(p) = st.pending.remove(&id) {
+            st.handshakes -= 1;
+            if let Some(ip) = p.ip {
+                self.release(st, ip, false, true, now);
+            }
+        }
     }
 
     fn sweep(&self, st: &mut State, now: Instant) {
@@ -229,22 +313,28 @@ pub struct Ticket {
     /// The key its connection counts under, if any (not for a trusted
     /// proxy until its client is known).
     counted: Option<IpAddr>,
-    handshaking: bool,
-    handshake_ip: Option<IpAddr>,
+    /// Its handshake in [`State::pending`], until done.
+    handshake: Option<u64>,
+    shed: Arc<Notify>,
 }
 
 impl Ticket {
     /// The head is read (and TLS done): no longer a handshake in progress.
     pub fn handshake_done(&mut self) {
-        if !self.handshaking {
-            return;
+        if let Some(id) = self.handshake.take() {
+            let now = Instant::now();
+            let mut st = lock(&self.limits.state);
+            self.limits.end_handshake(&mut st, id, now);
         }
-        self.handshaking = false;
-        let now = Instant::now();
-        let mut st = lock(&self.limits.state);
-        st.handshakes -= 1;
-        if let Some(ip) = self.handshake_ip.take() {
-            self.limits.release(&mut st, ip, false, true, now);
+    }
+
+    /// Resolves when this connection's handshake was shed to make room for
+    /// a newcomer: its connection must close now. Never resolves after
+    /// [`Ticket::handshake_done`].
+    pub async fn shed(&self) {
+        match self.handshake {
+            Some(_) => self.shed.notified().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -297,11 +387,8 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let now = Instant::now();
         let mut st = lock(&self.limits.state);
-        if self.handshaking {
-            st.handshakes -= 1;
-        }
-        if let Some(ip) = self.handshake_ip.take() {
-            self.limits.release(&mut st, ip, false, true, now);
+        if let Some(id) = self.handshake.take() {
+            self.limits.end_handshake(&mut st, id, now);
         }
         if let Some(ip) = self.counted {
             self.limits.release(&mut st, ip, true, false, now);
@@ -385,6 +472,47 @@ mod tests {
         drop(t);
         drop(tickets);
         assert_eq!(l.handshakes(), 0);
+    }
+
+    /// One address holding many handshakes cannot lock newcomers out: its
+    /// oldest is shed for them. Evenly spread handshakes are not shed.
+    #[tokio::test]
+    async fn the_heaviest_address_sheds_its_oldest_handshake_for_a_newcomer() {
+        let l = Limits::new(IpLimits {
+            conns_per_ip: 0,
+            handshakes_per_ip: 0,
+            handshakes: 4,
+            ..lim()
+        });
+        let (heavy, other, newcomer) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"));
+        let mut heavy_tickets: Vec<Ticket> = Vec::new();
+        for _ in 0..3 {
+            heavy_tickets.push(l.admit(heavy, true).unwrap());
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let _o = l.admit(other, true).unwrap();
+        assert_eq!(l.handshakes(), 4);
+        let mut n = l.admit(newcomer, true).expect("made room");
+        assert_eq!((l.handshakes(), l.shed()), (4, 1));
+        // The oldest of the heavy address was told; the others were not.
+        tokio::time::timeout(std::time::Duration::from_secs(1), heavy_tickets[0].shed())
+            .await
+            .expect("the oldest is shed");
+        let not_yet = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            heavy_tickets[1].shed(),
+        );
+        assert!(not_yet.await.is_err());
+        // Its ticket gives nothing back twice.
+        drop(heavy_tickets.remove(0));
+        assert_eq!(l.handshakes(), 4);
+        // Now two, one, one: the newcomer's address would hold two too
+        // after a second admission, so the next one is refused.
+        n.handshake_done();
+        let _n2 = l.admit(newcomer, true).unwrap();
+        assert_eq!(l.admit(newcomer, true).err(), Some(Refused::Handshakes));
+        drop(heavy_tickets);
+        assert_eq!(l.handshakes(), 2);
     }
 
     #[tokio::test]

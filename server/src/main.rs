@@ -72,10 +72,13 @@ struct Cli {
     #[arg(long, env = "SIGNALD_MAX_CONNS_PER_IP", default_value_t = 1024)]
     max_conns_per_ip: usize,
     /// Connections per client address with the TLS handshake or request head
-    /// unfinished; more get HTTP 429. 0: no limit.
-    #[arg(long, env = "SIGNALD_MAX_HANDSHAKES_PER_IP", default_value_t = 512)]
+    /// unfinished; more get HTTP 429. 0: no limit. The default is 1/64 of
+    /// --max-handshakes' default, so that a few addresses cannot fill it.
+    #[arg(long, env = "SIGNALD_MAX_HANDSHAKES_PER_IP", default_value_t = 64)]
     max_handshakes_per_ip: usize,
-    /// Unfinished handshakes from everyone; more get HTTP 503. 0: no limit.
+    /// Unfinished handshakes from everyone. When reached, the oldest
+    /// handshake of the address holding the most is closed to make room;
+    /// if they are spread evenly, the newcomer gets HTTP 503. 0: no limit.
     #[arg(long, env = "SIGNALD_MAX_HANDSHAKES", default_value_t = 4096)]
     max_handshakes: usize,
     /// WebSocket upgrades per client address and second (token bucket

@@ -18,6 +18,8 @@ pub struct Gauges {
     pub buffered: usize,
     pub buffered_peak: usize,
     pub handshakes: usize,
+    /// Handshakes shed to make room for newcomers.
+    pub handshakes_shed: u64,
     pub tracked_addresses: usize,
     /// Connections refused before the upgrade, by reason.
     pub refused: Vec<(Refused, u64)>,
@@ -55,7 +57,7 @@ impl Metrics {
     pub fn render(&self, now: &Gauges) -> String {
         let mut s = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
-        let rows: [(&str, &str, &str, i64); 13] = [
+        let rows: [(&str, &str, &str, i64); 14] = [
             (
                 "signald_clients",
                 "Connected clients.",
@@ -128,6 +130,12 @@ impl Metrics {
                 "Connections whose TLS handshake or request head is not complete.",
                 "gauge",
                 now.handshakes as i64,
+            ),
+            (
+                "signald_handshakes_shed_total",
+                "Unfinished handshakes closed to make room for a newcomer (the oldest of the address holding the most).",
+                "counter",
+                now.handshakes_shed as i64,
             ),
             (
                 "signald_tracked_addresses",

@@ -90,10 +90,23 @@ async fn unfinished_handshakes_are_limited_per_address_and_in_all() {
         srv.metric("signald_handshakes").await == 6.0
     })
     .await;
+    // A newcomer is not refused: the oldest handshake of the address
+    // holding the most (127.0.0.1, four) is shed to make room.
     let s = util::connect_from("127.0.0.3", srv.addr).await;
     let (status, _) = util::http_on(s, b"GET /healthz HTTP/1.1\r\n\r\n").await;
-    assert!(status.contains("503"), "{status}");
-    assert_eq!(refused(&srv, "handshakes").await, 1.0);
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(srv.metric("signald_handshakes_shed_total").await, 1.0);
+    assert_eq!(refused(&srv, "handshakes").await, 0.0);
+    let mut shed = slow.remove(0);
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(
+        util::WAIT,
+        tokio::io::AsyncReadExt::read(&mut shed, &mut buf),
+    )
+    .await
+    .expect("the oldest was closed")
+    .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
     // Finishing a head ends its handshake; giving up does too.
     let first = slow.remove(0);
     let (status, _) = util::http_on(first, b"\r\n").await;
@@ -104,6 +117,33 @@ async fn unfinished_handshakes_are_limited_per_address_and_in_all() {
     })
     .await;
     try_connect(&srv, "").await.unwrap();
+}
+
+/// Handshakes spread evenly (one per address) are not shed: the
+/// newcomer past the global limit gets 503.
+#[tokio::test]
+async fn evenly_spread_handshakes_refuse_the_newcomer_with_503() {
+    let srv = start_with_metrics(Config {
+        max_handshakes: 3,
+        ..unlimited()
+    })
+    .await;
+    let mut slow = Vec::new();
+    for from in ["127.0.0.4", "127.0.0.5", "127.0.0.6"] {
+        let mut s = util::connect_from(from, srv.addr).await;
+        s.write_all(b"GET /ws HTTP/1.1\r\n").await.unwrap();
+        slow.push(s);
+    }
+    eventually("three handshakes in progress", || async {
+        srv.metric("signald_handshakes").await == 3.0
+    })
+    .await;
+    let s = util::connect_from("127.0.0.7", srv.addr).await;
+    let (status, _) = util::http_on(s, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert!(status.contains("503"), "{status}");
+    assert_eq!(refused(&srv, "handshakes").await, 1.0);
+    assert_eq!(srv.metric("signald_handshakes_shed_total").await, 0.0);
+    drop(slow);
 }
 
 #[tokio::test]
