@@ -6,7 +6,8 @@
 //! the data channel's reader ([`channel`]) and [`control`] (one task per
 //! socket client). [`hub`] (history and `tail` followers) is shared state
 //! behind a lock that nothing awaits under; [`status`] assembles what
-//! `p2pctl status` prints.
+//! `p2pctl status` prints. [`consent`] finds out whether the peer still
+//! answers on the data path when signald says it went away.
 
 pub mod channel;
 pub mod config;
