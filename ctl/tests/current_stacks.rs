@@ -1,17 +1,21 @@
 //! Interop with the WebRTC stacks people install today, on loopback:
 //! aiortc from PyPI (`interop/requirements.txt`, in the virtual environment
-//! `scripts/test` makes and names in `P2P_AIORTC_PYTHON`) and werift from
-//! npm (`interop/werift/`, pinned by its lock file, with the node 22 it
-//! needs; `scripts/test` runs `npm ci` there). Each speaks protocol 1 with
-//! the same behaviour (`interop/aiortc_peer.py`, `interop/werift/
-//! werift_peer.mjs`), as the NAT lab's interop tests do with Debian's
-//! aiortc 1.4; here p2pd binds 127.0.0.1 and signald has no ICE server.
+//! `scripts/test` makes and names in `P2P_AIORTC_PYTHON`), werift from npm
+//! (`interop/npm/`, pinned by its lock file, with the node 22 it needs;
+//! `scripts/test` runs `npm ci` there), and Debian's Firefox ESR, headless,
+//! driven by puppeteer-core (same lock file) over WebDriver BiDi and kept
+//! off the network (`interop/npm/firefox_peer.mjs`). Each speaks protocol 1
+//! with the same behaviour (`interop/aiortc_peer.py`,
+//! `interop/npm/werift_peer.mjs`, and for Firefox the Chromium tests' page
+//! `interop/peer.html`), as the NAT lab's interop tests do with Debian's
+//! aiortc 1.4 and Chromium; here p2pd binds 127.0.0.1 and signald has no
+//! ICE server.
 //!
 //! aiortc 1.16 names its certificate by three hash functions
 //! (`a=fingerprint:sha-256`, `sha-384`, `sha-512`), which p2pd refused
-//! before vendor patch 15 in both roles. Neither stack restarts ICE, so
-//! there is no restart case here (the NAT lab has aiortc 1.4's and
-//! Chromium's). werift 0.25.2's close ends p2pd's link at once here with or
+//! before vendor patch 15 in both roles. Neither aiortc nor werift
+//! restarts ICE, so there is no restart case here (the NAT lab has
+//! Chromium's, and aiortc 1.4's refusal). werift 0.25.2's close ends p2pd's link at once here with or
 //! without vendor patch 14 (tried): what it sends on close in this setting
 //! is not the plain ABORT issue 19 saw, and patch 14 rests on its crate
 //! test.
@@ -28,8 +32,10 @@ const ECHOES: usize = 200;
 enum Stack {
     /// The virtual environment's python.
     Aiortc(PathBuf),
-    /// The node 22 that `interop/werift/node_modules` holds.
+    /// The node 22 that `interop/npm/node_modules` holds.
     Werift(PathBuf),
+    /// That node, driving this Firefox ESR.
+    Firefox { node: PathBuf, firefox: PathBuf },
 }
 
 impl Stack {
@@ -37,13 +43,14 @@ impl Stack {
         match self {
             Stack::Aiortc(_) => "py",
             Stack::Werift(_) => "wr",
+            Stack::Firefox { .. } => "ff",
         }
     }
 
-    /// aiortc makes a new certificate for every peer connection; werift
-    /// keeps one per process.
+    /// aiortc and Firefox make a new certificate for every peer
+    /// connection; werift keeps one per process.
     fn new_key_per_connection(&self) -> bool {
-        matches!(self, Stack::Aiortc(_))
+        !matches!(self, Stack::Werift(_))
     }
 
     /// The peer as its ID, pairing with `pair` if given.
@@ -57,9 +64,29 @@ impl Stack {
             }
             Stack::Werift(node) => {
                 let mut c = Command::new(node);
-                c.arg(interop.join("werift/werift_peer.mjs"));
-                c.current_dir(interop.join("werift"));
+                c.arg(interop.join("npm/werift_peer.mjs"));
+                c.current_dir(interop.join("npm"));
                 c
+            }
+            Stack::Firefox { node, firefox } => {
+                let mut page = format!(
+                    "file://{}?url={}&id={}&hellos={HELLOS}",
+                    interop.join("peer.html").display(),
+                    s.url(),
+                    self.id()
+                );
+                if let Some(p) = pair {
+                    page.push_str(&format!("&pair={p}"));
+                }
+                let mut c = Command::new(node);
+                c.arg(interop.join("npm/firefox_peer.mjs"))
+                    .arg("--firefox")
+                    .arg(firefox)
+                    .args(["--page", &page])
+                    .current_dir(interop.join("npm"));
+                let proc = Proc::spawn(self.id(), c);
+                proc.wait_line(&format!("welcome {}", self.id()));
+                return proc;
             }
         };
         cmd.args(["--url", &s.url(), "--id", self.id()])
@@ -104,20 +131,36 @@ fn current_aiortc() -> Option<Stack> {
 
 /// werift's node, or `None` after one skip line.
 fn current_werift() -> Option<Stack> {
-    let dir = p2p_testkit::manifest_dir().join("tests/interop/werift");
+    let dir = p2p_testkit::manifest_dir().join("tests/interop/npm");
     let node = dir.join("node_modules/.bin/node");
     if !dir.join("node_modules/.installed-lock.json").exists() || !node.exists() {
         skip(
             "interop werift",
-            "ctl/tests/interop/werift has no node_modules (scripts/test runs npm ci there)",
+            "ctl/tests/interop/npm has no node_modules (scripts/test runs npm ci there)",
         );
         return None;
     }
     Some(Stack::Werift(node))
 }
 
+/// Firefox ESR driven from that node, or `None` after one skip line.
+fn firefox_esr() -> Option<Stack> {
+    let firefox = PathBuf::from("/usr/bin/firefox-esr");
+    if !firefox.exists() {
+        skip(
+            "interop firefox",
+            "firefox-esr is not installed (scripts/test installs it as root)",
+        );
+        return None;
+    }
+    match current_werift()? {
+        Stack::Werift(node) => Some(Stack::Firefox { node, firefox }),
+        _ => None,
+    }
+}
+
 fn stacks() -> Vec<Stack> {
-    [current_aiortc(), current_werift()]
+    [current_aiortc(), current_werift(), firefox_esr()]
         .into_iter()
         .flatten()
         .collect()

@@ -4,7 +4,7 @@
 // from the welcome, candidates trickled both ways), sends `hello 0` ..
 // `hello N-1` when the channel opens, echoes every message as
 // `echo:<message>`, and on `close your connection` closes its peer
-// connection without a word to signald (werift sends an SCTP ABORT).
+// connection without a word to signald.
 // One line per event on stdout: `welcome <id>`, `paired <peer> <initiator>`,
 // `open <label>`, `peer_disconnected <reason>`, `closed`.
 //
