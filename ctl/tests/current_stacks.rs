@@ -238,3 +238,37 @@ fn current_stacks_closing_their_connection_end_the_link_at_once() {
         a.wait_idle();
     }
 }
+
+/// Firefox restarts ICE itself (new credentials over signald, the same
+/// DTLS and channel), in both roles: p2pd answers the restart offer, the
+/// link is not reset, and messages pass before and after. aiortc and
+/// werift cannot restart ICE.
+#[test]
+fn firefox_restarts_ice_over_the_open_link_in_both_roles() {
+    let Some(stack) = firefox_esr() else { return };
+    for p2pd_offers in [false, true] {
+        let s = Signald::start();
+        let a = Daemon::start_with(&s.url(), "p2pd", &["--trust", "any"]);
+        let tail = Tail::start(&a, &[]);
+        let events = Tail::start(&a, &["--json"]);
+        let peer = match p2pd_offers {
+            false => stack.start(&s, Some("p2pd")),
+            true => {
+                let peer = stack.start(&s, None);
+                a.ok(&["pair", stack.id()]);
+                peer
+            }
+        };
+        a.wait_open_with(stack.id());
+        hellos_and_echoes(&a, &tail, "before");
+        a.ok(&["send", "restart ice"]);
+        peer.wait_line("restarting");
+        events.wait_event("ice_restarting");
+        events.wait_event("ice_restarted");
+        crate::interop::hellos_then_echoes(&a, &tail, "after", 0, ECHOES);
+        let st = a.status();
+        assert_eq!(st.link, p2p_proto::control::LinkState::Open);
+        assert_eq!(st.counters.resets, 0, "restarted, not reset");
+        assert!(st.counters.ice_restarts >= 1, "{:?}", st.counters);
+    }
+}
