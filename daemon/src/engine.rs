@@ -405,8 +405,7 @@ impl Engine {
                     }
                     Input::InviteChannel
                 } else {
-                    let held = self.core.invite_pending();
-                    if !pc.adopt_channel(dc, peer, held) {
+                    if !pc.adopt_channel(dc, peer) {
                         tracing::debug!(%label, "ignoring a second data channel from the peer");
                     }
                     return;
@@ -418,6 +417,7 @@ impl Engine {
             PcEventKind::PathChecked(result) => Input::PathChecked(result),
             PcEventKind::ChannelOpen => Input::ChannelOpen {
                 path: pc.path().await,
+                certificate: pc.remote_certificate().await,
             },
             // A channel closes cleanly only when the peer closed it, and
             // the peer then tells signald itself.

@@ -407,7 +407,9 @@ impl Pc {
             .create_data_channel(CHANNEL_LABEL, Some(RTCDataChannelInit::default()))
             .await
             .map_err(stack)?;
-        let gate = invite.then(|| self.hold());
+        // Held until the link opens (`release`): the peer's key may still
+        // be judged then, or an invitation's handshake still to pass.
+        let gate = Some(self.hold());
         // The initiator pokes the driver until the channel opens (see
         // `docs/webrtc.md`, "fast open").
         self.channel = Some(channel::start(dc, true, peer_id, &self.ctx, gate));
@@ -479,14 +481,14 @@ impl Pc {
         self.flush_early_candidates().await.map_err(stack)
     }
 
-    /// The answerer takes the user's channel the peer opened (held until
-    /// released, with `held`); false if it already has one (a second
-    /// channel is ignored).
-    pub fn adopt_channel(&mut self, dc: Arc<dyn DataChannel>, peer_id: &str, held: bool) -> bool {
+    /// The answerer takes the user's channel the peer opened, held until
+    /// the link opens ([`Pc::release`]); false if it already has one (a
+    /// second channel is ignored).
+    pub fn adopt_channel(&mut self, dc: Arc<dyn DataChannel>, peer_id: &str) -> bool {
         if self.channel.is_some() {
             return false;
         }
-        let gate = held.then(|| self.hold());
+        let gate = Some(self.hold());
         self.channel = Some(channel::start(dc, false, peer_id, &self.ctx, gate));
         true
     }
@@ -612,6 +614,19 @@ impl Pc {
             let verdict = crate::consent::run(pc.as_ref()).await;
             ctx.forward(PcEventKind::PathChecked(verdict));
         }));
+    }
+
+    /// The sha-256 of the certificate the peer presented in DTLS, once the
+    /// handshake is done: the peer's key, whatever hash its description
+    /// named it by.
+    pub async fn remote_certificate(&self) -> Option<p2p_proto::identity::Fingerprint> {
+        use sha2::Digest;
+        let sctp = self.pc.sctp().await?;
+        let certs = sctp.transport().get_remote_certificates().await.ok()?;
+        let der = certs.first()?;
+        Some(p2p_proto::identity::Fingerprint::from_bytes(
+            sha2::Sha256::digest(der).into(),
+        ))
     }
 
     /// Whether an offer or answer was made with this connection.

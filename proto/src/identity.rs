@@ -71,6 +71,33 @@ impl Fingerprint {
     /// presents (vendor/PATCHES.md 15). A description without a sha-256
     /// line is an error here, never a guess.
     pub fn from_sdp(sdp: &str) -> Result<Fingerprint, String> {
+        match sdp_key(sdp)? {
+            SdpKey::Sha256(fp) => Ok(fp),
+            SdpKey::FromDtls => Err(
+                "the description names its key only by sha-384 or sha-512 (no sha-256 line)".into(),
+            ),
+        }
+    }
+}
+
+/// What a description's `a=fingerprint` lines say of the peer's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdpKey {
+    /// Its sha-256 fingerprint, from the sha-256 lines (which agree).
+    Sha256(Fingerprint),
+    /// No sha-256 line, but sha-384 or sha-512 ones: DTLS checks them
+    /// against the certificate the peer presents, and the key (the sha-256
+    /// of that certificate) is known once the handshake is done.
+    FromDtls,
+}
+
+/// Reads the key of a description: see [`Fingerprint::from_sdp`] for the
+/// rules; a description with sha-384 or sha-512 lines and no sha-256 one
+/// gives [`SdpKey::FromDtls`]; md5, sha-1 and unknown hashes alone are an
+/// error.
+pub fn sdp_key(sdp: &str) -> Result<SdpKey, String> {
+    {
+        // (a block of its own: the rules were Fingerprint::from_sdp's)
         let mut found: Option<Fingerprint> = None;
         let mut others: Vec<String> = Vec::new();
         for line in sdp.lines() {
@@ -88,7 +115,7 @@ impl Fingerprint {
                 }
                 continue;
             }
-            let fp = Self::from_hex(value.trim())
+            let fp = Fingerprint::from_hex(value.trim())
                 .ok_or_else(|| format!("malformed a=fingerprint value {value:?}"))?;
             match found {
                 Some(f) if f != fp => {
@@ -97,11 +124,13 @@ impl Fingerprint {
                 _ => found = Some(fp),
             }
         }
+        let strong = others.iter().any(|a| a == "sha-384" || a == "sha-512");
         match found {
-            Some(fp) => Ok(fp),
+            Some(fp) => Ok(SdpKey::Sha256(fp)),
+            None if strong => Ok(SdpKey::FromDtls),
             None if others.is_empty() => Err("the description carries no a=fingerprint".into()),
             None => Err(format!(
-                "the description names its key only by {} (no sha-256 line, which p2pd's pins use)",
+                "the description names its key only by {}, which p2pd does not accept",
                 others.join(", ")
             )),
         }
@@ -234,8 +263,13 @@ mod tests {
         }
         let why = Fingerprint::from_sdp(&sdp(&[&s384, &s512])).unwrap_err();
         assert!(
-            why.contains("sha-384, sha-512") && why.contains("no sha-256"),
+            why.contains("sha-384 or sha-512") && why.contains("no sha-256"),
             "{why}"
         );
+        assert_eq!(sdp_key(&sdp(&[&s384, &s512])), Ok(SdpKey::FromDtls));
+        assert_eq!(sdp_key(&sdp(&[&s512])), Ok(SdpKey::FromDtls));
+        assert_eq!(sdp_key(&sdp(&[&s256, &s512])), Ok(SdpKey::Sha256(fp)));
+        let why = sdp_key(&sdp(&["a=fingerprint:sha-1 AB:CD"])).unwrap_err();
+        assert!(why.contains("only by sha-1"), "{why}");
     }
 }

@@ -276,9 +276,41 @@ impl Core {
     pub(super) fn on_channel_open(
         &mut self,
         path: Option<Path>,
+        certificate: Option<Fingerprint>,
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
+        let Link::Connecting(c) = &mut self.link else {
+            return;
+        };
+        if c.key_from_dtls {
+            // The key is the certificate DTLS proved: judged now, before
+            // the user's channel is read (it is held until the link opens).
+            let peer = c.peer.clone();
+            let judged = match certificate {
+                Some(fp) => self.judge(&peer, fp, false),
+                None => Err(Ending {
+                    reason: DisconnectReason::IdentityMismatch,
+                    error: err(
+                        ErrorCode::IdentityMismatch,
+                        format!("{peer}'s certificate could not be read after DTLS"),
+                    ),
+                    tell_signald: true,
+                }),
+            };
+            match judged {
+                Ok(id) => {
+                    if let Link::Connecting(c) = &mut self.link {
+                        c.identity = Some(id);
+                        c.key_from_dtls = false;
+                    }
+                }
+                Err(ending) => {
+                    self.apply(Change::End(ending), fx);
+                    return;
+                }
+            }
+        }
         let Link::Connecting(c) = &mut self.link else {
             return;
         };

@@ -166,6 +166,9 @@ pub enum Input {
     /// The data channel opened on this path.
     ChannelOpen {
         path: Option<Path>,
+        /// The sha-256 of the certificate the peer's DTLS presented, when
+        /// it could be read.
+        certificate: Option<p2p_proto::identity::Fingerprint>,
     },
     /// The result of [`Effect::CheckPath`].
     PathChecked(PathCheck),
@@ -530,7 +533,9 @@ impl Core {
             },
             Input::Lost { reason, clean } => self.on_lost(reason, clean, now, &mut fx),
             Input::PathChecked(result) => self.on_path_checked(result, now, &mut fx),
-            Input::ChannelOpen { path } => self.on_channel_open(path, now, &mut fx),
+            Input::ChannelOpen { path, certificate } => {
+                self.on_channel_open(path, certificate, now, &mut fx)
+            }
             Input::InviteChannel => self.on_invite_channel(&mut fx),
             Input::InviteClaim { number, reply } => self.on_invite_claim(number, reply, now),
             Input::InviteDone(result) => self.on_invite_done(result, now, &mut fx),

@@ -25,7 +25,7 @@
 use std::time::Duration;
 
 use p2p_proto::control::{DisconnectReason, EventKind};
-use p2p_proto::identity::Fingerprint;
+use p2p_proto::identity::{Fingerprint, SdpKey, sdp_key};
 use tokio::time::Instant;
 
 use p2p_proto::signal::{ClientMsg, ErrorCode as SigError};
@@ -329,10 +329,15 @@ impl Core {
 
 /// Whether a renegotiation carries the key the link was opened with (the
 /// DTLS session does not change, so another key can only be a forgery).
+/// A description that names the key only by sha-384 or sha-512 cannot be
+/// compared with the sha-256 we hold; an ICE restart does not start DTLS
+/// again, so the certificate DTLS proved stays the link's key either way.
 fn same_key(opened_with: Option<Fingerprint>, sdp: &str) -> bool {
-    match opened_with {
-        Some(fp) => Fingerprint::from_sdp(sdp).is_ok_and(|seen| seen == fp),
+    match (opened_with, sdp_key(sdp)) {
+        (Some(fp), Ok(SdpKey::Sha256(seen))) => seen == fp,
+        (Some(_), Ok(SdpKey::FromDtls)) => true,
+        (Some(_), Err(_)) => false,
         // `--trust any` accepted a description without a readable key.
-        None => true,
+        (None, _) => true,
     }
 }

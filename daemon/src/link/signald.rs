@@ -137,6 +137,7 @@ impl Core {
                 negotiation: Negotiation::Offering,
                 ice_connected: false,
                 identity: None,
+                key_from_dtls: false,
                 invite,
                 deadline,
                 waiter,
@@ -209,6 +210,7 @@ impl Core {
             negotiation: Negotiation::AwaitingOffer,
             ice_connected: false,
             identity: None,
+            key_from_dtls: false,
             invite,
             deadline: now + self.policy.connect_timeout,
             waiter: None,
@@ -342,7 +344,8 @@ impl Core {
         match self.verify(&from, &sdp, invited) {
             Ok(identity) => {
                 if let Link::Connecting(c) = &mut self.link {
-                    c.identity = Some(identity);
+                    c.identity = identity;
+                    c.key_from_dtls = identity.is_none();
                 }
                 fx.push(apply(sdp));
             }

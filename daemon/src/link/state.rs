@@ -63,6 +63,9 @@ pub struct Connecting {
     pub ice_connected: bool,
     /// The peer's key, once its description was checked.
     pub identity: Option<PeerIdentity>,
+    /// The description named the key only by sha-384 or sha-512: it is
+    /// judged when the channel opens, from the certificate DTLS proved.
+    pub key_from_dtls: bool,
     /// An invitation handshake this link must pass before it opens.
     pub invite: Option<InviteProgress>,
     /// `--connect-timeout` from the pairing.

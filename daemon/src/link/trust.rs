@@ -12,7 +12,7 @@
 use p2p_proto::control::{
     DisconnectReason, ErrorBody, ErrorCode, OkBody, PeerTrust, Pin, TrustPolicy,
 };
-use p2p_proto::identity::Fingerprint;
+use p2p_proto::identity::{Fingerprint, SdpKey, sdp_key};
 use tokio::sync::oneshot;
 
 use super::{Change, Core, Effect, Ending, Link, err};
@@ -72,13 +72,16 @@ impl Core {
 
     /// The identity the description `sdp` gives `peer`, or why the pairing
     /// must end. On an `invited` link an unknown key is taken for now: the
-    /// handshake proves it or the link ends.
+    /// handshake proves it or the link ends. `Ok(None)`: the description
+    /// names the key only by sha-384 or sha-512, so it is known (and
+    /// judged, [`Core::judge`]) when the channel opens, from the
+    /// certificate DTLS proved, before the user's channel is read.
     pub(super) fn verify(
         &mut self,
         peer: &str,
         sdp: &str,
         invited: bool,
-    ) -> Result<PeerIdentity, Ending> {
+    ) -> Result<Option<PeerIdentity>, Ending> {
         let refuse = |reason, error| Ending {
             reason,
             error,
@@ -88,13 +91,69 @@ impl Core {
             tracing::error!(%peer, "refusing the pairing: {}", error.message);
             return Err(refuse(DisconnectReason::NotTrusted, error));
         }
-        let seen = Fingerprint::from_sdp(sdp);
-        match (self.trust.get(peer), seen) {
-            (Some(pin), Ok(fp)) if pin == fp => Ok(PeerIdentity {
+        let pinned = self.trust.get(peer);
+        match sdp_key(sdp) {
+            Ok(SdpKey::Sha256(fp)) => self.judge(peer, fp, invited).map(Some),
+            Ok(SdpKey::FromDtls) if invited => Err(refuse(
+                DisconnectReason::Failed,
+                err(
+                    ErrorCode::Failed,
+                    format!(
+                        "{peer}'s description names its key only by sha-384 or sha-512; an invitation needs its sha-256 fingerprint"
+                    ),
+                ),
+            )),
+            Ok(SdpKey::FromDtls)
+                if pinned.is_none() && self.trust.policy() == TrustPolicy::Known =>
+            {
+                Err(refuse(
+                    DisconnectReason::NotTrusted,
+                    self.admits(peer).expect_err("no pin under known"),
+                ))
+            }
+            Ok(SdpKey::FromDtls) => Ok(None),
+            Err(why) if pinned.is_some() || self.trust.policy() != TrustPolicy::Any => {
+                tracing::warn!(%peer, why = %crate::throttle::excerpt(&why, 200), "refusing a description whose key cannot be checked");
+                Err(refuse(
+                    DisconnectReason::IdentityMismatch,
+                    err(
+                        ErrorCode::IdentityMismatch,
+                        format!("{peer}'s key cannot be checked: {why}"),
+                    ),
+                ))
+            }
+            Err(why) => {
+                tracing::warn!(%peer, why = %crate::throttle::excerpt(&why, 200), "refusing a description with no usable key");
+                Err(refuse(
+                    DisconnectReason::Failed,
+                    err(
+                        ErrorCode::Failed,
+                        format!("{peer}'s description carries no usable key"),
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Whether `peer` may have the key `fp` (its sha-256 fingerprint), and
+    /// how far it is trusted: the pin decides, else the policy.
+    pub(super) fn judge(
+        &mut self,
+        peer: &str,
+        fp: Fingerprint,
+        invited: bool,
+    ) -> Result<PeerIdentity, Ending> {
+        let refuse = |reason, error| Ending {
+            reason,
+            error,
+            tell_signald: true,
+        };
+        match self.trust.get(peer) {
+            Some(pin) if pin == fp => Ok(PeerIdentity {
                 fingerprint: fp,
                 trust: PeerTrust::Pinned,
             }),
-            (Some(pin), Ok(fp)) => {
+            Some(pin) => {
                 tracing::warn!(%peer, expected = %pin, received = %fp, "refusing a peer whose key does not match its pin");
                 Err(refuse(
                     DisconnectReason::IdentityMismatch,
@@ -106,31 +165,11 @@ impl Core {
                     ),
                 ))
             }
-            (pin, Err(why)) if pin.is_some() || self.trust.policy() != TrustPolicy::Any => {
-                tracing::warn!(%peer, why = %crate::throttle::excerpt(&why, 200), "refusing a description whose key cannot be checked");
-                Err(refuse(
-                    DisconnectReason::IdentityMismatch,
-                    err(
-                        ErrorCode::IdentityMismatch,
-                        format!("{peer}'s key cannot be checked: {why}"),
-                    ),
-                ))
-            }
-            (_, Err(why)) => {
-                tracing::warn!(%peer, why = %crate::throttle::excerpt(&why, 200), "refusing a description with no usable key");
-                Err(refuse(
-                    DisconnectReason::Failed,
-                    err(
-                        ErrorCode::Failed,
-                        format!("{peer}'s description carries no usable key"),
-                    ),
-                ))
-            }
-            (None, Ok(fp)) if invited => Ok(PeerIdentity {
+            None if invited => Ok(PeerIdentity {
                 fingerprint: fp,
                 trust: PeerTrust::Unverified,
             }),
-            (None, Ok(fp)) => match self.trust.policy() {
+            None => match self.trust.policy() {
                 TrustPolicy::Known => Err(refuse(
                     DisconnectReason::NotTrusted,
                     self.admits(peer).expect_err("no pin under known"),

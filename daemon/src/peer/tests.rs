@@ -387,7 +387,13 @@ fn every_fingerprint_line_is_checked_against_the_certificate() {
         sdp_hex(&sha2::Sha384::digest(&der)),
         sdp_hex(&sha2::Sha512::digest(b"another certificate"))
     );
-    for (extra, opens) in [(right, true), (String::new(), true), (wrong, false)] {
+    // (extra lines, whether the sha-256 line stays, whether it opens)
+    for (extra, keep_256, opens) in [
+        (String::new(), true, true),
+        (right.clone(), true, true),
+        (right, false, true),
+        (wrong, true, false),
+    ] {
         let opened = f.rt.block_on(async {
             let (tx, mut offerer_events) = mpsc::unbounded_channel();
             let mut offerer = f.pc_with(tx).await;
@@ -398,10 +404,15 @@ fn every_fingerprint_line_is_checked_against_the_certificate() {
                 answer.contains(&sdp_hex(&sha2::Sha256::digest(&der))),
                 "the certificate read is the one the answer names"
             );
-            // After the sha-256 line, in its media section.
-            let at = answer.find("a=fingerprint:").unwrap();
-            let at = at + answer[at..].find("\r\n").unwrap() + 2;
-            let answer = format!("{}{extra}{}", &answer[..at], &answer[at..]);
+            // After the sha-256 line, in its media section (or in its
+            // place: then only DTLS can tell the key, patch 15).
+            let start = answer.find("a=fingerprint:").unwrap();
+            let at = start + answer[start..].find("\r\n").unwrap() + 2;
+            let answer = match keep_256 {
+                true => format!("{}{extra}{}", &answer[..at], &answer[at..]),
+                false => format!("{}{extra}{}", &answer[..start], &answer[at..]),
+            };
+            assert_eq!(answer.contains("sha-256"), keep_256);
             offerer.accept_answer(answer).await.unwrap();
             // A refused certificate does not fail the connection here: the
             // DTLS client refuses each flight the server sends again, and
@@ -425,11 +436,19 @@ fn every_fingerprint_line_is_checked_against_the_certificate() {
             })
             .await
             .unwrap_or(false);
+            if opened {
+                // The key, from the certificate DTLS proved.
+                let expected: [u8; 32] = sha2::Sha256::digest(&der).into();
+                assert_eq!(
+                    offerer.remote_certificate().await,
+                    Some(p2p_proto::identity::Fingerprint::from_bytes(expected))
+                );
+            }
             offerer.close().await;
             answerer.close().await;
             opened
         });
-        assert_eq!(opened, opens, "{extra}");
+        assert_eq!(opened, opens, "{extra} (sha-256 line kept: {keep_256})");
     }
 }
 

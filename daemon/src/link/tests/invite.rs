@@ -24,7 +24,10 @@ fn the_joiner_pairs_an_unknown_key_with_a_code_and_opens_only_after_the_handshak
         "{fx:?}"
     );
     // The channel opens first: still nothing for users.
-    let fx = t.on(Input::ChannelOpen { path: None });
+    let fx = t.on(Input::ChannelOpen {
+        path: None,
+        certificate: None,
+    });
     assert!(fx.is_empty(), "{fx:?}");
     assert_eq!(t.state(), LinkState::Connecting);
     let fx = t.on(Input::InviteDone(Ok(())));
@@ -72,7 +75,10 @@ fn the_inviter_admits_an_unknown_peer_only_while_an_invite_is_open() {
     assert_eq!(code.try_recv().unwrap().unwrap().to_string(), inv.code);
     let fx = t.on(Input::InviteDone(Ok(())));
     assert!(fx.is_empty(), "waits for the channel: {fx:?}");
-    let fx = t.on(Input::ChannelOpen { path: None });
+    let fx = t.on(Input::ChannelOpen {
+        path: None,
+        certificate: None,
+    });
     assert!(fx.contains(&Effect::Expose {
         peer: "erin".into(),
         verified: true
@@ -132,7 +138,13 @@ fn an_invite_channel_from_a_pinned_peer_still_holds_the_link_for_the_handshake()
         fx.iter().any(|e| matches!(e, Effect::RunInvite { .. })),
         "{fx:?}"
     );
-    assert!(t.on(Input::ChannelOpen { path: None }).is_empty());
+    assert!(
+        t.on(Input::ChannelOpen {
+            path: None,
+            certificate: None,
+        })
+        .is_empty()
+    );
 }
 
 /// Runs a joiner's pairing with `code` up to its handshake's start.

@@ -43,7 +43,10 @@ fn initiator_goes_requested_connecting_open() {
     assert_eq!(fx, [Effect::AcceptAnswer { sdp: sdp(BOB) }]);
     assert!(t.on(Input::AnswerApplied(Ok(()))).is_empty());
     assert!(answer.try_recv().is_err(), "not answered before the open");
-    let fx = t.on(Input::ChannelOpen { path: None });
+    let fx = t.on(Input::ChannelOpen {
+        path: None,
+        certificate: None,
+    });
     assert_eq!(
         fx[0],
         Effect::Expose {

@@ -153,7 +153,10 @@ impl T {
             from: "bob".into(),
         });
         self.on(Input::AnswerApplied(Ok(())));
-        let fx = self.on(Input::ChannelOpen { path: None });
+        let fx = self.on(Input::ChannelOpen {
+            path: None,
+            certificate: None,
+        });
         assert!(
             fx.contains(&Effect::Expose {
                 peer: "bob".into(),

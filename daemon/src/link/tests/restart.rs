@@ -18,7 +18,10 @@ fn open_as_answerer(t: &mut T) {
         from: "carol".into(),
     });
     t.on(Input::Answered(Ok("a".into())));
-    t.on(Input::ChannelOpen { path: None });
+    t.on(Input::ChannelOpen {
+        path: None,
+        certificate: None,
+    });
     assert_eq!(t.state(), LinkState::Open);
 }
 

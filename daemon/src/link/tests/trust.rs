@@ -69,7 +69,10 @@ fn tofu_pins_the_first_key_and_refuses_a_changed_one() {
         from: "dave".into(),
     });
     t.on(Input::Answered(Ok("a".into())));
-    let fx = t.on(Input::ChannelOpen { path: None });
+    let fx = t.on(Input::ChannelOpen {
+        path: None,
+        certificate: None,
+    });
     assert!(fx.contains(&Effect::Expose {
         peer: "dave".into(),
         verified: true
@@ -102,7 +105,10 @@ fn any_accepts_unknown_peers_unverified_but_holds_pins() {
         from: "browser".into(),
     });
     t.on(Input::AnswerApplied(Ok(())));
-    let fx = t.on(Input::ChannelOpen { path: None });
+    let fx = t.on(Input::ChannelOpen {
+        path: None,
+        certificate: None,
+    });
     assert!(fx.contains(&Effect::Expose {
         peer: "browser".into(),
         verified: false
@@ -161,4 +167,72 @@ fn removing_the_open_peers_pin_ends_the_link() {
     });
     assert!(fx.is_empty(), "{fx:?}");
     assert_eq!(t.state(), LinkState::Open);
+}
+
+/// A description naming the key only by sha-384 (no sha-256 line).
+fn sdp_384_only() -> String {
+    format!("v=0\r\na=fingerprint:sha-384 {}\r\n", ["AB"; 48].join(":"))
+}
+
+/// The key comes with DTLS: the offer is answered, and the certificate DTLS
+/// proved is judged when the channel opens, before anything is exposed.
+#[test]
+fn a_key_named_only_by_sha384_is_judged_from_the_dtls_certificate() {
+    // Pinned: the certificate must be the pinned key.
+    for (certificate, opens) in [(Some(fp(BOB)), true), (Some(fp(9)), false), (None, false)] {
+        let mut t = T::new();
+        t.server(paired("bob", false));
+        let fx = t.server(ServerMsg::Offer {
+            sdp: sdp_384_only(),
+            from: "bob".into(),
+        });
+        assert_eq!(
+            fx,
+            [Effect::Answer {
+                sdp: sdp_384_only()
+            }],
+            "answered; the key is judged later"
+        );
+        t.on(Input::Answered(Ok("a".into())));
+        let fx = t.on(Input::ChannelOpen {
+            path: None,
+            certificate,
+        });
+        let exposed = fx.iter().any(|e| matches!(e, Effect::Expose { .. }));
+        assert_eq!(exposed, opens, "{certificate:?}: {fx:?}");
+        if opens {
+            assert_eq!(t.state(), LinkState::Open);
+            assert_eq!(t.core.link().identity().unwrap().trust, PeerTrust::Pinned);
+        } else {
+            assert_eq!(ended(&fx), Some(DisconnectReason::IdentityMismatch));
+        }
+    }
+    // Unknown under tofu: pinned from the certificate.
+    let mut t = T::with(&[], TrustPolicy::Tofu);
+    t.server(paired("dave", false));
+    t.server(ServerMsg::Offer {
+        sdp: sdp_384_only(),
+        from: "dave".into(),
+    });
+    t.on(Input::Answered(Ok("a".into())));
+    let fx = t.on(Input::ChannelOpen {
+        path: None,
+        certificate: Some(fp(4)),
+    });
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Expose { verified: true, .. }))
+    );
+    assert_eq!(t.core.trust_store().get("dave"), Some(fp(4)));
+    // Unknown under known: refused before anything is applied.
+    let mut t = T::new();
+    let inv = t.invite(None);
+    let _ = inv;
+    t.server(paired("erin", false));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: sdp_384_only(),
+        from: "erin".into(),
+    });
+    assert!(ended(&fx).is_some(), "an invitation needs sha-256: {fx:?}");
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Answer { .. })));
 }
