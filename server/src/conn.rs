@@ -531,17 +531,19 @@ async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &
         if let Message::Close(_) = msg {
             return Ending::Left;
         }
-        if !bucket.take(now, 1) {
+        // A frame dropped by either limit: its error, and the close once
+        // too many were dropped.
+        let mut drop_frame = |why: String| {
             dropped += 1;
-            reg.send_error(
-                slot,
-                ErrorCode::RateLimited,
-                format!(
-                    "over {} frames/s (burst {}); frame dropped",
-                    cfg.rate_limit, cfg.rate_burst
-                ),
+            reg.send_error(slot, ErrorCode::RateLimited, why);
+            dropped >= cfg.rate_close_after
+        };
+        if !bucket.take(now, 1) {
+            let why = format!(
+                "over {} frames/s (burst {}); frame dropped",
+                cfg.rate_limit, cfg.rate_burst
             );
-            if dropped >= cfg.rate_close_after {
+            if drop_frame(why) {
                 return Ending::RateLimited;
             }
             continue;
@@ -554,16 +556,11 @@ async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &
                 }
                 // The sender pays for its bursts, not its peer's queue.
                 if !bytes.take(now, text.len()) {
-                    dropped += 1;
-                    reg.send_error(
-                        slot,
-                        ErrorCode::RateLimited,
-                        format!(
-                            "over {} bytes/s (burst {}); frame dropped",
-                            cfg.rate_limit_bytes, cfg.rate_burst_bytes
-                        ),
+                    let why = format!(
+                        "over {} bytes/s (burst {}); frame dropped",
+                        cfg.rate_limit_bytes, cfg.rate_burst_bytes
                     );
-                    if dropped >= cfg.rate_close_after {
+                    if drop_frame(why) {
                         return Ending::RateLimited;
                     }
                     continue;

@@ -258,20 +258,11 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
     let node = |name: &str| {
         Server::start(
             &cli.signald,
-            &[
-                "--cluster",
-                &redis.url,
-                "--node-id",
-                name,
-                "--rate-limit",
-                "100000000",
-                "--rate-burst",
-                "100000000",
-                "--rate-limit-bytes",
-                "4000000000",
-                "--rate-burst-bytes",
-                "4000000000",
-            ],
+            &["--cluster", &redis.url, "--node-id", name]
+                .iter()
+                .chain(&NO_RATE_LIMITS)
+                .copied()
+                .collect::<Vec<_>>(),
         )
     };
     let (n1, n2) = (node("n1")?, node("n2")?);
@@ -458,22 +449,21 @@ fn idle(cli: &Cli, n: usize, scenario: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The per-connection rate limits (100 frames/s and 64 KiB/s by default)
+/// out of the way: the relay figures would measure them.
+const NO_RATE_LIMITS: [&str; 8] = [
+    "--rate-limit",
+    "100000000",
+    "--rate-burst",
+    "100000000",
+    "--rate-limit-bytes",
+    "4000000000",
+    "--rate-burst-bytes",
+    "4000000000",
+];
+
 fn relay_server(cli: &Cli) -> anyhow::Result<Server> {
-    // The per-connection rate limits (100 frames/s and 64 KiB/s by
-    // default) would measure themselves.
-    Server::start(
-        &cli.signald,
-        &[
-            "--rate-limit",
-            "100000000",
-            "--rate-burst",
-            "100000000",
-            "--rate-limit-bytes",
-            "4000000000",
-            "--rate-burst-bytes",
-            "4000000000",
-        ],
-    )
+    Server::start(&cli.signald, &NO_RATE_LIMITS)
 }
 
 fn relay(cli: &Cli, pairs: usize, scenario: usize) -> anyhow::Result<()> {

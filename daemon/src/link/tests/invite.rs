@@ -187,12 +187,7 @@ fn a_handshake_that_began_spends_the_code_at_the_joiner_too() {
     );
     // Another code is fine.
     let (fx, _) = t.pair_with_code("dave", "4-oak-fig");
-    assert!(
-        fx.contains(&Effect::Signal(ClientMsg::Pair {
-            peer_id: "dave".into()
-        })),
-        "{fx:?}"
-    );
+    assert!(asks_to_pair(&fx, "dave"), "{fx:?}");
 }
 
 #[test]
@@ -211,12 +206,7 @@ fn a_failure_before_the_handshake_does_not_spend_the_code() {
     t.advance(Duration::from_secs(31));
     assert!(answered(&mut answer).is_err());
     let (fx, _) = t.pair_with_code("dave", "4-oak-elk");
-    assert!(
-        fx.contains(&Effect::Signal(ClientMsg::Pair {
-            peer_id: "dave".into()
-        })),
-        "still usable: {fx:?}"
-    );
+    assert!(asks_to_pair(&fx, "dave"), "still usable: {fx:?}");
 }
 
 /// A joiner refused before any description came back was refused by an
@@ -233,4 +223,11 @@ fn a_joiner_refused_at_once_is_told_there_is_no_open_invite() {
     let e = answered(&mut answer).unwrap_err();
     assert_eq!(e.code, ErrorCode::InviteFailed);
     assert!(e.message.contains("no open invite"), "{}", e.message);
+}
+
+/// Whether the effects send signald `pair` with `peer`.
+fn asks_to_pair(fx: &[Effect], peer: &str) -> bool {
+    fx.contains(&Effect::Signal(ClientMsg::Pair {
+        peer_id: peer.into(),
+    }))
 }
