@@ -78,11 +78,11 @@ pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv:
     ticket.handshake_done();
     let req = http::parse(&buf[..len]);
     // Behind a trusted proxy the client is known only now.
-    if proxy::is_trusted(peer, &srv.cfg.trusted_proxies) {
-        let client = proxy::client_ip(peer, &req.forwarded_for, &srv.cfg.trusted_proxies);
-        if let Err(why) = ticket.attribute(client) {
-            return answer(&mut stream, refusal(why)).await;
-        }
+    let client = proxy::client_ip(peer, &req.forwarded_for, &srv.cfg.trusted_proxies);
+    if proxy::is_trusted(peer, &srv.cfg.trusted_proxies)
+        && let Err(why) = ticket.attribute(client)
+    {
+        return answer(&mut stream, refusal(why)).await;
     }
     let res = match req.route {
         Route::Healthz => healthz(&mut stream, &srv).await,
@@ -109,7 +109,7 @@ pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv:
             )
             .await;
             drop(buf);
-            session(ws, query, bearer, &srv).await;
+            session(ws, query, bearer, client, &srv).await;
             drop(ticket);
             return;
         }
@@ -255,6 +255,7 @@ async fn session<S: Io>(
     mut ws: Ws<S>,
     query: Option<String>,
     bearer: Result<Option<String>, &'static str>,
+    client: IpAddr,
     srv: &Shared,
 ) {
     let ask = match id::parse_ask(query.as_deref(), bearer) {
@@ -265,7 +266,7 @@ async fn session<S: Io>(
     };
     let slot = match srv
         .backend
-        .register(ask.id, ask.token, |id| srv.welcome(id))
+        .register(ask.id, ask.token, client, |id| srv.welcome(id))
         .await
     {
         Ok(slot) => slot,

@@ -37,7 +37,7 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::budget::Budget;
-pub use crate::cluster::ClusterConfig;
+pub use crate::cluster::{ClusterConfig, DEFAULT_PREFIX};
 use crate::limits::{IpLimits, Limits, Refused};
 use crate::metrics::Gauges;
 pub use crate::proxy::Cidr;
@@ -110,6 +110,10 @@ pub struct Config {
     /// How long an ID registered with a token stays reserved to that token
     /// after its holder leaves (zero: not at all).
     pub id_reserve: Duration,
+    /// Reservations held for clients of one address (an IPv6 client
+    /// counts by its /64); past it the address's own oldest is dropped,
+    /// never another's. 0: no quota (only `max_clients` in all).
+    pub id_reserve_per_ip: usize,
     /// When set, the listener speaks TLS (`wss://`, and https for
     /// `/healthz` and `/metrics`); the handshake is bounded by
     /// `handshake_timeout` like the request head.
@@ -145,6 +149,7 @@ impl Default for Config {
             close_grace: Duration::from_secs(2),
             turn: None,
             id_reserve: Duration::from_secs(24 * 3600),
+            id_reserve_per_ip: 64,
             tls: None,
             cluster: None,
         }
@@ -249,16 +254,17 @@ impl Shared {
 
     /// `/metrics`.
     fn render_metrics(&self) -> String {
-        let (clients, reserved, reservations_evicted) = self.backend.counts();
+        let counts = self.backend.counts();
         let budget = self.backend.budget();
         let mut body = self.backend.metrics().render(&Gauges {
-            clients,
+            clients: counts.clients,
             pairings: match &self.backend {
                 Backend::Memory(_) => None,
                 Backend::Cluster(c) => Some(c.pairings()),
             },
-            reserved,
-            reservations_evicted,
+            reserved: counts.reserved,
+            reservations_evicted: counts.reservations_evicted,
+            reservations_refused: counts.reservations_refused,
             buffered: budget.used(),
             buffered_peak: budget.peak(),
             handshakes: self.limits.handshakes(),
@@ -339,10 +345,18 @@ impl Signald {
                 queue,
                 budget,
                 cfg.id_reserve,
+                cfg.id_reserve_per_ip,
             )),
             Some(c) => Backend::Cluster(
-                cluster::Cluster::join(c.clone(), cfg.max_clients, cfg.id_reserve, queue, budget)
-                    .await?,
+                cluster::Cluster::join(
+                    c.clone(),
+                    cfg.max_clients,
+                    cfg.id_reserve,
+                    cfg.id_reserve_per_ip,
+                    queue,
+                    budget,
+                )
+                .await?,
             ),
         };
         Ok(Signald { cfg, backend })

@@ -131,8 +131,9 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The key an address is counted under.
-fn key(ip: IpAddr) -> IpAddr {
+/// The key an address is counted under: itself, or an IPv6 address's
+/// /64 (what one host or customer commonly gets).
+pub(crate) fn key(ip: IpAddr) -> IpAddr {
     match proxy::canonical(ip) {
         v4 @ IpAddr::V4(_) => v4,
         v6 => proxy::mask(v6, 64),

@@ -104,6 +104,11 @@ struct Cli {
     /// after its holder disconnects (0 turns reservations off).
     #[arg(long, env = "SIGNALD_ID_RESERVE", default_value = "24h", value_parser = duration)]
     id_reserve: Duration,
+    /// Reserved IDs kept for clients of one address (IPv6: per /64). Past
+    /// it the address gives up its own oldest; a full table refuses new
+    /// reservations rather than drop another address's. 0: no quota.
+    #[arg(long, env = "SIGNALD_ID_RESERVE_PER_IP", default_value_t = 64)]
+    id_reserve_per_ip: usize,
     /// File holding the TURN REST shared secret (coturn's
     /// static-auth-secret). Every welcome then carries time-limited
     /// credentials for each turn:/turns: server given without its own.
@@ -124,6 +129,12 @@ struct Cli {
     /// redis://HOST:PORT[/DB]. Without it everything stays in this process.
     #[arg(long, env = "SIGNALD_CLUSTER", value_name = "URL")]
     cluster: Option<String>,
+    /// What every Redis key of this cluster starts with (the same on every
+    /// node), so that several clusters can share one Redis or an ACL can
+    /// confine signald's user to its keys (`~sd:*`).
+    #[arg(long, env = "SIGNALD_CLUSTER_PREFIX", default_value = signald::DEFAULT_PREFIX,
+          requires = "cluster")]
+    cluster_prefix: String,
     /// This node's name in the cluster's logs and metrics (default: the host name).
     #[arg(long, env = "SIGNALD_NODE_ID", requires = "cluster")]
     node_id: Option<String>,
@@ -209,10 +220,12 @@ fn run() -> anyhow::Result<()> {
         trusted_proxies: cli.trusted_proxies,
         turn,
         id_reserve: cli.id_reserve,
+        id_reserve_per_ip: cli.id_reserve_per_ip,
         tls: tls.clone(),
         cluster: match cli.cluster {
             Some(url) => Some(signald::ClusterConfig {
                 url,
+                prefix: cli.cluster_prefix,
                 node_id: match cli.node_id {
                     Some(n) => n,
                     None => host_name()?,

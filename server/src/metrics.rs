@@ -7,6 +7,16 @@ use p2p_proto::signal::ErrorCode;
 
 use crate::limits::Refused;
 
+/// What a backend counts of its clients and reservations (a cluster node:
+/// its own clients, the cluster's reservations).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub clients: usize,
+    pub reserved: usize,
+    pub reservations_evicted: u64,
+    pub reservations_refused: u64,
+}
+
 /// What the registry, the budget and the limits report beside the counters.
 pub struct Gauges {
     pub clients: usize,
@@ -15,6 +25,7 @@ pub struct Gauges {
     pub pairings: Option<usize>,
     pub reserved: usize,
     pub reservations_evicted: u64,
+    pub reservations_refused: u64,
     pub buffered: usize,
     pub buffered_peak: usize,
     pub handshakes: usize,
@@ -57,7 +68,7 @@ impl Metrics {
     pub fn render(&self, now: &Gauges) -> String {
         let mut s = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
-        let rows: [(&str, &str, &str, i64); 14] = [
+        let rows: [(&str, &str, &str, i64); 15] = [
             (
                 "signald_clients",
                 "Connected clients.",
@@ -103,9 +114,15 @@ impl Metrics {
             ),
             (
                 "signald_reservations_evicted_total",
-                "Reservations dropped early because the table was full.",
+                "Reservations dropped early: their address passed its quota, or reserved again into a full table.",
                 "counter",
                 now.reservations_evicted as i64,
+            ),
+            (
+                "signald_reservations_refused_total",
+                "Reservations not made: the table was full and their address held none to give up.",
+                "counter",
+                now.reservations_refused as i64,
             ),
             (
                 "signald_buffered_bytes",

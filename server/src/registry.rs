@@ -23,6 +23,7 @@
 //! holding the most are dropped until it is back under seven eighths.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,8 +37,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::budget::Budget;
 use crate::cluster::Remote;
 use crate::id;
-use crate::metrics::Metrics;
-use crate::reserve::{Claim, Reservations, TokenHash};
+use crate::metrics::{Counts, Metrics};
+use crate::reserve::{Claim, Holder, Reservations};
 
 /// Why someone other than the connection's own task ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +112,10 @@ impl Link {
 /// One connected client, shared by its connection task, its peer and the map.
 pub struct Slot {
     pub id: Arc<str>,
-    /// The SHA-256 of the token that may reclaim this ID, if one was given
-    /// (the token itself is never kept).
-    token: Option<TokenHash>,
+    /// Who may reclaim this ID when it leaves: the hash of its token and
+    /// the address it came from (for that address's reservation quota);
+    /// `None` without a token. The token itself is never kept.
+    holder: Option<Holder>,
     /// This connection's number in its process (with `--cluster`, the
     /// node's incarnation and this tell connections apart cluster-wide).
     pub conn: u64,
@@ -141,10 +143,10 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Slot {
     /// A client of a cluster node (the in-memory registry makes its own).
-    pub fn new(id: Arc<str>, token: Option<TokenHash>, conn: u64, budget: Arc<Budget>) -> Slot {
+    pub fn new(id: Arc<str>, holder: Option<Holder>, conn: u64, budget: Arc<Budget>) -> Slot {
         Slot {
             id,
-            token,
+            holder,
             conn,
             peer: Mutex::new(None),
             out: Mutex::new(Outbox::default()),
@@ -293,17 +295,19 @@ pub struct Registry {
 
 impl Registry {
     /// At most `max_clients` at once (and as many reservations, each kept
-    /// for `id_reserve`), each outbox within `queue`, all within `budget`.
+    /// for `id_reserve`, at most `reserve_per_addr` from one address), each
+    /// outbox within `queue`, all within `budget`.
     pub fn new(
         max_clients: usize,
         queue: QueueLimits,
         budget: Arc<Budget>,
         id_reserve: Duration,
+        reserve_per_addr: usize,
     ) -> Self {
         Self {
             map: Mutex::new(Map {
                 clients: HashMap::new(),
-                reserved: Reservations::new(id_reserve, max_clients),
+                reserved: Reservations::new(id_reserve, max_clients, reserve_per_addr),
                 shutting_down: false,
             }),
             max_clients,
@@ -313,14 +317,15 @@ impl Registry {
         }
     }
 
-    /// Connected clients, reserved IDs, reservations evicted: for `/metrics`.
-    pub fn counts(&self) -> (usize, usize, u64) {
+    /// Connected clients and reservations: for `/metrics`.
+    pub fn counts(&self) -> Counts {
         let map = lock(&self.map);
-        (
-            map.clients.len(),
-            map.reserved.len(),
-            map.reserved.evicted(),
-        )
+        Counts {
+            clients: map.clients.len(),
+            reserved: map.reserved.len(),
+            reservations_evicted: map.reserved.evicted(),
+            reservations_refused: map.reserved.refused(),
+        }
     }
 
     /// Registers a client. `welcome` makes its first frame from its final ID;
@@ -334,19 +339,22 @@ impl Registry {
         &self,
         requested: Option<String>,
         token: Option<String>,
+        from: IpAddr,
         welcome: impl FnOnce(&str) -> Utf8Bytes,
     ) -> Result<Arc<Slot>, Refusal> {
-        let token = token.as_deref().map(TokenHash::of);
         let now = Instant::now();
         let mut map = lock(&self.map);
         if map.shutting_down {
             return Err(Refusal::ShuttingDown);
         }
-        let id: Arc<str> = match requested {
+        let holder_of = |id: &str| token.as_deref().map(|t| Holder::new(id, t, from));
+        let (id, holder): (Arc<str>, _) = match requested {
             Some(id) => {
+                let holder = holder_of(&id);
+                let hash = holder.map(|h| h.hash);
                 if let Some(old) = map.clients.get(id.as_str()).cloned() {
-                    let same = match (&old.token, &token) {
-                        (Some(a), Some(b)) => a.matches(b),
+                    let same = match (&old.holder, &hash) {
+                        (Some(a), Some(b)) => a.hash.matches(b),
                         _ => false,
                     };
                     if !same {
@@ -354,29 +362,31 @@ impl Registry {
                     }
                     self.remove_locked(&mut map, &old, DisconnectReason::Replaced, Kick::Replaced);
                 } else {
-                    if map.reserved.claim(&id, token.as_ref(), now) == Claim::Taken {
+                    if map.reserved.claim(&id, hash.as_ref(), now) == Claim::Taken {
                         return Err(Refusal::IdTaken);
                     }
                     if map.clients.len() >= self.max_clients {
                         return Err(Refusal::ServerFull);
                     }
                 }
-                id.into()
+                (id.into(), holder)
             }
             None => {
                 if map.clients.len() >= self.max_clients {
                     return Err(Refusal::ServerFull);
                 }
-                loop {
+                let id: Arc<str> = loop {
                     let id = id::random_id();
                     if !map.clients.contains_key(id.as_str()) && !map.reserved.is_reserved(&id, now)
                     {
                         break id.into();
                     }
-                }
+                };
+                let holder = holder_of(&id);
+                (id, holder)
             }
         };
-        let slot = Arc::new(Slot::new(id.clone(), token, 0, self.budget.clone()));
+        let slot = Arc::new(Slot::new(id.clone(), holder, 0, self.budget.clone()));
         // The first frame of an empty outbox: always taken.
         slot.enqueue(welcome(&id), self.queue);
         map.clients.insert(id, slot.clone());
@@ -437,8 +447,9 @@ impl Registry {
             map.clients.remove(&slot.id);
             // A replacement takes the ID at once; anyone else leaving keeps
             // it for its token.
-            if let (Some(hash), false) = (slot.token, why == Kick::Replaced) {
-                map.reserved.reserve(slot.id.clone(), hash, Instant::now());
+            if let (Some(h), false) = (slot.holder, why == Kick::Replaced) {
+                map.reserved
+                    .reserve(slot.id.clone(), h.hash, h.from, Instant::now());
             }
         }
         slot.end(why);

@@ -4,26 +4,42 @@
 //! takes it back at once; anyone else gets `id_taken`.
 //!
 //! Every reservation lasts the same time, so insertion order is expiry
-//! order: a queue gives the oldest in O(1), expired ones are swept as new
-//! ones come in, and when the table is full the oldest is dropped early
-//! (counted), so memory stays bounded whatever clients do.
+//! order: an ordered map gives the oldest at once, and expired ones are
+//! swept as new ones come in. Memory stays bounded whatever clients do:
+//! at most `max` reservations, and at most `per_addr` from one address
+//! (IPv6: its /64), so that one address cannot fill the table. An address
+//! at its quota, or reserving into a full table, gives up its own oldest;
+//! nobody's reservation is ever dropped to make room for another
+//! address's (issue 21: 100 registrations from one address used to evict
+//! `bob`'s in 0.1 s). The cluster's scripts (cluster/scripts.rs, `reserve`)
+//! keep the same policy in Redis.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::id;
+use crate::{id, limits};
 
-/// The SHA-256 of a token: what the registry keeps and compares.
+/// The SHA-256 of a token, salted with the ID it holds: what the registry
+/// keeps and compares (in the cluster, what Redis holds). The salt makes a
+/// table of precomputed hashes useless across IDs for whoever reads Redis;
+/// tokens themselves are meant to be long random secrets (p2pd makes 192
+/// bits), which no table covers anyway.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TokenHash([u8; 32]);
 
 impl TokenHash {
-    pub fn of(token: &str) -> TokenHash {
-        TokenHash(Sha256::digest(token.as_bytes()).into())
+    pub fn of(id: &str, token: &str) -> TokenHash {
+        let mut h = Sha256::new();
+        h.update(b"signald token v1\0");
+        h.update(id.as_bytes());
+        h.update(b"\0");
+        h.update(token.as_bytes());
+        TokenHash(h.finalize().into())
     }
 
     /// Lower-case hex, as the cluster keeps it in Redis.
@@ -44,11 +60,30 @@ impl std::fmt::Debug for TokenHash {
     }
 }
 
+/// Who may take an ID back when its client leaves, and from where that
+/// client came.
+#[derive(Clone, Copy, Debug)]
+pub struct Holder {
+    pub hash: TokenHash,
+    /// The client's address key (IPv6: its /64), for the quota.
+    pub from: IpAddr,
+}
+
+impl Holder {
+    pub fn new(id: &str, token: &str, from: IpAddr) -> Holder {
+        Holder {
+            hash: TokenHash::of(id, token),
+            from: limits::key(from),
+        }
+    }
+}
+
 struct Reservation {
     hash: TokenHash,
     until: Instant,
-    /// Which entry of the queue this is (an ID reserved again after being
-    /// taken has a newer one).
+    /// The address (IPv6: /64) its holder registered from.
+    from: IpAddr,
+    /// Its place in [`Reservations::order`] (and its address's set).
     seq: u64,
 }
 
@@ -63,53 +98,85 @@ pub enum Claim {
     Taken,
 }
 
+/// What became of a request to reserve an ID.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kept {
+    Yes,
+    /// Reservations are off.
+    Off,
+    /// The table is full and the address holds none of its own to give
+    /// up: nobody else's is dropped for it.
+    Full,
+}
+
+/// The policy, the same for both backends: at most `max` reservations,
+/// at most `per_addr` of them from one address (IPv6: /64). An address
+/// over its quota, or reserving into a full table, gives up its own
+/// oldest reservation; never another address's.
 pub struct Reservations {
     for_how_long: Duration,
     max: usize,
+    per_addr: usize,
     by_id: HashMap<Arc<str>, Reservation>,
-    queue: VecDeque<(u64, Arc<str>)>,
+    /// Live reservations in the order they expire (all last as long).
+    order: BTreeMap<u64, Arc<str>>,
+    /// Each address's live reservations, oldest first.
+    by_addr: HashMap<IpAddr, BTreeSet<u64>>,
     next_seq: u64,
     evicted: u64,
+    refused: u64,
 }
 
 impl Reservations {
     /// Reservations lasting `for_how_long` (zero: none are kept), at most
-    /// `max` at once.
-    pub fn new(for_how_long: Duration, max: usize) -> Reservations {
+    /// `max` at once and `per_addr` from one address (zero: no quota).
+    pub fn new(for_how_long: Duration, max: usize, per_addr: usize) -> Reservations {
         Reservations {
             for_how_long,
             max,
+            per_addr,
             by_id: HashMap::new(),
-            queue: VecDeque::new(),
+            order: BTreeMap::new(),
+            by_addr: HashMap::new(),
             next_seq: 0,
             evicted: 0,
+            refused: 0,
         }
     }
 
-    /// Keeps `id` for the holder of `hash`, from `now`.
-    pub fn reserve(&mut self, id: Arc<str>, hash: TokenHash, now: Instant) {
+    /// Keeps `id` for the holder of `hash`, who registered from `from`
+    /// (already reduced to its address key), from `now`.
+    pub fn reserve(&mut self, id: Arc<str>, hash: TokenHash, from: IpAddr, now: Instant) -> Kept {
         if self.for_how_long.is_zero() || self.max == 0 {
-            return;
+            return Kept::Off;
         }
         self.sweep(now);
-        let growing = !self.by_id.contains_key(&id);
-        while growing && self.by_id.len() >= self.max {
-            if self.drop_oldest() {
-                self.evicted += 1;
+        // Reserving an ID again replaces its reservation.
+        self.remove(&id);
+        let mine = self.by_addr.get(&from).map_or(0, BTreeSet::len);
+        if self.per_addr > 0 && mine >= self.per_addr {
+            self.drop_oldest_of(from);
+        } else if self.by_id.len() >= self.max {
+            if mine == 0 {
+                self.refused += 1;
+                return Kept::Full;
             }
+            self.drop_oldest_of(from);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queue.push_back((seq, id.clone()));
-        self.compact();
+        self.order.insert(seq, id.clone());
+        self.by_addr.entry(from).or_default().insert(seq);
         self.by_id.insert(
             id,
             Reservation {
                 hash,
                 until: now + self.for_how_long,
+                from,
                 seq,
             },
         );
+        Kept::Yes
     }
 
     /// Whether a registration of `id` with `token` may have it.
@@ -120,7 +187,7 @@ impl Reservations {
         };
         match token {
             Some(t) if r.hash.matches(t) => {
-                self.by_id.remove(id);
+                self.remove(id);
                 Claim::Owner
             }
             _ => Claim::Taken,
@@ -136,56 +203,49 @@ impl Reservations {
         self.by_id.len()
     }
 
-    /// Reservations dropped early because the table was full.
+    /// Reservations dropped early: their address passed its quota, or
+    /// reserved again into a full table.
     pub fn evicted(&self) -> u64 {
         self.evicted
     }
 
-    /// Drops the queue's stale entries (IDs taken back, or reserved
-    /// again) once they outnumber the live ones: `sweep` stops at the first
-    /// live reservation, so without this a client reconnecting with its
-    /// token over and over grew the queue for ever behind an older live
-    /// one. Keeps the queue at most about twice the table, at an amortised
-    /// constant cost per reservation.
-    fn compact(&mut self) {
-        if self.queue.len() <= 2 * self.by_id.len() + 16 {
+    /// Reservations not made: the table was full and their address held
+    /// none to give up.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some(r) = self.by_id.remove(id) else {
             return;
-        }
-        let by_id = &self.by_id;
-        self.queue
-            .retain(|(seq, id)| by_id.get(id).is_some_and(|r| r.seq == *seq));
-    }
-
-    /// Queue entries held (live and stale), for tests.
-    #[cfg(test)]
-    fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
-    fn sweep(&mut self, now: Instant) {
-        while let Some((seq, id)) = self.queue.front() {
-            match self.by_id.get(id) {
-                Some(r) if r.seq == *seq && r.until > now => return,
-                _ => {
-                    let (seq, id) = self.queue.pop_front().expect("non-empty");
-                    if self.by_id.get(&id).is_some_and(|r| r.seq == seq) {
-                        self.by_id.remove(&id);
-                    }
-                }
+        };
+        self.order.remove(&r.seq);
+        if let Some(set) = self.by_addr.get_mut(&r.from) {
+            set.remove(&r.seq);
+            if set.is_empty() {
+                self.by_addr.remove(&r.from);
             }
         }
     }
 
-    /// Drops the oldest queue entry; whether it was a live reservation.
-    fn drop_oldest(&mut self) -> bool {
-        let Some((seq, id)) = self.queue.pop_front() else {
-            return false;
+    fn drop_oldest_of(&mut self, from: IpAddr) {
+        let Some(&seq) = self.by_addr.get(&from).and_then(BTreeSet::first) else {
+            return;
         };
-        if self.by_id.get(&id).is_some_and(|r| r.seq == seq) {
-            self.by_id.remove(&id);
-            return true;
+        if let Some(id) = self.order.get(&seq).cloned() {
+            self.remove(&id);
+            self.evicted += 1;
         }
-        false
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        while let Some(first) = self.order.first_entry() {
+            if self.by_id.get(first.get()).is_some_and(|r| r.until > now) {
+                return;
+            }
+            let id = first.remove();
+            self.remove(&id);
+        }
     }
 }
 
@@ -195,65 +255,123 @@ mod tests {
 
     const DAY: Duration = Duration::from_secs(86_400);
 
+    fn addr(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn tok(id: &str) -> TokenHash {
+        TokenHash::of(id, "0123456789abcdef")
+    }
+
     #[test]
     fn the_owner_takes_it_back_others_are_refused_until_it_expires() {
-        let mut r = Reservations::new(DAY, 10);
+        let mut r = Reservations::new(DAY, 10, 10);
         let now = Instant::now();
-        let owner = TokenHash::of("0123456789abcdef");
-        let other = TokenHash::of("fedcba9876543210");
-        r.reserve("alice".into(), owner, now);
+        let a = addr("192.0.2.1");
+        let owner = tok("alice");
+        let other = TokenHash::of("alice", "fedcba9876543210");
+        assert_eq!(r.reserve("alice".into(), owner, a, now), Kept::Yes);
         assert_eq!(r.claim("alice", Some(&other), now), Claim::Taken);
         assert_eq!(r.claim("alice", None, now), Claim::Taken);
         assert!(r.is_reserved("alice", now));
         assert_eq!(r.claim("alice", Some(&owner), now), Claim::Owner);
         assert_eq!(r.claim("alice", Some(&other), now), Claim::Free);
-        r.reserve("bob".into(), owner, now);
+        r.reserve("bob".into(), tok("bob"), a, now);
         assert_eq!(
-            r.claim("bob", Some(&other), now + DAY),
+            r.claim("bob", Some(&tok("bob")), now + DAY),
             Claim::Free,
             "expired"
         );
         assert_eq!(r.len(), 0);
+        assert!(r.by_addr.is_empty() && r.order.is_empty());
+    }
+
+    #[test]
+    fn the_salt_is_the_id() {
+        assert!(!tok("alice").matches(&tok("bob")));
+        assert!(tok("alice").matches(&tok("alice")));
     }
 
     /// Issue 21: 100,000 reconnects with a token, behind two older live
     /// reservations, grew the queue (and RSS by 5.4 MB) without bound.
     #[test]
-    fn reconnects_with_a_token_do_not_grow_the_queue() {
-        let mut r = Reservations::new(DAY, 1000);
+    fn reconnects_with_a_token_leave_nothing_behind() {
+        let mut r = Reservations::new(DAY, 1000, 10);
         let now = Instant::now();
-        let t = TokenHash::of("0123456789abcdef");
-        r.reserve("old1".into(), t, now);
-        r.reserve("old2".into(), t, now);
+        let a = addr("192.0.2.1");
+        r.reserve("old1".into(), tok("old1"), a, now);
+        r.reserve("old2".into(), tok("old2"), a, now);
         for _ in 0..100_000 {
-            r.reserve("bob".into(), t, now);
-            assert_eq!(r.claim("bob", Some(&t), now), Claim::Owner);
+            r.reserve("bob".into(), tok("bob"), a, now);
+            assert_eq!(r.claim("bob", Some(&tok("bob")), now), Claim::Owner);
+            r.reserve("carol".into(), tok("carol"), a, now);
         }
-        assert_eq!(r.len(), 2);
-        assert!(r.queued() <= 2 * r.len() + 17, "{} queued", r.queued());
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.order.len(), 3);
+        assert_eq!(r.by_addr[&a].len(), 3);
         assert!(r.is_reserved("old1", now) && r.is_reserved("old2", now));
+        assert_eq!(r.evicted(), 0);
+    }
+
+    /// Issue 21: 100 token registrations from one address evicted `bob`'s
+    /// reservation (another address) in 0.1 s.
+    #[test]
+    fn one_address_never_evicts_another_s() {
+        let mut r = Reservations::new(DAY, 50, 8);
+        let now = Instant::now();
+        let bob = addr("198.51.100.7");
+        r.reserve("bob".into(), tok("bob"), bob, now);
+        // One address: its quota, then its own oldest go.
+        let mallory = addr("203.0.113.9");
+        for i in 0..100 {
+            let id: Arc<str> = format!("m{i}").into();
+            assert_eq!(r.reserve(id.clone(), tok(&id), mallory, now), Kept::Yes);
+        }
+        assert!(r.is_reserved("bob", now));
+        assert_eq!(r.len(), 9);
+        assert!(r.is_reserved("m99", now) && !r.is_reserved("m91", now));
+        assert_eq!(r.evicted(), 92);
+        // An IPv6 attacker counts by its /64: the caller passes the key,
+        // so many addresses of one /64 are one address here.
+        // Many addresses fill the table; then newcomers are refused and
+        // nobody already in it loses a reservation.
+        for n in 0..100u32 {
+            let from = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + n));
+            let id: Arc<str> = format!("x{n}").into();
+            r.reserve(id.clone(), tok(&id), from, now);
+        }
+        assert_eq!(r.len(), 50);
+        assert!(r.refused() > 0);
+        assert!(r.is_reserved("bob", now) && r.is_reserved("m99", now));
+        // An address that holds some gives up its own oldest in a full table.
+        assert_eq!(r.reserve("bob2".into(), tok("bob2"), bob, now), Kept::Yes);
+        assert!(!r.is_reserved("bob", now) && r.is_reserved("bob2", now));
+        // When they expire, room comes back.
+        assert_eq!(
+            r.reserve("late".into(), tok("late"), addr("192.0.2.200"), now + DAY),
+            Kept::Yes
+        );
+        assert_eq!(r.len(), 1);
     }
 
     #[test]
-    fn zero_keeps_nothing_and_the_table_is_bounded() {
-        let mut off = Reservations::new(Duration::ZERO, 10);
+    fn zero_keeps_nothing_and_zero_quota_is_none() {
+        let mut off = Reservations::new(Duration::ZERO, 10, 10);
         let now = Instant::now();
-        off.reserve("alice".into(), TokenHash::of("0123456789abcdef"), now);
+        let a = addr("192.0.2.1");
+        assert_eq!(off.reserve("alice".into(), tok("alice"), a, now), Kept::Off);
         assert_eq!(off.claim("alice", None, now), Claim::Free);
 
-        let mut r = Reservations::new(DAY, 3);
+        let mut r = Reservations::new(DAY, 3, 0);
         for i in 0..5 {
-            r.reserve(
-                format!("id{i}").into(),
-                TokenHash::of("0123456789abcdef"),
-                now,
-            );
+            let id: Arc<str> = format!("id{i}").into();
+            r.reserve(id.clone(), tok(&id), a, now);
         }
         assert_eq!(r.len(), 3);
         assert_eq!(r.evicted(), 2);
         assert!(!r.is_reserved("id0", now) && r.is_reserved("id4", now));
         // Re-reserving an ID leaves one entry, not two.
-        r.reserve("id4".into(), TokenHash::of("0123456789abcdef"), now);
-        assert_eq!(r.len(), 3);
+        r.reserve("id4".into(), tok("id4"), a, now);
+        assert_eq!((r.len(), r.order.len()), (3, 3));
     }
 }

@@ -132,3 +132,89 @@ async fn a_bearer_token_holds_and_reclaims_its_id_like_the_querys() {
         "given twice"
     );
 }
+
+/// Registers `id` with `token` from the loopback address `from` on node
+/// `node` (of a cluster; 0 in memory), reads its `welcome` and leaves.
+async fn hold_and_leave(srv: &Server, node: usize, from: &str, id: &str, token: &str) {
+    let addr = srv.addrs[node % srv.addrs.len()];
+    let stream = crate::util::connect_from(from, addr).await;
+    let url = format!("ws://{addr}/ws?id={id}&token={token}");
+    let mut ws = crate::util::upgrade_on(stream, &url, &[])
+        .await
+        .expect("upgraded");
+    let first = crate::util::next_frame(&mut ws, true).await.expect("a frame");
+    assert_eq!(first["type"], "welcome", "{id}: {first}");
+    ws.close(None).await.ok();
+}
+
+/// A figure of the whole ID space: in a cluster every node reports the
+/// same, so one node is asked.
+async fn shared(srv: &Server, name: &str) -> f64 {
+    crate::util::metric_at(srv.addrs[0], name).await
+}
+
+async fn reserved(srv: &Server) -> f64 {
+    shared(srv, "signald_reserved_ids").await
+}
+
+/// Issue 21, item 6: 100 token registrations from one address evicted
+/// `bob`'s reservation in 0.1 s, and then `bob` with a new token was
+/// welcomed. Now an address past its quota gives up its own oldest, a
+/// full table refuses newcomers, and nobody's reservation makes room for
+/// another address's; the same on both backends.
+async fn one_address_cannot_evict_another_s_reservation(srv: Server) {
+    hold_and_leave(&srv, 1, "127.0.0.3", "bob", OWNER).await;
+    crate::util::eventually("bob reserved", || async { reserved(&srv).await == 1.0 }).await;
+    for i in 0..30 {
+        hold_and_leave(&srv, i, "127.0.0.2", &format!("m{i}"), OTHER).await;
+    }
+    // The quota is 4: mallory keeps her 4 newest, bob his one.
+    crate::util::eventually("mallory at her quota", || async {
+        reserved(&srv).await == 5.0
+            && shared(&srv, "signald_reservations_evicted_total").await == 26.0
+    })
+    .await;
+    // Five more addresses bring 20 more into a table of 20: 15 fit, and
+    // nobody already there loses a reservation for them.
+    for a in 0..5 {
+        for i in 0..4 {
+            let id = format!("x{a}n{i}");
+            hold_and_leave(&srv, i, &format!("127.0.1.{}", a + 1), &id, OTHER).await;
+        }
+    }
+    crate::util::eventually("the table full", || async {
+        reserved(&srv).await == 20.0
+            && shared(&srv, "signald_reservations_refused_total").await
+                + shared(&srv, "signald_reservations_evicted_total").await
+                == 26.0 + 5.0
+    })
+    .await;
+    assert!(shared(&srv, "signald_reservations_refused_total").await >= 1.0);
+    assert_eq!(
+        attempt(&srv, &format!("id=bob&token={OTHER}")).await,
+        ("error".into(), "id_taken".into())
+    );
+    let back = srv.client(&format!("id=bob&token={OWNER}")).await;
+    assert_eq!(back.id, "bob");
+}
+
+fn quota_config() -> Config {
+    Config {
+        id_reserve_per_ip: 4,
+        max_clients: 20,
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn one_address_cannot_evict_another_s_reservation_in_memory() {
+    one_address_cannot_evict_another_s_reservation(start(quota_config()).await).await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_evict_another_s_reservation_in_a_cluster() {
+    let Some(srv) = crate::util::start_cluster("reserve_quota", quota_config()).await else {
+        return;
+    };
+    one_address_cannot_evict_another_s_reservation(srv).await;
+}

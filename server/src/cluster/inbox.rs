@@ -84,7 +84,7 @@ fn num(b: Option<&[u8]>) -> Option<u64> {
 /// Reads incarnation `era`'s inbox from after `last` until the node is
 /// fenced or stops.
 pub async fn run(i: Arc<Inner>, inc: Arc<str>, era: u64, mut last: String) {
-    let key = relay::inbox_key(&inc);
+    let key = relay::inbox_key(&i.cfg.prefix, &inc);
     let mut con: Option<MultiplexedConnection> = None;
     let mut seen = i.seen.subscribe();
     loop {
@@ -248,7 +248,7 @@ fn control(i: &Inner, live: &Live, op: Op) {
                 Some(s) if *pn == *live.inc => Peer::Local(s.clone()),
                 // A local peer already gone is a remote one nobody reads:
                 // its release, next in the inbox, ends this pairing.
-                _ => Peer::Remote(Arc::new(Remote::new(&p, &pn, pc))),
+                _ => Peer::Remote(Arc::new(Remote::new(&i.cfg.prefix, &p, &pn, pc))),
             };
             *slot.link() = Some(Link { peer, epoch: e });
             let frame = ServerMsg::Paired {

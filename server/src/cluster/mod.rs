@@ -34,6 +34,7 @@ mod node;
 mod relay;
 mod scripts;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -47,9 +48,9 @@ use tracing::{debug, info, warn};
 
 use crate::budget::Budget;
 use crate::id;
-use crate::metrics::{ClusterFigures, Metrics};
+use crate::metrics::{ClusterFigures, Counts, Metrics};
 use crate::registry::{Kick, Link, Peer, Push, QueueLimits, Refusal, Relayed, Slot, lock};
-use crate::reserve::TokenHash;
+use crate::reserve::Holder;
 
 use local::Local;
 use scripts::Scripts;
@@ -70,8 +71,12 @@ const REAP_BATCH: usize = 256;
 /// How the node takes part in a cluster (`--cluster` and its companions).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `redis://HOST:PORT[/DB]` (`rediss://` is not built in).
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]`, or `rediss://` for TLS.
     pub url: String,
+    /// What every key of this cluster starts with, so that several
+    /// clusters (or other users) can share one Redis: 1-64 of
+    /// `A-Z a-z 0-9 - _ . :`. The same on every node.
+    pub prefix: String,
     /// This node's name in logs and metrics; each incarnation adds a suffix.
     pub node_id: String,
     /// How often the node tells Redis it is alive.
@@ -81,8 +86,19 @@ pub struct ClusterConfig {
     pub dead_after: Duration,
 }
 
+/// The key prefix when `--cluster-prefix` is not given.
+pub const DEFAULT_PREFIX: &str = "sd:";
+
 impl ClusterConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=64).contains(&self.prefix.len())
+                && self
+                    .prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)),
+            "--cluster-prefix must be 1-64 of A-Z a-z 0-9 - _ . :"
+        );
         anyhow::ensure!(
             self.node_id.len() <= 64
                 && !self.node_id.is_empty()
@@ -130,12 +146,12 @@ pub struct Remote {
 }
 
 impl Remote {
-    fn new(id: &str, node: &str, conn: u64) -> Remote {
+    fn new(prefix: &str, id: &str, node: &str, conn: u64) -> Remote {
         Remote {
             id: id.into(),
             node: node.into(),
             conn,
-            inbox: relay::inbox_key(node),
+            inbox: relay::inbox_key(prefix, node),
         }
     }
 }
@@ -163,9 +179,38 @@ struct Counters {
     relayed_in: AtomicU64,
     stale_dropped: AtomicU64,
     reaped: AtomicU64,
-    /// The last figures read from Redis (live nodes, clients, pairings,
-    /// reservations, reservations evicted, nodes being reaped).
-    cluster: [AtomicU64; 6],
+    /// The last figures read from Redis.
+    cluster: Shared,
+}
+
+/// The cluster-wide figures the STATS script returns, in its order.
+#[derive(Default)]
+struct Shared {
+    nodes: AtomicU64,
+    clients: AtomicU64,
+    pairings: AtomicU64,
+    reserved: AtomicU64,
+    reservations_evicted: AtomicU64,
+    reservations_refused: AtomicU64,
+    dead_nodes: AtomicU64,
+}
+
+impl Shared {
+    /// Takes the STATS script's answer.
+    fn store(&self, figures: &[String]) {
+        let slots = [
+            &self.nodes,
+            &self.clients,
+            &self.pairings,
+            &self.reserved,
+            &self.reservations_evicted,
+            &self.reservations_refused,
+            &self.dead_nodes,
+        ];
+        for (slot, v) in slots.into_iter().zip(figures) {
+            slot.store(v.parse().unwrap_or(0), Ordering::Relaxed);
+        }
+    }
 }
 
 struct Inner {
@@ -175,6 +220,7 @@ struct Inner {
     scripts: Scripts,
     max_clients: usize,
     reserve_ms: u64,
+    reserve_per_addr: usize,
     queue: QueueLimits,
     budget: Arc<Budget>,
     metrics: Metrics,
@@ -209,6 +255,7 @@ impl Cluster {
         cfg: ClusterConfig,
         max_clients: usize,
         reserve: Duration,
+        reserve_per_addr: usize,
         queue: QueueLimits,
         budget: Arc<Budget>,
     ) -> anyhow::Result<Cluster> {
@@ -232,6 +279,7 @@ impl Cluster {
             scripts: Scripts::new(),
             max_clients,
             reserve_ms: reserve.as_millis() as u64,
+            reserve_per_addr,
             queue,
             budget,
             metrics: Metrics::default(),
@@ -273,13 +321,15 @@ impl Cluster {
 
     /// This node's clients, reserved IDs (cluster-wide), reservations
     /// evicted (cluster-wide): the figures `/metrics` always shows.
-    pub fn counts(&self) -> (usize, usize, u64) {
+    pub fn counts(&self) -> Counts {
         let c = &self.inner.counters.cluster;
-        (
-            self.inner.local.clients(),
-            c[3].load(Ordering::Relaxed) as usize,
-            c[4].load(Ordering::Relaxed),
-        )
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            clients: self.inner.local.clients(),
+            reserved: load(&c.reserved) as usize,
+            reservations_evicted: load(&c.reservations_evicted),
+            reservations_refused: load(&c.reservations_refused),
+        }
     }
 
     /// Pairings with a side on this node (one between two of its clients
@@ -306,10 +356,10 @@ impl Cluster {
             stale_dropped: load(&c.stale_dropped),
             reaped: load(&c.reaped),
             pending_releases: lock(&i.pending).len() as u64,
-            nodes: load(&c.cluster[0]),
-            clients: load(&c.cluster[1]),
-            pairings: load(&c.cluster[2]),
-            dead_nodes: load(&c.cluster[5]),
+            nodes: load(&c.cluster.nodes),
+            clients: load(&c.cluster.clients),
+            pairings: load(&c.cluster.pairings),
+            dead_nodes: load(&c.cluster.dead_nodes),
         }
     }
 
@@ -319,11 +369,10 @@ impl Cluster {
         &self,
         requested: Option<String>,
         token: Option<String>,
+        from: IpAddr,
         welcome: impl Fn(&str) -> Utf8Bytes,
     ) -> Result<Arc<Slot>, Refusal> {
         let i = &self.inner;
-        let hash = token.as_deref().map(TokenHash::of);
-        let tok = hash.map(|h| h.hex()).unwrap_or_default();
         // A random ID is drawn again if taken; 72 bits make a second draw
         // already a rarity.
         for _ in 0..8 {
@@ -332,8 +381,11 @@ impl Cluster {
                 Some(id) => id.as_str().into(),
                 None => id::random_id().into(),
             };
+            let holder = token.as_deref().map(|t| Holder::new(&id, t, from));
+            let tok = holder.map(|h| h.hash.hex()).unwrap_or_default();
+            let addr = holder.map(|h| h.from.to_string()).unwrap_or_default();
             let conn = i.conns.fetch_add(1, Ordering::Relaxed);
-            let slot = Arc::new(Slot::new(id.clone(), hash, conn, i.budget.clone()));
+            let slot = Arc::new(Slot::new(id.clone(), holder, conn, i.budget.clone()));
             // Queued and in the table before the claim: once Redis has it,
             // events for it may arrive at once, and must find it.
             slot.enqueue(welcome(&id), i.queue);
@@ -349,6 +401,7 @@ impl Cluster {
                         &tok,
                         if room { "1" } else { "0" },
                         if random { "1" } else { "0" },
+                        &addr,
                     ],
                 )
                 .await;
@@ -574,7 +627,9 @@ impl Inner {
         inv.arg(self.cfg.dead_after.as_millis() as u64)
             .arg(inc)
             .arg(self.reserve_ms)
-            .arg(self.max_clients);
+            .arg(self.max_clients)
+            .arg(&self.cfg.prefix)
+            .arg(self.reserve_per_addr);
         for a in extra {
             inv.arg(*a);
         }

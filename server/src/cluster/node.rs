@@ -170,7 +170,5 @@ async fn stats(i: &Arc<Inner>, inc: &str) {
     let Ok(r) = i.call(&i.scripts.stats, inc, &[]).await else {
         return;
     };
-    for (slot, v) in i.counters.cluster.iter().zip(&r) {
-        slot.store(v.parse().unwrap_or(0), Ordering::Relaxed);
-    }
+    i.counters.cluster.store(&r);
 }

@@ -16,9 +16,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Remote;
 
-/// The inbox stream of incarnation `inc`.
-pub fn inbox_key(inc: &str) -> String {
-    format!("sd:in:{inc}")
+/// The inbox stream of incarnation `inc`, under the cluster's key prefix.
+pub fn inbox_key(prefix: &str, inc: &str) -> String {
+    format!("{prefix}in:{inc}")
 }
 
 /// Adds a relayed frame to `to`'s node's inbox. `NOMKSTREAM`: the inbox of

@@ -3,7 +3,7 @@
 //! can interleave with: that is what makes IDs unique across nodes and every
 //! ended pairing announced exactly once.
 //!
-//! Keys (prefix `sd:`; one Redis primary, so keys are built inside the
+//! Keys (under the operator's `--cluster-prefix`, `sd:` by default; one Redis primary, so keys are built inside the
 //! scripts, which Redis Cluster would refuse):
 //!
 //! | key | type | holds |
@@ -11,15 +11,17 @@
 //! | `nodes` | sorted set | live incarnations → last heartbeat (Redis `TIME`, ms) |
 //! | `dead` | set | incarnations declared dead whose clients are still being reaped |
 //! | `dead_ms` | string | the dead-after every node must agree on |
-//! | `c:ID` | hash | the holder of ID: `n` incarnation, `c` connection, `t` token hash (hex, or empty), and while paired `p` peer ID, `pn`/`pc` its incarnation and connection, `e` the pairing's epoch |
+//! | `c:ID` | hash | the holder of ID: `n` incarnation, `c` connection, `t` token hash (hex, or empty), `a` its address key (for the reservation quota), and while paired `p` peer ID, `pn`/`pc` its incarnation and connection, `e` the pairing's epoch |
 //! | `n:INC` | set | the IDs incarnation INC holds |
 //! | `in:INC` | stream | INC's inbox: control events and relayed frames, in the order Redis made them |
-//! | `rz`, `rh` | sorted set, hash | reservations: ID → expiry (ms), ID → token hash |
-//! | `epoch`, `nclients`, `npairs`, `revicted` | strings | counters |
+//! | `rz`, `rh`, `ro` | sorted set, hashes | reservations: ID → expiry (ms), ID → token hash, ID → address key |
+//! | `ra:ADDR` | sorted set | the reservations made from one address key → expiry (its quota) |
+//! | `epoch`, `nclients`, `npairs`, `revicted`, `rrefused` | strings | counters |
 //!
 //! Every script takes `ARGV[1]` dead-after (ms), `ARGV[2]` the caller's
 //! incarnation, `ARGV[3]` the reservation time (ms), `ARGV[4]` the most
-//! reservations kept; its own arguments follow. Every script a node runs
+//! reservations kept, `ARGV[5]` the key prefix, `ARGV[6]` the most
+//! reservations per address; its own arguments follow from `ARGV[7]`. Every script a node runs
 //! for its clients first checks that the node itself is alive (its last
 //! heartbeat within dead-after, by Redis's clock): a node that was paused
 //! or cut off past its deadline can change nothing, so it can never send a
@@ -36,13 +38,14 @@
 use redis::Script;
 
 const PRELUDE: &str = r#"
-local P = 'sd:'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local dead = tonumber(ARGV[1])
 local me = ARGV[2]
 local reserve_ms = tonumber(ARGV[3])
 local max_res = tonumber(ARGV[4])
+local P = ARGV[5]
+local per_addr = tonumber(ARGV[6])
 
 local function alive(inc)
   local s = redis.call('ZSCORE', P .. 'nodes', inc)
@@ -99,26 +102,50 @@ local function tail(inc)
   return ''
 end
 
-local function sweep()
-  local gone = redis.call('ZRANGEBYSCORE', P .. 'rz', '-inf', now, 'LIMIT', 0, 100)
-  for _, id in ipairs(gone) do redis.call('HDEL', P .. 'rh', id) end
-  if #gone > 0 then redis.call('ZREM', P .. 'rz', unpack(gone)) end
+-- Forgets id's reservation, if any.
+local function unreserve(id)
+  local a = redis.call('HGET', P .. 'ro', id)
+  redis.call('ZREM', P .. 'rz', id)
+  redis.call('HDEL', P .. 'rh', id)
+  if a then
+    redis.call('HDEL', P .. 'ro', id)
+    redis.call('ZREM', P .. 'ra:' .. a, id)
+  end
 end
 
--- Keeps id for the holder of tok for reserve_ms; at most max_res, the
--- oldest dropped first (counted).
-local function reserve(id, tok)
+-- Drops expired reservations (each once: the cost is paid by the
+-- reservation that made it).
+local function sweep()
+  repeat
+    local gone = redis.call('ZRANGEBYSCORE', P .. 'rz', '-inf', now, 'LIMIT', 0, 100)
+    for _, id in ipairs(gone) do unreserve(id) end
+  until #gone < 100
+end
+
+-- Keeps id for the holder of tok, who registered from addr, for
+-- reserve_ms: at most max_res in all and per_addr (0: no quota) from one
+-- address. An address at its quota, or reserving into a full table, gives
+-- up its own oldest (counted in revicted); one that holds none in a full
+-- table gets nothing (rrefused). Never another address's: reserve.rs is
+-- the same policy in memory.
+local function reserve(id, tok, addr)
   if reserve_ms <= 0 or max_res <= 0 then return end
   sweep()
-  if not redis.call('ZSCORE', P .. 'rz', id) then
-    while redis.call('ZCARD', P .. 'rz') >= max_res do
-      local old = redis.call('ZPOPMIN', P .. 'rz')
-      redis.call('HDEL', P .. 'rh', old[1])
-      redis.call('INCR', P .. 'revicted')
+  unreserve(id)
+  local ka = P .. 'ra:' .. addr
+  local mine = redis.call('ZCARD', ka)
+  if (per_addr > 0 and mine >= per_addr) or redis.call('ZCARD', P .. 'rz') >= max_res then
+    if mine == 0 then
+      redis.call('INCR', P .. 'rrefused')
+      return
     end
+    unreserve(redis.call('ZRANGE', ka, 0, 0)[1])
+    redis.call('INCR', P .. 'revicted')
   end
   redis.call('ZADD', P .. 'rz', now + reserve_ms, id)
   redis.call('HSET', P .. 'rh', id, tok)
+  redis.call('HSET', P .. 'ro', id, addr)
+  redis.call('ZADD', ka, now + reserve_ms, id)
 end
 
 -- 'free', 'owner' (reserved to tok) or 'taken'.
@@ -126,8 +153,7 @@ local function reserved(id, tok)
   local u = redis.call('ZSCORE', P .. 'rz', id)
   if not u then return 'free' end
   if tonumber(u) <= now then
-    redis.call('ZREM', P .. 'rz', id)
-    redis.call('HDEL', P .. 'rh', id)
+    unreserve(id)
     return 'free'
   end
   if tok ~= '' and redis.call('HGET', P .. 'rh', id) == tok then return 'owner' end
@@ -172,17 +198,18 @@ end
 return {'ok'}
 "#;
 
-/// ARGV[5] id, [6] connection, [7] token hash or '', [8] '1' if the node
-/// has room for a new client, [9] '1' for a random ID (never refused:
-/// `retry` with another). The contract's order: a live holder is replaced
+/// ARGV[7] id, [8] connection, [9] token hash or '', [10] '1' if the node
+/// has room for a new client, [11] '1' for a random ID (never refused:
+/// `retry` with another), [12] the client's address key (its reservation
+/// counts against that address's quota when it leaves). The contract's order: a live holder is replaced
 /// by its token or `id_taken`; a reservation is the token's or `id_taken`;
 /// then the client limit, which a replacement does not count against. A
 /// holder on a dead node is a reservation for its token (or free without
 /// one): its owner need not wait for the reaper.
 const CLAIM: &str = r#"
 if not alive(me) then return {'fenced'} end
-local id, conn, tok = ARGV[5], ARGV[6], ARGV[7]
-local room, random = ARGV[8] == '1', ARGV[9] == '1'
+local id, conn, tok = ARGV[7], ARGV[8], ARGV[9]
+local room, random, addr = ARGV[10] == '1', ARGV[11] == '1', ARGV[12]
 local k = P .. 'c:' .. id
 local X = redis.call('HMGET', k, 'n', 'c', 't')
 local take_over = false
@@ -205,10 +232,7 @@ else
   end
   if random and r ~= 'free' then return {'retry'} end
   if not room then return {'full'} end
-  if r == 'owner' then
-    redis.call('ZREM', P .. 'rz', id)
-    redis.call('HDEL', P .. 'rh', id)
-  end
+  if r == 'owner' then unreserve(id) end
 end
 if take_over then
   endpair(id, take_over, false)
@@ -217,13 +241,13 @@ if take_over then
   redis.call('DEL', k)
   redis.call('DECR', P .. 'nclients')
 end
-redis.call('HSET', k, 'n', me, 'c', conn, 't', tok)
+redis.call('HSET', k, 'n', me, 'c', conn, 't', tok, 'a', addr)
 redis.call('SADD', P .. 'n:' .. me, id)
 redis.call('INCR', P .. 'nclients')
 return {'ok', flush()}
 "#;
 
-/// ARGV[5] the initiator's ID, [6] its connection, [7] the peer's ID.
+/// ARGV[7] the initiator's ID, [8] its connection, [9] the peer's ID.
 /// Checks in the contract's order after `self_pair` (checked by the
 /// node): `already_paired`, `unknown_peer` (a holder on a dead node is
 /// gone), `peer_busy`. `gone`: the caller is no longer the holder (being
@@ -231,7 +255,7 @@ return {'ok', flush()}
 /// inbox to wait for: its own event, or the last one there for a refusal.
 const PAIR: &str = r#"
 if not alive(me) then return {'fenced'} end
-local a, ac, b = ARGV[5], ARGV[6], ARGV[7]
+local a, ac, b = ARGV[7], ARGV[8], ARGV[9]
 local ka, kb = P .. 'c:' .. a, P .. 'c:' .. b
 local A = redis.call('HMGET', ka, 'n', 'c', 'p')
 if A[1] ~= me or A[2] ~= ac then return {'gone'} end
@@ -248,33 +272,33 @@ emit(B[1], {o = 'paired', id = b, c = B[2], p = a, pn = me, pc = ac, e = e, i = 
 return {'ok', flush()}
 "#;
 
-/// ARGV[5] ID, [6] connection: ends its pairing, the peer told `unpaired`.
+/// ARGV[7] ID, [8] connection: ends its pairing, the peer told `unpaired`.
 const UNPAIR: &str = r#"
 if not alive(me) then return {'fenced'} end
-local a, ac = ARGV[5], ARGV[6]
+local a, ac = ARGV[7], ARGV[8]
 local A = redis.call('HMGET', P .. 'c:' .. a, 'n', 'c')
 if A[1] ~= me or A[2] ~= ac then return {'gone'} end
 if not endpair(a, 'unpaired', true) then return {'not_paired', tail(me)} end
 return {'ok', flush()}
 "#;
 
-/// ARGV[5] ID, [6] connection, [7] the reason its peer is told: the
+/// ARGV[7] ID, [8] connection, [9] the reason its peer is told: the
 /// connection ended. Its ID is freed, or reserved to its token.
 const RELEASE: &str = r#"
 if not alive(me) then return {'fenced'} end
-local id, conn, reason = ARGV[5], ARGV[6], ARGV[7]
+local id, conn, reason = ARGV[7], ARGV[8], ARGV[9]
 local k = P .. 'c:' .. id
-local X = redis.call('HMGET', k, 'n', 'c', 't')
+local X = redis.call('HMGET', k, 'n', 'c', 't', 'a')
 if X[1] ~= me or X[2] ~= conn then return {'gone'} end
 endpair(id, reason, false)
 redis.call('DEL', k)
 redis.call('SREM', P .. 'n:' .. me, id)
 redis.call('DECR', P .. 'nclients')
-if X[3] and X[3] ~= '' then reserve(id, X[3]) end
+if X[3] and X[3] ~= '' then reserve(id, X[3], X[4] or '') end
 return {'ok', flush()}
 "#;
 
-/// ARGV[5] batch size. Takes one dead incarnation (declared dead, or with
+/// ARGV[7] batch size. Takes one dead incarnation (declared dead, or with
 /// a heartbeat older than dead-after) and frees up to a batch of its
 /// clients: each pairing ended (the survivor told `left`), each ID
 /// reserved to its token. Every ID is popped once, so however many nodes
@@ -282,7 +306,7 @@ return {'ok', flush()}
 /// client.
 const REAP: &str = r#"
 if not alive(me) then return {'fenced'} end
-local batch = tonumber(ARGV[5])
+local batch = tonumber(ARGV[7])
 local inc = redis.call('SRANDMEMBER', P .. 'dead')
 if not inc then
   local stale = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', '(' .. (now - dead), 'LIMIT', 0, 1)
@@ -294,12 +318,12 @@ end
 local ids = redis.call('SPOP', P .. 'n:' .. inc, batch)
 for _, id in ipairs(ids) do
   local k = P .. 'c:' .. id
-  local X = redis.call('HMGET', k, 'n', 't')
+  local X = redis.call('HMGET', k, 'n', 't', 'a')
   if X[1] == inc then
     endpair(id, 'left', false)
     redis.call('DEL', k)
     redis.call('DECR', P .. 'nclients')
-    if X[2] and X[2] ~= '' then reserve(id, X[2]) end
+    if X[2] and X[2] ~= '' then reserve(id, X[2], X[3] or '') end
   end
 end
 local left = redis.call('SCARD', P .. 'n:' .. inc)
@@ -312,7 +336,8 @@ return {'reaped', inc, tostring(#ids), tostring(left)}
 "#;
 
 /// The cluster's figures for `/metrics`: live nodes, clients, pairings,
-/// reservations, reservations evicted, incarnations still being reaped.
+/// reservations, reservations evicted and refused, incarnations still
+/// being reaped (the order of `Shared` in mod.rs).
 const STATS: &str = r#"
 sweep()
 local live = redis.call('ZCOUNT', P .. 'nodes', now - dead, '+inf')
@@ -321,6 +346,7 @@ return {tostring(live),
   redis.call('GET', P .. 'npairs') or '0',
   tostring(redis.call('ZCARD', P .. 'rz')),
   redis.call('GET', P .. 'revicted') or '0',
+  redis.call('GET', P .. 'rrefused') or '0',
   tostring(redis.call('SCARD', P .. 'dead'))}
 "#;
 

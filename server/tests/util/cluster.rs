@@ -17,6 +17,7 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(1);
 pub fn config(url: &str, node: &str) -> ClusterConfig {
     ClusterConfig {
         url: url.to_string(),
+        prefix: signald::DEFAULT_PREFIX.to_string(),
         node_id: node.to_string(),
         heartbeat: HEARTBEAT,
         dead_after: DEAD_AFTER,
