@@ -156,6 +156,13 @@ impl Default for Config {
     }
 }
 
+/// The largest frame signald relays for a client message of at most
+/// `max_message` bytes: its `type` renamed and a `from` of at most 64
+/// bytes added (and their JSON escapes, at most 6 bytes per byte of ID).
+fn relayed_frame_max(max_message: usize) -> usize {
+    max_message + 512
+}
+
 impl Config {
     /// Checks the relations between fields that flags cannot express.
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -353,6 +360,7 @@ impl Signald {
                     cfg.max_clients,
                     cfg.id_reserve,
                     cfg.id_reserve_per_ip,
+                    relayed_frame_max(cfg.max_message_bytes),
                     queue,
                     budget,
                 )

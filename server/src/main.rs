@@ -126,9 +126,19 @@ struct Cli {
     #[arg(long, env = "SIGNALD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Share one ID space with every signald on this Redis:
-    /// redis://HOST:PORT[/DB]. Without it everything stays in this process.
+    /// redis://[USER:PASSWORD@]HOST:PORT[/DB], or rediss://... for TLS.
+    /// Without it everything stays in this process.
     #[arg(long, env = "SIGNALD_CLUSTER", value_name = "URL")]
     cluster: Option<String>,
+    /// CA certificates (PEM) that a rediss:// Redis's certificate must
+    /// chain to, instead of the system's.
+    #[arg(
+        long,
+        env = "SIGNALD_CLUSTER_CA",
+        value_name = "PATH",
+        requires = "cluster"
+    )]
+    cluster_ca: Option<PathBuf>,
     /// What every Redis key of this cluster starts with (the same on every
     /// node), so that several clusters can share one Redis or an ACL can
     /// confine signald's user to its keys (`~sd:*`).
@@ -225,6 +235,7 @@ fn run() -> anyhow::Result<()> {
         cluster: match cli.cluster {
             Some(url) => Some(signald::ClusterConfig {
                 url,
+                ca: cli.cluster_ca,
                 prefix: cli.cluster_prefix,
                 node_id: match cli.node_id {
                     Some(n) => n,

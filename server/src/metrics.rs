@@ -205,6 +205,7 @@ pub struct ClusterFigures {
     pub relayed_out: u64,
     pub relayed_in: u64,
     pub stale_dropped: u64,
+    pub rejected: u64,
     pub reaped: u64,
     pub pending_releases: u64,
     pub nodes: u64,
@@ -225,7 +226,7 @@ impl ClusterFigures {
             self.node, self.incarnation
         )
         .expect("writing to a String");
-        let rows: [(&str, &str, &str, u64); 14] = [
+        let rows: [(&str, &str, &str, u64); 15] = [
             (
                 "signald_cluster_live",
                 "1 while this node is part of the cluster, 0 while fenced or rejoining.",
@@ -273,6 +274,12 @@ impl ClusterFigures {
                 "Frames from other nodes for a pairing that had ended, dropped.",
                 "counter",
                 self.stale_dropped,
+            ),
+            (
+                "signald_cluster_rejected_total",
+                "Inbox entries read from Redis that no node could have written (malformed, or a frame its client's peer could not have sent), dropped.",
+                "counter",
+                self.rejected,
             ),
             (
                 "signald_cluster_reaped_total",

@@ -142,7 +142,9 @@ async fn hold_and_leave(srv: &Server, node: usize, from: &str, id: &str, token: 
     let mut ws = crate::util::upgrade_on(stream, &url, &[])
         .await
         .expect("upgraded");
-    let first = crate::util::next_frame(&mut ws, true).await.expect("a frame");
+    let first = crate::util::next_frame(&mut ws, true)
+        .await
+        .expect("a frame");
     assert_eq!(first["type"], "welcome", "{id}: {first}");
     ws.close(None).await.ok();
 }

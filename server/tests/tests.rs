@@ -6,6 +6,7 @@ mod binary;
 mod cluster;
 mod cluster_failures;
 mod cluster_p2pd;
+mod cluster_redis;
 mod errors;
 mod flow;
 mod handshake;

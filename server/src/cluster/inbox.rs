@@ -7,13 +7,23 @@
 //!
 //! After each batch it records how far it got (what a script's caller
 //! waits for) and trims what it applied from the stream.
+//!
+//! Nothing read here is trusted because it came from Redis: whoever can
+//! write to Redis could put anything in an inbox. A relayed frame reaches
+//! a client only if it is one a client of this node could have been sent
+//! by its peer (an `offer`, `answer` or `candidate` from exactly the peer
+//! of the pairing it names, within the size limit); IDs and incarnations
+//! must be well formed; a `peer_disconnected` goes out only for the
+//! pairing the client is in. Anything else is counted
+//! (`signald_cluster_rejected_total`) and dropped, and the client hears
+//! nothing of it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use p2p_proto::signal::{DisconnectReason, ServerMsg};
+use p2p_proto::signal::{DisconnectReason, ServerMsg, valid_id};
 use redis::AsyncConnectionConfig;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
@@ -214,12 +224,48 @@ fn relayed(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
         i.counters.stale_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let Ok(text) = String::from_utf8(frame.to_vec()) else {
-        warn!("inbox: a relayed frame is not UTF-8");
+    let Some(text) = relayable(i, slot, frame) else {
+        i.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        warn!("inbox: a relayed frame for {id} that its peer could not have sent; dropped");
         return;
     };
     i.counters.relayed_in.fetch_add(1, Ordering::Relaxed);
     deliver(i, slot, text.into());
+}
+
+/// The frame as text, if it is what `slot`'s peer could have had relayed
+/// to it: UTF-8, within the size limit, an `offer`, `answer` or `candidate`
+/// whose `from` is the peer of the current pairing.
+fn relayable(i: &Inner, slot: &Slot, frame: &[u8]) -> Option<String> {
+    if frame.len() > i.max_frame {
+        return None;
+    }
+    let text = String::from_utf8(frame.to_vec()).ok()?;
+    let from = match serde_json::from_str::<ServerMsg>(&text).ok()? {
+        ServerMsg::Offer { from, .. }
+        | ServerMsg::Answer { from, .. }
+        | ServerMsg::Candidate { from, .. } => from,
+        _ => return None,
+    };
+    let link = slot.link();
+    match link.as_ref().map(|l| &l.peer) {
+        Some(Peer::Remote(r)) if *r.id == *from => Some(text),
+        _ => None,
+    }
+}
+
+/// An incarnation name as `node::join` makes them: a node ID (1-64 of
+/// `A-Z a-z 0-9 - _ .`), a dot, eight hex digits.
+fn valid_incarnation(s: &str) -> bool {
+    s.len() <= 64 + 9
+        && !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn reject(i: &Inner, what: &str) {
+    i.counters.rejected.fetch_add(1, Ordering::Relaxed);
+    warn!("inbox: malformed {what}; dropped");
 }
 
 fn deliver(i: &Inner, slot: &Arc<Slot>, frame: Utf8Bytes) {
@@ -241,8 +287,11 @@ fn control(i: &Inner, live: &Live, op: Op) {
             i: initiator,
         } => {
             let (Ok(c), Ok(pc), Ok(e)) = (c.parse(), pc.parse::<u64>(), e.parse()) else {
-                return warn!("inbox: malformed paired");
+                return reject(i, "paired");
             };
+            if !valid_id(&p) || p == id || !valid_incarnation(&pn) {
+                return reject(i, "paired");
+            }
             let Some(slot) = live.get(c, &id) else { return };
             let peer = match live.get(pc, &p) {
                 Some(s) if *pn == *live.inc => Peer::Local(s.clone()),
@@ -259,16 +308,32 @@ fn control(i: &Inner, live: &Live, op: Op) {
         }
         Op::End { id, c, e, r, p } => {
             let (Ok(c), Ok(e)) = (c.parse(), e.parse::<u64>()) else {
-                return warn!("inbox: malformed end");
+                return reject(i, "end");
             };
             let Some(slot) = live.get(c, &id) else { return };
-            {
+            // Only the pairing the client is in ends, and a notice must
+            // name its peer; otherwise nothing changes.
+            let notice = {
                 let mut link = slot.link();
-                if link.as_ref().is_some_and(|l| l.epoch == e) {
-                    link.take();
-                }
-            }
-            if let (Some(r), Some(p)) = (r.as_deref().and_then(reason), p) {
+                let Some(l) = link.as_ref().filter(|l| l.epoch == e) else {
+                    return;
+                };
+                let peer_id = match &l.peer {
+                    Peer::Local(s) => &s.id,
+                    Peer::Remote(r) => &r.id,
+                };
+                let notice = match (r.as_deref(), p) {
+                    (None, None) => None,
+                    (Some(r), Some(p)) => match reason(r) {
+                        Some(r) if *p == **peer_id => Some((r, p)),
+                        _ => return reject(i, "end notice"),
+                    },
+                    _ => return reject(i, "end notice"),
+                };
+                link.take();
+                notice
+            };
+            if let Some((r, p)) = notice {
                 let notice = ServerMsg::PeerDisconnected {
                     peer_id: p,
                     reason: r,
@@ -277,7 +342,10 @@ fn control(i: &Inner, live: &Live, op: Op) {
             }
         }
         Op::Kick { id, c } => {
-            if let Some(slot) = c.parse().ok().and_then(|c| live.get(c, &id)) {
+            let Ok(c) = c.parse() else {
+                return reject(i, "kick");
+            };
+            if let Some(slot) = live.get(c, &id) {
                 slot.end(Kick::Replaced);
             }
         }

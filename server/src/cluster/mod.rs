@@ -35,6 +35,7 @@ mod relay;
 mod scripts;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -73,6 +74,9 @@ const REAP_BATCH: usize = 256;
 pub struct ClusterConfig {
     /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]`, or `rediss://` for TLS.
     pub url: String,
+    /// With `rediss://`: the CA certificates (PEM) that Redis's certificate
+    /// must chain to, instead of the system's.
+    pub ca: Option<PathBuf>,
     /// What every key of this cluster starts with, so that several
     /// clusters (or other users) can share one Redis: 1-64 of
     /// `A-Z a-z 0-9 - _ . :`. The same on every node.
@@ -178,6 +182,7 @@ struct Counters {
     relayed_out: AtomicU64,
     relayed_in: AtomicU64,
     stale_dropped: AtomicU64,
+    rejected: AtomicU64,
     reaped: AtomicU64,
     /// The last figures read from Redis.
     cluster: Shared,
@@ -221,6 +226,8 @@ struct Inner {
     max_clients: usize,
     reserve_ms: u64,
     reserve_per_addr: usize,
+    /// The largest relayed frame a client of this cluster can be sent.
+    max_frame: usize,
     queue: QueueLimits,
     budget: Arc<Budget>,
     metrics: Metrics,
@@ -256,13 +263,29 @@ impl Cluster {
         max_clients: usize,
         reserve: Duration,
         reserve_per_addr: usize,
+        max_frame: usize,
         queue: QueueLimits,
         budget: Arc<Budget>,
     ) -> anyhow::Result<Cluster> {
         cfg.validate()?;
         let where_ = redacted(&cfg.url);
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| anyhow::anyhow!("--cluster {where_}: {e}"))?;
+        let client = match &cfg.ca {
+            None => redis::Client::open(cfg.url.as_str()),
+            Some(ca) => {
+                anyhow::ensure!(
+                    cfg.url.starts_with("rediss://"),
+                    "--cluster-ca is for a rediss:// URL, and --cluster is {where_}"
+                );
+                let pem = std::fs::read(ca)
+                    .map_err(|e| anyhow::anyhow!("--cluster-ca {}: {e}", ca.display()))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(cfg.url.as_str(), certs)
+            }
+        }
+        .map_err(|e| anyhow::anyhow!("--cluster {where_}: {e}"))?;
         let mcfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
@@ -280,6 +303,7 @@ impl Cluster {
             max_clients,
             reserve_ms: reserve.as_millis() as u64,
             reserve_per_addr,
+            max_frame,
             queue,
             budget,
             metrics: Metrics::default(),
@@ -293,9 +317,20 @@ impl Cluster {
             pending: std::sync::Mutex::new(Vec::new()),
             wake: Notify::new(),
         });
-        node::join(&inner)
-            .await
-            .map_err(|e| anyhow::anyhow!("joining the cluster at {where_}: {e}"))?;
+        node::join(&inner).await.map_err(|e| {
+            let e = e.to_string();
+            // Redis's own words name neither the prefix nor the fix.
+            let hint = if e.contains("NOPERM") || e.contains("can't access") {
+                format!(
+                    " (the Redis user may not use the keys under --cluster-prefix {:?}: \
+                     its ACL needs ~{}*)",
+                    inner.cfg.prefix, inner.cfg.prefix
+                )
+            } else {
+                String::new()
+            };
+            anyhow::anyhow!("joining the cluster at {where_}: {e}{hint}")
+        })?;
         tokio::spawn(node::run(inner.clone()));
         Ok(Cluster { inner })
     }
@@ -354,6 +389,7 @@ impl Cluster {
             relayed_out: load(&c.relayed_out),
             relayed_in: load(&c.relayed_in),
             stale_dropped: load(&c.stale_dropped),
+            rejected: load(&c.rejected),
             reaped: load(&c.reaped),
             pending_releases: lock(&i.pending).len() as u64,
             nodes: load(&c.cluster.nodes),

@@ -17,6 +17,7 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(1);
 pub fn config(url: &str, node: &str) -> ClusterConfig {
     ClusterConfig {
         url: url.to_string(),
+        ca: None,
         prefix: signald::DEFAULT_PREFIX.to_string(),
         node_id: node.to_string(),
         heartbeat: HEARTBEAT,
@@ -32,13 +33,17 @@ pub struct Node {
 
 impl Node {
     pub fn start(redis: &Redis, name: &str, extra: &[&str]) -> Node {
-        let url = redis.url();
+        Node::start_on(&redis.url(), name, extra)
+    }
+
+    /// A node on the Redis at `url` (credentials, `rediss://`).
+    pub fn start_on(url: &str, name: &str, extra: &[&str]) -> Node {
         let args = [
             &[
                 "--listen",
                 "127.0.0.1:0",
                 "--cluster",
-                &url,
+                url,
                 "--node-id",
                 name,
                 "--cluster-heartbeat",

@@ -134,6 +134,12 @@ impl Server {
         }
     }
 
+    /// The URL of a cluster's Redis.
+    pub fn redis_url(&self) -> Option<String> {
+        let r = self.redis.as_ref()?;
+        Some(r.lock().unwrap_or_else(|e| e.into_inner()).url())
+    }
+
     /// Whether this is a cluster of several nodes.
     pub fn is_cluster(&self) -> bool {
         self.addrs.len() > 1

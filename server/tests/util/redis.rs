@@ -14,6 +14,9 @@ pub struct Redis {
     bin: PathBuf,
     dir: tempfile::TempDir,
     pub port: u16,
+    /// Arguments beyond the plain TCP listener (TLS, ACL users).
+    extra: Vec<String>,
+    tls: bool,
 }
 
 /// `redis-server` on the PATH.
@@ -26,6 +29,12 @@ fn find() -> Option<PathBuf> {
 impl Redis {
     /// Starts one for `test`, or prints the skip line and gives `None`.
     pub fn start(test: &str) -> Option<Redis> {
+        Redis::start_with(test, false, &[])
+    }
+
+    /// Starts one with `extra` arguments; with `tls`, the port speaks only
+    /// TLS (`--tls-port`; `extra` names the certificate files).
+    pub fn start_with(test: &str, tls: bool, extra: &[&str]) -> Option<Redis> {
         let Some(bin) = find() else {
             p2p_testkit::skip(test, "redis-server is not installed");
             return None;
@@ -39,6 +48,8 @@ impl Redis {
             bin,
             dir: tempfile::tempdir().expect("a temporary directory"),
             port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
         };
         r.spawn();
         Some(r)
@@ -46,17 +57,32 @@ impl Redis {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let port = self.port.to_string();
+        let listen = if self.tls {
+            ["--port", "0", "--tls-port", &port]
+        } else {
+            ["--port", &port, "--tls-port", "0"]
+        };
+        cmd.args(["--bind", "127.0.0.1"])
+            .args(listen)
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(self.dir.path());
+            .arg(self.dir.path())
+            .args(&self.extra);
         let p = Proc::spawn("redis-server", cmd);
         p.wait_line("Ready to accept connections");
         self.proc = Some(p);
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL with `user:password@`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        self.url()
+            .replacen("://", &format!("://{user}:{password}@"), 1)
     }
 
     /// Kills it (SIGKILL: everything in it is lost, as it has no

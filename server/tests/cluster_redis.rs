@@ -1,0 +1,197 @@
+//! Redis as the cluster sees it (issue 21, item 10): not trusted blindly.
+//! What a node reads back from an inbox must be what a node could have
+//! written; the link to Redis can be TLS, as an ACL user confined to the
+//! cluster's key prefix.
+
+use std::time::Duration;
+
+use serde_json::json;
+use signald::Config;
+
+use crate::util::cluster::Node;
+use crate::util::redis::Redis;
+use crate::util::{self, Client};
+
+/// `XADD`s one entry to `key` with these fields.
+async fn xadd(con: &mut redis::aio::MultiplexedConnection, key: &str, fields: &[(&str, &str)]) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    let _: String = cmd.query_async(con).await.expect("XADD");
+}
+
+/// Whoever can write to Redis writes frames and events into a node's
+/// inbox: a `welcome` posing as relayed, an offer from someone who is not
+/// the peer, one over the size limit, a `peer_disconnected` naming another
+/// peer, a `paired` with a malformed peer. None reaches the client, each
+/// is counted, the pairing stays; the real peer's next frame is the first
+/// thing the client gets.
+#[tokio::test]
+async fn what_redis_hands_back_is_checked_like_a_clients_frame() {
+    let cfg = Config {
+        max_message_bytes: 4096,
+        ..Config::default()
+    };
+    let Some(srv) = util::start_cluster("redis_hands_back", cfg).await else {
+        return;
+    };
+    let url = srv.redis_url().expect("a cluster's redis");
+    let mut con = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let mut alice: Client = util::cluster::client_at(srv.addrs[0], "id=alice").await;
+    let mut bob: Client = util::cluster::client_at(srv.addrs[1], "id=bob").await;
+    alice.send(json!({"type":"pair","peer_id":"bob"})).await;
+    assert_eq!(alice.recv().await["type"], "paired");
+    assert_eq!(bob.recv().await["type"], "paired");
+
+    let (inc, conn, epoch): (String, String, String) = redis::cmd("HMGET")
+        .arg("sd:c:bob")
+        .arg("n")
+        .arg("c")
+        .arg("e")
+        .query_async(&mut con)
+        .await
+        .expect("bob's record");
+    let inbox = format!("sd:in:{inc}");
+    let relayed = |f: String| {
+        vec![
+            ("k".to_string(), "r".to_string()),
+            ("i".to_string(), "bob".to_string()),
+            ("c".to_string(), conn.clone()),
+            ("e".to_string(), epoch.clone()),
+            ("f".to_string(), f),
+        ]
+    };
+    let big = "x".repeat(8192);
+    let forged = [
+        relayed(json!({"type":"error","code":"server_full","message":"go away"}).to_string()),
+        relayed(json!({"type":"offer","sdp":"v=0","from":"mallory"}).to_string()),
+        relayed(json!({"type":"offer","sdp":big,"from":"alice"}).to_string()),
+        relayed("{not json".to_string()),
+        vec![
+            ("k".to_string(), "x".to_string()),
+            (
+                "j".to_string(),
+                json!([{"o":"end","id":"bob","c":conn,"e":epoch,"r":"left","p":"mallory"}])
+                    .to_string(),
+            ),
+        ],
+        vec![
+            ("k".to_string(), "x".to_string()),
+            (
+                "j".to_string(),
+                json!([{"o":"paired","id":"bob","c":conn,"p":"bad id!","pn":"n1.00000000",
+                        "pc":"1","e":epoch,"i":true}])
+                .to_string(),
+            ),
+        ],
+    ];
+    for entry in &forged {
+        let fields: Vec<(&str, &str)> = entry.iter().map(|(k, v)| (&**k, &**v)).collect();
+        xadd(&mut con, &inbox, &fields).await;
+    }
+    util::eventually("every forged entry counted", || async {
+        util::metric_at(srv.addrs[1], "signald_cluster_rejected_total").await == forged.len() as f64
+    })
+    .await;
+    alice
+        .send(json!({"type":"offer","sdp":"the real one"}))
+        .await;
+    let got = bob.recv().await;
+    assert_eq!(
+        got,
+        json!({"type":"offer","sdp":"the real one","from":"alice"}),
+        "the first frame bob gets is alice's"
+    );
+    bob.send(json!({"type":"answer","sdp":"still paired"}))
+        .await;
+    assert_eq!(alice.recv().await["sdp"], "still paired");
+}
+
+/// `rediss://` with the cluster's CA, as an ACL user whose keys are only
+/// `--cluster-prefix`'s: two nodes pair clients across the nodes. The same
+/// user with another prefix, or a plain `redis://` to the TLS port, is
+/// refused at start with the reason.
+#[tokio::test]
+async fn tls_and_an_acl_user_confined_to_the_prefix() {
+    let ca = p2p_testkit::tls::Ca::new("redis test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = ca.issue(dir.path(), "redis");
+    let acl = dir.path().join("users.acl");
+    std::fs::write(
+        &acl,
+        "user default off\nuser signald on >s3cret-pw ~lab1:* +@all -@dangerous +script|load\n",
+    )
+    .unwrap();
+    let [crt, key, ca_pem, acl] =
+        [crt, key, ca.pem(), acl].map(|p| p.to_str().unwrap().to_string());
+    let Some(redis) = Redis::start_with(
+        "tls_and_an_acl_user",
+        true,
+        &[
+            "--tls-cert-file",
+            &crt,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca_pem,
+            "--tls-auth-clients",
+            "no",
+            "--aclfile",
+            &acl,
+        ],
+    ) else {
+        return;
+    };
+    let url = redis.url_as("signald", "s3cret-pw");
+    assert!(url.starts_with("rediss://"), "{url}");
+    let flags = ["--cluster-ca", &ca_pem, "--cluster-prefix", "lab1:"];
+    let n1 = Node::start_on(&url, "n1", &flags);
+    let n2 = Node::start_on(&url, "n2", &flags);
+    let mut a = n1.client("id=alice").await;
+    let mut b = n2.client("id=bob").await;
+    a.send(json!({"type":"pair","peer_id":"bob"})).await;
+    assert_eq!(a.recv().await["type"], "paired");
+    assert_eq!(b.recv().await["type"], "paired");
+    a.send(json!({"type":"offer","sdp":"over tls"})).await;
+    assert_eq!(b.recv().await["sdp"], "over tls");
+
+    for (bad_url, extra, says) in [
+        (
+            url.clone(),
+            vec!["--cluster-prefix", "sd:"],
+            "may not use the keys under --cluster-prefix \"sd:\"",
+        ),
+        (
+            url.replacen("rediss://", "redis://", 1),
+            vec!["--cluster-prefix", "lab1:"],
+            "cannot reach Redis",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(p2p_testkit::bin("signald"));
+        cmd.args(["--listen", "127.0.0.1:0", "--cluster", &bad_url])
+            .args(&extra)
+            .args(["--node-id", "n3"]);
+        if bad_url.starts_with("rediss://") {
+            cmd.args(["--cluster-ca", &ca_pem]);
+        }
+        let mut p = p2p_testkit::Proc::spawn("signald", cmd);
+        let st = p.wait_exit();
+        assert!(!st.success(), "{bad_url} {extra:?}: started");
+        let log = p.log();
+        assert!(log.contains(says), "{bad_url} {extra:?}: {log}");
+        assert!(
+            !log.contains("s3cret-pw"),
+            "the password is never shown: {log}"
+        );
+    }
+    // The nodes that started are unaffected.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.send(json!({"type":"answer","sdp":"still here"})).await;
+    assert_eq!(a.recv().await["sdp"], "still here");
+}
