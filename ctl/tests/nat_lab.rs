@@ -232,3 +232,46 @@ fn lab_nat_rebinding_mid_transfer_restarts_ice_and_loses_nothing() {
     assert_eq!(a.status().link, LinkState::Open);
     drop(s);
 }
+
+/// Issue 21, item 8: signald's TURN credentials live 2 s here and are
+/// renewed while each daemon stays connected. A relay-only link outlives
+/// the first ones (coturn refreshes an allocation with the key it was made
+/// with), and a new pairing after they expired allocates relays again:
+/// bob, whose signaling never dropped, with credentials that only the
+/// renewals gave him. Every line arrives in order.
+#[test]
+fn lab_relayed_link_outlives_its_turn_credentials_and_pairs_again_with_fresh_ones() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Cone);
+    lab.start_coturn();
+    let s = lab.signald_with(&[Lab::turn()], &["--turn-ttl", "2s"]);
+    let a = lab.daemon("h1", "h1", &["--relay-only"]);
+    let b = lab.daemon("h2", "h2", &["--relay-only"]);
+    let first = pair_ok(&a, &b);
+    assert_eq!(
+        (first.local_type.as_str(), first.remote_type.as_str()),
+        ("relay", "relay"),
+        "{first:?}"
+    );
+    let tail = Tail::start(&b, &[]);
+    transfer(&a, &tail, 100, "before");
+    // Past the first credentials' lifetime, twice over.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    transfer(&a, &tail, 100, "still relayed");
+    a.ok(&["unpair"]);
+    b.wait_idle();
+    let again = pair_ok(&a, &b);
+    assert_eq!(
+        (again.local_type.as_str(), again.remote_type.as_str()),
+        ("relay", "relay"),
+        "{again:?}"
+    );
+    let tail = Tail::start(&b, &[]);
+    transfer(&a, &tail, 100, "paired again");
+    assert_eq!(
+        b.status().server.reconnects,
+        0,
+        "bob had no second welcome: only renewals can have given him fresh credentials"
+    );
+    drop(s);
+}

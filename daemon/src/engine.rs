@@ -336,11 +336,11 @@ impl Engine {
                     .flat_map(|s| &s.urls)
                     .any(|u| u.starts_with("turn:") || u.starts_with("turns:"));
                 self.step(Input::SignalingUp { id, turn }).await;
-                if self.core.link().peer().is_none()
-                    && (self.pc.is_none() || self.pc_ice != self.ice_servers())
-                {
-                    self.fresh_pc().await;
-                }
+                self.take_ice_servers().await;
+            }
+            SigEvent::IceServers(ice_servers) => {
+                self.server.renewed(ice_servers);
+                self.take_ice_servers().await;
             }
             SigEvent::Down { reason, .. } => {
                 if self.server.down(&reason) {
@@ -645,6 +645,26 @@ impl Engine {
                 self.pc_ice = settings.ice_servers;
             }
             Err(e) => tracing::error!(error = %e, "cannot build a peer connection"),
+        }
+    }
+
+    /// Makes the idle connection again when its ICE servers are out of
+    /// date (a new welcome, or signald renewed the TURN credentials), so
+    /// that the next pairing allocates with fresh credentials.
+    ///
+    /// A connection in use keeps what it has: its allocations were made
+    /// with the old credentials, and TURN requires every later request of
+    /// an allocation to carry the same username (RFC 8656, 441 Wrong
+    /// Credentials), while webrtc 0.21.1, given new ones by
+    /// `set_configuration`, re-signs the live allocations with them and
+    /// coturn then refuses their refreshes (seen in the NAT lab). An ICE
+    /// restart reuses the allocations it has, which coturn keeps
+    /// refreshing past the credentials' expiry.
+    async fn take_ice_servers(&mut self) {
+        let idle = self.core.link().peer().is_none();
+        let stale = self.pc_ice != self.ice_servers();
+        if idle && (stale || self.pc.is_none()) {
+            self.fresh_pc().await;
         }
     }
 

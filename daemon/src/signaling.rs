@@ -35,8 +35,10 @@ pub enum SigEvent {
         ping_timeout_ms: u64,
         ice_servers: Vec<IceServer>,
     },
-    /// A frame from signald (never `welcome` or `ping`).
+    /// A frame from signald (never `welcome`, `ping` or `ice_servers`).
     Msg(ServerMsg),
+    /// Fresh TURN credentials: the welcome's `ice_servers`, replaced.
+    IceServers(Vec<IceServer>),
     /// The connection ended or an attempt failed; a retry is scheduled.
     Down { reason: String, retry_in: Duration },
 }
@@ -361,6 +363,11 @@ async fn session(
                             let pong = serde_json::to_string(&ClientMsg::Pong).expect("serialises");
                             if let Err(e) = ws.send(Message::text(pong)).await {
                                 return Ended::Other(format!("answering ping failed: {e}"));
+                            }
+                        }
+                        Ok(ServerMsg::IceServers { ice_servers }) => {
+                            if events.send(SigEvent::IceServers(ice_servers)).await.is_err() {
+                                return Ended::Other("engine stopped".into());
                             }
                         }
                         Ok(m) => match well_formed(&m).map(|()| escaped(m)) {

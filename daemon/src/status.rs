@@ -71,6 +71,11 @@ impl ServerView {
         self.state == ServerState::Connected
     }
 
+    /// signald renewed the TURN credentials: they replace the welcome's.
+    pub fn renewed(&mut self, ice: Vec<IceServer>) {
+        self.welcome_ice = ice;
+    }
+
     pub fn welcome_ice(&self) -> &[IceServer] {
         &self.welcome_ice
     }

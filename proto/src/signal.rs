@@ -221,6 +221,12 @@ pub enum ServerMsg {
         code: ErrorCode,
         message: String,
     },
+    /// Fresh TURN credentials for a connected client, replacing the
+    /// welcome's `ice_servers` for every gathering from now on (an
+    /// extension: older clients ignore it).
+    IceServers {
+        ice_servers: Vec<IceServer>,
+    },
 }
 
 /// A frame from a client to signald.
@@ -400,6 +406,17 @@ mod tests {
         assert_eq!(
             m.to_json(),
             r#"{"type":"error","code":"peer_busy","message":"x"}"#
+        );
+        let m = ServerMsg::IceServers {
+            ice_servers: vec![IceServer {
+                urls: vec!["turn:192.0.2.1:3478".into()],
+                username: Some("1700000600:alice".into()),
+                credential: Some("c2VjcmV0".into()),
+            }],
+        };
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"ice_servers","ice_servers":[{"urls":["turn:192.0.2.1:3478"],"username":"1700000600:alice","credential":"c2VjcmV0"}]}"#
         );
         for code in ErrorCode::ALL {
             assert_eq!(

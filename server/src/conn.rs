@@ -97,6 +97,8 @@ pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv:
             if let Err(why) = ticket.register() {
                 return answer(&mut stream, refusal(why)).await;
             }
+            // TURN credentials are an allowance of the client's address.
+            let turn = srv.cfg.turn.is_some() && ticket.take_turn();
             if let Err(e) = http::accept(&mut stream, &accept).await {
                 debug!("upgrade response: {e}");
                 return;
@@ -109,7 +111,7 @@ pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv:
             )
             .await;
             drop(buf);
-            session(ws, query, bearer, client, &srv).await;
+            session(ws, query, bearer, client, turn, &srv).await;
             drop(ticket);
             return;
         }
@@ -256,6 +258,7 @@ async fn session<S: Io>(
     query: Option<String>,
     bearer: Result<Option<String>, &'static str>,
     client: IpAddr,
+    turn: bool,
     srv: &Shared,
 ) {
     let ask = match id::parse_ask(query.as_deref(), bearer) {
@@ -266,7 +269,7 @@ async fn session<S: Io>(
     };
     let slot = match srv
         .backend
-        .register(ask.id, ask.token, client, |id| srv.welcome(id))
+        .register(ask.id, ask.token, client, |id| srv.welcome(id, turn))
         .await
     {
         Ok(slot) => slot,
@@ -290,7 +293,7 @@ async fn session<S: Io>(
     };
     debug!(id = %slot.id, "registered");
     let mut out = Writer::default();
-    let ending = drive(&mut ws, &slot, &mut out, srv).await;
+    let ending = drive(&mut ws, &slot, &mut out, turn, srv).await;
     let (code, text, reason) = match ending {
         Ending::Left => (1000, "", DisconnectReason::Left),
         Ending::Timeout => (
@@ -482,10 +485,24 @@ enum Event {
 }
 
 /// Runs the registered client until it ends.
-async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &Shared) -> Ending {
+/// Serves a registered client to its end. `turn`: it was given TURN
+/// credentials, renewed at half their lifetime while it stays.
+async fn drive<S: Io>(
+    ws: &mut Ws<S>,
+    slot: &Arc<Slot>,
+    out: &mut Writer,
+    turn: bool,
+    srv: &Shared,
+) -> Ending {
     let cfg = &srv.cfg;
     let reg = &srv.backend;
     let start = Instant::now();
+    // Checked at ping times: the configuration keeps the lifetime at four
+    // ping intervals or more, so a renewal is never late.
+    let mut renew_at = match (&cfg.turn, turn) {
+        (Some(t), true) => Some(start + t.ttl / 2),
+        _ => None,
+    };
     let mut last_seen = start;
     let mut next_ping = srv.ping_slot(start + cfg.ping_interval);
     let timer = tokio::time::sleep_until(next_ping.min(start + cfg.ping_timeout));
@@ -509,6 +526,12 @@ async fn drive<S: Io>(ws: &mut Ws<S>, slot: &Arc<Slot>, out: &mut Writer, srv: &
                 if now >= next_ping {
                     reg.send_own(slot, Utf8Bytes::from_static(PING));
                     next_ping = srv.ping_slot(now + cfg.ping_interval);
+                }
+                if let (Some(at), Some(t)) = (renew_at, &cfg.turn)
+                    && now >= at
+                {
+                    reg.send_own(slot, srv.ice_servers_frame(&slot.id));
+                    renew_at = Some(now + t.ttl / 2);
                 }
                 timer.as_mut().reset(next_ping.min(deadline));
                 continue;

@@ -104,9 +104,15 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Time allowed for flushing and the close handshake when closing.
     pub close_grace: Duration,
-    /// When set, every `welcome` carries fresh time-limited credentials for
-    /// each TURN server in `ice_servers` that has none of its own.
+    /// When set, a `welcome` carries fresh time-limited credentials for
+    /// each TURN server in `ice_servers` that has none of its own, renewed
+    /// (an `ice_servers` frame) at half their lifetime while the client
+    /// stays connected.
     pub turn: Option<TurnRest>,
+    /// Clients of one address given TURN credentials in a burst, and per
+    /// credential lifetime after it (IPv6: per /64); the others get the
+    /// welcome without those servers. 0: no limit.
+    pub turn_per_ip: u32,
     /// How long an ID registered with a token stays reserved to that token
     /// after its holder leaves (zero: not at all).
     pub id_reserve: Duration,
@@ -148,6 +154,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(2),
             turn: None,
+            turn_per_ip: 16,
             id_reserve: Duration::from_secs(24 * 3600),
             id_reserve_per_ip: 64,
             tls: None,
@@ -180,6 +187,15 @@ impl Config {
             self.max_message_bytes > 0,
             "--max-message-bytes must be positive"
         );
+        if let Some(t) = &self.turn {
+            // Renewals go out at ping times, at half the lifetime.
+            anyhow::ensure!(
+                t.ttl >= self.ping_interval * 4 && t.ttl >= Duration::from_secs(2),
+                "--turn-ttl ({:?}) must be at least 2s and four --ping-interval ({:?}): credentials are renewed at half their lifetime, at a ping",
+                t.ttl,
+                self.ping_interval
+            );
+        }
         anyhow::ensure!(self.rate_limit > 0, "--rate-limit must be positive");
         anyhow::ensure!(self.rate_burst > 0, "--rate-burst must be positive");
         anyhow::ensure!(
@@ -276,6 +292,7 @@ impl Shared {
             buffered_peak: budget.peak(),
             handshakes: self.limits.handshakes(),
             handshakes_shed: self.limits.shed(),
+            turn_withheld: self.limits.turn_refused(),
             tracked_addresses: self.limits.tracked(),
             refused: Refused::ALL
                 .iter()
@@ -288,21 +305,33 @@ impl Shared {
         body
     }
 
-    fn welcome(&self, id: &str) -> Utf8Bytes {
+    /// The `welcome` for client `id`; `turn`: with TURN credentials (its
+    /// address had some left), else without the TURN servers that need them.
+    fn welcome(&self, id: &str, turn: bool) -> Utf8Bytes {
         ServerMsg::Welcome {
             id: id.to_string(),
             ping_interval_ms: self.cfg.ping_interval.as_millis() as u64,
             ping_timeout_ms: self.cfg.ping_timeout.as_millis() as u64,
-            ice_servers: match &self.cfg.turn {
-                Some(turn) => {
-                    turn.for_client(&self.cfg.ice_servers, id, std::time::SystemTime::now())
+            ice_servers: match (&self.cfg.turn, turn) {
+                (Some(t), true) => {
+                    t.for_client(&self.cfg.ice_servers, id, std::time::SystemTime::now())
                 }
-                None => self.cfg.ice_servers.clone(),
+                (Some(_), false) => turn::without_issued(&self.cfg.ice_servers),
+                (None, _) => self.cfg.ice_servers.clone(),
             },
             protocol: PROTOCOL_VERSION,
         }
         .to_json()
         .into()
+    }
+
+    /// An `ice_servers` frame with fresh TURN credentials for client `id`.
+    fn ice_servers_frame(&self, id: &str) -> Utf8Bytes {
+        let ice_servers = match &self.cfg.turn {
+            Some(t) => t.for_client(&self.cfg.ice_servers, id, std::time::SystemTime::now()),
+            None => self.cfg.ice_servers.clone(),
+        };
+        ServerMsg::IceServers { ice_servers }.to_json().into()
     }
 }
 
@@ -408,6 +437,11 @@ async fn serve_ready(
         handshakes: cfg.max_handshakes,
         registration_rate: cfg.registration_rate,
         registration_burst: cfg.registration_burst,
+        turn_burst: cfg.turn_per_ip,
+        turn_rate: match &cfg.turn {
+            Some(t) => f64::from(cfg.turn_per_ip) / t.ttl.as_secs_f64(),
+            None => 0.0,
+        },
     });
     let shared = Arc::new(Shared {
         backend,

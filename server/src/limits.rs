@@ -44,6 +44,11 @@ pub struct IpLimits {
     pub registration_rate: f64,
     /// Upgrades per address in a burst (token bucket size).
     pub registration_burst: u32,
+    /// TURN credentials handed to clients of one address in a burst
+    /// (token bucket size); 0: no limit.
+    pub turn_burst: u32,
+    /// TURN credentials per address and second (its refill).
+    pub turn_rate: f64,
 }
 
 /// Why a connection was refused.
@@ -79,7 +84,10 @@ impl Refused {
 struct Entry {
     conns: usize,
     handshakes: usize,
+    /// Upgrades it may still make at once.
     tokens: f64,
+    /// TURN credentials its clients may still be given at once.
+    turn: f64,
     last: Instant,
 }
 
@@ -88,13 +96,14 @@ impl Entry {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * lim.registration_rate).min(lim.registration_burst as f64);
+        self.turn = (self.turn + dt * lim.turn_rate).min(lim.turn_burst as f64);
     }
 
     /// Nothing here that a fresh entry would not say.
     fn idle(&mut self, lim: &IpLimits, now: Instant) -> bool {
         self.conns == 0 && self.handshakes == 0 && {
             self.refill(lim, now);
-            self.tokens >= lim.registration_burst as f64
+            self.tokens >= lim.registration_burst as f64 && self.turn >= lim.turn_burst as f64
         }
     }
 }
@@ -125,6 +134,9 @@ pub struct Limits {
     refused: [AtomicU64; Refused::ALL.len()],
     /// Handshakes shed to make room for a newcomer.
     shed: AtomicU64,
+    /// Welcomes sent without TURN credentials: their address had used
+    /// its allowance.
+    turn_refused: AtomicU64,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -157,6 +169,7 @@ impl Limits {
             }),
             refused: Default::default(),
             shed: AtomicU64::new(0),
+            turn_refused: AtomicU64::new(0),
         })
     }
 
@@ -165,6 +178,7 @@ impl Limits {
             conns: 0,
             handshakes: 0,
             tokens: self.lim.registration_burst as f64,
+            turn: self.lim.turn_burst as f64,
             last: now,
         })
     }
@@ -255,6 +269,10 @@ impl Limits {
     }
 
     /// Handshakes shed so far to make room for newcomers.
+    pub fn turn_refused(&self) -> u64 {
+        self.turn_refused.load(Ordering::Relaxed)
+    }
+
     pub fn shed(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
     }
@@ -384,6 +402,32 @@ impl Ticket {
     }
 }
 
+impl Ticket {
+    /// Whether this connection's client may be given TURN credentials:
+    /// takes one from its address's allowance. Connections not counted per
+    /// IP are not limited.
+    pub fn take_turn(&self) -> bool {
+        let Some(ip) = self.counted else {
+            return true;
+        };
+        let lim = self.limits.lim;
+        if lim.turn_burst == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut st = lock(&self.limits.state);
+        let e = self.limits.entry(&mut st, ip, now);
+        e.refill(&lim, now);
+        if e.turn >= 1.0 {
+            e.turn -= 1.0;
+            true
+        } else {
+            self.limits.turn_refused.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         let now = Instant::now();
@@ -408,6 +452,8 @@ mod tests {
             handshakes: 3,
             registration_rate: 0.001,
             registration_burst: 2,
+            turn_burst: 2,
+            turn_rate: 0.001,
         }
     }
 
@@ -524,11 +570,33 @@ mod tests {
             handshakes: 0,
             registration_rate: 0.0,
             registration_burst: 0,
+            turn_burst: 0,
+            turn_rate: 0.0,
         });
         let a = ip("192.0.2.1");
         let tickets: Vec<Ticket> = (0..100).map(|_| l.admit(a, true).unwrap()).collect();
         for t in &tickets {
             t.register().unwrap();
+            assert!(t.take_turn());
         }
+    }
+
+    /// Issue 21, item 8: TURN credentials are an allowance per address,
+    /// not one per WebSocket.
+    #[tokio::test]
+    async fn turn_credentials_are_an_allowance_per_address() {
+        let l = Limits::new(IpLimits {
+            conns_per_ip: 0,
+            turn_burst: 3,
+            turn_rate: 0.001,
+            ..lim()
+        });
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        let given = (0..10)
+            .filter(|_| l.admit(a, true).unwrap().take_turn())
+            .count();
+        assert_eq!(given, 3);
+        assert_eq!(l.turn_refused(), 7);
+        assert!(l.admit(b, true).unwrap().take_turn(), "another address");
     }
 }

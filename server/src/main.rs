@@ -114,10 +114,16 @@ struct Cli {
     /// credentials for each turn:/turns: server given without its own.
     #[arg(long, env = "SIGNALD_TURN_SECRET_FILE")]
     turn_secret_file: Option<PathBuf>,
-    /// Lifetime of those TURN credentials.
-    #[arg(long, env = "SIGNALD_TURN_TTL", default_value = "1h", value_parser = duration,
+    /// Lifetime of those TURN credentials; a client that stays connected
+    /// gets fresh ones (an ice_servers frame) at half of it.
+    #[arg(long, env = "SIGNALD_TURN_TTL", default_value = "10m", value_parser = duration,
           requires = "turn_secret_file")]
     turn_ttl: Duration,
+    /// Clients of one address (IPv6: per /64) given TURN credentials in a
+    /// burst, and again per --turn-ttl; the others are welcomed without
+    /// those TURN servers. 0: no limit.
+    #[arg(long, env = "SIGNALD_TURN_PER_IP", default_value_t = 16)]
+    turn_per_ip: u32,
     /// TLS certificate chain (PEM): the listener then speaks wss:// (and
     /// https for /healthz and /metrics). SIGHUP reloads it and --tls-key.
     #[arg(long, env = "SIGNALD_TLS_CERT", requires = "tls_key")]
@@ -231,6 +237,7 @@ fn run() -> anyhow::Result<()> {
         turn,
         id_reserve: cli.id_reserve,
         id_reserve_per_ip: cli.id_reserve_per_ip,
+        turn_per_ip: cli.turn_per_ip,
         tls: tls.clone(),
         cluster: match cli.cluster {
             Some(url) => Some(signald::ClusterConfig {

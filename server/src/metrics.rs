@@ -31,6 +31,8 @@ pub struct Gauges {
     pub handshakes: usize,
     /// Handshakes shed to make room for newcomers.
     pub handshakes_shed: u64,
+    /// Welcomes without TURN credentials: their address used its allowance.
+    pub turn_withheld: u64,
     pub tracked_addresses: usize,
     /// Connections refused before the upgrade, by reason.
     pub refused: Vec<(Refused, u64)>,
@@ -68,7 +70,7 @@ impl Metrics {
     pub fn render(&self, now: &Gauges) -> String {
         let mut s = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
-        let rows: [(&str, &str, &str, i64); 15] = [
+        let rows: [(&str, &str, &str, i64); 16] = [
             (
                 "signald_clients",
                 "Connected clients.",
@@ -123,6 +125,12 @@ impl Metrics {
                 "Reservations not made: the table was full and their address held none to give up.",
                 "counter",
                 now.reservations_refused as i64,
+            ),
+            (
+                "signald_turn_withheld_total",
+                "Welcomes sent without TURN credentials: the client's address had used its allowance (--turn-per-ip).",
+                "counter",
+                now.turn_withheld as i64,
             ),
             (
                 "signald_buffered_bytes",

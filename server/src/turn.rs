@@ -5,7 +5,15 @@
 //!
 //! The secret lives only in [`TurnSecret`], whose `Debug` is redacted, so no
 //! `{:?}` of the config can leak it; the credentials made from it are only
-//! ever written into `welcome` frames, never logged.
+//! ever written into `welcome` and `ice_servers` frames, never logged.
+//!
+//! Credentials are not for anyone who opens a WebSocket (issue 21): each
+//! address has an allowance (`--turn-per-ip` in a burst, as many again per
+//! lifetime), the lifetime is short (`--turn-ttl`, 10 minutes), and a
+//! client that stays connected gets fresh ones at half of it, so that an
+//! ICE restart an hour into a relayed link still gathers a relay. An
+//! allocation made earlier lives on: coturn checks the expiry when it is
+//! made, then keeps the session's key for its refreshes.
 
 use std::fmt;
 use std::path::Path;
@@ -71,6 +79,19 @@ fn is_turn(url: &str) -> bool {
     url.starts_with("turn:") || url.starts_with("turns:")
 }
 
+/// Whether signald issues this server's credentials (a TURN server given
+/// without its own).
+fn issued(s: &IceServer) -> bool {
+    s.username.is_none() && s.credential.is_none() && s.urls.iter().any(|u| is_turn(u))
+}
+
+/// `servers` for a client given no credentials (its address used its
+/// allowance): the TURN servers whose credentials signald issues are left
+/// out, as they would only refuse it; the others stay.
+pub fn without_issued(servers: &[IceServer]) -> Vec<IceServer> {
+    servers.iter().filter(|s| !issued(s)).cloned().collect()
+}
+
 impl TurnRest {
     /// `servers` as client `id` receives them at `now`: each TURN server
     /// that has no username and credential of its own gets fresh ones;
@@ -86,10 +107,7 @@ impl TurnRest {
         servers
             .iter()
             .map(|s| {
-                if s.username.is_none()
-                    && s.credential.is_none()
-                    && s.urls.iter().any(|u| is_turn(u))
-                {
+                if issued(s) {
                     IceServer {
                         urls: s.urls.clone(),
                         username: Some(username.clone()),
@@ -143,6 +161,10 @@ mod tests {
             Some(rest.secret.credential("1003600:alice").as_str())
         );
         assert_eq!(out[2], servers[2]);
+        assert_eq!(
+            without_issued(&servers),
+            vec![servers[0].clone(), servers[2].clone()]
+        );
     }
 
     #[test]

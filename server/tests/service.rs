@@ -247,3 +247,86 @@ async fn journald_without_a_journal_falls_back_to_text() {
     assert!(err.contains("journald not reachable"), "{err}");
     assert!(err.contains("listening"), "text logging goes on: {err}");
 }
+
+/// Issue 21, item 8: TURN credentials are not for anyone who opens a
+/// WebSocket. One address gets `--turn-per-ip` of them (then welcomes
+/// without the TURN server that needs them, counted), another address has
+/// its own allowance, and a client that stays gets fresh ones at half
+/// their lifetime, in an `ice_servers` frame.
+#[tokio::test]
+async fn turn_credentials_are_an_allowance_per_address_renewed_while_connected() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const SECRET: &str = "turn-shared-secret-3f9a7c";
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("turn-secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut cmd = signald_std();
+    cmd.args(["--listen", "127.0.0.1:0", "--turn-ttl", "2s"])
+        .args(["--turn-per-ip", "2"])
+        .args(["--ping-interval", "500ms", "--ping-timeout", "2s"])
+        .arg("--turn-secret-file")
+        .arg(&secret_file)
+        .args(["--ice-server", "stun:127.0.0.1:3478"])
+        .args(["--ice-server", "turn:127.0.0.1:3478"]);
+    let s = Signald::spawn(cmd);
+    let addr: std::net::SocketAddr = s.addr().parse().unwrap();
+    let welcome_from = |from: &'static str, id: &'static str| async move {
+        let stream = util::connect_from(from, addr).await;
+        let url = format!("ws://{addr}/ws?id={id}");
+        let mut ws = util::upgrade_on(stream, &url, &[]).await.unwrap();
+        let w = util::next_frame(&mut ws, true).await.unwrap();
+        assert_eq!(w["type"], "welcome");
+        (ws, w["ice_servers"].as_array().unwrap().clone())
+    };
+    let (mut kept, first) = welcome_from("127.0.0.1", "kept").await;
+    assert_eq!(first.len(), 2);
+    let first_user = first[1]["username"].as_str().unwrap().to_string();
+    let (_second, servers) = welcome_from("127.0.0.1", "second").await;
+    assert!(servers[1]["credential"].is_string());
+    let (_third, servers) = welcome_from("127.0.0.1", "third").await;
+    assert_eq!(
+        servers,
+        vec![json!({"urls": ["stun:127.0.0.1:3478"]})],
+        "the allowance is used: no TURN server without credentials"
+    );
+    assert_eq!(
+        util::metric_at(addr, "signald_turn_withheld_total").await,
+        1.0
+    );
+    let (_other, servers) = welcome_from("127.0.0.2", "other").await;
+    assert!(servers[1]["credential"].is_string(), "another address");
+
+    // The client that stays answers pings and gets fresh credentials.
+    let mut renewed = Vec::new();
+    while renewed.len() < 2 {
+        let v = util::next_frame(&mut kept, false).await.unwrap();
+        match v["type"].as_str() {
+            Some("ping") => kept
+                .send(Message::text(r#"{"type":"pong"}"#))
+                .await
+                .unwrap(),
+            Some("ice_servers") => {
+                let turn = v["ice_servers"][1].clone();
+                let user = turn["username"].as_str().unwrap().to_string();
+                assert_eq!(
+                    turn["credential"].as_str().unwrap(),
+                    hmac_sha1_b64(SECRET.as_bytes(), &user)
+                );
+                assert_eq!(
+                    v["ice_servers"][0],
+                    json!({"urls": ["stun:127.0.0.1:3478"]})
+                );
+                renewed.push(user);
+            }
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    let expiry = |u: &str| u.split_once(':').unwrap().0.parse::<u64>().unwrap();
+    assert!(renewed.iter().all(|u| u.ends_with(":kept")));
+    assert!(
+        expiry(&renewed[0]) > expiry(&first_user),
+        "{renewed:?} after {first_user}"
+    );
+    assert!(expiry(&renewed[1]) >= expiry(&renewed[0]), "{renewed:?}");
+}

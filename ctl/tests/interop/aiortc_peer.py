@@ -196,6 +196,10 @@ async def main():
                 await peer.gone(msg["reason"])
             elif kind == "error":
                 say("error", msg["code"], msg["message"])
+            elif kind == "ice_servers":
+                # Renewed TURN credentials (an extension): for the next
+                # connection.
+                peer.ice_servers = msg["ice_servers"]
 
 
 asyncio.run(main())

@@ -82,7 +82,8 @@ impl Core {
                 }
             }
             ServerMsg::Error { code, message } => self.on_error(code, message, fx),
-            ServerMsg::Welcome { .. } | ServerMsg::Ping => {}
+            // The shell takes these before they reach the core.
+            ServerMsg::Welcome { .. } | ServerMsg::Ping | ServerMsg::IceServers { .. } => {}
         }
     }
 

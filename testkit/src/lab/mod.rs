@@ -298,6 +298,11 @@ impl Lab {
     }
 
     pub fn signald(&self, ice: &[String]) -> Signald {
+        self.signald_with(ice, &[])
+    }
+
+    /// signald with `ice` and `extra` arguments.
+    pub fn signald_with(&self, ice: &[String], extra: &[&str]) -> Signald {
         let mut args: Vec<String> = vec![
             "--listen".into(),
             format!("{PUBLIC}:8765"),
@@ -316,6 +321,7 @@ impl Lab {
             args.push("--ice-server".into());
             args.push(s.clone());
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Signald::start_in(Some(&self.ns("inet")), &args)
     }
