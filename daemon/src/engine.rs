@@ -9,14 +9,12 @@
 //! the hub without waiting ([`Hub::publish_event`]): no `tail` follower can
 //! delay this task.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use p2p_proto::control::{
-    DisconnectReason, ErrorBody, ErrorCode, EventKind, IdentityInfo, OkBody, PairOutcome, Status,
-};
+use p2p_proto::control::{DisconnectReason, ErrorBody, ErrorCode, EventKind, IdentityInfo, Status};
 use p2p_proto::identity;
 use p2p_proto::signal::{ClientMsg, IceServer};
 use rtc::peer_connection::transport::RTCDtlsRole;
@@ -32,8 +30,8 @@ use crate::identity::Identity;
 use crate::invite::Code;
 use crate::invite::handshake::Sides;
 use crate::link::{
-    Core, Effect, Input, InviteEdit, InviteRole, NegotiationError, PathCheck, Policy, SignalError,
-    TrustEdit,
+    Core, Effect, Input, InviteRole, NegotiationError, PathCheck, Policy, Reply, ReqId,
+    SignalError, Verb,
 };
 use crate::peer::{Pc, PcContext, PcEvent, PcEventKind, PcSettings};
 use crate::signaling::SigEvent;
@@ -45,31 +43,24 @@ use crate::udp::BufferedRuntime;
 /// Requests to the engine.
 pub enum Cmd {
     Status(oneshot::Sender<Status>),
-    Pair {
-        peer_id: String,
-        wait: bool,
-        timeout: Duration,
-        reply: oneshot::Sender<Result<PairOutcome, ErrorBody>>,
-        /// The peer's invite code.
-        code: Option<Code>,
-    },
-    /// Replies whether there was a pairing to end.
-    Unpair(oneshot::Sender<bool>),
     /// Our ID and fingerprint (after a new key, with `rotate`).
     Identity {
         rotate: bool,
         reply: oneshot::Sender<Result<IdentityInfo, ErrorBody>>,
     },
-    /// An edit or listing of the trust store.
-    Trust {
-        edit: TrustEdit,
-        reply: oneshot::Sender<Result<OkBody, ErrorBody>>,
+    /// A verb the link decides, handed to the core as it is; its answer
+    /// comes back on `reply`.
+    Link {
+        verb: Verb,
+        reply: oneshot::Sender<Reply>,
     },
-    /// Making, listing or cancelling invites.
-    Invite {
-        edit: InviteEdit,
-        reply: oneshot::Sender<Result<OkBody, ErrorBody>>,
-    },
+}
+
+/// Who waits for the answer to a request the core is deciding.
+enum Asker {
+    Control(oneshot::Sender<Reply>),
+    /// The invitation handshake's claim of an invite.
+    Handshake(oneshot::Sender<Result<Code, p2p_proto::control::InviteFailure>>),
 }
 
 /// The open data channel, for the send path.
@@ -145,6 +136,10 @@ pub struct Engine {
     /// The ICE servers `pc` was built with.
     pc_ice: Vec<IceServer>,
     generation: u64,
+    /// Requests the core has not answered yet, by the number it knows
+    /// them by.
+    asked: HashMap<ReqId, Asker>,
+    next_req: u64,
     sig_out: mpsc::Sender<ClientMsg>,
     pc_tx: mpsc::UnboundedSender<PcEvent>,
     link_tx: watch::Sender<Option<Arc<OpenLink>>>,
@@ -211,6 +206,8 @@ impl Engine {
             pc: None,
             pc_ice: Vec::new(),
             generation: 0,
+            asked: HashMap::new(),
+            next_req: 0,
             sig_out,
             pc_tx,
             link_tx,
@@ -275,24 +272,10 @@ impl Engine {
                 .await;
                 let _ = reply.send(status);
             }
-            Cmd::Pair {
-                peer_id,
-                wait,
-                timeout,
-                reply,
-                code,
-            } => {
-                self.step(Input::Pair {
-                    peer: peer_id,
-                    wait_open: wait,
-                    timeout,
-                    reply,
-                    code,
-                })
-                .await
+            Cmd::Link { verb, reply } => {
+                let id = self.ask(Asker::Control(reply));
+                self.step(Input::Verb { id, verb }).await
             }
-            Cmd::Invite { edit, reply } => self.step(Input::InviteEdit { edit, reply }).await,
-            Cmd::Unpair(reply) => self.step(Input::Unpair(reply)).await,
             Cmd::Identity { rotate, reply } => {
                 let rotated = match rotate {
                     true => self.identity.rotate().map_err(|e| ErrorBody {
@@ -314,7 +297,6 @@ impl Engine {
                     fingerprint,
                 }));
             }
-            Cmd::Trust { edit, reply } => self.step(Input::TrustEdit { edit, reply }).await,
         }
     }
 
@@ -411,7 +393,10 @@ impl Engine {
                     return;
                 }
             }
-            PcEventKind::InviteClaim { number, reply } => Input::InviteClaim { number, reply },
+            PcEventKind::InviteClaim { number, reply } => Input::InviteClaim {
+                id: self.ask(Asker::Handshake(reply)),
+                number,
+            },
             PcEventKind::InviteDone(result) => Input::InviteDone(result),
             PcEventKind::Drained => Input::Drained,
             PcEventKind::PathChecked(result) => Input::PathChecked(result),
@@ -440,9 +425,39 @@ impl Engine {
         }
     }
 
+    /// Numbers a request for the core, and remembers who asked.
+    fn ask(&mut self, asker: Asker) -> ReqId {
+        let id = ReqId(self.next_req);
+        self.next_req += 1;
+        self.asked.insert(id, asker);
+        id
+    }
+
+    /// Hands the core's answer to whoever asked (who may have hung up).
+    fn answer(&mut self, to: ReqId, reply: Reply) {
+        match (self.asked.remove(&to), reply) {
+            (Some(Asker::Control(tx)), reply) => {
+                let _ = tx.send(reply);
+            }
+            (Some(Asker::Handshake(tx)), Reply::Claim(claimed)) => {
+                let _ = tx.send(claimed);
+            }
+            (asker, reply) => tracing::error!(
+                ?to,
+                known = asker.is_some(),
+                ?reply,
+                "an answer for no request of its kind (a bug)"
+            ),
+        }
+    }
+
     /// Carries out one effect; returns its result when the core wants it.
     async fn execute(&mut self, effect: Effect) -> Option<Input> {
         match effect {
+            Effect::Reply { to, reply } => {
+                self.answer(to, reply);
+                None
+            }
             Effect::Signal(msg) => self.signal(msg),
             Effect::Publish(kind) => {
                 self.hub.publish_event(kind);

@@ -9,7 +9,7 @@ use p2p_proto::identity::{self, Fingerprint};
 use p2p_proto::signal::IceServer;
 
 use crate::counters::Counters;
-use crate::link::{Core, Link};
+use crate::link::Core;
 use crate::peer::Pc;
 
 /// The signaling connection's history, for `status.server`.
@@ -122,9 +122,9 @@ pub async fn build(parts: Parts<'_>) -> Status {
     // covers idle and busy alike.
     let (ice, pcs, dcs, path) = match pc {
         Some(pc) => {
-            let path = match link {
-                Link::Open(_) => pc.path().await,
-                _ => None,
+            let path = match link.open_since() {
+                Some(_) => pc.path().await,
+                None => None,
             };
             (
                 Some(pc.ice_state().to_string()),
@@ -138,11 +138,10 @@ pub async fn build(parts: Parts<'_>) -> Status {
     let peer = link.peer().map(|id| StatusPeer {
         id: id.to_string(),
         initiator: link.initiator(),
-        open_for_ms: match link {
-            Link::Open(o) => Some(o.since.elapsed().as_millis() as u64),
-            _ => None,
-        },
-        ice_restarting: matches!(link, Link::Open(o) if o.restart.is_some()),
+        open_for_ms: link
+            .open_since()
+            .map(|since| since.elapsed().as_millis() as u64),
+        ice_restarting: link.restarting(),
         paired_at_signald: link.paired_at_signald(),
         reachable: link.reachable(),
         path,

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::engine::{Cmd, DEFAULT_PAIR_TIMEOUT, EngineHandle};
 use crate::invite::{self, Code};
-use crate::link::{InviteEdit, TrustEdit};
+use crate::link::{InviteEdit, Reply as Answer, TrustEdit, Verb};
 
 /// Binds the control socket at `path`, refusing when a live daemon already
 /// serves it and replacing a stale socket file.
@@ -180,99 +180,103 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
                 None => gone(),
             }
         }
-        Request::Trust {
-            peer_id,
-            fingerprint,
-            comment,
-        } => {
-            trust(
-                engine,
-                TrustEdit::Trust {
-                    peer: peer_id,
-                    fingerprint,
-                    comment,
-                },
-            )
-            .await
-        }
-        Request::Untrust { peer_id } => trust(engine, TrustEdit::Untrust { peer: peer_id }).await,
-        Request::TrustList => trust(engine, TrustEdit::List).await,
-        Request::Invite { ttl_ms, for_peer } => {
-            if let Some(p) = &for_peer
-                && !p2p_proto::signal::valid_id(p)
-            {
-                return Reply::err(
-                    ErrorCode::BadRequest,
-                    format!("{p:?} is not a valid peer ID"),
-                );
-            }
-            let ttl = ttl_ms
-                .map(Duration::from_millis)
-                .unwrap_or(invite::DEFAULT_TTL);
-            invite_cmd(engine, InviteEdit::Create { ttl, for_peer }).await
-        }
-        Request::InviteList => invite_cmd(engine, InviteEdit::List).await,
-        Request::InviteCancel { code } => invite_cmd(engine, InviteEdit::Cancel(code)).await,
         Request::Status => match engine.call(Cmd::Status).await {
             Some(status) => Reply::ok(OkBody::Status {
                 status: Box::new(status),
             }),
             None => gone(),
         },
-        Request::Unpair => match engine.call(Cmd::Unpair).await {
-            Some(was_paired) => Reply::ok(OkBody::Unpair { was_paired }),
-            None => gone(),
+        Request::Tail { .. } => unreachable!("tail is handled by the connection loop"),
+        req => match verb(req) {
+            Ok(verb) => match engine.call(|reply| Cmd::Link { verb, reply }).await {
+                Some(answer) => answered(answer),
+                None => gone(),
+            },
+            Err(refused) => refused.into(),
         },
+    }
+}
+
+/// The verb a request that the link decides stands for, its arguments
+/// checked; or the reply to a request that is not well formed.
+fn verb(req: Request) -> Result<Verb, ErrorBody> {
+    let bad_request = |message: String| ErrorBody {
+        code: ErrorCode::BadRequest,
+        message,
+    };
+    let bad_peer = |p: &str| {
+        bad_request(format!(
+            "{p:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"
+        ))
+    };
+    Ok(match req {
         Request::Pair {
             peer_id,
             wait,
             timeout_ms,
             code,
-        } => {
-            let timeout = timeout_ms
+        } => Verb::Pair {
+            peer: peer_id,
+            wait_open: wait,
+            timeout: timeout_ms
                 .map(Duration::from_millis)
-                .unwrap_or(DEFAULT_PAIR_TIMEOUT);
-            let code = match code.as_deref().map(Code::parse).transpose() {
-                Ok(c) => c,
-                Err(e) => return Reply::err(ErrorCode::BadRequest, e),
-            };
-            let call = engine.call(|reply| Cmd::Pair {
-                peer_id,
-                wait,
-                timeout,
-                reply,
-                code,
-            });
-            match call.await {
-                Some(Ok(outcome)) => Reply::ok(OkBody::Pair { pair: outcome }),
-                Some(Err(e)) => e.into(),
-                None => gone(),
+                .unwrap_or(DEFAULT_PAIR_TIMEOUT),
+            code: code
+                .as_deref()
+                .map(Code::parse)
+                .transpose()
+                .map_err(bad_request)?,
+        },
+        Request::Unpair => Verb::Unpair,
+        Request::Trust {
+            peer_id,
+            fingerprint,
+            comment,
+        } => {
+            if !p2p_proto::signal::valid_id(&peer_id) {
+                return Err(bad_peer(&peer_id));
             }
+            Verb::Trust(TrustEdit::Trust {
+                peer: peer_id,
+                fingerprint,
+                comment,
+            })
         }
-        Request::Tail { .. } => unreachable!("tail is handled by the connection loop"),
-    }
+        Request::Untrust { peer_id } => {
+            if !p2p_proto::signal::valid_id(&peer_id) {
+                return Err(bad_peer(&peer_id));
+            }
+            Verb::Trust(TrustEdit::Untrust { peer: peer_id })
+        }
+        Request::TrustList => Verb::Trust(TrustEdit::List),
+        Request::Invite { ttl_ms, for_peer } => {
+            if let Some(p) = &for_peer
+                && !p2p_proto::signal::valid_id(p)
+            {
+                return Err(bad_peer(p));
+            }
+            let ttl = ttl_ms
+                .map(Duration::from_millis)
+                .unwrap_or(invite::DEFAULT_TTL);
+            Verb::Invite(InviteEdit::Create { ttl, for_peer })
+        }
+        Request::InviteList => Verb::Invite(InviteEdit::List),
+        Request::InviteCancel { code } => Verb::Invite(InviteEdit::Cancel(code)),
+        Request::Send { .. }
+        | Request::Id
+        | Request::RotateId
+        | Request::Status
+        | Request::Tail { .. } => unreachable!("handled on their own paths"),
+    })
 }
 
-async fn invite_cmd(engine: &EngineHandle, edit: InviteEdit) -> Reply {
-    match engine.call(|reply| Cmd::Invite { edit, reply }).await {
-        Some(Ok(body)) => Reply::ok(body),
-        Some(Err(e)) => e.into(),
-        None => Reply::err(ErrorCode::ShuttingDown, "p2pd is shutting down"),
-    }
-}
-
-async fn trust(engine: &EngineHandle, edit: TrustEdit) -> Reply {
-    if let TrustEdit::Trust { peer, .. } | TrustEdit::Untrust { peer } = &edit
-        && !p2p_proto::signal::valid_id(peer)
-    {
-        return Reply::err(
-            ErrorCode::BadRequest,
-            format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
-        );
-    }
-    match engine.call(|reply| Cmd::Trust { edit, reply }).await {
-        Some(Ok(body)) => Reply::ok(body),
-        Some(Err(e)) => e.into(),
-        None => Reply::err(ErrorCode::ShuttingDown, "p2pd is shutting down"),
+/// The core's answer as the control protocol says it.
+fn answered(answer: Answer) -> Reply {
+    match answer {
+        Answer::Pair(Ok(pair)) => Reply::ok(OkBody::Pair { pair }),
+        Answer::Unpair(was_paired) => Reply::ok(OkBody::Unpair { was_paired }),
+        Answer::Body(Ok(body)) => Reply::ok(body),
+        Answer::Pair(Err(e)) | Answer::Body(Err(e)) => e.into(),
+        Answer::Claim(_) => Reply::err(ErrorCode::Failed, "an answer of the wrong kind (a bug)"),
     }
 }

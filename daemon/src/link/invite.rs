@@ -15,10 +15,9 @@ use p2p_proto::control::{
     DisconnectReason, ErrorBody, ErrorCode, EventKind, InviteFailure, OkBody, Path, PeerTrust,
 };
 use p2p_proto::identity::Fingerprint;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Change, Core, Effect, Ending, Link, Negotiation, Open, Signaling, err};
+use super::{Change, Core, Effect, Ending, Link, Negotiation, Reply, ReqId, Signaling, err};
 use crate::invite::Code;
 
 /// Where an invitation handshake stands on a link that needs one.
@@ -65,14 +64,13 @@ pub enum InviteEdit {
 }
 
 impl Core {
-    pub(super) fn on_invite_edit(
+    pub(super) fn edit_invites(
         &mut self,
         edit: InviteEdit,
-        reply: oneshot::Sender<Result<OkBody, ErrorBody>>,
         now: Instant,
-    ) {
+    ) -> Result<OkBody, ErrorBody> {
         let no_invite = |m: String| err(ErrorCode::NoInvite, m);
-        let result = match edit {
+        match edit {
             InviteEdit::Create { ttl, for_peer } => self
                 .invites
                 .create(ttl, for_peer, now)
@@ -86,8 +84,7 @@ impl Core {
                 .cancel(&which, now)
                 .map(|cancelled| OkBody::InviteCancel { cancelled })
                 .map_err(no_invite),
-        };
-        let _ = reply.send(result);
+        }
     }
 
     /// Whether the link needs a handshake it has not finished (for tests:
@@ -143,19 +140,25 @@ impl Core {
 
     pub(super) fn on_invite_claim(
         &mut self,
+        id: ReqId,
         number: u16,
-        reply: oneshot::Sender<Result<Code, InviteFailure>>,
         now: Instant,
+        fx: &mut Vec<Effect>,
     ) {
-        let Link::Connecting(c) = &mut self.link else {
-            let _ = reply.send(Err(InviteFailure::Protocol));
-            return;
+        let claimed = match &mut self.link {
+            Link::Connecting(c) => {
+                let claimed = self.invites.claim(number, &c.peer, now);
+                if let (Ok(_), Some(inv)) = (&claimed, &mut c.invite) {
+                    inv.number = Some(number);
+                }
+                claimed
+            }
+            _ => Err(InviteFailure::Protocol),
         };
-        let claimed = self.invites.claim(number, &c.peer, now);
-        if let (Ok(_), Some(inv)) = (&claimed, &mut c.invite) {
-            inv.number = Some(number);
-        }
-        let _ = reply.send(claimed);
+        fx.push(Effect::Reply {
+            to: id,
+            reply: Reply::Claim(claimed),
+        });
     }
 
     /// The peer left while our handshake with it ran: wait a moment for
@@ -271,80 +274,5 @@ impl Core {
                 Err(format!("could not pin {peer}'s key: {e}"))
             }
         }
-    }
-
-    /// The user's channel opened: the link is open, unless a handshake is
-    /// still to finish (then it opens when the handshake does).
-    pub(super) fn on_channel_open(
-        &mut self,
-        path: Option<Path>,
-        certificate: Option<Fingerprint>,
-        now: Instant,
-        fx: &mut Vec<Effect>,
-    ) {
-        let Link::Connecting(c) = &mut self.link else {
-            return;
-        };
-        if c.key_from_dtls {
-            // The key is the certificate DTLS proved: judged now, before
-            // the user's channel is read (it is held until the link opens).
-            let peer = c.peer.clone();
-            let judged = match certificate {
-                Some(fp) => self.judge(&peer, fp, false),
-                None => Err(Ending {
-                    reason: DisconnectReason::IdentityMismatch,
-                    error: err(
-                        ErrorCode::IdentityMismatch,
-                        format!("{peer}'s certificate could not be read after DTLS"),
-                    ),
-                    tell_signald: true,
-                }),
-            };
-            match judged {
-                Ok(id) => {
-                    if let Link::Connecting(c) = &mut self.link {
-                        c.identity = Some(id);
-                        c.key_from_dtls = false;
-                    }
-                }
-                Err(ending) => {
-                    self.apply(Change::End(ending), fx);
-                    return;
-                }
-            }
-        }
-        let Link::Connecting(c) = &mut self.link else {
-            return;
-        };
-        if let Some(inv) = &mut c.invite {
-            inv.opened = Some(path);
-            return;
-        }
-        self.open(path, now, fx);
-    }
-
-    fn open(&mut self, path: Option<Path>, now: Instant, fx: &mut Vec<Effect>) {
-        let Link::Connecting(c) = &self.link else {
-            return;
-        };
-        let (peer, initiator, identity) = (c.peer.clone(), c.initiator, c.identity);
-        let identity = match identity.map(|id| self.pin_first_contact(&peer, id)) {
-            Some(Err(ending)) => {
-                self.apply(Change::End(ending), fx);
-                return;
-            }
-            Some(Ok(id)) => Some(id),
-            None => None,
-        };
-        let open = Open {
-            peer,
-            initiator,
-            since: now,
-            identity,
-            restart: None,
-            at_signald: super::AtSignald::Paired,
-            probe: None,
-        };
-        self.apply(Change::Open(open, path), fx);
     }
 }

@@ -18,12 +18,14 @@
 
 mod ending;
 mod invite;
+mod open;
 mod restart;
 mod signald;
 mod state;
 #[cfg(test)]
 mod tests;
 mod trust;
+mod verbs;
 
 use std::time::Duration;
 
@@ -34,9 +36,9 @@ use p2p_proto::signal::{CandidateInit, ClientMsg, ServerMsg};
 use tokio::time::Instant;
 
 pub use invite::{InviteEdit, InviteProgress, InviteRole};
-pub use state::{
-    AtSignald, Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open, PairReply, Probe,
-    Requested, Restart, Waiter,
+use state::{
+    AtSignald, Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open, Probe, Requested,
+    Restart, Waiter,
 };
 pub use trust::{PeerIdentity, TrustEdit};
 
@@ -117,20 +119,55 @@ pub enum PathCheck {
     Silent,
 }
 
-/// What the core is told.
+/// A request that needs an answer: the core answers it with one
+/// [`Effect::Reply`] naming it, and the shell, which made the number up,
+/// knows who asked. Nothing of the shell's (a channel, a socket) enters
+/// the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReqId(pub u64);
+
+/// A verb of the control socket that the link decides: the one type it
+/// has from the socket (`control/`) through the engine to here. Adding
+/// one is a variant here, its parsing in `control/`, and its handling in
+/// [`Core::handle`]. (`status`, `id`, `send` and `tail` take their own
+/// paths: they do not change the link.)
 #[derive(Debug)]
-pub enum Input {
+pub enum Verb {
     /// `pair`: ask signald to pair us with `peer`.
     Pair {
         peer: String,
         wait_open: bool,
         timeout: Duration,
-        reply: PairReply,
         /// The peer's invite code: pair with its key unknown, proven by the code.
         code: Option<Code>,
     },
-    /// `unpair`; the reply says whether there was a pairing (or request).
-    Unpair(tokio::sync::oneshot::Sender<bool>),
+    /// `unpair`; answered with whether there was a pairing (or request).
+    Unpair,
+    /// `invite`: make, list or cancel invites.
+    Invite(InviteEdit),
+    /// `trust`, `untrust`, `trust --list`.
+    Trust(TrustEdit),
+}
+
+/// The answer to a [`Verb`] (or to an invite claim).
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    Pair(Result<PairOutcome, ErrorBody>),
+    Unpair(bool),
+    /// `invite` and `trust`.
+    Body(Result<p2p_proto::control::OkBody, ErrorBody>),
+    /// The invitation handshake's claim of an invite.
+    Claim(Result<Code, InviteFailure>),
+}
+
+/// What the core is told.
+#[derive(Debug)]
+pub enum Input {
+    /// A verb from the control socket, answered with [`Effect::Reply`].
+    Verb {
+        id: ReqId,
+        verb: Verb,
+    },
     /// Welcomed by signald as `id`; `turn` says whether a TURN server is
     /// configured (for the message when no path is found).
     SignalingUp {
@@ -176,23 +213,14 @@ pub enum Input {
     Tick,
     /// The peer opened `p2p-invite`: it pairs with an invite code.
     InviteChannel,
-    /// The handshake asks for the code of the invite the peer named.
+    /// The handshake asks for the code of the invite the peer named;
+    /// answered with [`Reply::Claim`].
     InviteClaim {
+        id: ReqId,
         number: u16,
-        reply: tokio::sync::oneshot::Sender<Result<Code, p2p_proto::control::InviteFailure>>,
     },
     /// How the handshake ended.
     InviteDone(Result<(), p2p_proto::control::InviteFailure>),
-    /// `p2pctl invite`: make, list or cancel invites.
-    InviteEdit {
-        edit: InviteEdit,
-        reply: tokio::sync::oneshot::Sender<Result<p2p_proto::control::OkBody, ErrorBody>>,
-    },
-    /// An edit of the trust store (or a listing), answered on `reply`.
-    TrustEdit {
-        edit: TrustEdit,
-        reply: tokio::sync::oneshot::Sender<Result<p2p_proto::control::OkBody, ErrorBody>>,
-    },
     /// The daemon is stopping.
     Shutdown,
     /// What [`Effect::Drain`] waited for has left (or the wait gave up).
@@ -202,6 +230,11 @@ pub enum Input {
 /// What the engine must do.
 #[derive(Debug, PartialEq)]
 pub enum Effect {
+    /// The answer to request `to`.
+    Reply {
+        to: ReqId,
+        reply: Reply,
+    },
     Signal(ClientMsg),
     Publish(EventKind),
     /// Create the channel (and `p2p-invite` first, with `invite`) and the
@@ -282,6 +315,61 @@ pub struct Policy {
     pub server: String,
 }
 
+/// A read-only view of the link, for the shell and `status`.
+#[derive(Clone, Copy)]
+pub struct View<'a>(&'a Link);
+
+impl View<'_> {
+    pub fn state(&self) -> LinkState {
+        self.0.state()
+    }
+
+    /// The peer, in every state but idle.
+    pub fn peer(&self) -> Option<&str> {
+        self.0.peer()
+    }
+
+    /// Whether we made the offer; unknown while the request is pending.
+    pub fn initiator(&self) -> Option<bool> {
+        self.0.initiator()
+    }
+
+    /// Whether signald has paired us (a pairing exists to be ended).
+    pub fn is_paired(&self) -> bool {
+        self.0.is_paired()
+    }
+
+    /// When the channel opened, while it is open.
+    pub fn open_since(&self) -> Option<Instant> {
+        match self.0 {
+            Link::Open(o) => Some(o.since),
+            _ => None,
+        }
+    }
+
+    /// An ICE restart of the open link is under way.
+    pub fn restarting(&self) -> bool {
+        self.0.is_lost()
+    }
+
+    /// Whether signald holds the pairing (false only for an open link
+    /// whose pairing ended there).
+    pub fn paired_at_signald(&self) -> bool {
+        self.0.paired_at_signald()
+    }
+
+    /// Whether the open link's path answers; `None` while a check is
+    /// under way or when no link is open.
+    pub fn reachable(&self) -> Option<bool> {
+        self.0.reachable()
+    }
+
+    /// The peer's key, once checked.
+    pub fn identity(&self) -> Option<PeerIdentity> {
+        self.0.identity()
+    }
+}
+
 /// One change of state; [`Core::apply`] is the only place that makes it.
 enum Change {
     Request(Requested),
@@ -346,8 +434,10 @@ impl Core {
         &mut self.trust
     }
 
-    pub fn link(&self) -> &Link {
-        &self.link
+    /// What the shell and `status` may know of the link: read-only, so
+    /// the states stay the core's own.
+    pub fn link(&self) -> View<'_> {
+        View(&self.link)
     }
 
     pub fn state(&self) -> LinkState {
@@ -372,75 +462,7 @@ impl Core {
         self.now = now;
         let mut fx = Vec::new();
         match input {
-            Input::Pair {
-                peer,
-                wait_open,
-                timeout,
-                reply,
-                code,
-            } => match self.check_pair(&peer, code.as_ref()) {
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-                Ok(()) => {
-                    if let Some(lost) = self.link.peer().map(str::to_string) {
-                        // The open link's path is silent: the user moves on.
-                        tracing::info!(%lost, new = %peer, "a pairing with another peer replaces the lost link");
-                        let e = Ending {
-                            reason: DisconnectReason::Superseded,
-                            error: err(
-                                ErrorCode::Failed,
-                                format!("replaced by a pairing with {peer}"),
-                            ),
-                            tell_signald: self.link.paired_at_signald(),
-                        };
-                        self.apply(Change::End(e), &mut fx);
-                    }
-                    let waiter = Waiter {
-                        wait_open,
-                        reply,
-                        timeout,
-                        deadline: now + timeout,
-                    };
-                    self.apply(Change::Request(Requested { peer, waiter, code }), &mut fx);
-                }
-            },
-            Input::Unpair(reply) => {
-                let ending = match &mut self.link {
-                    Link::Idle => None,
-                    Link::Open(_) => {
-                        let e = Ending {
-                            reason: DisconnectReason::LocalUnpair,
-                            error: err(ErrorCode::Failed, "unpaired locally"),
-                            tell_signald: true,
-                        };
-                        self.drain(e, Some(reply), now, &mut fx);
-                        return fx;
-                    }
-                    Link::Closing(Closing {
-                        awaiting: Awaiting::Drain { unpairs },
-                        ..
-                    }) => {
-                        // Answered with the first, once the drain is done.
-                        unpairs.push(reply);
-                        return fx;
-                    }
-                    // Already ending: end now, as it would have.
-                    Link::Closing(c) => Some(c.ending.clone()),
-                    _ => Some(Ending {
-                        reason: DisconnectReason::LocalUnpair,
-                        error: err(
-                            ErrorCode::Failed,
-                            "unpaired locally before the channel opened",
-                        ),
-                        tell_signald: true,
-                    }),
-                };
-                let _ = reply.send(ending.is_some());
-                if let Some(e) = ending {
-                    self.apply(Change::End(e), &mut fx);
-                }
-            }
+            Input::Verb { id, verb } => self.on_verb(id, verb, now, &mut fx),
             Input::SignalingUp { id, turn } => {
                 self.signaling = Signaling::Up { id, turn };
                 self.ask_to_pair_again(now, &mut fx);
@@ -537,10 +559,8 @@ impl Core {
                 self.on_channel_open(path, certificate, now, &mut fx)
             }
             Input::InviteChannel => self.on_invite_channel(&mut fx),
-            Input::InviteClaim { number, reply } => self.on_invite_claim(number, reply, now),
+            Input::InviteClaim { id, number } => self.on_invite_claim(id, number, now, &mut fx),
             Input::InviteDone(result) => self.on_invite_done(result, now, &mut fx),
-            Input::InviteEdit { edit, reply } => self.on_invite_edit(edit, reply, now),
-            Input::TrustEdit { edit, reply } => self.on_trust_edit(edit, reply, &mut fx),
             Input::Tick => self.on_tick(now, &mut fx),
             Input::Shutdown => {
                 let e = Ending {
@@ -585,13 +605,7 @@ impl Core {
 
     /// Ends the open link the graceful way: `send` stops at once, the
     /// channel drains (bounded), and only then does `ending` happen.
-    fn drain(
-        &mut self,
-        ending: Ending,
-        unpair: Option<tokio::sync::oneshot::Sender<bool>>,
-        now: Instant,
-        fx: &mut Vec<Effect>,
-    ) {
+    fn drain(&mut self, ending: Ending, unpair: Option<ReqId>, now: Instant, fx: &mut Vec<Effect>) {
         let awaiting = Awaiting::Drain {
             unpairs: unpair.into_iter().collect(),
         };
@@ -713,13 +727,16 @@ impl Core {
                     trust,
                 }));
                 if let Some(w) = old.take_waiter() {
-                    w.answer(Ok(PairOutcome {
-                        peer_id: o.peer.clone(),
-                        state: LinkState::Open,
-                        path,
-                        fingerprint,
-                        trust,
-                    }));
+                    w.answer(
+                        Ok(PairOutcome {
+                            peer_id: o.peer.clone(),
+                            state: LinkState::Open,
+                            path,
+                            fingerprint,
+                            trust,
+                        }),
+                        fx,
+                    );
                 }
                 self.link = Link::Open(o);
             }
@@ -729,7 +746,7 @@ impl Core {
             }
             Change::Refuse(e) => {
                 if let Some(w) = std::mem::replace(&mut self.link, Link::Idle).take_waiter() {
-                    w.answer(Err(e));
+                    w.answer(Err(e), fx);
                 }
             }
             Change::End(e) => {
@@ -739,8 +756,11 @@ impl Core {
                     ..
                 }) = &mut old
                 {
-                    for reply in unpairs.drain(..) {
-                        let _ = reply.send(true);
+                    for id in unpairs.drain(..) {
+                        fx.push(Effect::Reply {
+                            to: id,
+                            reply: Reply::Unpair(true),
+                        });
                     }
                     true
                 } else {
@@ -778,7 +798,7 @@ impl Core {
                     fx.push(Effect::Signal(ClientMsg::Unpair));
                 }
                 if let Some(w) = old.take_waiter() {
-                    w.answer(Err(e.error.clone()));
+                    w.answer(Err(e.error.clone()), fx);
                 }
                 if paired {
                     if let Some(peer_id) = peer {

@@ -120,13 +120,16 @@ impl Core {
             let waiter = if r.waiter.wait_open {
                 Some(r.waiter)
             } else {
-                r.waiter.answer(Ok(PairOutcome {
-                    peer_id: peer.clone(),
-                    state: LinkState::Connecting,
-                    path: None,
-                    fingerprint: None,
-                    trust: None,
-                }));
+                r.waiter.answer(
+                    Ok(PairOutcome {
+                        peer_id: peer.clone(),
+                        state: LinkState::Connecting,
+                        path: None,
+                        fingerprint: None,
+                        trust: None,
+                    }),
+                    fx,
+                );
                 None
             };
             let invite = r

@@ -4,30 +4,30 @@
 //! written down: an open link has no deadline, an idle one no peer.
 
 use p2p_proto::control::{DisconnectReason, ErrorBody, LinkState, PairOutcome};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{InviteProgress, PeerIdentity};
+use super::{Effect, InviteProgress, PeerIdentity, Reply, ReqId};
 use crate::invite::Code;
-
-/// Where a `pair` request's reply goes.
-pub type PairReply = oneshot::Sender<Result<PairOutcome, ErrorBody>>;
 
 /// A `pair` request waiting for its answer.
 #[derive(Debug)]
 pub struct Waiter {
     /// Answer once the channel is open (`wait: true`), else once paired.
     pub wait_open: bool,
-    pub reply: PairReply,
+    /// The request it answers.
+    pub id: ReqId,
     /// The request's own timeout (`timeout_ms`), and when it passes.
     pub timeout: std::time::Duration,
     pub deadline: Instant,
 }
 
 impl Waiter {
-    pub fn answer(self, r: Result<PairOutcome, ErrorBody>) {
-        // The client may have hung up; then nobody wants the answer.
-        let _ = self.reply.send(r);
+    /// The answer leaves as an effect; the shell hands it to whoever asked.
+    pub fn answer(self, r: Result<PairOutcome, ErrorBody>, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Reply {
+            to: self.id,
+            reply: Reply::Pair(r),
+        });
     }
 }
 
@@ -173,7 +173,7 @@ pub enum Awaiting {
     Notice,
     /// We end it (`unpair`, SIGTERM): what `send` accepted is still on its
     /// way. The `unpair` requests are answered once it has left.
-    Drain { unpairs: Vec<oneshot::Sender<bool>> },
+    Drain { unpairs: Vec<ReqId> },
     /// The peer unpaired: its last messages are still arriving, and its
     /// channel closes after them.
     ChannelEnd,

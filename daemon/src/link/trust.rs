@@ -13,9 +13,8 @@ use p2p_proto::control::{
     DisconnectReason, ErrorBody, ErrorCode, OkBody, PeerTrust, Pin, TrustPolicy,
 };
 use p2p_proto::identity::{Fingerprint, SdpKey, sdp_key};
-use tokio::sync::oneshot;
 
-use super::{Change, Core, Effect, Ending, Link, err};
+use super::{Change, Core, Effect, Ending, Link, Reply, ReqId, err};
 use crate::trust::{Broken, FirstPin};
 
 /// The key a peer presented, and how far it is trusted.
@@ -238,12 +237,7 @@ impl Core {
         }
     }
 
-    pub(super) fn on_trust_edit(
-        &mut self,
-        edit: TrustEdit,
-        reply: oneshot::Sender<Result<OkBody, ErrorBody>>,
-        fx: &mut Vec<Effect>,
-    ) {
+    pub(super) fn on_trust_edit(&mut self, edit: TrustEdit, id: ReqId, fx: &mut Vec<Effect>) {
         let store_failed = |e: std::io::Error, path: &std::path::Path| {
             let message = match e.get_ref().and_then(|i| i.downcast_ref::<Broken>()) {
                 Some(broken) => broken.to_string(),
@@ -281,7 +275,10 @@ impl Core {
                 (r, None)
             }
         };
-        let _ = reply.send(result);
+        fx.push(Effect::Reply {
+            to: id,
+            reply: Reply::Body(result),
+        });
         if let Some(peer) = touched {
             self.recheck(&peer, fx);
         }

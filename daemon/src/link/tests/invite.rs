@@ -67,11 +67,7 @@ fn the_inviter_admits_an_unknown_peer_only_while_an_invite_is_open() {
             ..
         }
     )));
-    let (reply, mut code) = oneshot::channel();
-    t.on(Input::InviteClaim {
-        number: inv.number,
-        reply,
-    });
+    let mut code = t.claim(inv.number);
     assert_eq!(code.try_recv().unwrap().unwrap().to_string(), inv.code);
     let fx = t.on(Input::InviteDone(Ok(())));
     assert!(fx.is_empty(), "waits for the channel: {fx:?}");
@@ -103,11 +99,7 @@ fn a_failed_handshake_uses_the_invite_up_and_says_so() {
         from: "mallory".into(),
     });
     t.on(Input::Answered(Ok("a".into())));
-    let (reply, _code) = oneshot::channel();
-    t.on(Input::InviteClaim {
-        number: inv.number,
-        reply,
-    });
+    t.claim(inv.number);
     let fx = t.on(Input::InviteDone(Err(InviteFailure::WrongCode)));
     assert!(events(&fx).iter().any(|e| matches!(
         e,

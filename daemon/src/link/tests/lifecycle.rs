@@ -404,16 +404,15 @@ fn local_unpair_tells_signald_and_resets() {
 fn unpairing_an_open_link_drains_before_telling_anyone() {
     let mut t = T::new();
     t.open_with_bob();
-    let (reply, mut rx) = oneshot::channel();
-    let fx = t.on(Input::Unpair(reply));
+    let (fx, mut rx) = t.ask_unpair();
     // `send` stops and the channel drains; signald and the peer hear
     // nothing yet, and the `unpair` is not answered.
     assert_eq!(fx, [Effect::Withdraw, Effect::Drain]);
     assert_eq!(t.state(), LinkState::Closing);
     assert!(rx.try_recv().is_err());
     // A second `unpair` waits for the same drain.
-    let (reply2, mut rx2) = oneshot::channel();
-    assert!(t.on(Input::Unpair(reply2)).is_empty());
+    let (fx2, mut rx2) = t.ask_unpair();
+    assert!(fx2.is_empty());
     // A pairing cannot start meanwhile.
     let (_, mut answer) = t.pair("carol", true, LONG);
     assert_eq!(
@@ -434,8 +433,7 @@ fn unpairing_an_open_link_drains_before_telling_anyone() {
 fn a_drain_that_never_finishes_ends_at_the_drain_timeout() {
     let mut t = T::new();
     t.open_with_bob();
-    let (reply, mut rx) = oneshot::channel();
-    t.on(Input::Unpair(reply));
+    let (_, mut rx) = t.ask_unpair();
     assert!(t.advance(DRAIN - Duration::from_millis(1)).is_empty());
     let fx = t.advance(Duration::from_millis(1));
     assert!(sends_unpair(&fx));
@@ -447,8 +445,7 @@ fn a_drain_that_never_finishes_ends_at_the_drain_timeout() {
 fn a_connection_lost_while_draining_ends_at_once() {
     let mut t = T::new();
     t.open_with_bob();
-    let (reply, mut rx) = oneshot::channel();
-    t.on(Input::Unpair(reply));
+    let (_, mut rx) = t.ask_unpair();
     let fx = t.on(Input::Lost {
         reason: DisconnectReason::IceFailed,
         clean: false,

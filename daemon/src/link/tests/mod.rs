@@ -12,17 +12,45 @@ use p2p_proto::identity::Fingerprint;
 use p2p_proto::signal::{
     ClientMsg, DisconnectReason as SigReason, ErrorCode as SigError, ServerMsg,
 };
-use tokio::sync::oneshot;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use tokio::time::Instant;
 
 use super::*;
 use crate::trust::TrustStore;
 
-type Answer = oneshot::Receiver<Result<PairOutcome, ErrorBody>>;
+/// The answers the core gave, by request: [`T::on`] takes every
+/// [`Effect::Reply`] out of the effects and files it here, as the engine
+/// hands it to whoever asked.
+type Mailbox = Rc<RefCell<HashMap<ReqId, Reply>>>;
+
+/// No answer yet.
+#[derive(Debug, PartialEq)]
+struct Empty;
+
+/// The answer to one request, once the core gave it.
+struct Pending<A> {
+    id: ReqId,
+    mailbox: Mailbox,
+    pick: fn(Reply) -> A,
+}
+
+impl<A> Pending<A> {
+    fn try_recv(&mut self) -> Result<A, Empty> {
+        let reply = self.mailbox.borrow_mut().remove(&self.id).ok_or(Empty)?;
+        Ok((self.pick)(reply))
+    }
+}
+
+type Answer = Pending<Result<PairOutcome, ErrorBody>>;
 
 struct T {
     core: Core,
     now: Instant,
+    mailbox: Mailbox,
+    next_id: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -67,6 +95,8 @@ impl T {
                 now,
             ),
             now,
+            mailbox: Mailbox::default(),
+            next_id: 0,
             _dir: dir,
         };
         t.on(Input::SignalingUp {
@@ -77,7 +107,57 @@ impl T {
     }
 
     fn on(&mut self, input: Input) -> Vec<Effect> {
-        self.core.handle(input, self.now)
+        let fx = self.core.handle(input, self.now);
+        fx.into_iter()
+            .filter_map(|e| match e {
+                Effect::Reply { to, reply } => {
+                    let old = self.mailbox.borrow_mut().insert(to, reply);
+                    assert!(old.is_none(), "{to:?} answered twice");
+                    None
+                }
+                other => Some(other),
+            })
+            .collect()
+    }
+
+    /// A request number, as the engine makes them.
+    fn next(&mut self) -> ReqId {
+        self.next_id += 1;
+        ReqId(self.next_id)
+    }
+
+    /// Hands `verb` to the core; its effects, and its answer to come.
+    fn ask<A>(&mut self, verb: Verb, pick: fn(Reply) -> A) -> (Vec<Effect>, Pending<A>) {
+        let id = self.next();
+        let fx = self.on(Input::Verb { id, verb });
+        let pending = Pending {
+            id,
+            mailbox: self.mailbox.clone(),
+            pick,
+        };
+        (fx, pending)
+    }
+
+    /// `unpair`, answered later when an open link drains.
+    fn ask_unpair(&mut self) -> (Vec<Effect>, Pending<bool>) {
+        self.ask(Verb::Unpair, |r| match r {
+            Reply::Unpair(was) => was,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    /// The handshake's claim of invite `number`.
+    fn claim(&mut self, number: u16) -> Pending<Result<crate::invite::Code, InviteFailure>> {
+        let id = self.next();
+        self.on(Input::InviteClaim { id, number });
+        Pending {
+            id,
+            mailbox: self.mailbox.clone(),
+            pick: |r| match r {
+                Reply::Claim(c) => c,
+                other => panic!("{other:?}"),
+            },
+        }
     }
 
     fn server(&mut self, m: ServerMsg) -> Vec<Effect> {
@@ -90,39 +170,45 @@ impl T {
     }
 
     fn pair(&mut self, peer: &str, wait_open: bool, timeout: Duration) -> (Vec<Effect>, Answer) {
-        let (reply, rx) = oneshot::channel();
-        let fx = self.on(Input::Pair {
+        self.pair_verb(Verb::Pair {
             peer: peer.into(),
             wait_open,
             timeout,
-            reply,
             code: None,
-        });
-        (fx, rx)
+        })
     }
 
     fn pair_with_code(&mut self, peer: &str, code: &str) -> (Vec<Effect>, Answer) {
-        let (reply, rx) = oneshot::channel();
-        let fx = self.on(Input::Pair {
+        self.pair_verb(Verb::Pair {
             peer: peer.into(),
             wait_open: true,
             timeout: LONG,
-            reply,
             code: Some(crate::invite::Code::parse(code).unwrap()),
+        })
+    }
+
+    fn pair_verb(&mut self, verb: Verb) -> (Vec<Effect>, Answer) {
+        self.ask(verb, |r| match r {
+            Reply::Pair(outcome) => outcome,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    /// An edit of the invites or the trust store, answered at once.
+    fn edit(&mut self, verb: Verb) -> Result<OkBody, ErrorBody> {
+        let (_, mut answer) = self.ask(verb, |r| match r {
+            Reply::Body(body) => body,
+            other => panic!("{other:?}"),
         });
-        (fx, rx)
+        answer.try_recv().expect("answered at once")
     }
 
     fn invite(&mut self, for_peer: Option<&str>) -> p2p_proto::control::InviteInfo {
-        let (reply, mut rx) = oneshot::channel();
-        self.on(Input::InviteEdit {
-            edit: InviteEdit::Create {
-                ttl: Duration::from_secs(600),
-                for_peer: for_peer.map(str::to_string),
-            },
-            reply,
-        });
-        match rx.try_recv().unwrap() {
+        let edit = InviteEdit::Create {
+            ttl: Duration::from_secs(600),
+            for_peer: for_peer.map(str::to_string),
+        };
+        match self.edit(Verb::Invite(edit)) {
             Ok(OkBody::Invite { invite }) => invite,
             other => panic!("{other:?}"),
         }
@@ -131,8 +217,7 @@ impl T {
     /// `unpair`, with the drain an open link asks for done at once (as
     /// the engine reports it); the effects of both steps.
     fn unpair(&mut self) -> (Vec<Effect>, bool) {
-        let (reply, mut rx) = oneshot::channel();
-        let mut fx = self.on(Input::Unpair(reply));
+        let (mut fx, mut rx) = self.ask_unpair();
         if fx.contains(&Effect::Drain) {
             fx.extend(self.on(Input::Drained));
         }

@@ -136,35 +136,32 @@ fn any_accepts_unknown_peers_unverified_but_holds_pins() {
 fn removing_the_open_peers_pin_ends_the_link() {
     let mut t = T::new();
     t.open_with_bob();
-    let (reply, mut rx) = oneshot::channel();
-    let fx = t.on(Input::TrustEdit {
-        edit: TrustEdit::Untrust { peer: "bob".into() },
-        reply,
-    });
-    assert!(matches!(
-        rx.try_recv().unwrap(),
-        Ok(OkBody::Untrust { was_trusted: true })
-    ));
+    let (fx, mut rx) = t.ask(
+        Verb::Trust(TrustEdit::Untrust { peer: "bob".into() }),
+        |r| r,
+    );
+    assert_eq!(
+        rx.try_recv(),
+        Ok(Reply::Body(Ok(OkBody::Untrust { was_trusted: true })))
+    );
     assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted));
     assert!(sends_unpair(&fx));
     // Pinning another peer leaves an open link alone.
-    t.on(Input::TrustEdit {
-        edit: TrustEdit::Trust {
-            peer: "bob".into(),
-            fingerprint: fp(BOB),
-            comment: None,
-        },
-        reply: oneshot::channel().0,
-    });
+    t.edit(Verb::Trust(TrustEdit::Trust {
+        peer: "bob".into(),
+        fingerprint: fp(BOB),
+        comment: None,
+    }))
+    .unwrap();
     t.open_with_bob();
-    let fx = t.on(Input::TrustEdit {
-        edit: TrustEdit::Trust {
+    let (fx, _) = t.ask(
+        Verb::Trust(TrustEdit::Trust {
             peer: "carol".into(),
             fingerprint: fp(3),
             comment: None,
-        },
-        reply: oneshot::channel().0,
-    });
+        }),
+        |r| r,
+    );
     assert!(fx.is_empty(), "{fx:?}");
     assert_eq!(t.state(), LinkState::Open);
 }
