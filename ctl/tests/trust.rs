@@ -166,6 +166,34 @@ fn known_refuses_unknown_peers_in_both_roles_and_trust_applies_at_once() {
     alice.refused(&["pair", "bob"], "refused");
 }
 
+/// A hand edit that removes the open peer's pin ends the link, with no
+/// request to the daemon: it looks at the file while a link exists.
+#[test]
+fn removing_the_open_peers_pin_by_hand_ends_the_link() {
+    let s = Signald::start();
+    let alice = Daemon::start(&s.url(), "alice");
+    let bob = Daemon::start(&s.url(), "bob");
+    alice.trust_each_other(&bob);
+    alice.pair(&bob);
+    let events = Tail::start(&bob, &["--json"]);
+    let file = bob.state_dir().join("known_peers");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with("alice "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(kept, text, "alice's pin was in {text}");
+    // As an editor saves: a new file renamed over the old one.
+    let tmp = file.with_extension("edit");
+    std::fs::write(&tmp, kept).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let ev = events.wait_event("peer_disconnected");
+    assert_eq!(ev["reason"], "not_trusted");
+    alice.wait_idle();
+}
+
 #[test]
 fn tofu_pins_on_first_contact_and_refuses_a_changed_key() {
     let s = Signald::start();

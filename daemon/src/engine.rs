@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use p2p_proto::control::{DisconnectReason, ErrorBody, ErrorCode, EventKind, IdentityInfo, Status};
+use p2p_proto::control::{
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, IdentityInfo, OkBody, Status,
+};
 use p2p_proto::identity;
 use p2p_proto::signal::{ClientMsg, IceServer};
 use rtc::peer_connection::transport::RTCDtlsRole;
@@ -37,8 +39,11 @@ use crate::peer::{Pc, PcContext, PcEvent, PcEventKind, PcSettings};
 use crate::signaling::SigEvent;
 use crate::status::ServerView;
 use crate::throttle::Throttle;
-use crate::trust::TrustStore;
+use crate::trust::{TrustEdit, TrustStore};
 use crate::udp::BufferedRuntime;
+
+/// How often the trust file is looked at while a link exists (a `stat`).
+const TRUST_CHECK: Duration = Duration::from_secs(1);
 
 /// Requests to the engine.
 pub enum Cmd {
@@ -47,6 +52,12 @@ pub enum Cmd {
     Identity {
         rotate: bool,
         reply: oneshot::Sender<Result<IdentityInfo, ErrorBody>>,
+    },
+    /// An edit or listing of the trust store: done here, the link told of
+    /// the new content.
+    Trust {
+        edit: TrustEdit,
+        reply: oneshot::Sender<Result<OkBody, ErrorBody>>,
     },
     /// A verb the link decides, handed to the core as it is; its answer
     /// comes back on `reply`.
@@ -131,6 +142,11 @@ pub struct Engine {
     identity: Identity,
     started: std::time::Instant,
     core: Core,
+    /// The trust store's file: the engine reads and writes it, the core
+    /// decides from the snapshots it is handed.
+    trust: TrustStore,
+    /// [`TrustStore::reads`] when the core was last handed the content.
+    pins_read: u64,
     server: ServerView,
     pc: Option<Pc>,
     /// The ICE servers `pc` was built with.
@@ -185,6 +201,7 @@ impl Engine {
             counters: counters.clone(),
             hub: hub.clone(),
         };
+        let mut trust = TrustStore::open(cfg.known_peers.clone(), cfg.trust);
         let core = Core::new(
             Policy {
                 allow_peers: cfg.allow_peers.clone(),
@@ -193,7 +210,7 @@ impl Engine {
                 restart_timeout: cfg.ice_restart_timeout,
                 server: cfg.server.clone(),
             },
-            TrustStore::open(cfg.known_peers.clone(), cfg.trust),
+            trust.snapshot(),
             Instant::now(),
         );
         let engine = Engine {
@@ -203,6 +220,8 @@ impl Engine {
             server: ServerView::new(cfg.server.clone(), cfg.id.clone()),
             cfg,
             core,
+            pins_read: trust.reads(),
+            trust,
             pc: None,
             pc_ice: Vec::new(),
             generation: 0,
@@ -229,9 +248,16 @@ impl Engine {
     /// (bounded by the drain timeout): `Input::Shutdown` starts that.
     pub async fn run(mut self, mut inputs: Inputs) {
         let mut stopping = false;
+        // A hand edit of the trust store reaches the link with its next
+        // input; while there is a link, at least this often, so that
+        // removing its peer's pin by hand ends it promptly.
+        let mut trust_check = tokio::time::interval(TRUST_CHECK);
+        trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.core.deadline();
+            let paired = self.core.link().is_paired();
             tokio::select! {
+                _ = trust_check.tick(), if paired => self.step_pins().await,
                 _ = inputs.shutdown.changed(), if !stopping => {
                     stopping = true;
                     self.step(Input::Shutdown).await;
@@ -264,13 +290,20 @@ impl Engine {
                     started: self.started,
                     fingerprint: self.identity.fingerprint(),
                     server: &self.server,
-                    core: &mut self.core,
+                    core: &self.core,
+                    trust: &mut self.trust,
                     pc: self.pc.as_ref(),
                     ice_servers: &ice_servers,
                     counters: &self.counters,
                 })
                 .await;
                 let _ = reply.send(status);
+            }
+            Cmd::Trust { edit, reply } => {
+                let _ = reply.send(self.trust.edit(edit));
+                // The link hears of the new content with the next input,
+                // which this is.
+                self.step_pins().await;
             }
             Cmd::Link { verb, reply } => {
                 let id = self.ask(Asker::Control(reply));
@@ -416,7 +449,31 @@ impl Engine {
 
     /// Feeds one input to the state machine and carries out its effects;
     /// the results of effects that can fail are fed back in turn.
+    ///
+    /// The trust store's content goes first when it changed (a hand edit
+    /// applies at the next input: the core never reads the file itself).
     async fn step(&mut self, input: Input) {
+        self.step_pins().await;
+        self.feed(input).await;
+    }
+
+    /// Hands the core the trust store's content if it changed.
+    async fn step_pins(&mut self) {
+        self.trust.refresh();
+        if self.trust.reads() != self.pins_read {
+            let pins = self.pins();
+            self.feed(Input::Pins(pins)).await;
+        }
+    }
+
+    /// The trust store's content, noted as handed to the core.
+    fn pins(&mut self) -> crate::trust::Pins {
+        let pins = self.trust.snapshot();
+        self.pins_read = self.trust.reads();
+        pins
+    }
+
+    async fn feed(&mut self, input: Input) {
         let mut queue: VecDeque<Effect> = self.core.handle(input, Instant::now()).into();
         while let Some(effect) = queue.pop_front() {
             if let Some(result) = self.execute(effect).await {
@@ -457,6 +514,24 @@ impl Engine {
             Effect::Reply { to, reply } => {
                 self.answer(to, reply);
                 None
+            }
+            Effect::Pin {
+                peer,
+                fingerprint,
+                comment,
+                first,
+            } => {
+                let result = match first {
+                    true => self.trust.pin_first(&peer, fingerprint, comment),
+                    false => self
+                        .trust
+                        .set(&peer, fingerprint, Some(comment.to_string()))
+                        .map(|_| crate::trust::FirstPin::Added),
+                };
+                Some(Input::Pinned {
+                    result: result.map_err(|e| e.to_string()),
+                    pins: self.pins(),
+                })
             }
             Effect::Signal(msg) => self.signal(msg),
             Effect::Publish(kind) => {

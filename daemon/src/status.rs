@@ -11,6 +11,7 @@ use p2p_proto::signal::IceServer;
 use crate::counters::Counters;
 use crate::link::Core;
 use crate::peer::Pc;
+use crate::trust::TrustStore;
 
 /// The signaling connection's history, for `status.server`.
 pub struct ServerView {
@@ -93,7 +94,9 @@ pub struct Parts<'a> {
     pub started: Instant,
     pub fingerprint: Fingerprint,
     pub server: &'a ServerView,
-    pub core: &'a mut Core,
+    pub core: &'a Core,
+    /// The trust store, for its problems (re-read if it changed).
+    pub trust: &'a mut TrustStore,
     pub pc: Option<&'a Pc>,
     pub ice_servers: &'a [IceServer],
     pub counters: &'a Counters,
@@ -106,11 +109,11 @@ pub async fn build(parts: Parts<'_>) -> Status {
         fingerprint,
         server,
         core,
+        trust: store,
         pc,
         ice_servers,
         counters,
     } = parts;
-    let store = core.trust_store();
     let trust = StatusTrust {
         policy: store.policy(),
         known_peers: store.path().display().to_string(),

@@ -16,6 +16,10 @@
 //! without a restart. p2pd rewrites it atomically when it pins or unpins,
 //! keeping every other line as it was.
 //!
+//! The link's core never touches the file: it decides from a [`Pins`]
+//! snapshot the engine hands it (again whenever the file changed, or after
+//! the engine wrote it), and asks the engine to write a pin as an effect.
+//!
 //! The store fails closed: when it cannot be fully trusted (a file or
 //! directory another user could write, a file that cannot be read or is
 //! not UTF-8, a line that does not parse, two different keys for one ID),
@@ -28,7 +32,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use p2p_proto::control::{Pin, TrustPolicy};
+use p2p_proto::control::{ErrorBody, ErrorCode, OkBody, Pin, TrustPolicy};
 use p2p_proto::identity::Fingerprint;
 
 /// What identifies one version of the file on disk.
@@ -69,6 +73,63 @@ pub enum FirstPin {
     Conflict(Fingerprint),
 }
 
+/// `p2pctl trust`, `untrust` and `trust --list`.
+#[derive(Debug)]
+pub enum TrustEdit {
+    Trust {
+        peer: String,
+        fingerprint: Fingerprint,
+        comment: Option<String>,
+    },
+    Untrust {
+        peer: String,
+    },
+    List,
+}
+
+/// What the trust store says at one moment, and under which policy: what
+/// the link's core decides from. Plain data: no file behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pins {
+    policy: TrustPolicy,
+    pins: Result<Vec<Pin>, Broken>,
+}
+
+impl Pins {
+    /// A usable store holding `pins`.
+    pub fn new(policy: TrustPolicy, pins: Vec<Pin>) -> Pins {
+        Pins {
+            policy,
+            pins: Ok(pins),
+        }
+    }
+
+    /// A store that cannot be used (tests; the engine reads it so).
+    #[cfg(test)]
+    pub fn broken(policy: TrustPolicy, broken: Broken) -> Pins {
+        Pins {
+            policy,
+            pins: Err(broken),
+        }
+    }
+
+    pub fn policy(&self) -> TrustPolicy {
+        self.policy
+    }
+
+    /// Whether the store can be used at all.
+    pub fn check(&self) -> Result<(), Broken> {
+        self.pins.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    /// The key pinned for `id`; none while the store is broken (callers
+    /// refuse on [`Pins::check`] first).
+    pub fn get(&self, id: &str) -> Option<Fingerprint> {
+        let pins = self.pins.as_ref().ok()?;
+        pins.iter().find(|p| p.id == id).map(|p| p.fingerprint)
+    }
+}
+
 pub struct TrustStore {
     path: PathBuf,
     policy: TrustPolicy,
@@ -76,6 +137,9 @@ pub struct TrustStore {
     /// The version read; `None` when the file does not exist.
     stamp: Option<Stamp>,
     problems: Vec<String>,
+    /// Counts the times the content was (re)read: a snapshot handed out
+    /// at another count is out of date.
+    reads: u64,
 }
 
 impl TrustStore {
@@ -87,9 +151,67 @@ impl TrustStore {
             lines: Vec::new(),
             stamp: None,
             problems: Vec::new(),
+            reads: 0,
         };
         s.reload(true);
         s
+    }
+
+    /// Carries out a `trust`, `untrust` or `trust --list` request. The
+    /// engine then hands the link the new content, which ends a link whose
+    /// pin went away.
+    pub fn edit(&mut self, edit: TrustEdit) -> Result<OkBody, ErrorBody> {
+        let store_failed = |e: std::io::Error, path: &Path| {
+            let message = match e.get_ref().and_then(|i| i.downcast_ref::<Broken>()) {
+                Some(broken) => broken.to_string(),
+                None => format!("could not write the trust store {}: {e}", path.display()),
+            };
+            ErrorBody {
+                code: ErrorCode::StoreFailed,
+                message,
+            }
+        };
+        match edit {
+            TrustEdit::Trust {
+                peer,
+                fingerprint,
+                comment,
+            } => self
+                .set(&peer, fingerprint, comment)
+                .map(|(trusted, replaced)| OkBody::Trust { trusted, replaced })
+                .map_err(|e| store_failed(e, &self.path)),
+            TrustEdit::Untrust { peer } => self
+                .remove(&peer)
+                .map(|was_trusted| OkBody::Untrust { was_trusted })
+                .map_err(|e| store_failed(e, &self.path)),
+            TrustEdit::List => self
+                .list()
+                .map(|peers| OkBody::TrustList { peers })
+                .map_err(|broken| ErrorBody {
+                    code: ErrorCode::StoreFailed,
+                    message: broken.to_string(),
+                }),
+        }
+    }
+
+    /// What the store says now (re-read if the file changed).
+    pub fn snapshot(&mut self) -> Pins {
+        let pins = self.list();
+        Pins {
+            policy: self.policy,
+            pins,
+        }
+    }
+
+    /// How many times the content was read: changes when the file did
+    /// (after [`TrustStore::refresh`]) or when p2pd wrote it.
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// Re-reads the file if it changed since it was last read.
+    pub fn refresh(&mut self) {
+        self.reload(false);
     }
 
     pub fn policy(&self) -> TrustPolicy {
@@ -261,15 +383,22 @@ impl TrustStore {
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.stamp.is_some() || !self.lines.is_empty() || !self.problems.is_empty() {
+                    self.reads += 1;
+                }
                 self.stamp = None;
                 self.lines.clear();
                 self.problems.clear();
                 return;
             }
             Err(e) => {
+                let why = vec![format!("cannot read it: {e}")];
+                if self.problems != why {
+                    self.reads += 1;
+                }
                 self.lines.clear();
                 self.stamp = None;
-                self.problems = vec![format!("cannot read it: {e}")];
+                self.problems = why;
                 return;
             }
         };
@@ -283,6 +412,7 @@ impl TrustStore {
         if !force && self.stamp == Some(stamp) {
             return;
         }
+        self.reads += 1;
         self.stamp = Some(stamp);
         self.problems.clear();
         if let Some(why) = unsafe_to_trust(&self.path, &meta) {

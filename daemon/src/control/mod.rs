@@ -29,7 +29,8 @@ use tokio::sync::watch;
 
 use crate::engine::{Cmd, DEFAULT_PAIR_TIMEOUT, EngineHandle};
 use crate::invite::{self, Code};
-use crate::link::{InviteEdit, Reply as Answer, TrustEdit, Verb};
+use crate::link::{InviteEdit, Reply as Answer, Verb};
+use crate::trust::TrustEdit;
 
 /// Binds the control socket at `path`, refusing when a live daemon already
 /// serves it and replacing a stale socket file.
@@ -187,6 +188,17 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
             None => gone(),
         },
         Request::Tail { .. } => unreachable!("tail is handled by the connection loop"),
+        Request::Trust { .. } | Request::Untrust { .. } | Request::TrustList => {
+            let edit = match trust_edit(req) {
+                Ok(edit) => edit,
+                Err(refused) => return refused.into(),
+            };
+            match engine.call(|reply| Cmd::Trust { edit, reply }).await {
+                Some(Ok(body)) => Reply::ok(body),
+                Some(Err(e)) => e.into(),
+                None => gone(),
+            }
+        }
         req => match verb(req) {
             Ok(verb) => match engine.call(|reply| Cmd::Link { verb, reply }).await {
                 Some(answer) => answered(answer),
@@ -228,27 +240,6 @@ fn verb(req: Request) -> Result<Verb, ErrorBody> {
                 .map_err(bad_request)?,
         },
         Request::Unpair => Verb::Unpair,
-        Request::Trust {
-            peer_id,
-            fingerprint,
-            comment,
-        } => {
-            if !p2p_proto::signal::valid_id(&peer_id) {
-                return Err(bad_peer(&peer_id));
-            }
-            Verb::Trust(TrustEdit::Trust {
-                peer: peer_id,
-                fingerprint,
-                comment,
-            })
-        }
-        Request::Untrust { peer_id } => {
-            if !p2p_proto::signal::valid_id(&peer_id) {
-                return Err(bad_peer(&peer_id));
-            }
-            Verb::Trust(TrustEdit::Untrust { peer: peer_id })
-        }
-        Request::TrustList => Verb::Trust(TrustEdit::List),
         Request::Invite { ttl_ms, for_peer } => {
             if let Some(p) = &for_peer
                 && !p2p_proto::signal::valid_id(p)
@@ -266,7 +257,37 @@ fn verb(req: Request) -> Result<Verb, ErrorBody> {
         | Request::Id
         | Request::RotateId
         | Request::Status
+        | Request::Trust { .. }
+        | Request::Untrust { .. }
+        | Request::TrustList
         | Request::Tail { .. } => unreachable!("handled on their own paths"),
+    })
+}
+
+/// The trust store edit a `trust`, `untrust` or `trust --list` request
+/// stands for, its peer ID checked.
+fn trust_edit(req: Request) -> Result<TrustEdit, ErrorBody> {
+    let checked = |peer: String| match p2p_proto::signal::valid_id(&peer) {
+        true => Ok(peer),
+        false => Err(ErrorBody {
+            code: ErrorCode::BadRequest,
+            message: format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
+        }),
+    };
+    Ok(match req {
+        Request::Trust {
+            peer_id,
+            fingerprint,
+            comment,
+        } => TrustEdit::Trust {
+            peer: checked(peer_id)?,
+            fingerprint,
+            comment,
+        },
+        Request::Untrust { peer_id } => TrustEdit::Untrust {
+            peer: checked(peer_id)?,
+        },
+        _ => TrustEdit::List,
     })
 }
 

@@ -12,11 +12,11 @@
 use std::time::Duration;
 
 use p2p_proto::control::{
-    DisconnectReason, ErrorBody, ErrorCode, EventKind, InviteFailure, OkBody, Path, PeerTrust,
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, InviteFailure, OkBody, Path,
 };
-use p2p_proto::identity::Fingerprint;
 use tokio::time::Instant;
 
+use super::state::Pinning;
 use super::{Change, Core, Effect, Ending, Link, Negotiation, Reply, ReqId, Signaling, err};
 use crate::invite::Code;
 
@@ -217,33 +217,23 @@ impl Core {
         }
         let peer = c.peer.clone();
         match result {
-            Ok(()) => {
-                let fp = c.identity.map(|i| i.fingerprint);
-                let trust = match fp.map(|f| self.pin_invited(&peer, f)) {
-                    Some(Ok(())) => PeerTrust::Invite,
-                    Some(Err(e)) => {
-                        // Proven, but not pinned: the link would be unverified
-                        // where the user asked for a verified one.
-                        let e = Ending {
-                            reason: DisconnectReason::NotTrusted,
-                            error: err(ErrorCode::StoreFailed, e),
-                            tell_signald: true,
-                        };
-                        self.apply(Change::End(e), fx);
-                        return;
-                    }
-                    None => PeerTrust::Unverified,
-                };
-                if let (Link::Connecting(c), Some(f)) = (&mut self.link, fp) {
-                    c.identity = Some(super::PeerIdentity {
-                        fingerprint: f,
-                        trust,
+            Ok(()) => match c.identity {
+                // Proven: both sides pin each other before the link opens.
+                Some(id) => {
+                    c.pinning = Some(Pinning::Invite { opened: inv.opened });
+                    fx.push(Effect::Pin {
+                        peer,
+                        fingerprint: id.fingerprint,
+                        comment: "invite",
+                        first: false,
                     });
                 }
-                if let Some(path) = inv.opened {
-                    self.open(path, now, fx);
+                None => {
+                    if let Some(path) = inv.opened {
+                        self.open(path, now, fx);
+                    }
                 }
-            }
+            },
             Err(why) => {
                 tracing::warn!(%peer, ?why, "invitation handshake failed");
                 fx.push(Effect::Publish(EventKind::InviteFailed {
@@ -257,21 +247,6 @@ impl Core {
                     tell_signald: true,
                 };
                 self.apply(Change::End(e), fx);
-            }
-        }
-    }
-
-    /// Both sides pin each other once the handshake proved the key; why
-    /// not, if the store would not take it (the link then ends).
-    fn pin_invited(&mut self, peer: &str, fp: Fingerprint) -> Result<(), String> {
-        match self.trust.set(peer, fp, Some("invite".into())) {
-            Ok(_) => {
-                tracing::info!(%peer, fingerprint = %fp, "pinned by invitation");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(%peer, error = %e, "could not pin the invited peer; ending the link");
-                Err(format!("could not pin {peer}'s key: {e}"))
             }
         }
     }

@@ -40,10 +40,10 @@ use state::{
     AtSignald, Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open, Probe, Requested,
     Restart, Waiter,
 };
-pub use trust::{PeerIdentity, TrustEdit};
+pub use trust::PeerIdentity;
 
 use crate::invite::{Code, Invites};
-use crate::trust::TrustStore;
+use crate::trust::{FirstPin, Pins};
 
 /// How long a broken connection waits for signald to say why.
 pub const LOSS_GRACE: Duration = Duration::from_millis(250);
@@ -129,8 +129,8 @@ pub struct ReqId(pub u64);
 /// A verb of the control socket that the link decides: the one type it
 /// has from the socket (`control/`) through the engine to here. Adding
 /// one is a variant here, its parsing in `control/`, and its handling in
-/// [`Core::handle`]. (`status`, `id`, `send` and `tail` take their own
-/// paths: they do not change the link.)
+/// [`Core::handle`]. (`status`, `id`, `trust`, `send` and `tail` take
+/// their own paths: the link learns of a trust edit as new [`Pins`].)
 #[derive(Debug)]
 pub enum Verb {
     /// `pair`: ask signald to pair us with `peer`.
@@ -145,8 +145,6 @@ pub enum Verb {
     Unpair,
     /// `invite`: make, list or cancel invites.
     Invite(InviteEdit),
-    /// `trust`, `untrust`, `trust --list`.
-    Trust(TrustEdit),
 }
 
 /// The answer to a [`Verb`] (or to an invite claim).
@@ -154,7 +152,7 @@ pub enum Verb {
 pub enum Reply {
     Pair(Result<PairOutcome, ErrorBody>),
     Unpair(bool),
-    /// `invite` and `trust`.
+    /// `invite`.
     Body(Result<p2p_proto::control::OkBody, ErrorBody>),
     /// The invitation handshake's claim of an invite.
     Claim(Result<Code, InviteFailure>),
@@ -221,6 +219,14 @@ pub enum Input {
     },
     /// How the handshake ended.
     InviteDone(Result<(), p2p_proto::control::InviteFailure>),
+    /// The trust store's content changed (read again after a hand edit,
+    /// or written by the engine): decide from this from now on.
+    Pins(Pins),
+    /// The result of [`Effect::Pin`], and the store's content after it.
+    Pinned {
+        result: Result<FirstPin, String>,
+        pins: Pins,
+    },
     /// The daemon is stopping.
     Shutdown,
     /// What [`Effect::Drain`] waited for has left (or the wait gave up).
@@ -291,6 +297,16 @@ pub enum Effect {
     /// checks, which every ICE stack answers by itself); answer with
     /// [`Input::PathChecked`].
     CheckPath,
+    /// Pin `fingerprint` for `peer` in the trust store (comment
+    /// `comment`); with `first`, only if no pin for `peer` exists by now
+    /// (first contact never overwrites a pin added meanwhile). Answer with
+    /// [`Input::Pinned`].
+    Pin {
+        peer: String,
+        fingerprint: p2p_proto::identity::Fingerprint,
+        comment: &'static str,
+        first: bool,
+    },
 }
 
 /// What the core knows of the signaling connection.
@@ -388,9 +404,9 @@ pub struct Core {
     /// Answers to abandoned `pair` requests still to come from signald.
     abandoned: usize,
     policy: Policy,
-    /// Which key each known peer must present (a small file, re-read when
-    /// it changes: the one piece of I/O the core touches).
-    trust: TrustStore,
+    /// Which key each known peer must present, as the engine last read
+    /// the trust store (the core never touches the file).
+    pins: Pins,
     /// The instant the input being handled was given at: every change
     /// happens then (no clock is read inside the core).
     now: Instant,
@@ -414,7 +430,7 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
 }
 
 impl Core {
-    pub fn new(policy: Policy, trust: TrustStore, now: Instant) -> Core {
+    pub fn new(policy: Policy, pins: Pins, now: Instant) -> Core {
         Core {
             now,
             link: Link::Idle,
@@ -423,15 +439,10 @@ impl Core {
             },
             abandoned: 0,
             policy,
-            trust,
+            pins,
             invites: Invites::default(),
             spent_codes: Default::default(),
         }
-    }
-
-    /// The trust store, for `status`.
-    pub fn trust_store(&mut self) -> &mut TrustStore {
-        &mut self.trust
     }
 
     /// What the shell and `status` may know of the link: read-only, so
@@ -561,6 +572,11 @@ impl Core {
             Input::InviteChannel => self.on_invite_channel(&mut fx),
             Input::InviteClaim { id, number } => self.on_invite_claim(id, number, now, &mut fx),
             Input::InviteDone(result) => self.on_invite_done(result, now, &mut fx),
+            Input::Pins(pins) => self.on_pins(pins, &mut fx),
+            Input::Pinned { result, pins } => {
+                self.pins = pins;
+                self.on_pinned(result, now, &mut fx);
+            }
             Input::Tick => self.on_tick(now, &mut fx),
             Input::Shutdown => {
                 let e = Ending {

@@ -8,7 +8,11 @@ use p2p_proto::control::{DisconnectReason, ErrorCode, Path};
 use p2p_proto::identity::Fingerprint;
 use tokio::time::Instant;
 
-use super::{AtSignald, Change, Core, Effect, Ending, Link, Open, err};
+use p2p_proto::control::PeerTrust;
+
+use super::state::Pinning;
+use super::{AtSignald, Change, Core, Effect, Ending, Link, Open, PeerIdentity, err};
+use crate::trust::FirstPin;
 
 impl Core {
     /// The user's channel opened: the link is open, unless a handshake is
@@ -61,26 +65,82 @@ impl Core {
         self.open(path, now, fx);
     }
 
-    /// Connecting → Open, with the first-contact pin when the policy
-    /// makes one: the one place a link opens.
+    /// Connecting → Open; under `tofu` the first contact's key is pinned
+    /// first ([`Effect::Pin`], then [`Core::on_pinned`]).
     pub(super) fn open(&mut self, path: Option<Path>, now: Instant, fx: &mut Vec<Effect>) {
+        let Link::Connecting(c) = &mut self.link else {
+            return;
+        };
+        match (&mut c.pinning, c.identity) {
+            // The invite's pin is being written: the link opens after it.
+            (Some(Pinning::Invite { opened }), _) => {
+                *opened = Some(path);
+                return;
+            }
+            (Some(Pinning::FirstContact { .. }), _) => return,
+            (None, Some(id)) if id.trust == PeerTrust::Tofu => {
+                c.pinning = Some(Pinning::FirstContact { path });
+                fx.push(Effect::Pin {
+                    peer: c.peer.clone(),
+                    fingerprint: id.fingerprint,
+                    comment: "tofu",
+                    first: true,
+                });
+                return;
+            }
+            (None, _) => {}
+        }
+        self.finish_open(path, now, fx);
+    }
+
+    /// The engine wrote (or could not write) the pin the link waited for.
+    pub(super) fn on_pinned(
+        &mut self,
+        result: Result<FirstPin, String>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Link::Connecting(c) = &mut self.link else {
+            return;
+        };
+        let (Some(pinning), Some(id)) = (c.pinning.take(), c.identity) else {
+            return;
+        };
+        let peer = c.peer.clone();
+        let id = match pinning {
+            Pinning::FirstContact { .. } => id,
+            Pinning::Invite { .. } => PeerIdentity {
+                trust: PeerTrust::Invite,
+                ..id
+            },
+        };
+        match self.pinned(&peer, id, result) {
+            Err(ending) => self.apply(Change::End(ending), fx),
+            Ok(id) => {
+                if let Link::Connecting(c) = &mut self.link {
+                    c.identity = Some(id);
+                }
+                match pinning {
+                    Pinning::FirstContact { path } | Pinning::Invite { opened: Some(path) } => {
+                        self.finish_open(path, now, fx)
+                    }
+                    // The channel is not open yet: it opens the link.
+                    Pinning::Invite { opened: None } => {}
+                }
+            }
+        }
+    }
+
+    /// Connecting → Open: the one place a link opens.
+    fn finish_open(&mut self, path: Option<Path>, now: Instant, fx: &mut Vec<Effect>) {
         let Link::Connecting(c) = &self.link else {
             return;
         };
-        let (peer, initiator, identity) = (c.peer.clone(), c.initiator, c.identity);
-        let identity = match identity.map(|id| self.pin_first_contact(&peer, id)) {
-            Some(Err(ending)) => {
-                self.apply(Change::End(ending), fx);
-                return;
-            }
-            Some(Ok(id)) => Some(id),
-            None => None,
-        };
         let open = Open {
-            peer,
-            initiator,
+            peer: c.peer.clone(),
+            initiator: c.initiator,
             since: now,
-            identity,
+            identity: c.identity,
             restart: None,
             at_signald: AtSignald::Paired,
             probe: None,

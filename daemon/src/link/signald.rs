@@ -145,6 +145,7 @@ impl Core {
                 invite,
                 deadline,
                 waiter,
+                pinning: None,
             };
             self.apply(Change::Pair(c), fx);
             fx.push(Effect::Offer {
@@ -218,6 +219,7 @@ impl Core {
             invite,
             deadline: now + self.policy.connect_timeout,
             waiter: None,
+            pinning: None,
         };
         self.apply(Change::Pair(c), fx);
     }

@@ -3,7 +3,7 @@
 //! negotiation got), so that no combination that cannot happen can be
 //! written down: an open link has no deadline, an idle one no peer.
 
-use p2p_proto::control::{DisconnectReason, ErrorBody, LinkState, PairOutcome};
+use p2p_proto::control::{DisconnectReason, ErrorBody, LinkState, PairOutcome, Path};
 use tokio::time::Instant;
 
 use super::{Effect, InviteProgress, PeerIdentity, Reply, ReqId};
@@ -31,6 +31,9 @@ impl Waiter {
     }
 }
 
+// One value per daemon: boxing the larger states would only add an
+// allocation to every transition.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Link {
     /// No peer; a fresh peer connection waits for the next pairing.
@@ -72,6 +75,19 @@ pub struct Connecting {
     pub deadline: Instant,
     /// A `pair --wait` request, answered once the channel opens.
     pub waiter: Option<Waiter>,
+    /// A pin the engine is writing before the link can go on.
+    pub pinning: Option<Pinning>,
+}
+
+/// Why the link waits for [`super::Effect::Pin`]'s result.
+#[derive(Debug)]
+pub enum Pinning {
+    /// First contact under `tofu`: the channel is open on `path`, and the
+    /// link opens once the key is pinned.
+    FirstContact { path: Option<Path> },
+    /// The invitation handshake proved the key; the channel opened on
+    /// `opened` (`None`: not yet).
+    Invite { opened: Option<Option<Path>> },
 }
 
 /// How far the offer/answer exchange got.

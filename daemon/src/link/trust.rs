@@ -9,13 +9,11 @@
 //! certificate with the description's fingerprint). Pins hold under every
 //! policy; the policy decides only about IDs with no pin.
 
-use p2p_proto::control::{
-    DisconnectReason, ErrorBody, ErrorCode, OkBody, PeerTrust, Pin, TrustPolicy,
-};
+use p2p_proto::control::{DisconnectReason, ErrorBody, ErrorCode, PeerTrust, TrustPolicy};
 use p2p_proto::identity::{Fingerprint, SdpKey, sdp_key};
 
-use super::{Change, Core, Effect, Ending, Link, Reply, ReqId, err};
-use crate::trust::{Broken, FirstPin};
+use super::{Change, Core, Effect, Ending, Link, err};
+use crate::trust::{FirstPin, Pins};
 
 /// The key a peer presented, and how far it is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,34 +29,19 @@ impl PeerIdentity {
     }
 }
 
-/// Edits of the trust store, through the link so that a link whose pin
-/// goes away ends with it.
-#[derive(Debug)]
-pub enum TrustEdit {
-    Trust {
-        peer: String,
-        fingerprint: Fingerprint,
-        comment: Option<String>,
-    },
-    Untrust {
-        peer: String,
-    },
-    List,
-}
-
 impl Core {
     /// Whether the trust store can be used at all: a broken one refuses
     /// every pairing, under every policy (it fails closed).
-    pub(super) fn store_usable(&mut self) -> Result<(), ErrorBody> {
-        self.trust
+    pub(super) fn store_usable(&self) -> Result<(), ErrorBody> {
+        self.pins
             .check()
             .map_err(|broken| err(ErrorCode::StoreFailed, broken.to_string()))
     }
 
     /// Whether `peer` may pair with us at all, before anything is sent.
-    pub(super) fn admits(&mut self, peer: &str) -> Result<(), ErrorBody> {
+    pub(super) fn admits(&self, peer: &str) -> Result<(), ErrorBody> {
         self.store_usable()?;
-        if self.trust.policy() == TrustPolicy::Known && self.trust.get(peer).is_none() {
+        if self.pins.policy() == TrustPolicy::Known && self.pins.get(peer).is_none() {
             return Err(err(
                 ErrorCode::NotTrusted,
                 format!(
@@ -76,7 +59,7 @@ impl Core {
     /// judged, [`Core::judge`]) when the channel opens, from the
     /// certificate DTLS proved, before the user's channel is read.
     pub(super) fn verify(
-        &mut self,
+        &self,
         peer: &str,
         sdp: &str,
         invited: bool,
@@ -90,7 +73,7 @@ impl Core {
             tracing::error!(%peer, "refusing the pairing: {}", error.message);
             return Err(refuse(DisconnectReason::NotTrusted, error));
         }
-        let pinned = self.trust.get(peer);
+        let pinned = self.pins.get(peer);
         match sdp_key(sdp) {
             Ok(SdpKey::Sha256(fp)) => self.judge(peer, fp, invited).map(Some),
             Ok(SdpKey::FromDtls) if invited => Err(refuse(
@@ -103,7 +86,7 @@ impl Core {
                 ),
             )),
             Ok(SdpKey::FromDtls)
-                if pinned.is_none() && self.trust.policy() == TrustPolicy::Known =>
+                if pinned.is_none() && self.pins.policy() == TrustPolicy::Known =>
             {
                 Err(refuse(
                     DisconnectReason::NotTrusted,
@@ -111,7 +94,7 @@ impl Core {
                 ))
             }
             Ok(SdpKey::FromDtls) => Ok(None),
-            Err(why) if pinned.is_some() || self.trust.policy() != TrustPolicy::Any => {
+            Err(why) if pinned.is_some() || self.pins.policy() != TrustPolicy::Any => {
                 tracing::warn!(%peer, why = %crate::throttle::excerpt(&why, 200), "refusing a description whose key cannot be checked");
                 Err(refuse(
                     DisconnectReason::IdentityMismatch,
@@ -137,7 +120,7 @@ impl Core {
     /// Whether `peer` may have the key `fp` (its sha-256 fingerprint), and
     /// how far it is trusted: the pin decides, else the policy.
     pub(super) fn judge(
-        &mut self,
+        &self,
         peer: &str,
         fp: Fingerprint,
         invited: bool,
@@ -147,7 +130,7 @@ impl Core {
             error,
             tell_signald: true,
         };
-        match self.trust.get(peer) {
+        match self.pins.get(peer) {
             Some(pin) if pin == fp => Ok(PeerIdentity {
                 fingerprint: fp,
                 trust: PeerTrust::Pinned,
@@ -168,7 +151,7 @@ impl Core {
                 fingerprint: fp,
                 trust: PeerTrust::Unverified,
             }),
-            None => match self.trust.policy() {
+            None => match self.pins.policy() {
                 TrustPolicy::Known => Err(refuse(
                     DisconnectReason::NotTrusted,
                     self.admits(peer).expect_err("no pin under known"),
@@ -185,30 +168,32 @@ impl Core {
         }
     }
 
-    /// First contact under `tofu`: pins the key DTLS has just proven,
-    /// unless a pin for the peer appeared meanwhile (by hand): then that
-    /// pin decides. The store failing (broken, or not writable) ends the
-    /// link: an unknown key is never taken without its pin.
-    pub(super) fn pin_first_contact(
-        &mut self,
+    /// What writing the pin of `peer`'s key `id` came to ([`Effect::Pin`]):
+    /// the identity the link opens with, or why it ends. A pin that
+    /// appeared meanwhile (by hand) decides; the store failing (broken, or
+    /// not writable) ends the link: a key is never taken unpinned where a
+    /// pin was due.
+    pub(super) fn pinned(
+        &self,
         peer: &str,
         id: PeerIdentity,
+        result: Result<FirstPin, String>,
     ) -> Result<PeerIdentity, Ending> {
-        if id.trust != PeerTrust::Tofu {
-            return Ok(id);
-        }
         let refuse = |reason, error| Ending {
             reason,
             error,
             tell_signald: true,
         };
-        match self.trust.pin_first(peer, id.fingerprint, "tofu") {
+        match result {
             Ok(FirstPin::Added) => {
-                tracing::info!(%peer, fingerprint = %id.fingerprint, "pinned on first contact (--trust tofu)");
+                tracing::info!(%peer, fingerprint = %id.fingerprint, trust = ?id.trust, "pinned");
                 Ok(id)
             }
             Ok(FirstPin::AlreadyPinned) => Ok(PeerIdentity {
-                trust: PeerTrust::Pinned,
+                trust: match id.trust {
+                    PeerTrust::Tofu => PeerTrust::Pinned,
+                    other => other,
+                },
                 ..id
             }),
             Ok(FirstPin::Conflict(pin)) => {
@@ -225,7 +210,7 @@ impl Core {
                 ))
             }
             Err(e) => {
-                tracing::error!(%peer, error = %e, file = %self.trust.path().display(), "could not pin the peer's key; ending the link");
+                tracing::error!(%peer, error = %e, "could not pin the peer's key; ending the link");
                 Err(refuse(
                     DisconnectReason::NotTrusted,
                     err(
@@ -237,55 +222,22 @@ impl Core {
         }
     }
 
-    pub(super) fn on_trust_edit(&mut self, edit: TrustEdit, id: ReqId, fx: &mut Vec<Effect>) {
-        let store_failed = |e: std::io::Error, path: &std::path::Path| {
-            let message = match e.get_ref().and_then(|i| i.downcast_ref::<Broken>()) {
-                Some(broken) => broken.to_string(),
-                None => format!("could not write the trust store {}: {e}", path.display()),
-            };
-            err(ErrorCode::StoreFailed, message)
-        };
-        let (result, touched) = match edit {
-            TrustEdit::Trust {
-                peer,
-                fingerprint,
-                comment,
-            } => {
-                let r = self
-                    .trust
-                    .set(&peer, fingerprint, comment)
-                    .map(|(trusted, replaced)| OkBody::Trust { trusted, replaced })
-                    .map_err(|e| store_failed(e, self.trust.path()));
-                (r, Some(peer))
-            }
-            TrustEdit::Untrust { peer } => {
-                let r = self
-                    .trust
-                    .remove(&peer)
-                    .map(|was_trusted| OkBody::Untrust { was_trusted })
-                    .map_err(|e| store_failed(e, self.trust.path()));
-                (r, Some(peer))
-            }
-            TrustEdit::List => {
-                let r = self
-                    .trust
-                    .list()
-                    .map(|peers: Vec<Pin>| OkBody::TrustList { peers })
-                    .map_err(|broken| err(ErrorCode::StoreFailed, broken.to_string()));
-                (r, None)
-            }
-        };
-        fx.push(Effect::Reply {
-            to: id,
-            reply: Reply::Body(result),
-        });
-        if let Some(peer) = touched {
+    /// The trust store changed (a hand edit, `p2pctl trust`/`untrust`,
+    /// or a pin the engine wrote): decide from the new content from now on,
+    /// and end a link whose key is no longer the one pinned for its peer.
+    pub(super) fn on_pins(&mut self, pins: Pins, fx: &mut Vec<Effect>) {
+        if pins == self.pins {
+            return;
+        }
+        self.pins = pins;
+        if let Some(peer) = self.link.peer().map(str::to_string) {
             self.recheck(&peer, fx);
         }
     }
 
-    /// After an edit of `peer`'s pin: a link to it whose key is no longer
-    /// pinned ends (an unverified link under `any` is not affected).
+    /// A link to `peer` whose key is no longer the one pinned ends (an
+    /// unverified link under `any` is not affected; nor is one whose pin
+    /// is being written).
     fn recheck(&mut self, peer: &str, fx: &mut Vec<Effect>) {
         let presented = match &self.link {
             Link::Open(o) if o.peer == peer => o.identity,
@@ -293,10 +245,14 @@ impl Core {
             _ => return,
         };
         let Some(id) = presented else { return };
-        if !id.verified() {
+        // A first contact's key is pinned only as the channel opens.
+        let unpinned_yet = id.trust == PeerTrust::Tofu && matches!(self.link, Link::Connecting(_));
+        // A broken store refuses new pairings; a link whose key was checked
+        // when it was sound is not ended for an edit that broke it.
+        if !id.verified() || unpinned_yet || self.pins.check().is_err() {
             return;
         }
-        if self.trust.get(peer) != Some(id.fingerprint) {
+        if self.pins.get(peer) != Some(id.fingerprint) {
             tracing::warn!(%peer, "the peer's pin changed; ending the link");
             let e = Ending {
                 reason: DisconnectReason::NotTrusted,

@@ -54,7 +54,6 @@ impl Core {
                     reply: Reply::Body(result),
                 });
             }
-            Verb::Trust(edit) => self.on_trust_edit(edit, id, fx),
         }
     }
 

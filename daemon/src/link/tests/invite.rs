@@ -39,7 +39,7 @@ fn the_joiner_pairs_an_unknown_key_with_a_code_and_opens_only_after_the_handshak
         answered(&mut answer).unwrap().trust,
         Some(PeerTrust::Invite)
     );
-    assert_eq!(t.core.trust_store().get("dave"), Some(fp(4)));
+    assert_eq!(t.pinned("dave"), Some(fp(4)));
 }
 
 #[test]
@@ -70,7 +70,17 @@ fn the_inviter_admits_an_unknown_peer_only_while_an_invite_is_open() {
     let mut code = t.claim(inv.number);
     assert_eq!(code.try_recv().unwrap().unwrap().to_string(), inv.code);
     let fx = t.on(Input::InviteDone(Ok(())));
-    assert!(fx.is_empty(), "waits for the channel: {fx:?}");
+    assert_eq!(
+        fx,
+        [Effect::Pin {
+            peer: "erin".into(),
+            fingerprint: fp(5),
+            comment: "invite",
+            first: false
+        }],
+        "the proven key is pinned; then the link waits for the channel"
+    );
+    assert_eq!(t.pinned("erin"), Some(fp(5)));
     let fx = t.on(Input::ChannelOpen {
         path: None,
         certificate: None,
@@ -79,7 +89,6 @@ fn the_inviter_admits_an_unknown_peer_only_while_an_invite_is_open() {
         peer: "erin".into(),
         verified: true
     }));
-    assert_eq!(t.core.trust_store().get("erin"), Some(fp(5)));
     // Used up: the next stranger is refused before any negotiation (no
     // connection, no candidates of ours).
     t.unpair();
@@ -110,7 +119,7 @@ fn a_failed_handshake_uses_the_invite_up_and_says_so() {
     )));
     assert_eq!(ended(&fx), Some(DisconnectReason::InviteFailed));
     assert!(sends_unpair(&fx));
-    assert_eq!(t.core.trust_store().get("mallory"), None);
+    assert_eq!(t.pinned("mallory"), None);
     // The right code is useless now: mallory is not even admitted.
     let fx = t.server(paired("mallory", false));
     assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted), "{fx:?}");

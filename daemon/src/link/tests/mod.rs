@@ -19,7 +19,7 @@ use std::rc::Rc;
 use tokio::time::Instant;
 
 use super::*;
-use crate::trust::TrustStore;
+use crate::trust::{FirstPin, Pins};
 
 /// The answers the core gave, by request: [`T::on`] takes every
 /// [`Effect::Reply`] out of the effects and files it here, as the engine
@@ -51,7 +51,19 @@ struct T {
     now: Instant,
     mailbox: Mailbox,
     next_id: u64,
-    _dir: tempfile::TempDir,
+    /// The trust store as the shell keeps it: [`Effect::Pin`] is carried
+    /// out here, and the result fed back, as the engine does.
+    policy: TrustPolicy,
+    pins: Vec<p2p_proto::control::Pin>,
+}
+
+fn pin(id: &str, fingerprint: Fingerprint) -> p2p_proto::control::Pin {
+    p2p_proto::control::Pin {
+        id: id.into(),
+        fingerprint,
+        added: "2026-12-01T00:00:00Z".into(),
+        comment: None,
+    }
 }
 
 /// A fingerprint for tests, and an SDP that carries it.
@@ -77,11 +89,8 @@ impl T {
     }
 
     fn with(allow: &[&str], policy: TrustPolicy) -> T {
-        let dir = tempfile::tempdir().unwrap();
         let now = Instant::now();
-        let mut store = TrustStore::open(dir.path().join("known_peers"), policy);
-        store.set("bob", fp(BOB), None).unwrap();
-        store.set("carol", fp(CAROL), None).unwrap();
+        let pins = vec![pin("bob", fp(BOB)), pin("carol", fp(CAROL))];
         let mut t = T {
             core: Core::new(
                 Policy {
@@ -91,13 +100,14 @@ impl T {
                     restart_timeout: Duration::from_secs(10),
                     server: "ws://signald/ws".into(),
                 },
-                store,
+                Pins::new(policy, pins.clone()),
                 now,
             ),
             now,
             mailbox: Mailbox::default(),
             next_id: 0,
-            _dir: dir,
+            policy,
+            pins,
         };
         t.on(Input::SignalingUp {
             id: "alice".into(),
@@ -108,16 +118,63 @@ impl T {
 
     fn on(&mut self, input: Input) -> Vec<Effect> {
         let fx = self.core.handle(input, self.now);
-        fx.into_iter()
-            .filter_map(|e| match e {
+        let mut out = Vec::new();
+        for e in fx {
+            match e {
                 Effect::Reply { to, reply } => {
                     let old = self.mailbox.borrow_mut().insert(to, reply);
                     assert!(old.is_none(), "{to:?} answered twice");
-                    None
                 }
-                other => Some(other),
-            })
-            .collect()
+                Effect::Pin {
+                    peer,
+                    fingerprint,
+                    comment,
+                    first,
+                } => {
+                    // Seen by the test, and carried out as the engine does.
+                    out.push(Effect::Pin {
+                        peer: peer.clone(),
+                        fingerprint,
+                        comment,
+                        first,
+                    });
+                    let result = self.write_pin(&peer, fingerprint, first);
+                    let pins = Pins::new(self.policy, self.pins.clone());
+                    out.extend(self.on(Input::Pinned { result, pins }));
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    /// The shell's side of [`Effect::Pin`].
+    fn write_pin(
+        &mut self,
+        peer: &str,
+        fingerprint: Fingerprint,
+        first: bool,
+    ) -> Result<FirstPin, String> {
+        match self.pinned(peer) {
+            Some(p) if first && p == fingerprint => return Ok(FirstPin::AlreadyPinned),
+            Some(p) if first => return Ok(FirstPin::Conflict(p)),
+            _ => {}
+        }
+        self.pins.retain(|p| p.id != peer);
+        self.pins.push(pin(peer, fingerprint));
+        Ok(FirstPin::Added)
+    }
+
+    /// The key pinned for `id` in the shell's store.
+    fn pinned(&self, id: &str) -> Option<Fingerprint> {
+        self.pins.iter().find(|p| p.id == id).map(|p| p.fingerprint)
+    }
+
+    /// An edit of the store by hand (or `p2pctl trust`): the core hears of
+    /// it with the next input, this one.
+    fn edit_pins(&mut self, edit: impl FnOnce(&mut Vec<p2p_proto::control::Pin>)) -> Vec<Effect> {
+        edit(&mut self.pins);
+        self.on(Input::Pins(Pins::new(self.policy, self.pins.clone())))
     }
 
     /// A request number, as the engine makes them.

@@ -84,7 +84,7 @@ fn tofu_pins_the_first_key_and_refuses_a_changed_one() {
             ..
         }
     )));
-    assert_eq!(t.core.trust_store().get("dave"), Some(fp(4)));
+    assert_eq!(t.pinned("dave"), Some(fp(4)));
     t.unpair();
     t.server(paired("dave", false));
     let fx = t.server(ServerMsg::Offer {
@@ -117,11 +117,7 @@ fn any_accepts_unknown_peers_unverified_but_holds_pins() {
         answered(&mut answer).unwrap().trust,
         Some(PeerTrust::Unverified)
     );
-    assert_eq!(
-        t.core.trust_store().get("browser"),
-        None,
-        "any pins nothing"
-    );
+    assert_eq!(t.pinned("browser"), None, "any pins nothing");
     t.unpair();
     // bob's pin holds even under any.
     t.server(paired("bob", false));
@@ -136,34 +132,42 @@ fn any_accepts_unknown_peers_unverified_but_holds_pins() {
 fn removing_the_open_peers_pin_ends_the_link() {
     let mut t = T::new();
     t.open_with_bob();
-    let (fx, mut rx) = t.ask(
-        Verb::Trust(TrustEdit::Untrust { peer: "bob".into() }),
-        |r| r,
-    );
-    assert_eq!(
-        rx.try_recv(),
-        Ok(Reply::Body(Ok(OkBody::Untrust { was_trusted: true })))
-    );
+    let fx = t.edit_pins(|pins| pins.retain(|p| p.id != "bob"));
     assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted));
     assert!(sends_unpair(&fx));
-    // Pinning another peer leaves an open link alone.
-    t.edit(Verb::Trust(TrustEdit::Trust {
-        peer: "bob".into(),
-        fingerprint: fp(BOB),
-        comment: None,
-    }))
-    .unwrap();
+    // Pinning another peer, or the same key again, leaves an open link
+    // alone.
+    t.edit_pins(|pins| pins.push(pin("bob", fp(BOB))));
     t.open_with_bob();
-    let (fx, _) = t.ask(
-        Verb::Trust(TrustEdit::Trust {
-            peer: "carol".into(),
-            fingerprint: fp(3),
-            comment: None,
-        }),
-        |r| r,
-    );
+    let fx = t.edit_pins(|pins| pins.push(pin("dave", fp(3))));
     assert!(fx.is_empty(), "{fx:?}");
     assert_eq!(t.state(), LinkState::Open);
+    // Another key for the open peer ends it.
+    let fx = t.edit_pins(|pins| {
+        pins.retain(|p| p.id != "bob");
+        pins.push(pin("bob", fp(9)));
+    });
+    assert_eq!(ended(&fx), Some(DisconnectReason::NotTrusted));
+}
+
+/// A store broken by a hand edit refuses new pairings, and does not end
+/// the open link whose key was checked when it was sound.
+#[test]
+fn a_store_broken_meanwhile_refuses_pairings_and_keeps_the_open_link() {
+    let mut t = T::new();
+    t.open_with_bob();
+    let broken = crate::trust::Broken {
+        file: "known_peers".into(),
+        problems: vec!["line 3: expected ID FINGERPRINT ADDED [COMMENT]".into()],
+    };
+    let fx = t.on(Input::Pins(Pins::broken(TrustPolicy::Known, broken)));
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(t.state(), LinkState::Open);
+    t.unpair();
+    let (_, mut answer) = t.pair("carol", true, LONG);
+    let e = answered(&mut answer).unwrap_err();
+    assert_eq!(e.code, ErrorCode::StoreFailed);
+    assert!(e.message.contains("line 3"), "{e:?}");
 }
 
 /// A description naming the key only by sha-384 (no sha-256 line).
@@ -220,7 +224,7 @@ fn a_key_named_only_by_sha384_is_judged_from_the_dtls_certificate() {
         fx.iter()
             .any(|e| matches!(e, Effect::Expose { verified: true, .. }))
     );
-    assert_eq!(t.core.trust_store().get("dave"), Some(fp(4)));
+    assert_eq!(t.pinned("dave"), Some(fp(4)));
     // Unknown under known: refused before anything is applied.
     let mut t = T::new();
     let inv = t.invite(None);
