@@ -358,7 +358,9 @@ impl Engine {
                 self.take_ice_servers().await;
             }
             SigEvent::Down { reason, .. } => {
-                if self.server.down(&reason) {
+                let was_up = self.core.signald_id().is_some();
+                self.server.down(&reason, was_up);
+                if was_up {
                     self.hub.publish_event(EventKind::SignalingDown {
                         reason: reason.clone(),
                     });
@@ -636,7 +638,7 @@ impl Engine {
                 None => Some(Input::Drained),
             },
             Effect::Reset => {
-                if self.server.is_connected() {
+                if self.core.signald_id().is_some() {
                     self.fresh_pc().await;
                 } else if let Some(pc) = self.pc.take() {
                     self.close_pc(pc).await;
@@ -647,7 +649,7 @@ impl Engine {
                 if let Some(pc) = self.pc.take() {
                     self.retire(pc);
                 }
-                if self.server.is_connected() {
+                if self.core.signald_id().is_some() {
                     self.fresh_pc().await;
                 }
                 None

@@ -196,8 +196,6 @@ pub struct Pc {
     early_candidates: Vec<RTCIceCandidateInit>,
     /// Remote candidates taken so far (early ones included).
     candidates: usize,
-    /// The peer's offer or answer has been applied.
-    described: bool,
     /// An offer or answer was made: closing this connection is a reset.
     used: bool,
     /// `a=mid` of our data section, put into trickled candidates.
@@ -374,7 +372,6 @@ impl Pc {
             invite: Invite::default(),
             early_candidates: Vec::new(),
             candidates: 0,
-            described: false,
             used: false,
             mid: None,
             check: None,
@@ -440,14 +437,13 @@ impl Pc {
     /// The answerer's side: applies the offer and returns the answer's SDP.
     /// Also the answer to the peer's ICE restart of an open connection.
     pub async fn answer(&mut self, offer: String) -> Result<String, NegotiationError> {
-        if self.described {
+        if self.described().await {
             // A restart: a new ICE generation, its candidates counted afresh.
             self.candidates = 0;
         }
         self.used = true;
         let offer = RTCSessionDescription::offer(offer).map_err(stack)?;
         self.pc.set_remote_description(offer).await.map_err(stack)?;
-        self.described = true;
         self.flush_early_candidates().await.map_err(stack)?;
         let answer = self.pc.create_answer(None).await.map_err(stack)?;
         self.pc
@@ -461,7 +457,7 @@ impl Pc {
     /// The initiator applies the peer's answer (also the answer to our ICE
     /// restart).
     pub async fn accept_answer(&mut self, answer: String) -> Result<(), NegotiationError> {
-        if self.described {
+        if self.described().await {
             // The answer to our restart. With its old ICE credentials the
             // peer did not restart ICE (aiortc 1.4 cannot): no check of our
             // new generation can succeed, so say so now rather than wait out
@@ -477,8 +473,13 @@ impl Pc {
             .set_remote_description(answer)
             .await
             .map_err(stack)?;
-        self.described = true;
         self.flush_early_candidates().await.map_err(stack)
+    }
+
+    /// Whether a description of the peer's is applied: the stack's own
+    /// record (the link keeps its own, of the negotiation's progress).
+    async fn described(&self) -> bool {
+        self.pc.remote_description().await.is_some()
     }
 
     /// The answerer takes the user's channel the peer opened, held until
@@ -560,7 +561,7 @@ impl Pc {
             username_fragment: c.username_fragment,
             ..Default::default()
         };
-        if !self.described {
+        if !self.described().await {
             self.early_candidates.push(init);
             return Ok(());
         }

@@ -13,13 +13,17 @@ use crate::link::Core;
 use crate::peer::Pc;
 use crate::trust::TrustStore;
 
-/// The signaling connection's history, for `status.server`.
+/// The signaling connection's history, for `status.server`. Whether it is
+/// up now is the core's to say ([`Core::signald_id`]); this keeps what
+/// only `status` needs: since when, how often, the last error.
 pub struct ServerView {
     url: String,
     /// Our ID: the one asked for until a welcome names it.
     id: Option<String>,
-    state: ServerState,
+    /// When the connection last came up or went down.
     since: Instant,
+    /// Whether an attempt has ended (else the first is under way).
+    tried: bool,
     ever_connected: bool,
     reconnects: u64,
     last_error: Option<String>,
@@ -32,8 +36,8 @@ impl ServerView {
         ServerView {
             url,
             id,
-            state: ServerState::Connecting,
             since: Instant::now(),
+            tried: false,
             ever_connected: false,
             reconnects: 0,
             last_error: None,
@@ -49,27 +53,24 @@ impl ServerView {
         }
         self.ever_connected = true;
         self.id = Some(id.to_string());
-        self.set_state(ServerState::Connected);
+        self.since = Instant::now();
         self.last_error = None;
         self.ping = Some(ping);
         self.welcome_ice = ice;
     }
 
-    /// The connection ended or an attempt failed; whether it had been up.
-    pub fn down(&mut self, reason: &str) -> bool {
-        let was_up = self.is_connected();
-        self.set_state(ServerState::Disconnected);
+    /// The connection ended (`was_up`) or an attempt failed.
+    pub fn down(&mut self, reason: &str, was_up: bool) {
+        if was_up || !self.tried {
+            self.since = Instant::now();
+        }
+        self.tried = true;
         self.last_error = Some(reason.to_string());
-        was_up
     }
 
     /// Our ID, as asked for or as signald named it.
     pub fn id(&self) -> Option<&str> {
         self.id.as_deref()
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.state == ServerState::Connected
     }
 
     /// signald renewed the TURN credentials: they replace the welcome's.
@@ -81,10 +82,13 @@ impl ServerView {
         &self.welcome_ice
     }
 
-    fn set_state(&mut self, s: ServerState) {
-        if self.state != s {
-            self.state = s;
-            self.since = Instant::now();
+    /// The state `status` shows, given whether the core has us
+    /// registered.
+    fn state(&self, up: bool) -> ServerState {
+        match (up, self.tried) {
+            (true, _) => ServerState::Connected,
+            (false, true) => ServerState::Disconnected,
+            (false, false) => ServerState::Connecting,
         }
     }
 }
@@ -165,7 +169,7 @@ pub async fn build(parts: Parts<'_>) -> Status {
         trust,
         server: StatusServer {
             url: server.url.clone(),
-            state: server.state,
+            state: server.state(core.signald_id().is_some()),
             since_ms: server.since.elapsed().as_millis() as u64,
             reconnects: server.reconnects,
             last_error: server.last_error.clone(),

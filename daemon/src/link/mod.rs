@@ -445,6 +445,15 @@ impl Core {
         }
     }
 
+    /// Our ID while signald has us registered; `None` while the
+    /// signaling connection is down. The one record of whether it is up.
+    pub fn signald_id(&self) -> Option<&str> {
+        match &self.signaling {
+            Signaling::Up { id, .. } => Some(id),
+            Signaling::Down { .. } => None,
+        }
+    }
+
     /// What the shell and `status` may know of the link: read-only, so
     /// the states stay the core's own.
     pub fn link(&self) -> View<'_> {
