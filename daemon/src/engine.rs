@@ -531,7 +531,7 @@ impl Engine {
                         .map(|_| crate::trust::FirstPin::Added),
                 };
                 Some(Input::Pinned {
-                    result: result.map_err(|e| e.to_string()),
+                    result,
                     pins: self.pins(),
                 })
             }

@@ -62,6 +62,17 @@ pub struct Broken {
     pub problems: Vec<String>,
 }
 
+/// Why p2pd could not write the trust store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// It is broken: p2pd never writes it until it is fixed.
+    #[error(transparent)]
+    Broken(#[from] Broken),
+    /// Writing it failed.
+    #[error("could not write the trust store {}: {message}", file.display())]
+    Io { file: PathBuf, message: String },
+}
+
 /// What [`TrustStore::pin_first`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FirstPin {
@@ -161,15 +172,9 @@ impl TrustStore {
     /// engine then hands the link the new content, which ends a link whose
     /// pin went away.
     pub fn edit(&mut self, edit: TrustEdit) -> Result<OkBody, ErrorBody> {
-        let store_failed = |e: std::io::Error, path: &Path| {
-            let message = match e.get_ref().and_then(|i| i.downcast_ref::<Broken>()) {
-                Some(broken) => broken.to_string(),
-                None => format!("could not write the trust store {}: {e}", path.display()),
-            };
-            ErrorBody {
-                code: ErrorCode::StoreFailed,
-                message,
-            }
+        let store_failed = |e: WriteError| ErrorBody {
+            code: ErrorCode::StoreFailed,
+            message: e.to_string(),
         };
         match edit {
             TrustEdit::Trust {
@@ -179,11 +184,11 @@ impl TrustStore {
             } => self
                 .set(&peer, fingerprint, comment)
                 .map(|(trusted, replaced)| OkBody::Trust { trusted, replaced })
-                .map_err(|e| store_failed(e, &self.path)),
+                .map_err(store_failed),
             TrustEdit::Untrust { peer } => self
                 .remove(&peer)
                 .map(|was_trusted| OkBody::Untrust { was_trusted })
-                .map_err(|e| store_failed(e, &self.path)),
+                .map_err(store_failed),
             TrustEdit::List => self
                 .list()
                 .map(|peers| OkBody::TrustList { peers })
@@ -262,8 +267,8 @@ impl TrustStore {
     }
 
     /// A broken store is never written: the error says why.
-    fn writable(&mut self) -> std::io::Result<()> {
-        self.check().map_err(std::io::Error::other)
+    fn writable(&mut self) -> Result<(), WriteError> {
+        Ok(self.check()?)
     }
 
     /// Pins `fp` for `id` unless a pin for `id` exists by now: first
@@ -274,7 +279,7 @@ impl TrustStore {
         id: &str,
         fp: Fingerprint,
         comment: &str,
-    ) -> std::io::Result<FirstPin> {
+    ) -> Result<FirstPin, WriteError> {
         self.writable()?;
         let pinned = self.pins().find(|p| p.id == id).map(|p| p.fingerprint);
         match pinned {
@@ -293,7 +298,7 @@ impl TrustStore {
         id: &str,
         fp: Fingerprint,
         comment: Option<String>,
-    ) -> std::io::Result<(Pin, Option<Fingerprint>)> {
+    ) -> Result<(Pin, Option<Fingerprint>), WriteError> {
         self.writable()?;
         let replaced = self.pins().find(|p| p.id == id).map(|p| p.fingerprint);
         let pin = Pin {
@@ -311,7 +316,7 @@ impl TrustStore {
     }
 
     /// Removes the pin of `id`; whether there was one.
-    pub fn remove(&mut self, id: &str) -> std::io::Result<bool> {
+    pub fn remove(&mut self, id: &str) -> Result<bool, WriteError> {
         self.writable()?;
         if self.pins().all(|p| p.id != id) {
             return Ok(false);
@@ -334,7 +339,7 @@ impl TrustStore {
 
     /// Replaces the file with `lines` (a private file beside it, renamed
     /// over it), then takes them as the current content.
-    fn write(&mut self, lines: Vec<Line>) -> std::io::Result<()> {
+    fn write(&mut self, lines: Vec<Line>) -> Result<(), WriteError> {
         let mut text = String::new();
         if lines.is_empty() || !matches!(lines.first(), Some(Line::Other(t)) if t.starts_with('#'))
         {
@@ -356,8 +361,12 @@ impl TrustStore {
                 }
             }
         }
+        let failed = |e: std::io::Error| WriteError::Io {
+            file: self.path.clone(),
+            message: e.to_string(),
+        };
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(failed)?;
         let tmp = crate::paths::temp_beside(&self.path);
         let result = (|| {
             let mut f = std::fs::OpenOptions::new()
@@ -373,7 +382,7 @@ impl TrustStore {
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result?;
+        result.map_err(failed)?;
         self.reload(true);
         Ok(())
     }

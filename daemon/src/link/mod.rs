@@ -43,7 +43,7 @@ use state::{
 pub use trust::PeerIdentity;
 
 use crate::invite::{Code, Invites};
-use crate::trust::{FirstPin, Pins};
+use crate::trust::{FirstPin, Pins, WriteError};
 
 /// How long a broken connection waits for signald to say why.
 pub const LOSS_GRACE: Duration = Duration::from_millis(250);
@@ -224,7 +224,7 @@ pub enum Input {
     Pins(Pins),
     /// The result of [`Effect::Pin`], and the store's content after it.
     Pinned {
-        result: Result<FirstPin, String>,
+        result: Result<FirstPin, WriteError>,
         pins: Pins,
     },
     /// The daemon is stopping.

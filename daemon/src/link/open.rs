@@ -12,7 +12,7 @@ use p2p_proto::control::PeerTrust;
 
 use super::state::Pinning;
 use super::{AtSignald, Change, Core, Effect, Ending, Link, Open, PeerIdentity, err};
-use crate::trust::FirstPin;
+use crate::trust::{FirstPin, WriteError};
 
 impl Core {
     /// The user's channel opened: the link is open, unless a handshake is
@@ -96,7 +96,7 @@ impl Core {
     /// The engine wrote (or could not write) the pin the link waited for.
     pub(super) fn on_pinned(
         &mut self,
-        result: Result<FirstPin, String>,
+        result: Result<FirstPin, WriteError>,
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {

@@ -13,7 +13,7 @@ use p2p_proto::control::{DisconnectReason, ErrorBody, ErrorCode, PeerTrust, Trus
 use p2p_proto::identity::{Fingerprint, SdpKey, sdp_key};
 
 use super::{Change, Core, Effect, Ending, Link, err};
-use crate::trust::{FirstPin, Pins};
+use crate::trust::{FirstPin, Pins, WriteError};
 
 /// The key a peer presented, and how far it is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +177,7 @@ impl Core {
         &self,
         peer: &str,
         id: PeerIdentity,
-        result: Result<FirstPin, String>,
+        result: Result<FirstPin, WriteError>,
     ) -> Result<PeerIdentity, Ending> {
         let refuse = |reason, error| Ending {
             reason,

@@ -154,7 +154,7 @@ impl T {
         peer: &str,
         fingerprint: Fingerprint,
         first: bool,
-    ) -> Result<FirstPin, String> {
+    ) -> Result<FirstPin, crate::trust::WriteError> {
         match self.pinned(peer) {
             Some(p) if first && p == fingerprint => return Ok(FirstPin::AlreadyPinned),
             Some(p) if first => return Ok(FirstPin::Conflict(p)),
