@@ -8,6 +8,13 @@
 //! that `send` does not pass every message through this task. Events go to
 //! the hub without waiting ([`Hub::publish_event`]): no `tail` follower can
 //! delay this task.
+//!
+//! What the core cannot hold lives here: who is waiting for an answer (the
+//! core names requests by [`ReqId`] and answers with `Effect::Reply`), the
+//! trust store's file (the core decides from `Pins` snapshots, handed to
+//! it whenever the file changed, and asks for pins to be written with
+//! `Effect::Pin`), and the clock (every input is handed the instant it
+//! happens at).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -8,7 +8,15 @@
 //! [`Core::apply`], which also emits what goes with it (the event, the
 //! answer to a waiting `pair`, the `unpair` to signald), so no transition
 //! can forget one. Unit tests drive the core with fake inputs and explicit
-//! instants (`tests.rs`).
+//! instants (`tests/`), with no runtime, socket or file.
+//!
+//! The core touches nothing outside itself. A request that needs an answer
+//! comes with a [`ReqId`] and is answered by one [`Effect::Reply`]; the
+//! trust store arrives as [`Pins`] snapshots and is written through
+//! [`Effect::Pin`]; time is the instant each input is handed with. Errors
+//! that come back from the shell are typed ([`NegotiationError`],
+//! [`SignalError`], [`WriteError`]). The shell sees the link only through
+//! [`View`].
 //!
 //! signald answers every `pair` with exactly one frame (`paired` with
 //! `initiator: true`, or an error), in order. A request we abandon before
