@@ -275,3 +275,48 @@ fn lab_relayed_link_outlives_its_turn_credentials_and_pairs_again_with_fresh_one
     );
     drop(s);
 }
+
+/// Issue 19: only the answerer's side moves (its router gets a new public
+/// address) and its silence timeout is short, the initiator's longer than
+/// the test waits. The answerer offers the ICE restart itself, the
+/// initiator answers it, and lines flow both ways again. (The old code,
+/// where only the initiator offered, also got there here, about 2 s later:
+/// signald's notice of the answerer's broken WebSocket made the initiator
+/// check the path and restart. The rule itself is pinned by the unit tests
+/// in `link::tests::restart`; this test runs the rollback and the new
+/// offer through a real stack.)
+#[test]
+fn lab_the_answerer_moves_and_restarts_ice_itself() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Cone);
+    lab.start_coturn();
+    let s = lab.signald(&[Lab::stun()]);
+    // h1 (behind r1, which moves) answers; h2 initiates.
+    let answerer = lab.daemon("h1", "h1", &["--ice-disconnected-timeout", "1s"]);
+    let initiator = lab.daemon("h2", "h2", &["--ice-disconnected-timeout", "60s"]);
+    let before = pair_ok(&initiator, &answerer);
+    assert!(
+        before.remote_address.starts_with("198.51.100.11:"),
+        "{before:?}"
+    );
+    let at_answerer = Tail::start(&answerer, &[]);
+    let at_initiator = Tail::start(&initiator, &[]);
+    let events = Tail::start(&answerer, &["--json"]);
+    let initiator_events = Tail::start(&initiator, &["--json"]);
+    transfer(&initiator, &at_answerer, 50, "before");
+    lab.rebind_r1();
+    events.wait_event("ice_restarting");
+    events.wait_event("ice_restarted");
+    // The initiator did not notice by itself: it took the answerer's offer.
+    initiator_events.wait_event("ice_restarting");
+    initiator_events.wait_event("ice_restarted");
+    transfer(&initiator, &at_answerer, 50, "to the moved side");
+    transfer(&answerer, &at_initiator, 50, "from the moved side");
+    let after = path_of(&initiator.status());
+    assert!(
+        after.remote_address.starts_with("198.51.100.21:"),
+        "the initiator reaches the answerer at its new address: {after:?}"
+    );
+    assert_eq!(answerer.status().link, LinkState::Open);
+    drop(s);
+}

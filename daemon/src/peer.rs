@@ -24,7 +24,7 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
     RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
+    RTCSdpType, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
 use crate::channel::{self, Reader};
@@ -419,9 +419,10 @@ impl Pc {
         Ok(offer.sdp)
     }
 
-    /// The initiator's ICE restart of the open connection: new credentials
-    /// (the peer's answer carries its own), candidates gathered again;
-    /// DTLS, SCTP and the channel are untouched. Returns the offer's SDP.
+    /// An ICE restart of the open connection, by whichever side noticed
+    /// the silence: new credentials (the peer's answer carries its own),
+    /// candidates gathered again; DTLS, SCTP and the channel are
+    /// untouched. Returns the offer's SDP.
     pub async fn restart_offer(&mut self) -> Result<String, NegotiationError> {
         let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
         let offer = self.pc.create_offer(Some(options)).await.map_err(stack)?;
@@ -440,6 +441,20 @@ impl Pc {
         if self.described().await {
             // A restart: a new ICE generation, its candidates counted afresh.
             self.candidates = 0;
+        }
+        // Our own restart offer crossed the peer's and gave way (the link
+        // decided so): take it back before taking theirs.
+        if self
+            .pc
+            .pending_local_description()
+            .await
+            .is_some_and(|d| d.sdp_type == RTCSdpType::Offer)
+        {
+            let rollback = RTCSessionDescription::rollback(None).map_err(stack)?;
+            self.pc
+                .set_local_description(rollback)
+                .await
+                .map_err(stack)?;
         }
         self.used = true;
         let offer = RTCSessionDescription::offer(offer).map_err(stack)?;

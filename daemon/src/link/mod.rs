@@ -529,7 +529,7 @@ impl Core {
                         &self.link,
                         Link::Connecting(_)
                             | Link::Open(Open {
-                                restart: Some(_),
+                                restart: Some(Restart { offered: true, .. }),
                                 at_signald: AtSignald::Paired,
                                 ..
                             })

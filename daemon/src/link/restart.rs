@@ -54,17 +54,19 @@ impl Core {
             return true;
         }
         tracing::info!(peer = %o.peer, initiator = o.initiator, "the path went silent; restarting ICE");
+        // Without a pairing at signald the offer could not reach the
+        // peer: it is made once the pairing is back.
+        let offer = matches!(o.at_signald, AtSignald::Paired);
         o.restart = Some(Restart {
             since: now,
             deadline,
             answered: None,
+            offered: offer,
         });
         fx.push(Effect::Publish(EventKind::IceRestarting {
             peer_id: o.peer.clone(),
         }));
-        // Without a pairing at signald the offer could not reach the
-        // peer: it is made once the pairing is back.
-        if o.initiator && matches!(o.at_signald, AtSignald::Paired) {
+        if offer {
             fx.push(Effect::RestartIce);
         }
         true
@@ -83,6 +85,11 @@ impl Core {
         let Link::Open(o) = &mut self.link else {
             return false;
         };
+        if let Some(r) = &mut o.restart {
+            // An offer of ours went with the pairing (or never left): it
+            // is made again once the pairing is back.
+            r.offered = false;
+        }
         match &mut o.at_signald {
             AtSignald::Paired => {
                 tracing::info!(peer = %o.peer, %reason, "the pairing ended at signald; keeping the channel and pairing again");
@@ -219,7 +226,10 @@ impl Core {
         }
         tracing::info!(%peer, "paired again at signald; the channel went on");
         o.at_signald = AtSignald::Paired;
-        if o.initiator && o.restart.is_some() {
+        if let Some(r) = &mut o.restart
+            && !r.offered
+        {
+            r.offered = true;
             fx.push(Effect::RestartIce);
         }
         true
@@ -264,9 +274,10 @@ impl Core {
             return;
         }
         match &mut o.restart {
-            // Ours is out; the peer answers it (it never offers first).
-            Some(_) if o.initiator => {
-                tracing::debug!(peer = %from, "ignoring the peer's restart offer: ours is out");
+            // Glare: the original initiator's offer stands; the peer
+            // answers ours.
+            Some(Restart { offered: true, .. }) if o.initiator => {
+                tracing::debug!(peer = %from, "ignoring the peer's restart offer: ours is out and stands");
             }
             Some(Restart {
                 answered: Some(at), ..
@@ -274,6 +285,12 @@ impl Core {
                 tracing::debug!(peer = %from, "ignoring a second restart offer within a second");
             }
             Some(r) => {
+                if r.offered {
+                    // Glare: the answerer gives its own offer up (the
+                    // shell rolls it back) and answers the initiator's.
+                    tracing::debug!(peer = %from, "our restart offer crossed the initiator's; answering theirs");
+                    r.offered = false;
+                }
                 r.answered = Some(now);
                 fx.push(Effect::Answer { sdp });
             }
@@ -283,6 +300,7 @@ impl Core {
                     since: now,
                     deadline,
                     answered: Some(now),
+                    offered: false,
                 });
                 fx.push(Effect::Publish(EventKind::IceRestarting {
                     peer_id: o.peer.clone(),
@@ -295,7 +313,8 @@ impl Core {
     /// The answer to our restart offer.
     pub(super) fn on_restart_answer(&mut self, from: &str, sdp: String, fx: &mut Vec<Effect>) {
         let Link::Open(o) = &self.link else { return };
-        if o.peer != from || !o.initiator || o.restart.is_none() {
+        let ours_out = o.restart.as_ref().is_some_and(|r| r.offered);
+        if o.peer != from || !ours_out {
             tracing::debug!(%from, "ignoring an answer we did not ask for");
             return;
         }

@@ -150,8 +150,9 @@ pub enum AtSignald {
 }
 
 /// An ICE restart of an open link: new credentials and candidates through
-/// signald while DTLS, SCTP and the channel stay up. The original
-/// initiator makes the offer, so two restarts never cross.
+/// signald while DTLS, SCTP and the channel stay up. Whichever side
+/// notices the silence offers; when offers cross, the original
+/// initiator's stands (see `restart.rs`).
 #[derive(Debug)]
 pub struct Restart {
     pub since: Instant,
@@ -159,6 +160,8 @@ pub struct Restart {
     pub deadline: Instant,
     /// When we last answered a restart offer of the peer's.
     pub answered: Option<Instant>,
+    /// Our restart offer is out (or being made), its answer not applied.
+    pub offered: bool,
 }
 
 #[derive(Debug)]

@@ -61,18 +61,52 @@ fn the_initiator_restarts_ice_and_keeps_the_link() {
     assert!(t.on(silent()).contains(&Effect::RestartIce));
 }
 
+/// Issue 19: a move only the answerer sees was repaired only at the
+/// bound, as only the initiator offered. Now the side that notices offers.
 #[test]
-fn the_answerer_waits_for_the_initiators_offer_and_answers_it() {
+fn the_answerer_that_notices_first_offers_the_restart() {
     let mut t = T::new();
     open_as_answerer(&mut t);
     let fx = t.on(silent());
     assert_eq!(
         fx,
-        [Effect::Publish(EventKind::IceRestarting {
-            peer_id: "carol".into()
-        })],
-        "no offer of ours: two would cross"
+        [
+            Effect::Publish(EventKind::IceRestarting {
+                peer_id: "carol".into()
+            }),
+            Effect::RestartIce
+        ]
     );
+    let fx = t.on(Input::Offered(Ok("answerer-offer".into())));
+    assert_eq!(
+        fx,
+        [Effect::Signal(ClientMsg::Offer {
+            sdp: "answerer-offer".into()
+        })]
+    );
+    let fx = t.server(ServerMsg::Answer {
+        sdp: sdp(CAROL),
+        from: "carol".into(),
+    });
+    assert_eq!(fx, [Effect::AcceptAnswer { sdp: sdp(CAROL) }]);
+    assert!(t.on(Input::AnswerApplied(Ok(()))).is_empty());
+    assert_eq!(
+        t.on(Input::IceConnected),
+        [Effect::Restarted {
+            peer: "carol".into()
+        }]
+    );
+}
+
+/// Both sides noticed: the offers cross at signald. The original
+/// initiator's stands: the answerer gives its own up and answers, and a
+/// late answer to the offer it gave up is ignored.
+#[test]
+fn crossing_restart_offers_the_answerer_yields() {
+    let mut t = T::new();
+    open_as_answerer(&mut t);
+    t.on(silent());
+    t.on(Input::Offered(Ok("answerer-offer".into())));
     let fx = t.server(ServerMsg::Offer {
         sdp: sdp(CAROL),
         from: "carol".into(),
@@ -85,12 +119,37 @@ fn the_answerer_waits_for_the_initiators_offer_and_answers_it() {
             sdp: "restart-answer".into()
         })]
     );
+    let late = t.server(ServerMsg::Answer {
+        sdp: sdp(CAROL),
+        from: "carol".into(),
+    });
+    assert!(late.is_empty(), "{late:?}");
     assert_eq!(
         t.on(Input::IceConnected),
         [Effect::Restarted {
             peer: "carol".into()
         }]
     );
+}
+
+/// The same crossing seen from the initiator: its offer stands, the
+/// peer's is ignored.
+#[test]
+fn crossing_restart_offers_the_initiators_offer_stands() {
+    let mut t = T::new();
+    t.open_with_bob();
+    t.on(silent());
+    t.on(Input::Offered(Ok("initiator-offer".into())));
+    let fx = t.server(ServerMsg::Offer {
+        sdp: sdp(BOB),
+        from: "bob".into(),
+    });
+    assert!(fx.is_empty(), "{fx:?}");
+    let fx = t.server(ServerMsg::Answer {
+        sdp: sdp(BOB),
+        from: "bob".into(),
+    });
+    assert_eq!(fx, [Effect::AcceptAnswer { sdp: sdp(BOB) }]);
 }
 
 #[test]
@@ -420,4 +479,33 @@ fn a_peer_that_cannot_restart_ice_ends_the_link_at_once_and_says_why() {
     let fx = t.on(Input::AnswerApplied(Err(NegotiationError::NoIceRestart)));
     assert_eq!(ended(&fx), Some(DisconnectReason::Failed), "{fx:?}");
     assert_eq!(t.state(), LinkState::Idle);
+}
+
+/// The answerer's restart offer was lost with the pairing at signald (its
+/// own signaling connection broke in the same move): once paired again,
+/// it offers again.
+#[test]
+fn a_restart_offer_lost_with_the_pairing_is_made_again_when_paired_again() {
+    let mut t = T::new();
+    open_as_answerer(&mut t);
+    let fx = t.on(silent());
+    assert!(fx.contains(&Effect::RestartIce), "{fx:?}");
+    t.on(Input::SignalingDown {
+        why: "connection reset".into(),
+    });
+    // The offer made meanwhile has no pairing to go to.
+    assert!(t.on(Input::Offered(Ok("lost".into()))).is_empty());
+    t.on(Input::SignalingUp {
+        id: "alice".into(),
+        turn: false,
+    });
+    let fx = t.server(paired("carol", false));
+    assert!(fx.contains(&Effect::RestartIce), "{fx:?}");
+    let fx = t.on(Input::Offered(Ok("again".into())));
+    assert_eq!(
+        fx,
+        [Effect::Signal(ClientMsg::Offer {
+            sdp: "again".into()
+        })]
+    );
 }
