@@ -138,6 +138,7 @@ async fn read(
                 }
             }
             Some(DataChannelEvent::OnMessage(msg)) => {
+                ctx.flow.received();
                 let c = &ctx.counters;
                 c.messages_received.fetch_add(1, Ordering::Relaxed);
                 c.bytes_received

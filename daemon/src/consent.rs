@@ -26,12 +26,31 @@ use crate::link::PathCheck;
 /// datagram must not end a link.
 const CHECKS: u32 = 3;
 /// Between two checks: two round trips, within these bounds.
-const SPACING_MIN: Duration = Duration::from_millis(200);
 const SPACING_MAX: Duration = Duration::from_millis(500);
 /// After the last check, how long its answer may take: three round trips,
 /// within these bounds.
-const GRACE_MIN: Duration = Duration::from_millis(150);
 const GRACE_MAX: Duration = Duration::from_secs(1);
+
+/// How patient a check is on a short path (the floors of its waits; on a
+/// long one the round trip decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Silence would end the link (`left`): 200 ms between checks, 150 ms
+    /// for the last answer; a verdict in 550 ms on loopback.
+    Careful,
+    /// Silence would only restart ICE (a stalled flow, `timeout`): 100 ms
+    /// and 100 ms; a verdict in 300 ms. A wrong verdict costs a restart.
+    Quick,
+}
+
+impl Pace {
+    fn floors(self) -> (Duration, Duration) {
+        match self {
+            Pace::Careful => (Duration::from_millis(200), Duration::from_millis(150)),
+            Pace::Quick => (Duration::from_millis(100), Duration::from_millis(100)),
+        }
+    }
+}
 /// How often [`run`] looks at the counters while it waits.
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
@@ -52,14 +71,16 @@ pub enum Step {
 pub struct Checker {
     /// Answers received over every pair before the first check.
     answered_before: u64,
+    pace: Pace,
     sent: u32,
     last_sent: Option<Instant>,
 }
 
 impl Checker {
-    pub fn new(answered_before: u64) -> Checker {
+    pub fn new(answered_before: u64, pace: Pace) -> Checker {
         Checker {
             answered_before,
+            pace,
             sent: 0,
             last_sent: None,
         }
@@ -73,10 +94,11 @@ impl Checker {
             return Step::Verdict(PathCheck::Answered);
         }
         let rtt = rtt.unwrap_or(Duration::ZERO);
+        let (spacing_min, grace_min) = self.pace.floors();
         let wait = match self.sent {
             0 => return Step::Send,
-            n if n < CHECKS => (rtt * 2).clamp(SPACING_MIN, SPACING_MAX),
-            _ => (rtt * 3).clamp(GRACE_MIN, GRACE_MAX),
+            n if n < CHECKS => (rtt * 2).clamp(spacing_min, SPACING_MAX),
+            _ => (rtt * 3).clamp(grace_min, GRACE_MAX),
         };
         match self.last_sent {
             Some(at) if now < at + wait => Step::Wait,
@@ -113,10 +135,10 @@ async fn answers(pc: &dyn PeerConnection) -> (u64, Option<Duration>) {
 
 /// Checks the path of `pc`: sends consent checks until one is answered or
 /// [`CHECKS`] of them went unanswered.
-pub async fn run(pc: &dyn PeerConnection) -> PathCheck {
+pub async fn run(pc: &dyn PeerConnection, pace: Pace) -> PathCheck {
     let started = Instant::now();
     let (before, _) = answers(pc).await;
-    let mut checker = Checker::new(before);
+    let mut checker = Checker::new(before, pace);
     loop {
         let (answered, rtt) = answers(pc).await;
         match checker.step(Instant::now(), answered, rtt) {
@@ -148,8 +170,12 @@ mod tests {
     /// Drives a checker whose peer never answers; the instants of its
     /// sends and of its verdict.
     fn silent_run(rtt: Option<Duration>) -> (Vec<u64>, u64) {
+        silent_run_at(rtt, Pace::Careful)
+    }
+
+    fn silent_run_at(rtt: Option<Duration>, pace: Pace) -> (Vec<u64>, u64) {
         let t0 = Instant::now();
-        let mut c = Checker::new(7);
+        let mut c = Checker::new(7, pace);
         let mut sends = Vec::new();
         for ms in 0..5000 {
             match c.step(at(t0, ms), 7, rtt) {
@@ -177,12 +203,16 @@ mod tests {
         // A very long path: the ceilings.
         let rtt = Some(Duration::from_secs(2));
         assert_eq!(silent_run(rtt), (vec![0, 500, 1000], 2000));
+        // Quick, when silence would only restart ICE.
+        assert_eq!(silent_run_at(None, Pace::Quick), (vec![0, 100, 200], 300));
+        let rtt = Some(Duration::from_millis(150));
+        assert_eq!(silent_run_at(rtt, Pace::Quick), (vec![0, 300, 600], 1050));
     }
 
     #[test]
     fn one_answer_is_enough_even_a_late_one() {
         let t0 = Instant::now();
-        let mut c = Checker::new(3);
+        let mut c = Checker::new(3, Pace::Careful);
         assert_eq!(c.step(t0, 3, None), Step::Send);
         c.sent(t0);
         assert_eq!(c.step(at(t0, 100), 3, None), Step::Wait);
@@ -191,7 +221,7 @@ mod tests {
             Step::Verdict(PathCheck::Answered)
         );
         // After the last check, within its grace.
-        let mut c = Checker::new(0);
+        let mut c = Checker::new(0, Pace::Careful);
         for ms in [0, 200, 400] {
             assert_eq!(c.step(at(t0, ms), 0, None), Step::Send);
             c.sent(at(t0, ms));

@@ -87,6 +87,8 @@ pub struct OpenLink {
     dc: Arc<dyn DataChannel>,
     /// The peer's key is pinned: a guarded `send --to` may use this link.
     verified: bool,
+    /// Told of every send, for the watch of the data flow.
+    flow: crate::stall::Flow,
 }
 
 impl OpenLink {
@@ -100,6 +102,11 @@ impl OpenLink {
 
     pub fn channel(&self) -> &Arc<dyn DataChannel> {
         &self.dc
+    }
+
+    /// Data was handed to the channel.
+    pub fn sent(&self) {
+        self.flow.sent();
     }
 }
 
@@ -164,6 +171,8 @@ pub struct Engine {
     asked: HashMap<ReqId, Asker>,
     next_req: u64,
     sig_out: mpsc::Sender<ClientMsg>,
+    /// Asks the signaling task for a liveness check of its connection.
+    sig_check: Arc<tokio::sync::Notify>,
     pc_tx: mpsc::UnboundedSender<PcEvent>,
     link_tx: watch::Sender<Option<Arc<OpenLink>>>,
     hub: Hub,
@@ -179,6 +188,8 @@ pub struct Parts {
     pub identity: Identity,
     /// Frames to signald, and what the signaling task hears.
     pub sig_out: mpsc::Sender<ClientMsg>,
+    /// Asks the signaling task to check its connection is alive.
+    pub sig_check: Arc<tokio::sync::Notify>,
     pub sig: mpsc::Receiver<SigEvent>,
     pub hub: Hub,
     pub counters: Arc<Counters>,
@@ -193,6 +204,7 @@ impl Engine {
             cfg,
             identity,
             sig_out,
+            sig_check,
             sig,
             hub,
             counters,
@@ -235,6 +247,7 @@ impl Engine {
             asked: HashMap::new(),
             next_req: 0,
             sig_out,
+            sig_check,
             pc_tx,
             link_tx,
             hub,
@@ -442,6 +455,7 @@ impl Engine {
             PcEventKind::InviteDone(result) => Input::InviteDone(result),
             PcEventKind::Drained => Input::Drained,
             PcEventKind::PathChecked(result) => Input::PathChecked(result),
+            PcEventKind::Stalled => Input::Stalled,
             PcEventKind::ChannelOpen => Input::ChannelOpen {
                 path: pc.path().await,
                 certificate: pc.remote_certificate().await,
@@ -602,11 +616,13 @@ impl Engine {
                 let pc = self.pc.as_mut()?;
                 pc.release();
                 let dc = pc.channel()?;
+                let flow = pc.watch_flow();
                 self.counters.pairings.fetch_add(1, Ordering::Relaxed);
                 self.link_tx.send_replace(Some(Arc::new(OpenLink {
                     peer_id: peer,
                     dc,
                     verified,
+                    flow,
                 })));
                 None
             }
@@ -614,10 +630,16 @@ impl Engine {
                 self.link_tx.send_replace(None);
                 None
             }
-            Effect::RestartIce => Some(Input::Offered(match self.pc.as_mut() {
-                Some(pc) => pc.restart_offer().await,
-                None => Err(NegotiationError::NoConnection),
-            })),
+            Effect::RestartIce => {
+                // The offer goes through signald: is our connection to it
+                // still there? (After a network change it is most likely
+                // dead without knowing it.)
+                self.sig_check.notify_one();
+                Some(Input::Offered(match self.pc.as_mut() {
+                    Some(pc) => pc.restart_offer().await,
+                    None => Err(NegotiationError::NoConnection),
+                }))
+            }
             Effect::Restarted { peer } => {
                 self.counters.ice_restarts.fetch_add(1, Ordering::Relaxed);
                 let path = match &self.pc {
@@ -630,9 +652,17 @@ impl Engine {
                 });
                 None
             }
-            Effect::CheckPath => match &mut self.pc {
+            Effect::CheckPath { quick } => match &mut self.pc {
                 Some(pc) => {
-                    pc.check_path();
+                    pc.check_path(if quick {
+                        crate::consent::Pace::Quick
+                    } else {
+                        crate::consent::Pace::Careful
+                    });
+                    // A silent path may mean our network changed; then our
+                    // WebSocket to signald is most likely dead too, and an
+                    // ICE restart needs it.
+                    self.sig_check.notify_one();
                     None
                 }
                 None => Some(Input::PathChecked(PathCheck::Silent)),
@@ -733,6 +763,7 @@ impl Engine {
             answering_dtls_role: RTCDtlsRole::Server,
         };
         let ctx = PcContext {
+            flow: crate::stall::Flow::default(),
             generation: self.generation,
             events: self.pc_tx.clone(),
             hub: self.hub.clone(),

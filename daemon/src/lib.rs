@@ -22,6 +22,7 @@ pub mod link;
 pub mod paths;
 pub mod peer;
 pub mod signaling;
+pub mod stall;
 pub mod status;
 pub mod throttle;
 pub mod tls;
@@ -77,7 +78,7 @@ pub async fn run(
     // Bounded: signald cannot make us queue without limit; the signaling
     // task waits while the engine catches up.
     let (sig_tx, sig_rx) = mpsc::channel(1024);
-    let (sig_out, sig_task) = signaling::start(
+    let (sig_out, sig_check, sig_task) = signaling::start(
         signaling::SigConfig {
             server: cfg.server.clone(),
             id: cfg.id.clone(),
@@ -95,6 +96,7 @@ pub async fn run(
         cfg,
         identity,
         sig_out,
+        sig_check,
         sig: sig_rx,
         hub,
         counters,

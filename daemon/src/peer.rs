@@ -132,6 +132,9 @@ pub struct PcContext {
     pub events: mpsc::UnboundedSender<PcEvent>,
     pub hub: Hub,
     pub counters: Arc<Counters>,
+    /// Told of data sent and received, for the watch of the data flow
+    /// (`crate::stall`).
+    pub flow: crate::stall::Flow,
 }
 
 impl PcContext {
@@ -172,6 +175,9 @@ pub enum PcEventKind {
     Drained,
     /// What a check of the path ([`Pc::check_path`]) found.
     PathChecked(crate::link::PathCheck),
+    /// Our data waits for acknowledgement and nothing comes back
+    /// (`crate::stall`).
+    Stalled,
 }
 
 /// The connection's states as its callbacks last reported them.
@@ -202,6 +208,8 @@ pub struct Pc {
     mid: Option<String>,
     /// A check of the path under way ([`Pc::check_path`]).
     check: Option<tokio::task::JoinHandle<()>>,
+    /// The watch of the open channel's data flow (`crate::stall`).
+    flow: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The `p2p-invite` side of a connection: the channel and the handshake
@@ -375,6 +383,7 @@ impl Pc {
             used: false,
             mid: None,
             check: None,
+            flow: None,
         })
     }
 
@@ -620,14 +629,28 @@ impl Pc {
     /// Checks whether the peer still answers on the path (see
     /// [`crate::consent`]); reports [`PcEventKind::PathChecked`]. A check
     /// already under way is left to finish: its verdict answers both.
-    pub fn check_path(&mut self) {
+    /// Watches the open channel's data flow for a silent path; returns
+    /// what `send` tells of the data it sends.
+    pub fn watch_flow(&mut self) -> crate::stall::Flow {
+        let flow = self.ctx.flow.clone();
+        let Some(dc) = self.channel() else {
+            return flow;
+        };
+        if let Some(old) = self.flow.take() {
+            old.abort();
+        }
+        self.flow = Some(crate::stall::watch(self.pc.clone(), dc, self.ctx.clone()));
+        flow
+    }
+
+    pub fn check_path(&mut self, pace: crate::consent::Pace) {
         if self.check.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
         let pc = self.pc.clone();
         let ctx = self.ctx.clone();
         self.check = Some(tokio::spawn(async move {
-            let verdict = crate::consent::run(pc.as_ref()).await;
+            let verdict = crate::consent::run(pc.as_ref(), pace).await;
             ctx.forward(PcEventKind::PathChecked(verdict));
         }));
     }
@@ -737,7 +760,7 @@ impl Pc {
     /// Closes the connection and waits for its reader, so that nothing of
     /// it (tasks, sockets) outlives this call.
     pub async fn close(mut self) {
-        for task in [self.invite.task.take(), self.check.take()]
+        for task in [self.invite.task.take(), self.check.take(), self.flow.take()]
             .into_iter()
             .flatten()
         {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use p2p_proto::signal::{ClientMsg, IceServer, ServerMsg, close_code, valid_id};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -59,16 +59,33 @@ pub struct SigConfig {
 /// is made (a stopping daemon never registers again), while a connected
 /// session stays up for the engine's last frames (a drained link's
 /// `unpair`) until `shutdown`.
+///
+/// The returned [`Notify`] asks for a liveness check of the connection (a
+/// WebSocket ping that signald answers at once): when the data path goes
+/// silent our network may have changed, and then the WebSocket is most
+/// likely dead too, silently, until signald's ping timeout (45 s by
+/// default). No answer within [`CHECK_TIMEOUT`] means reconnect now.
 pub fn start(
     cfg: SigConfig,
     events: mpsc::Sender<SigEvent>,
     stopping: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
-) -> (mpsc::Sender<ClientMsg>, tokio::task::JoinHandle<()>) {
+) -> (
+    mpsc::Sender<ClientMsg>,
+    Arc<Notify>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(1024);
-    let task = tokio::spawn(run(cfg, events, rx, stopping, shutdown));
-    (tx, task)
+    let check = Arc::new(Notify::new());
+    let task = tokio::spawn(run(cfg, events, rx, check.clone(), stopping, shutdown));
+    (tx, check, task)
 }
+
+/// How long a liveness check of the signaling connection waits for any
+/// frame from signald (its pong, usually) before the connection counts as
+/// dead. A WebSocket ping costs signald a few bytes; a wrong verdict costs
+/// a reconnect, which the link survives.
+pub const CHECK_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// The upgrade URL: the server URL plus the `id` query parameter. The
 /// token goes in an `Authorization: Bearer` header instead (see
@@ -112,6 +129,7 @@ async fn run(
     cfg: SigConfig,
     events: mpsc::Sender<SigEvent>,
     mut out: mpsc::Receiver<ClientMsg>,
+    check: Arc<Notify>,
     mut stopping: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -131,12 +149,15 @@ async fn run(
             // An attempt under way is dropped: no registration after stop.
             _ = stopping.changed() => return,
         };
-        let (reason, replaced) = match connected {
+        // (why, whether to wait before taking our ID back, whether to
+        // try again at once)
+        let (reason, replaced, at_once) = match connected {
             Err(_) => (
                 format!("no welcome from {} within {CONNECT_TIMEOUT:?}", cfg.server),
                 false,
+                false,
             ),
-            Ok(Err(e)) => (e, false),
+            Ok(Err(e)) => (e, false, false),
             Ok(Ok((ws, welcome))) => {
                 attempt = 0;
                 while out.try_recv().is_ok() {}
@@ -164,7 +185,7 @@ async fn run(
                     return;
                 }
                 let timeout = Duration::from_millis(ping_timeout_ms.max(1));
-                match session(ws, timeout, &events, &mut out, &mut shutdown).await {
+                match session(ws, timeout, &events, &mut out, &check, &mut shutdown).await {
                     // Another connection took our ID with our token: most
                     // likely a second p2pd with the same --id. Retrying at
                     // once would take it back and start a tug of war, so
@@ -175,8 +196,19 @@ async fn run(
                             cfg.id.as_deref().unwrap_or("?")
                         ),
                         true,
+                        false,
                     ),
-                    Ended::Other(reason) => (reason, false),
+                    Ended::Other(reason) => (reason, false, false),
+                    // Our network changed, most likely: the new one may
+                    // well reach signald at once.
+                    Ended::CheckFailed => (
+                        format!(
+                            "signald did not answer a liveness check within {} ms",
+                            CHECK_TIMEOUT.as_millis()
+                        ),
+                        false,
+                        true,
+                    ),
                 }
             }
         };
@@ -185,6 +217,8 @@ async fn run(
         }
         let retry_in = if replaced {
             AFTER_REPLACED.max(cfg.reconnect_max)
+        } else if at_once {
+            Duration::ZERO
         } else {
             backoff(attempt, cfg.reconnect_max)
         };
@@ -313,6 +347,8 @@ enum Ended {
     /// signald closed us with 4002: another connection took our ID with
     /// our token.
     Replaced,
+    /// A liveness check got no answer in time.
+    CheckFailed,
     Other(String),
 }
 
@@ -322,9 +358,13 @@ async fn session(
     ping_timeout: Duration,
     events: &mpsc::Sender<SigEvent>,
     out: &mut mpsc::Receiver<ClientMsg>,
+    check: &Notify,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
     let mut deadline = Instant::now() + ping_timeout;
+    // A liveness check under way: any frame from signald before this
+    // instant passes it.
+    let mut checking: Option<Instant> = None;
     let mut bad_frames = Throttle::new();
     loop {
         tokio::select! {
@@ -346,6 +386,15 @@ async fn session(
             _ = sleep_until(deadline) => {
                 return Ended::Other(format!("nothing heard from signald for {} ms", ping_timeout.as_millis()));
             }
+            _ = sleep_until(checking.unwrap_or(deadline)), if checking.is_some() => {
+                return Ended::CheckFailed;
+            }
+            _ = check.notified(), if checking.is_none() => {
+                if let Err(e) = ws.send(Message::Ping(b"p2pd".to_vec().into())).await {
+                    return Ended::Other(format!("sending to signald failed: {e}"));
+                }
+                checking = Some(Instant::now() + CHECK_TIMEOUT);
+            }
             msg = out.recv() => {
                 let Some(msg) = msg else { return Ended::Other("engine stopped".into()) };
                 let text = serde_json::to_string(&msg).expect("client messages serialise");
@@ -355,6 +404,7 @@ async fn session(
             }
             frame = ws.next() => {
                 deadline = Instant::now() + ping_timeout;
+                checking = None;
                 match frame {
                     None => return Ended::Other("signald closed the connection".into()),
                     Some(Err(e)) => return Ended::Other(format!("signaling connection failed: {e}")),

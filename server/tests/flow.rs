@@ -220,3 +220,29 @@ async fn healthz_metrics_and_other_paths() {
     assert!(srv.http_get("/nope").await.0.contains("404"));
     assert!(srv.http_get("/ws").await.0.contains("426"));
 }
+
+/// p2pd checks a connection it suspects (after a network change) with a
+/// WebSocket ping: signald must answer it at once, with nothing else to
+/// write.
+#[tokio::test]
+async fn a_websocket_ping_is_answered_at_once() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let srv = crate::util::start(signald::Config::default()).await;
+    let mut c = srv.named("alice").await;
+    c.ws.send(Message::Ping(b"p2pd".to_vec().into()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        loop {
+            match c.ws.next().await {
+                Some(Ok(Message::Pong(p))) => return p,
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a pong within 2 s");
+    assert_eq!(&answer[..], b"p2pd");
+}

@@ -2,9 +2,11 @@
 //! path through the NAT lab (`p2p_testkit::lab`: network namespaces, needs
 //! root), and on the impaired path a plain TCP transfer across the same
 //! namespaces and wire, printed as Markdown tables, with the CPU each
-//! process used during the 16 KiB transfer. Speed is measured here, never
-//! asserted in a test. An argument runs only the paths whose name contains
-//! it (`p2pd-lab-bench relayed`).
+//! process used during the 16 KiB transfer; then the longest pause of a
+//! paced transfer across a move of one side to a new public address.
+//! Speed is measured here, never asserted in a test. An argument runs only
+//! the rows whose name contains it (`p2pd-lab-bench relayed`,
+//! `p2pd-lab-bench move`).
 
 use std::time::{Duration, Instant};
 
@@ -77,6 +79,16 @@ fn main() {
         },
     ];
     let only = std::env::args().nth(1).unwrap_or_default();
+    let moves: Vec<(&str, Vec<Duration>)> = MOVES
+        .iter()
+        .filter(|(name, _)| name.contains(only.as_str()))
+        .map(|&(name, mover_answers)| {
+            let pauses = (0..MOVE_TRIALS)
+                .map(|_| longest_pause_across_a_move(mover_answers))
+                .collect();
+            (name, pauses)
+        })
+        .collect();
     let rows: Vec<Row> = paths
         .iter()
         .filter(|p| p.name.contains(only.as_str()))
@@ -114,8 +126,103 @@ fn main() {
             r.big_mb_s / cubic
         ));
     }
+    if !moves.is_empty() {
+        out.push_str(&format!(
+            "\n| move to a new public address (cone NATs, STUN; a line every {} ms) | longest pause per trial | median / max | target |\n|---|---|---|---|\n",
+            PACE.as_millis()
+        ));
+        for (name, mut pauses) in moves {
+            let each: Vec<String> = pauses
+                .iter()
+                .map(|p| format!("{:.0}", p.as_secs_f64() * 1e3))
+                .collect();
+            pauses.sort();
+            out.push_str(&format!(
+                "| {name} | {} ms | {:.0} / {:.0} ms | ≤ 1000 ms |\n",
+                each.join(", "),
+                pauses[pauses.len() / 2].as_secs_f64() * 1e3,
+                pauses.last().unwrap().as_secs_f64() * 1e3,
+            ));
+        }
+    }
     use std::io::Write;
     let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+/// The moves timed: which side's router moves (`true`: the answerer's).
+const MOVES: [(&str, bool); 2] = [
+    ("move: the initiator's router moves", false),
+    ("move: the answerer's router moves", true),
+];
+const MOVE_TRIALS: usize = 5;
+/// One line per this, both before and after the move.
+const PACE: Duration = Duration::from_millis(10);
+
+/// A fresh lab; h1 (behind r1) and h2 paired, h1 initiating unless
+/// `mover_answers`; a line every [`PACE`] from h2 to h1 for 1 s before r1
+/// moves to a new public address and 4 s after. Every line must arrive in
+/// order; returns the longest gap between two arrivals.
+fn longest_pause_across_a_move(mover_answers: bool) -> Duration {
+    let mut lab = Lab::build(Nat::Cone);
+    lab.start_coturn();
+    let s = lab.signald(&[Lab::stun()]);
+    let h1 = lab.daemon("h1", "h1", &[]);
+    let h2 = lab.daemon("h2", "h2", &[]);
+    if mover_answers {
+        pair_ok(&h2, &h1);
+    } else {
+        pair_ok(&h1, &h2);
+    }
+    let tail = Tail::start(&h1, &[]);
+    let mut sender = h2
+        .ctl_cmd(&["send"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("p2pctl send");
+    let mut stdin = sender.stdin.take().expect("piped");
+    let n = (5.0 / PACE.as_secs_f64()) as usize;
+    let before = (1.0 / PACE.as_secs_f64()) as usize;
+    let (moved_tx, moved_rx) = std::sync::mpsc::channel();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let start = Instant::now();
+        for i in 0..n {
+            if i == before {
+                moved_tx.send(()).ok();
+            }
+            writeln!(stdin, "line {i}").expect("send's stdin");
+            stdin.flush().expect("send's stdin");
+            let next = start + PACE * (i as u32 + 1);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    });
+    let mut last = None;
+    let mut longest = Duration::ZERO;
+    let mut moved = false;
+    for i in 0..n {
+        if !moved && moved_rx.try_recv().is_ok() {
+            lab.rebind_r1();
+            moved = true;
+        }
+        assert_eq!(tail.next_str(), format!("line {i}"), "lost or out of order");
+        let now = Instant::now();
+        if let Some(prev) = last {
+            longest = longest.max(now - prev);
+        }
+        last = Some(now);
+    }
+    feeder.join().expect("feeder");
+    assert!(sender.wait().expect("send").success());
+    if std::env::var_os("MOVE_LOGS").is_some() {
+        eprintln!(
+            "=== h1 (moves)\n{}\n=== h2\n{}",
+            h1.proc().log(),
+            h2.proc().log()
+        );
+    }
+    drop((tail, h1, h2, s));
+    longest
 }
 
 fn measure(p: &Path) -> Row {

@@ -71,6 +71,7 @@ pub async fn send(
     };
     match sent {
         Ok(()) => {
+            link.sent();
             let c = engine.counters();
             c.messages_sent.fetch_add(1, Ordering::Relaxed);
             c.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);

@@ -215,6 +215,9 @@ pub enum Input {
     },
     /// The result of [`Effect::CheckPath`].
     PathChecked(PathCheck),
+    /// Our data has been in flight for a few round trips with nothing
+    /// received on the path: it may have gone silent (a network change).
+    Stalled,
     /// Time passed; deadlines up to `now` are due.
     Tick,
     /// The peer opened `p2p-invite`: it pairs with an invite code.
@@ -303,8 +306,12 @@ pub enum Effect {
     },
     /// Find out whether the peer still answers on the data path (consent
     /// checks, which every ICE stack answers by itself); answer with
-    /// [`Input::PathChecked`].
-    CheckPath,
+    /// [`Input::PathChecked`]. `quick` when silence would only restart
+    /// ICE (which costs the link nothing): fewer round trips of patience
+    /// than when it would end the link.
+    CheckPath {
+        quick: bool,
+    },
     /// Pin `fingerprint` for `peer` in the trust store (comment
     /// `comment`); with `first`, only if no pin for `peer` exists by now
     /// (first contact never overwrites a pin added meanwhile). Answer with
@@ -583,6 +590,7 @@ impl Core {
             },
             Input::Lost { reason, clean } => self.on_lost(reason, clean, now, &mut fx),
             Input::PathChecked(result) => self.on_path_checked(result, now, &mut fx),
+            Input::Stalled => self.check_path(state::Suspicion::Stalled, &mut fx),
             Input::ChannelOpen { path, certificate } => {
                 self.on_channel_open(path, certificate, now, &mut fx)
             }

@@ -32,6 +32,7 @@ use p2p_proto::signal::{ClientMsg, ErrorCode as SigError};
 
 use p2p_proto::control::ErrorCode;
 
+use super::state::Suspicion;
 use super::{
     AtSignald, Change, Core, Effect, Ending, Link, PathCheck, Probe, Restart, Signaling, err,
 };
@@ -118,23 +119,26 @@ impl Core {
         true
     }
 
-    /// signald says the open link's peer left or went silent there: check
-    /// the data path at once (one check at a time).
-    pub(super) fn check_path(&mut self, notice: DisconnectReason, fx: &mut Vec<Effect>) {
+    /// signald says the open link's peer left or went silent there, or our
+    /// data stopped being acknowledged: check the data path at once (one
+    /// check at a time; an ICE restart under way looks for a path anyway).
+    pub(super) fn check_path(&mut self, why: Suspicion, fx: &mut Vec<Effect>) {
         let Link::Open(o) = &mut self.link else {
             return;
         };
+        const LEFT: Suspicion = Suspicion::Notice(DisconnectReason::Left);
         match &mut o.probe {
             Some(p) => {
-                // `left` decides more than `timeout`: keep the stronger.
-                if notice == DisconnectReason::Left {
-                    p.notice = notice;
+                // `left` decides more than the rest: keep the stronger.
+                if why == LEFT {
+                    p.why = why;
                 }
             }
+            None if why == Suspicion::Stalled && o.restart.is_some() => {}
             None => {
-                tracing::info!(peer = %o.peer, %notice, "checking whether the peer still answers on the data path");
-                o.probe = Some(Probe { notice });
-                fx.push(Effect::CheckPath);
+                tracing::info!(peer = %o.peer, ?why, "checking whether the peer still answers on the data path");
+                o.probe = Some(Probe { why });
+                fx.push(Effect::CheckPath { quick: why != LEFT });
             }
         }
     }
@@ -158,11 +162,11 @@ impl Core {
             tracing::debug!(?result, "ignoring a path check nobody asked for");
             return;
         };
-        match (result, probe.notice) {
-            (PathCheck::Answered, _) => {
-                tracing::info!(peer = %o.peer, notice = %probe.notice, "the peer answers on the data path; keeping the link");
+        match (result, probe.why) {
+            (PathCheck::Answered, why) => {
+                tracing::info!(peer = %o.peer, ?why, "the peer answers on the data path; keeping the link");
             }
-            (PathCheck::Silent, DisconnectReason::Left) => {
+            (PathCheck::Silent, Suspicion::Notice(DisconnectReason::Left)) => {
                 tracing::info!(peer = %o.peer, "the peer left signald and does not answer on the data path: it is gone");
                 let e = Ending {
                     reason: DisconnectReason::PeerGone,
@@ -174,8 +178,8 @@ impl Core {
                 };
                 self.apply(Change::End(e), fx);
             }
-            (PathCheck::Silent, notice) => {
-                tracing::info!(peer = %o.peer, %notice, "the peer does not answer on the data path; the link is lost");
+            (PathCheck::Silent, why) => {
+                tracing::info!(peer = %o.peer, ?why, "the peer does not answer on the data path; the link is lost");
                 self.restart(now, fx);
             }
         }

@@ -62,7 +62,7 @@ impl Core {
                         // its ID back; after `left` or `timeout` the data
                         // path says which.
                         if matches!(reason, SigReason::Left | SigReason::Timeout) {
-                            self.check_path(reason.into(), fx);
+                            self.check_path(super::state::Suspicion::Notice(reason.into()), fx);
                         }
                     } else if matches!(self.link, Link::Open(_)) && reason == SigReason::Unpaired {
                         // It may still be sending its last messages: a p2pd

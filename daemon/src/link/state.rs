@@ -124,10 +124,21 @@ pub struct Open {
 /// [`super::Input::PathChecked`].
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
-    /// signald's notice that started it: with no answer, `left` ends the
-    /// link at once (`peer_gone`), anything else makes it lost (an ICE
-    /// restart until `--ice-restart-timeout`).
-    pub notice: DisconnectReason,
+    /// What started it: with no answer, signald's `left` ends the link at
+    /// once (`peer_gone`), anything else makes it lost (an ICE restart
+    /// until `--ice-restart-timeout`).
+    pub why: Suspicion,
+}
+
+/// Why the path is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suspicion {
+    /// signald's notice that the peer's signaling connection ended
+    /// (`left`) or went silent (`timeout`).
+    Notice(DisconnectReason),
+    /// Our data is in flight and nothing has come back for a few round
+    /// trips (the shell's watch of the data flow, `crate::stall`).
+    Stalled,
 }
 
 /// The pairing at signald, as an open link sees it. A network change, or

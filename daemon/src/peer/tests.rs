@@ -66,6 +66,7 @@ impl Fixture {
     async fn pc_with(&self, events: mpsc::UnboundedSender<PcEvent>) -> Pc {
         let counters = Arc::new(Counters::default());
         let ctx = PcContext {
+            flow: crate::stall::Flow::default(),
             generation: 1,
             events,
             hub: Hub::new(

@@ -304,7 +304,8 @@ fn signalds_notices_keep_the_link_and_left_or_timeout_check_the_path() {
     assert!(t.server(paired("carol", false)).is_empty());
     for reason in [SigReason::Left, SigReason::Timeout] {
         let fx = gone(&mut t, "carol", reason);
-        assert_eq!(fx, [Effect::CheckPath], "{reason:?}");
+        let quick = reason != SigReason::Left;
+        assert_eq!(fx, [Effect::CheckPath { quick }], "{reason:?}");
         assert_eq!(t.core.link().reachable(), None, "being checked");
         assert!(t.on(Input::PathChecked(PathCheck::Answered)).is_empty());
         assert_eq!(t.state(), LinkState::Open);
@@ -327,7 +328,10 @@ fn a_peer_that_left_and_does_not_answer_is_gone_at_once() {
             open_as_answerer(&mut t);
             "carol"
         };
-        assert!(gone(&mut t, peer, SigReason::Left).contains(&Effect::CheckPath));
+        assert!(
+            gone(&mut t, peer, SigReason::Left).contains(&Effect::CheckPath { quick: false }),
+            "silence would end the link: the careful pace"
+        );
         let fx = t.on(Input::PathChecked(PathCheck::Silent));
         assert_eq!(ended(&fx), Some(DisconnectReason::PeerGone), "{fx:?}");
         assert!(fx.contains(&Effect::Reset));
@@ -349,7 +353,7 @@ fn a_silent_peer_after_timeout_is_lost_and_another_pairing_replaces_it() {
             Effect::Signal(ClientMsg::Pair {
                 peer_id: "bob".into()
             }),
-            Effect::CheckPath
+            Effect::CheckPath { quick: true }
         ]
     );
     // The initiator asked signald to pair again; bob is not there.
@@ -507,5 +511,33 @@ fn a_restart_offer_lost_with_the_pairing_is_made_again_when_paired_again() {
         [Effect::Signal(ClientMsg::Offer {
             sdp: "again".into()
         })]
+    );
+}
+
+/// Issue 19: a path that stops answering while our data is in flight is
+/// checked at once (not after ICE's 5 s), and restarted when silent; a
+/// check that is answered keeps the link as it is.
+#[test]
+fn a_stalled_data_flow_checks_the_path_and_restarts_when_silent() {
+    let mut t = T::new();
+    t.open_with_bob();
+    assert_eq!(t.on(Input::Stalled), [Effect::CheckPath { quick: true }]);
+    assert!(t.on(Input::Stalled).is_empty(), "one check at a time");
+    assert!(t.on(Input::PathChecked(PathCheck::Answered)).is_empty());
+    assert_eq!(t.state(), LinkState::Open);
+    assert_eq!(t.on(Input::Stalled), [Effect::CheckPath { quick: true }]);
+    let fx = t.on(Input::PathChecked(PathCheck::Silent));
+    assert_eq!(
+        fx,
+        [
+            Effect::Publish(EventKind::IceRestarting {
+                peer_id: "bob".into()
+            }),
+            Effect::RestartIce
+        ]
+    );
+    assert!(
+        t.on(Input::Stalled).is_empty(),
+        "a restart under way looks for a path anyway"
     );
 }
