@@ -147,3 +147,51 @@ fn signald_away_longer_than_every_bound_costs_an_open_link_nothing() {
     b.ok(&["send", "after the outage"]);
     expect_message(&ta, "after the outage");
 }
+
+/// One metric of the signald at `port` (plain HTTP on loopback).
+fn signald_metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("signald");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: signald\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Issue 19: a stopping daemon (SIGTERM) never registers at signald
+/// again, even when signald comes back while it is still draining.
+#[test]
+fn a_stopping_daemon_never_registers_at_signald_again() {
+    let mut s = Signald::start();
+    let port = s.port();
+    let mut a = Daemon::start_with(&s.url(), "alice", &["--drain-timeout", "4s"]);
+    let b = Daemon::start(&s.url(), "bob");
+    a.pair(&b);
+    // bob freezes: what alice sends now is never acknowledged, so her
+    // drain takes its whole timeout.
+    b.proc().stop();
+    a.ok(&["send", "never acknowledged"]);
+    s.proc().signal(libc::SIGTERM);
+    assert!(s.proc_mut().wait_exit().success());
+    a.wait_status("signald down", |st| {
+        st.server.state != ServerState::Connected
+    });
+    a.proc().signal(libc::SIGTERM);
+    // Back while alice drains; her reconnect cap (the tests' 300 ms)
+    // would have had her registered many times over.
+    let s2 = Signald::start_on(port);
+    let exited = a.proc_mut().wait_exit();
+    assert!(exited.success(), "{exited}");
+    assert_eq!(
+        signald_metric(s2.port(), "signald_connections_total"),
+        0.0,
+        "nobody registered: bob is frozen, alice stopping"
+    );
+    b.proc().signal(libc::SIGCONT);
+}
