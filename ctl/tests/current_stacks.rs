@@ -23,6 +23,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use p2p_proto::control::LinkState;
 use p2p_testkit::{Daemon, Proc, Signald, Tail, skip};
 
 const HELLOS: usize = 20;
@@ -270,5 +271,45 @@ fn firefox_restarts_ice_over_the_open_link_in_both_roles() {
         assert_eq!(st.link, p2p_proto::control::LinkState::Open);
         assert_eq!(st.counters.resets, 0, "restarted, not reset");
         assert!(st.counters.ice_restarts >= 1, "{:?}", st.counters);
+    }
+}
+
+/// Issue 19: a stack whose signaling drops while its channel lives (its
+/// WebSocket closed, as a network change does) keeps its link with p2pd
+/// past the restart bound: signald says `left`, p2pd checks the path with
+/// consent checks, which the stack's ICE answers by itself, and keeps the
+/// link. The stack hears nothing the p2pd user did not send: it echoes
+/// every message it gets, and only our own lines come back, in order.
+#[test]
+fn current_stacks_whose_signaling_drops_keep_the_link_and_hear_nothing_extra() {
+    for stack in stacks() {
+        let id = stack.id();
+        let s = Signald::start();
+        let a = Daemon::start_with(
+            &s.url(),
+            "p2pd",
+            &["--trust", "any", "--ice-restart-timeout", "2s"],
+        );
+        let tail = Tail::start(&a, &[]);
+        let peer = stack.start(&s, Some("p2pd"));
+        a.wait_open_with(id);
+        hellos_and_echoes(&a, &tail, "before");
+        a.ok(&["send", "drop your signaling"]);
+        peer.wait_line("signaling dropped");
+        a.wait_status("the peer gone from signald, its path answering", |st| {
+            st.peer
+                .as_ref()
+                .is_some_and(|p| !p.paired_at_signald && p.reachable == Some(true))
+        });
+        // Past the restart bound, with messages both ways.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        for i in 0..5 {
+            let line = format!("after {i}");
+            a.ok(&["send", &line]);
+            assert_eq!(tail.next_str(), format!("echo:{line}"), "{id}");
+        }
+        let st = a.status();
+        assert_eq!(st.link, LinkState::Open, "{id}: {st:?}");
+        assert_eq!(st.peer.and_then(|p| p.reachable), Some(true), "{id}");
     }
 }

@@ -8,11 +8,12 @@ candidates in, whole-SDP candidates out (aiortc gathers before it answers).
 On the data channel it sends `hello 0` .. `hello N-1` as soon as the
 channel opens, then echoes every message it receives as `echo:<message>`,
 except `close your connection`, on which it closes its peer connection
-without a word to signald.
+without a word to signald, and `drop your signaling`, on which it closes
+its WebSocket to signald and keeps the peer connection.
 It prints one line per event on stdout for the test to wait for:
 `welcome <id>`, `paired <peer> <initiator>`, `offer`, `answer`, `open`,
 `restart-offer ufrag-changed=<bool>`, `peer_disconnected <reason>`,
-`kept <peer>`, `closed`.
+`kept <peer>`, `closed`, `signaling dropped`.
 
 Like p2pd (docs/control.md, "Network changes") it keeps an open
 connection when signald ends the pairing, for `--keep` seconds: a peer
@@ -92,7 +93,12 @@ class Peer:
 
         @channel.on("message")
         def on_message(message):
-            if message == "close your connection":
+            if message == "drop your signaling":
+                # As when its WebSocket dies with a network change: the
+                # peer connection lives on.
+                say("signaling dropped")
+                asyncio.ensure_future(self.ws.close())
+            elif message == "close your connection":
                 # Closes the peer connection (SCTP ABORT, DTLS close alert)
                 # and tells signald nothing: p2pd must see it on the path.
                 asyncio.ensure_future(self.close())
@@ -200,6 +206,10 @@ async def main():
                 # Renewed TURN credentials (an extension): for the next
                 # connection.
                 peer.ice_servers = msg["ice_servers"]
+    # The WebSocket is gone (`drop your signaling`): the peer connection
+    # lives on while it is open.
+    while peer.pc is not None:
+        await asyncio.sleep(0.2)
 
 
 asyncio.run(main())

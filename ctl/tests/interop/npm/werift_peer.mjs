@@ -3,10 +3,12 @@
 // (docs/protocol.md) as a third-party client (no token, ICE servers only
 // from the welcome, candidates trickled both ways), sends `hello 0` ..
 // `hello N-1` when the channel opens, echoes every message as
-// `echo:<message>`, and on `close your connection` closes its peer
-// connection without a word to signald.
+// `echo:<message>`, on `close your connection` closes its peer
+// connection without a word to signald, and on `drop your signaling`
+// closes its WebSocket and keeps the peer connection.
 // One line per event on stdout: `welcome <id>`, `paired <peer> <initiator>`,
-// `open <label>`, `peer_disconnected <reason>`, `closed`.
+// `open <label>`, `peer_disconnected <reason>`, `closed`,
+// `signaling dropped`.
 //
 // Run with the node that package.json pins (werift needs node 22):
 //   node_modules/.bin/node werift_peer.mjs --url ws://... --id wr [--pair ID] [--hellos N]
@@ -27,6 +29,7 @@ const send = (frame) => ws.send(JSON.stringify(frame));
 let iceServers = [];
 let pc = null;
 let early = [];
+let dropped = false;
 
 function useChannel(channel) {
   const opened = () => {
@@ -37,7 +40,13 @@ function useChannel(channel) {
   else channel.stateChanged.subscribe((s) => s === "open" && opened());
   channel.onMessage.subscribe((m) => {
     const text = typeof m === "string" ? m : null;
-    if (text === "close your connection") {
+    if (text === "drop your signaling") {
+      // As when its WebSocket dies with a network change: the peer
+      // connection lives on.
+      dropped = true;
+      say("signaling dropped");
+      ws.close();
+    } else if (text === "close your connection") {
       close();
     } else if (text !== null) {
       channel.send("echo:" + text);
@@ -130,4 +139,6 @@ async function handle(msg) {
       break;
   }
 }
-ws.on("close", () => process.exit(0));
+ws.on("close", () => {
+  if (!dropped) process.exit(0);
+});
