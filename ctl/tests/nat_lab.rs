@@ -320,3 +320,39 @@ fn lab_the_answerer_moves_and_restarts_ice_itself() {
     assert_eq!(answerer.status().link, LinkState::Open);
     drop(s);
 }
+
+/// Issue 19: the host itself moves (h1's address changes, as a laptop's
+/// does on another network) while nothing is being sent, and ICE's own
+/// silence timeout is a minute. The change is noticed at once (the netlink
+/// watch, and the sockets of the old address failing), the path check
+/// finds it silent, the signaling connection is made again, and the ICE
+/// restart binds new sockets on the new address (before, a restart reused
+/// the sockets of the gone address and failed at its bound: this test
+/// caught it). Lines flow both ways after.
+#[test]
+fn lab_the_host_gets_a_new_address_and_the_link_follows_at_once() {
+    lab_or_skip!();
+    let mut lab = Lab::build(Nat::Cone);
+    lab.start_coturn();
+    let s = lab.signald(&[Lab::stun()]);
+    let slow_ice = ["--ice-disconnected-timeout", "60s"];
+    let a = lab.daemon("h1", "h1", &slow_ice);
+    let b = lab.daemon("h2", "h2", &slow_ice);
+    pair_ok(&a, &b);
+    let at_a = Tail::start(&a, &[]);
+    let at_b = Tail::start(&b, &[]);
+    let events = Tail::start(&a, &["--json"]);
+    transfer(&a, &at_b, 20, "before");
+    lab.renumber_h1();
+    events.wait_event("ice_restarting");
+    events.wait_event("ice_restarted");
+    transfer(&a, &at_b, 20, "from the new address");
+    transfer(&b, &at_a, 20, "to the new address");
+    let path = path_of(&a.status());
+    assert_eq!(
+        path.local_address.split(':').next(),
+        Some("10.0.1.3"),
+        "{path:?}"
+    );
+    drop(s);
+}

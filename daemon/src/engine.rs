@@ -146,6 +146,8 @@ pub struct Inputs {
     cmds: mpsc::Receiver<Cmd>,
     sig: mpsc::Receiver<SigEvent>,
     pc: mpsc::UnboundedReceiver<PcEvent>,
+    /// The host's addresses or default routes changed (`crate::netwatch`).
+    net: mpsc::Receiver<()>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -255,10 +257,13 @@ impl Engine {
             runtime,
             retiring: Vec::new(),
         };
+        let (net_tx, net) = mpsc::channel(1);
+        crate::netwatch::start(net_tx);
         let inputs = Inputs {
             cmds,
             sig,
             pc: pc_rx,
+            net,
             shutdown,
         };
         (engine, inputs, handle)
@@ -285,6 +290,7 @@ impl Engine {
                 Some(cmd) = inputs.cmds.recv() => self.on_cmd(cmd).await,
                 Some(ev) = inputs.sig.recv() => self.on_signal(ev).await,
                 Some(ev) = inputs.pc.recv() => self.on_pc(ev).await,
+                Some(()) = inputs.net.recv() => self.step(Input::NetworkChanged).await,
                 _ = sleep_until_opt(deadline) => self.step(Input::Tick).await,
                 else => break,
             }
@@ -593,10 +599,17 @@ impl Engine {
                 }
                 None
             }
-            Effect::Answer { sdp } => Some(Input::Answered(match self.pc_for_pairing().await {
-                Ok(pc) => pc.answer(sdp).await,
-                Err(e) => Err(e),
-            })),
+            Effect::Answer { sdp } => {
+                // The answer to a restart gathers again: with the TURN
+                // credentials signald renewed since the connection was made.
+                if self.core.link().open_since().is_some() {
+                    self.renew_ice_servers().await;
+                }
+                Some(Input::Answered(match self.pc_for_pairing().await {
+                    Ok(pc) => pc.answer(sdp).await,
+                    Err(e) => Err(e),
+                }))
+            }
             Effect::AcceptAnswer { sdp } => {
                 Some(Input::AnswerApplied(match self.pc_for_pairing().await {
                     Ok(pc) => pc.accept_answer(sdp).await,
@@ -635,6 +648,7 @@ impl Engine {
                 // still there? (After a network change it is most likely
                 // dead without knowing it.)
                 self.sig_check.notify_one();
+                self.renew_ice_servers().await;
                 Some(Input::Offered(match self.pc.as_mut() {
                     Some(pc) => pc.restart_offer().await,
                     None => Err(NegotiationError::NoConnection),
@@ -775,6 +789,22 @@ impl Engine {
                 self.pc_ice = settings.ice_servers;
             }
             Err(e) => tracing::error!(error = %e, "cannot build a peer connection"),
+        }
+    }
+
+    /// Hands the connection in use the ICE servers signald renewed since it
+    /// was built, right before an ICE restart (which binds new sockets and
+    /// allocates again, docs/webrtc.md).
+    async fn renew_ice_servers(&mut self) {
+        let now = self.ice_servers();
+        if self.pc_ice == now {
+            return;
+        }
+        if let Some(pc) = &self.pc {
+            match pc.set_ice_servers(&now, self.cfg.relay_only).await {
+                Ok(()) => self.pc_ice = now,
+                Err(e) => tracing::warn!(error = %e, "cannot take the renewed ICE servers"),
+            }
         }
     }
 

@@ -19,6 +19,7 @@ pub mod hub;
 pub mod identity;
 pub mod invite;
 pub mod link;
+pub mod netwatch;
 pub mod paths;
 pub mod peer;
 pub mod signaling;

@@ -333,22 +333,16 @@ impl Pc {
             .with_sctp_max_receive_buffer_size(window)
             .with_sctp_timer_config(sctp_timers(settings.sctp))
             .with_dtls_flight_interval(DTLS_FLIGHT_INTERVAL)
+            // An ICE restart binds its UDP sockets again, on the interfaces
+            // the host has then: after a move to another network the old
+            // address may be gone, and its socket with it (the NAT lab's
+            // renumbered host). Its TURN allocations are made again too,
+            // with the connection's current ICE servers (renewed first:
+            // Pc::set_ice_servers).
+            .with_discard_local_candidates_during_ice_restart(true)
             .build();
-        let ice_servers = settings
-            .ice_servers
-            .iter()
-            .map(|s| RTCIceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone().unwrap_or_default(),
-                credential: s.credential.clone().unwrap_or_default(),
-            })
-            .collect();
-        let mut config = RTCConfigurationBuilder::new()
-            .with_ice_servers(ice_servers)
+        let config = ice_config(&settings.ice_servers, settings.relay_only)
             .with_certificates(vec![settings.certificate.clone()]);
-        if settings.relay_only {
-            config = config.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
-        }
         let bind: Vec<SocketAddr> = if settings.bind.is_empty() {
             vec![SocketAddr::from(([0, 0, 0, 0], 0))]
         } else {
@@ -668,6 +662,21 @@ impl Pc {
         ))
     }
 
+    /// Takes fresh ICE servers (signald renewed the TURN credentials) for
+    /// the next gathering. Only right before an ICE restart: the restart
+    /// binds new sockets, so no live allocation is re-signed with the new
+    /// username (which coturn refuses, 441; docs/webrtc.md).
+    pub async fn set_ice_servers(
+        &self,
+        servers: &[IceServer],
+        relay_only: bool,
+    ) -> Result<(), NegotiationError> {
+        self.pc
+            .set_configuration(ice_config(servers, relay_only).build())
+            .await
+            .map_err(stack)
+    }
+
     /// Whether an offer or answer was made with this connection.
     pub fn was_used(&self) -> bool {
         self.used
@@ -774,6 +783,26 @@ impl Pc {
         if let Some(reader) = self.channel {
             reader.join().await;
         }
+    }
+}
+
+/// The configuration's ICE part: the servers, and the relay-only policy;
+/// the same at build and before a restart, so that a renewal changes the
+/// servers and nothing else.
+fn ice_config(servers: &[IceServer], relay_only: bool) -> RTCConfigurationBuilder {
+    let ice_servers = servers
+        .iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone().unwrap_or_default(),
+            credential: s.credential.clone().unwrap_or_default(),
+        })
+        .collect();
+    let config = RTCConfigurationBuilder::new().with_ice_servers(ice_servers);
+    if relay_only {
+        config.with_ice_transport_policy(RTCIceTransportPolicy::Relay)
+    } else {
+        config
     }
 }
 

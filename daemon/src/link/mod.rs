@@ -218,6 +218,9 @@ pub enum Input {
     /// Our data has been in flight for a few round trips with nothing
     /// received on the path: it may have gone silent (a network change).
     Stalled,
+    /// The host's own addresses or default routes changed: the path may
+    /// have moved with them.
+    NetworkChanged,
     /// Time passed; deadlines up to `now` are due.
     Tick,
     /// The peer opened `p2p-invite`: it pairs with an invite code.
@@ -591,6 +594,7 @@ impl Core {
             Input::Lost { reason, clean } => self.on_lost(reason, clean, now, &mut fx),
             Input::PathChecked(result) => self.on_path_checked(result, now, &mut fx),
             Input::Stalled => self.check_path(state::Suspicion::Stalled, &mut fx),
+            Input::NetworkChanged => self.check_path(state::Suspicion::NetworkChanged, &mut fx),
             Input::ChannelOpen { path, certificate } => {
                 self.on_channel_open(path, certificate, now, &mut fx)
             }

@@ -134,7 +134,9 @@ impl Core {
                     p.why = why;
                 }
             }
-            None if why == Suspicion::Stalled && o.restart.is_some() => {}
+            // An ICE restart under way looks for a path anyway.
+            None if matches!(why, Suspicion::Stalled | Suspicion::NetworkChanged)
+                && o.restart.is_some() => {}
             None => {
                 tracing::info!(peer = %o.peer, ?why, "checking whether the peer still answers on the data path");
                 o.probe = Some(Probe { why });

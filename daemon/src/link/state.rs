@@ -139,6 +139,8 @@ pub enum Suspicion {
     /// Our data is in flight and nothing has come back for a few round
     /// trips (the shell's watch of the data flow, `crate::stall`).
     Stalled,
+    /// The host's addresses or default routes changed (`crate::netwatch`).
+    NetworkChanged,
 }
 
 /// The pairing at signald, as an open link sees it. A network change, or

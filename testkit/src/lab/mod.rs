@@ -414,6 +414,18 @@ impl Lab {
         );
     }
 
+    /// h1 itself gets a new address (10.0.1.3 for 10.0.1.2, the default
+    /// route made again), as a host moved to another network does: its
+    /// sockets stay, what they send leaves from the new address.
+    pub fn renumber_h1(&self) {
+        ns_sh(
+            &self.ns("h1"),
+            "ip addr del 10.0.1.2/24 dev eth0
+             ip addr add 10.0.1.3/24 dev eth0
+             ip route replace default via 10.0.1.1",
+        );
+    }
+
     /// Deletes one namespace now (a router "losing power").
     pub fn kill_ns(&mut self, name: &str) {
         let ns = self.ns(name);
