@@ -551,18 +551,29 @@ async fn serve_conn(
 ) {
     match srv.cfg.tls.clone() {
         None => conn::handle(stream, peer.ip(), ticket, srv).await,
-        Some(tls) => {
-            let accept = tls.acceptor().accept(stream);
-            let accepted = tokio::select! {
-                r = tokio::time::timeout(srv.cfg.handshake_timeout, accept) => r,
-                // Shed for a newcomer (limits.rs).
-                _ = ticket.shed() => return,
-            };
-            match accepted {
-                Ok(Ok(stream)) => conn::handle(stream, peer.ip(), ticket, srv).await,
-                Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
-                Err(_) => tracing::debug!("TLS handshake not complete in time"),
-            }
-        }
+        // Boxed: the TLS stream's state (rustls's connection) is large, and
+        // unboxed every connection's task would be sized for it, plain
+        // ones included.
+        Some(tls) => Box::pin(serve_tls(stream, peer, ticket, srv, tls)).await,
+    }
+}
+
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ticket: limits::Ticket,
+    srv: Arc<Shared>,
+    tls: Arc<Tls>,
+) {
+    let accept = tls.acceptor().accept(stream);
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(srv.cfg.handshake_timeout, accept) => r,
+        // Shed for a newcomer (limits.rs).
+        _ = ticket.shed() => return,
+    };
+    match accepted {
+        Ok(Ok(stream)) => conn::handle(stream, peer.ip(), ticket, srv).await,
+        Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+        Err(_) => tracing::debug!("TLS handshake not complete in time"),
     }
 }
