@@ -173,8 +173,12 @@ pub struct Engine {
     asked: HashMap<ReqId, Asker>,
     next_req: u64,
     sig_out: mpsc::Sender<ClientMsg>,
-    /// Asks the signaling task for a liveness check of its connection.
-    sig_check: Arc<tokio::sync::Notify>,
+    /// Checks (and remakes) the signaling connection on demand.
+    sig_live: crate::signaling::Liveness,
+    /// A check of the signaling connection went unanswered, and the data
+    /// path has not been found silent (yet): a slow signald, or a network
+    /// change whose verdict is still to come.
+    sig_unanswered: bool,
     pc_tx: mpsc::UnboundedSender<PcEvent>,
     link_tx: watch::Sender<Option<Arc<OpenLink>>>,
     hub: Hub,
@@ -190,8 +194,8 @@ pub struct Parts {
     pub identity: Identity,
     /// Frames to signald, and what the signaling task hears.
     pub sig_out: mpsc::Sender<ClientMsg>,
-    /// Asks the signaling task to check its connection is alive.
-    pub sig_check: Arc<tokio::sync::Notify>,
+    /// Checks (and remakes) the signaling connection on demand.
+    pub sig_live: crate::signaling::Liveness,
     pub sig: mpsc::Receiver<SigEvent>,
     pub hub: Hub,
     pub counters: Arc<Counters>,
@@ -206,7 +210,7 @@ impl Engine {
             cfg,
             identity,
             sig_out,
-            sig_check,
+            sig_live,
             sig,
             hub,
             counters,
@@ -249,7 +253,8 @@ impl Engine {
             asked: HashMap::new(),
             next_req: 0,
             sig_out,
-            sig_check,
+            sig_live,
+            sig_unanswered: false,
             pc_tx,
             link_tx,
             hub,
@@ -367,6 +372,7 @@ impl Engine {
                 ping_timeout_ms,
                 ice_servers,
             } => {
+                self.sig_unanswered = false;
                 self.server
                     .up(&id, (ping_interval_ms, ping_timeout_ms), ice_servers);
                 self.hub
@@ -383,6 +389,10 @@ impl Engine {
                 self.server.renewed(ice_servers);
                 self.take_ice_servers().await;
             }
+            // Both the path and signald silent: our network changed; a
+            // new connection may well reach signald at once.
+            SigEvent::Unanswered if self.core.link().restarting() => self.sig_live.reconnect(),
+            SigEvent::Unanswered => self.sig_unanswered = true,
             SigEvent::Down { reason, .. } => {
                 let was_up = self.core.signald_id().is_some();
                 self.server.down(&reason, was_up);
@@ -393,7 +403,10 @@ impl Engine {
                 }
                 self.step(Input::SignalingDown { why: reason }).await;
             }
-            SigEvent::Msg(m) => self.step(Input::Server(m)).await,
+            SigEvent::Msg(m) => {
+                self.sig_unanswered = false;
+                self.step(Input::Server(m)).await
+            }
         }
     }
 
@@ -460,7 +473,13 @@ impl Engine {
             },
             PcEventKind::InviteDone(result) => Input::InviteDone(result),
             PcEventKind::Drained => Input::Drained,
-            PcEventKind::PathChecked(result) => Input::PathChecked(result),
+            PcEventKind::PathChecked(result) => {
+                if result == PathCheck::Answered {
+                    // The network is fine: signald was only slow.
+                    self.sig_unanswered = false;
+                }
+                Input::PathChecked(result)
+            }
             PcEventKind::Stalled => Input::Stalled,
             PcEventKind::ChannelOpen => Input::ChannelOpen {
                 path: pc.path().await,
@@ -646,8 +665,13 @@ impl Engine {
             Effect::RestartIce => {
                 // The offer goes through signald: is our connection to it
                 // still there? (After a network change it is most likely
-                // dead without knowing it.)
-                self.sig_check.notify_one();
+                // dead without knowing it.) A check already unanswered
+                // decides now: the path is silent too.
+                if std::mem::take(&mut self.sig_unanswered) {
+                    self.sig_live.reconnect();
+                } else {
+                    self.sig_live.check();
+                }
                 self.renew_ice_servers().await;
                 Some(Input::Offered(match self.pc.as_mut() {
                     Some(pc) => pc.restart_offer().await,
@@ -655,6 +679,9 @@ impl Engine {
                 }))
             }
             Effect::Restarted { peer } => {
+                if let Some(pc) = &self.pc {
+                    pc.path_changed().await;
+                }
                 self.counters.ice_restarts.fetch_add(1, Ordering::Relaxed);
                 let path = match &self.pc {
                     Some(pc) => pc.path().await,
@@ -675,8 +702,9 @@ impl Engine {
                     });
                     // A silent path may mean our network changed; then our
                     // WebSocket to signald is most likely dead too, and an
-                    // ICE restart needs it.
-                    self.sig_check.notify_one();
+                    // ICE restart needs it. Checked now, acted on only if
+                    // the path turns out silent.
+                    self.sig_live.check();
                     None
                 }
                 None => Some(Input::PathChecked(PathCheck::Silent)),

@@ -79,7 +79,7 @@ pub async fn run(
     // Bounded: signald cannot make us queue without limit; the signaling
     // task waits while the engine catches up.
     let (sig_tx, sig_rx) = mpsc::channel(1024);
-    let (sig_out, sig_check, sig_task) = signaling::start(
+    let (sig_out, sig_live, sig_task) = signaling::start(
         signaling::SigConfig {
             server: cfg.server.clone(),
             id: cfg.id.clone(),
@@ -97,7 +97,7 @@ pub async fn run(
         cfg,
         identity,
         sig_out,
-        sig_check,
+        sig_live,
         sig: sig_rx,
         hub,
         counters,

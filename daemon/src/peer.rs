@@ -677,6 +677,14 @@ impl Pc {
             .map_err(stack)
     }
 
+    /// An ICE restart found a new path: SCTP sends what the old one lost
+    /// now (vendor patch 17).
+    pub async fn path_changed(&self) {
+        if let Err(e) = self.pc.sctp_path_changed().await {
+            tracing::debug!(error = %e, "telling SCTP of the new path");
+        }
+    }
+
     /// Whether an offer or answer was made with this connection.
     pub fn was_used(&self) -> bool {
         self.used

@@ -39,6 +39,9 @@ pub enum SigEvent {
     Msg(ServerMsg),
     /// Fresh TURN credentials: the welcome's `ice_servers`, replaced.
     IceServers(Vec<IceServer>),
+    /// A liveness check ([`Liveness::check`]) got no frame in time; the
+    /// connection is kept until the engine says otherwise.
+    Unanswered,
     /// The connection ended or an attempt failed; a retry is scheduled.
     Down { reason: String, retry_in: Duration },
 }
@@ -60,11 +63,7 @@ pub struct SigConfig {
 /// session stays up for the engine's last frames (a drained link's
 /// `unpair`) until `shutdown`.
 ///
-/// The returned [`Notify`] asks for a liveness check of the connection (a
-/// WebSocket ping that signald answers at once): when the data path goes
-/// silent our network may have changed, and then the WebSocket is most
-/// likely dead too, silently, until signald's ping timeout (45 s by
-/// default). No answer within [`CHECK_TIMEOUT`] means reconnect now.
+/// The returned [`Liveness`] checks the connection on demand (see there).
 pub fn start(
     cfg: SigConfig,
     events: mpsc::Sender<SigEvent>,
@@ -72,20 +71,46 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
 ) -> (
     mpsc::Sender<ClientMsg>,
-    Arc<Notify>,
+    Liveness,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(1024);
-    let check = Arc::new(Notify::new());
-    let task = tokio::spawn(run(cfg, events, rx, check.clone(), stopping, shutdown));
-    (tx, check, task)
+    let live = Liveness::default();
+    let task = tokio::spawn(run(cfg, events, rx, live.clone(), stopping, shutdown));
+    (tx, live, task)
+}
+
+/// The engine's say over the signaling connection. When the data path goes
+/// silent our network may have changed, and then the WebSocket is most
+/// likely dead too, silently, until signald's ping timeout (45 s by
+/// default). [`Liveness::check`] sends a WebSocket ping, which signald
+/// answers at once; no frame within [`CHECK_TIMEOUT`] is reported as
+/// [`SigEvent::Unanswered`], and nothing more: a busy signald or machine
+/// may be slow, and a needless reconnect would end the pairing at signald
+/// (a browser peer may then close its connection). Only when the path
+/// turns out silent too does the engine call [`Liveness::reconnect`].
+#[derive(Clone, Default)]
+pub struct Liveness {
+    check: Arc<Notify>,
+    reconnect: Arc<Notify>,
+}
+
+impl Liveness {
+    /// Pings signald now (unless a check is under way).
+    pub fn check(&self) {
+        self.check.notify_one();
+    }
+
+    /// Drops the connection and makes a new one at once.
+    pub fn reconnect(&self) {
+        self.reconnect.notify_one();
+    }
 }
 
 /// How long a liveness check of the signaling connection waits for any
-/// frame from signald (its pong, usually) before the connection counts as
-/// dead. A WebSocket ping costs signald a few bytes; a wrong verdict costs
-/// a reconnect, which the link survives.
-pub const CHECK_TIMEOUT: Duration = Duration::from_millis(400);
+/// frame from signald (its pong, usually) before it is reported
+/// unanswered. A WebSocket ping costs signald a few bytes.
+pub const CHECK_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// The upgrade URL: the server URL plus the `id` query parameter. The
 /// token goes in an `Authorization: Bearer` header instead (see
@@ -129,7 +154,7 @@ async fn run(
     cfg: SigConfig,
     events: mpsc::Sender<SigEvent>,
     mut out: mpsc::Receiver<ClientMsg>,
-    check: Arc<Notify>,
+    live: Liveness,
     mut stopping: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -185,7 +210,7 @@ async fn run(
                     return;
                 }
                 let timeout = Duration::from_millis(ping_timeout_ms.max(1));
-                match session(ws, timeout, &events, &mut out, &check, &mut shutdown).await {
+                match session(ws, timeout, &events, &mut out, &live, &mut shutdown).await {
                     // Another connection took our ID with our token: most
                     // likely a second p2pd with the same --id. Retrying at
                     // once would take it back and start a tug of war, so
@@ -203,7 +228,7 @@ async fn run(
                     // well reach signald at once.
                     Ended::CheckFailed => (
                         format!(
-                            "signald did not answer a liveness check within {} ms",
+                            "signald did not answer a liveness check within {} ms while the data path was silent",
                             CHECK_TIMEOUT.as_millis()
                         ),
                         false,
@@ -347,7 +372,8 @@ enum Ended {
     /// signald closed us with 4002: another connection took our ID with
     /// our token.
     Replaced,
-    /// A liveness check got no answer in time.
+    /// A liveness check got no answer in time, and the engine asked for a
+    /// new connection.
     CheckFailed,
     Other(String),
 }
@@ -358,7 +384,7 @@ async fn session(
     ping_timeout: Duration,
     events: &mpsc::Sender<SigEvent>,
     out: &mut mpsc::Receiver<ClientMsg>,
-    check: &Notify,
+    live: &Liveness,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
     let mut deadline = Instant::now() + ping_timeout;
@@ -387,9 +413,13 @@ async fn session(
                 return Ended::Other(format!("nothing heard from signald for {} ms", ping_timeout.as_millis()));
             }
             _ = sleep_until(checking.unwrap_or(deadline)), if checking.is_some() => {
-                return Ended::CheckFailed;
+                checking = None;
+                if events.send(SigEvent::Unanswered).await.is_err() {
+                    return Ended::Other("engine stopped".into());
+                }
             }
-            _ = check.notified(), if checking.is_none() => {
+            _ = live.reconnect.notified() => return Ended::CheckFailed,
+            _ = live.check.notified(), if checking.is_none() => {
                 if let Err(e) = ws.send(Message::Ping(b"p2pd".to_vec().into())).await {
                     return Ended::Other(format!("sending to signald failed: {e}"));
                 }

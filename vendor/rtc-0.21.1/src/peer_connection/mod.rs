@@ -1818,6 +1818,13 @@ impl RTCPeerConnection {
         self.ice_transport_mut().agent.send_consent_check(now)
     }
 
+    /// PATCH (p2pd, vendor/PATCHES.md 17, "SCTP told of a new path"):
+    /// an ICE restart found a new path; SCTP sends what the old one lost
+    /// now, with its round trip measured afresh.
+    pub fn sctp_path_changed(&mut self, now: Instant) {
+        self.sctp_transport_mut().path_changed(now);
+    }
+
     /// Returns the current configuration of this peer connection.
     ///
     /// The returned reference is to the current configuration. To modify the configuration,

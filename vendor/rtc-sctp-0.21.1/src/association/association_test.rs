@@ -1720,3 +1720,37 @@ fn every_abort_ends_the_association() -> Result<()> {
     }
     Ok(())
 }
+
+/// PATCH (p2pd, vendor/PATCHES.md 17, "SCTP told of a new path"): after an outage backed the retransmission timer off, a
+/// new path (an ICE restart) sends what the old one lost at once, with the
+/// RTO started afresh, not when the backed-off timer fires.
+#[test]
+fn test_path_changed_retransmits_at_once_with_a_fresh_rto() -> Result<()> {
+    let mut a = timed_test_association();
+    a.rto_mgr.set_rto(1000, false);
+    let ppi = PayloadProtocolIdentifier::Binary;
+    let now = Instant::now();
+    a.open_stream(1, ppi)?
+        .write_sctp(now, &Bytes::from_static(b"lost on the old path"), ppi)?;
+    assert_eq!(1, data_chunks(&a.gather_outbound(now).0));
+    // The old path is dead: two timeouts back the timer off.
+    let mut at = now;
+    for _ in 0..2 {
+        at = a.poll_timeout().expect("T3 armed");
+        a.handle_timeout(at);
+        assert_eq!(1, data_chunks(&a.gather_outbound(at).0));
+    }
+    let backed_off = a.poll_timeout().expect("T3 armed");
+    assert!(backed_off - at >= Duration::from_millis(4000), "{:?}", backed_off - at);
+    // A new path 10 ms later: the data goes now.
+    let moved = at + Duration::from_millis(10);
+    a.path_changed(moved);
+    assert_eq!(1, data_chunks(&a.gather_outbound(moved).0), "sent at once");
+    let next = a.poll_timeout().expect("T3 armed again");
+    assert!(
+        next < backed_off && next - moved <= Duration::from_millis(2000),
+        "the RTO started afresh: next {:?} after the move",
+        next - moved
+    );
+    Ok(())
+}

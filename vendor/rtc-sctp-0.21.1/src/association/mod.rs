@@ -532,6 +532,20 @@ impl Association {
         }
     }
 
+    /// PATCH (p2pd, vendor/PATCHES.md 17, "SCTP told of a new path"):
+    /// the path under the association changed (an ICE restart found a new
+    /// one): what the old path lost is sent again now and the
+    /// round trip is measured afresh, instead of waiting for a
+    /// retransmission timer that backed off while the old path was dead.
+    /// Congestion control restarts from one MTU, as after any timeout.
+    pub fn path_changed(&mut self, now: Instant) {
+        self.rto_mgr.reset();
+        if self.timers.get(Timer::T3RTX).is_some() {
+            self.timers.set(Timer::T3RTX, Some(now));
+            self.handle_timeout(now);
+        }
+    }
+
     /// Process timer expirations
     ///
     /// Executes protocol logic, potentially preparing signals (including application `Event`s,

@@ -597,6 +597,12 @@ pub trait PeerConnection: crate::sealed::Sealed + Send + Sync + 'static {
     /// stats (`responses_received`). `Ok(false)` when no pair is selected.
     async fn send_consent_check(&self) -> Result<bool>;
 
+    /// PATCH (p2pd, vendor/PATCHES.md 17, "SCTP told of a new path"):
+    /// an ICE restart found a new path. SCTP sends what the old path lost
+    /// at once, with its round trip measured afresh, rather than when its
+    /// backed-off retransmission timer fires.
+    async fn sctp_path_changed(&self) -> Result<()>;
+
     /// Returns the configuration currently in effect for this connection.
     async fn get_configuration(&self) -> RTCConfiguration;
 
@@ -1324,6 +1330,17 @@ impl PeerConnection for PeerConnectionImpl {
         // The request is queued in the core; the driver sends it now.
         self.inner.wake_writes().await;
         Ok(sent)
+    }
+
+    // PATCH (p2pd, vendor/PATCHES.md 17, "SCTP told of a new path"): see the trait.
+    async fn sctp_path_changed(&self) -> Result<()> {
+        {
+            let mut core = self.inner.core.lock().await;
+            core.sctp_path_changed(Instant::now());
+        }
+        // What it queued for sending leaves now.
+        self.inner.wake_writes().await;
+        Ok(())
     }
 
     async fn restart_ice(&self) -> Result<()> {

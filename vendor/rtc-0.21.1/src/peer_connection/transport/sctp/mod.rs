@@ -102,6 +102,14 @@ impl SctpTransport {
         }
     }
 
+    /// PATCH (p2pd, vendor/PATCHES.md 17, "SCTP told of a new path"):
+    /// the path under the association changed.
+    pub(crate) fn path_changed(&mut self, now: std::time::Instant) {
+        for association in self.sctp_associations.values_mut() {
+            association.path_changed(now);
+        }
+    }
+
     /// The single association this transport carries, if one has been created.
     ///
     /// `sctp_associations` is a map because the endpoint API is written for the general case, but
