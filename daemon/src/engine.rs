@@ -49,6 +49,9 @@ use crate::throttle::Throttle;
 use crate::trust::{TrustEdit, TrustStore};
 use crate::udp::BufferedRuntime;
 
+/// Renewed ICE servers rebuild the idle connection at most this often.
+const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
+
 /// How often the trust file is looked at while a link exists (a `stat`).
 const TRUST_CHECK: Duration = Duration::from_secs(1);
 
@@ -167,6 +170,8 @@ pub struct Engine {
     pc: Option<Pc>,
     /// The ICE servers `pc` was built with.
     pc_ice: Vec<IceServer>,
+    /// When renewed ICE servers last rebuilt the idle connection.
+    renewed_at: Option<Instant>,
     generation: u64,
     /// Requests the core has not answered yet, by the number it knows
     /// them by.
@@ -249,6 +254,7 @@ impl Engine {
             trust,
             pc: None,
             pc_ice: Vec::new(),
+            renewed_at: None,
             generation: 0,
             asked: HashMap::new(),
             next_req: 0,
@@ -387,7 +393,19 @@ impl Engine {
             }
             SigEvent::IceServers(ice_servers) => {
                 self.server.renewed(ice_servers);
-                self.take_ice_servers().await;
+                // signald renews at half the credentials' lifetime (a
+                // second at the least); a flood of renewals must not make us
+                // build connection after connection. The latest is kept
+                // for the next rebuild or restart; the idle connection's
+                // are then at most a second older, and still valid.
+                let now = Instant::now();
+                if self
+                    .renewed_at
+                    .is_none_or(|at| now.duration_since(at) >= MIN_RENEWAL_GAP)
+                {
+                    self.renewed_at = Some(now);
+                    self.take_ice_servers().await;
+                }
             }
             // Both the path and signald silent: our network changed; a
             // new connection may well reach signald at once.
