@@ -412,6 +412,9 @@ impl Engine {
             SigEvent::Unanswered if self.core.link().restarting() => self.sig_live.reconnect(),
             SigEvent::Unanswered => self.sig_unanswered = true,
             SigEvent::Down { reason, .. } => {
+                // A check of the connection that ended says nothing of the
+                // next one.
+                self.sig_unanswered = false;
                 let was_up = self.core.signald_id().is_some();
                 self.server.down(&reason, was_up);
                 if was_up {
