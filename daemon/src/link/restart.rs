@@ -138,7 +138,13 @@ impl Core {
             None if matches!(why, Suspicion::Stalled | Suspicion::NetworkChanged)
                 && o.restart.is_some() => {}
             None => {
-                tracing::info!(peer = %o.peer, ?why, "checking whether the peer still answers on the data path");
+                // A stall is suspected at the end of every steady flow of
+                // messages: routine, not worth the log unless it is real.
+                if why == Suspicion::Stalled {
+                    tracing::debug!(peer = %o.peer, ?why, "checking whether the peer still answers on the data path");
+                } else {
+                    tracing::info!(peer = %o.peer, ?why, "checking whether the peer still answers on the data path");
+                }
                 o.probe = Some(Probe { why });
                 fx.push(Effect::CheckPath { quick: why != LEFT });
             }
@@ -165,6 +171,9 @@ impl Core {
             return;
         };
         match (result, probe.why) {
+            (PathCheck::Answered, Suspicion::Stalled) => {
+                tracing::debug!(peer = %o.peer, "the peer answers on the data path; keeping the link");
+            }
             (PathCheck::Answered, why) => {
                 tracing::info!(peer = %o.peer, ?why, "the peer answers on the data path; keeping the link");
             }
