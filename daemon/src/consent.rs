@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use webrtc::peer_connection::{PeerConnection, RTCStatsReportEntry, StatsSelector};
+use webrtc::peer_connection::{PeerConnection, StatsSelector};
 
 use crate::link::PathCheck;
 
@@ -121,16 +121,7 @@ async fn answers(pc: &dyn PeerConnection) -> (u64, Option<Duration>) {
         .get_stats(std::time::Instant::now(), StatsSelector::None)
         .await;
     let answered = report.candidate_pairs().map(|p| p.responses_received).sum();
-    let rtt = report
-        .transport()
-        .and_then(|t| report.get(&t.selected_candidate_pair_id))
-        .and_then(|e| match e {
-            RTCStatsReportEntry::IceCandidatePair(p) if p.current_round_trip_time > 0.0 => {
-                Some(Duration::from_secs_f64(p.current_round_trip_time))
-            }
-            _ => None,
-        });
-    (answered, rtt)
+    (answered, crate::peer::selected_rtt(&report))
 }
 
 /// Checks the path of `pc`: sends consent checks until one is answered or

@@ -24,7 +24,8 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
     RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSdpType, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
+    RTCSdpType, RTCSessionDescription, RTCStatsReport, RTCStatsReportEntry, SettingEngineBuilder,
+    StatsSelector,
 };
 
 use crate::channel::{self, Reader};
@@ -735,13 +736,7 @@ impl Pc {
             .pc
             .get_stats(std::time::Instant::now(), StatsSelector::None)
             .await;
-        let transport = report.transport()?;
-        match report.get(&transport.selected_candidate_pair_id)? {
-            RTCStatsReportEntry::IceCandidatePair(p) if p.current_round_trip_time > 0.0 => {
-                Some(p.current_round_trip_time * 1000.0)
-            }
-            _ => None,
-        }
+        selected_rtt(&report).map(|rtt| rtt.as_secs_f64() * 1000.0)
     }
 
     /// [`Pc::close`], once the peer has closed the connection (so it has
@@ -791,6 +786,18 @@ impl Pc {
         if let Some(reader) = self.channel {
             reader.join().await;
         }
+    }
+}
+
+/// ICE's current round-trip time on the selected pair of `report`, once
+/// measured.
+pub fn selected_rtt(report: &RTCStatsReport) -> Option<Duration> {
+    let transport = report.transport()?;
+    match report.get(&transport.selected_candidate_pair_id)? {
+        RTCStatsReportEntry::IceCandidatePair(p) if p.current_round_trip_time > 0.0 => {
+            Some(Duration::from_secs_f64(p.current_round_trip_time))
+        }
+        _ => None,
     }
 }
 

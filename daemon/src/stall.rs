@@ -159,23 +159,11 @@ async fn sample(pc: &dyn PeerConnection, dc: &dyn DataChannel, messages: u64) ->
     let report = pc
         .get_stats(std::time::Instant::now(), StatsSelector::None)
         .await;
-    let packets = report.transport().map_or(0, |t| t.packets_received);
-    let rtt = report
-        .transport()
-        .and_then(|t| report.get(&t.selected_candidate_pair_id))
-        .and_then(|e| match e {
-            webrtc::peer_connection::RTCStatsReportEntry::IceCandidatePair(p)
-                if p.current_round_trip_time > 0.0 =>
-            {
-                Some(Duration::from_secs_f64(p.current_round_trip_time))
-            }
-            _ => None,
-        });
     Some(Sample {
         outstanding,
         messages,
-        packets,
-        rtt,
+        packets: report.transport().map_or(0, |t| t.packets_received),
+        rtt: crate::peer::selected_rtt(&report),
     })
 }
 

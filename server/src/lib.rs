@@ -305,20 +305,26 @@ impl Shared {
         body
     }
 
-    /// The `welcome` for client `id`; `turn`: with TURN credentials (its
-    /// address had some left), else without the TURN servers that need them.
+    /// The ICE servers client `id` is given: with fresh TURN credentials
+    /// (`turn`: its address had some left), else without the TURN servers
+    /// that need them.
+    fn ice_servers_for(&self, id: &str, turn: bool) -> Vec<p2p_proto::signal::IceServer> {
+        match (&self.cfg.turn, turn) {
+            (Some(t), true) => {
+                t.for_client(&self.cfg.ice_servers, id, std::time::SystemTime::now())
+            }
+            (Some(_), false) => turn::without_issued(&self.cfg.ice_servers),
+            (None, _) => self.cfg.ice_servers.clone(),
+        }
+    }
+
+    /// The `welcome` for client `id` (see [`Shared::ice_servers_for`]).
     fn welcome(&self, id: &str, turn: bool) -> Utf8Bytes {
         ServerMsg::Welcome {
             id: id.to_string(),
             ping_interval_ms: self.cfg.ping_interval.as_millis() as u64,
             ping_timeout_ms: self.cfg.ping_timeout.as_millis() as u64,
-            ice_servers: match (&self.cfg.turn, turn) {
-                (Some(t), true) => {
-                    t.for_client(&self.cfg.ice_servers, id, std::time::SystemTime::now())
-                }
-                (Some(_), false) => turn::without_issued(&self.cfg.ice_servers),
-                (None, _) => self.cfg.ice_servers.clone(),
-            },
+            ice_servers: self.ice_servers_for(id, turn),
             protocol: PROTOCOL_VERSION,
         }
         .to_json()
@@ -327,10 +333,7 @@ impl Shared {
 
     /// An `ice_servers` frame with fresh TURN credentials for client `id`.
     fn ice_servers_frame(&self, id: &str) -> Utf8Bytes {
-        let ice_servers = match &self.cfg.turn {
-            Some(t) => t.for_client(&self.cfg.ice_servers, id, std::time::SystemTime::now()),
-            None => self.cfg.ice_servers.clone(),
-        };
+        let ice_servers = self.ice_servers_for(id, true);
         ServerMsg::IceServers { ice_servers }.to_json().into()
     }
 }

@@ -254,15 +254,6 @@ fn relayable(i: &Inner, slot: &Slot, frame: &[u8]) -> Option<String> {
     }
 }
 
-/// An incarnation name as `node::join` makes them: a node ID (1-64 of
-/// `A-Z a-z 0-9 - _ .`), a dot, eight hex digits.
-fn valid_incarnation(s: &str) -> bool {
-    s.len() <= 64 + 9
-        && !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
 fn reject(i: &Inner, what: &str) {
     i.counters.rejected.fetch_add(1, Ordering::Relaxed);
     warn!("inbox: malformed {what}; dropped");
@@ -289,7 +280,8 @@ fn control(i: &Inner, live: &Live, op: Op) {
             let (Ok(c), Ok(pc), Ok(e)) = (c.parse(), pc.parse::<u64>(), e.parse()) else {
                 return reject(i, "paired");
             };
-            if !valid_id(&p) || p == id || !valid_incarnation(&pn) {
+            // `pn` is an incarnation: a node ID, a dot, eight hex digits.
+            if !valid_id(&p) || p == id || !super::valid_node_name(&pn, 64 + 9) {
                 return reject(i, "paired");
             }
             let Some(slot) = live.get(c, &id) else { return };

@@ -90,6 +90,14 @@ pub struct ClusterConfig {
     pub dead_after: Duration,
 }
 
+/// Whether `s` is 1 to `max` of `A-Z a-z 0-9 - _ .`: a node ID, or (with
+/// its `.` and eight hex digits) an incarnation.
+pub(crate) fn valid_node_name(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// The key prefix when `--cluster-prefix` is not given.
 pub const DEFAULT_PREFIX: &str = "sd:";
 
@@ -104,12 +112,7 @@ impl ClusterConfig {
             "--cluster-prefix must be 1-64 of A-Z a-z 0-9 - _ . :"
         );
         anyhow::ensure!(
-            self.node_id.len() <= 64
-                && !self.node_id.is_empty()
-                && self
-                    .node_id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            valid_node_name(&self.node_id, 64),
             "--node-id must be 1-64 of A-Z a-z 0-9 - _ ."
         );
         anyhow::ensure!(
