@@ -85,7 +85,10 @@ impl Stack {
                     .arg(firefox)
                     .args(["--page", &page])
                     .current_dir(interop.join("npm"));
-                let proc = Proc::spawn(self.id(), c);
+                let mut proc = Proc::spawn(self.id(), c);
+                // Its Firefox is not in its process group: the script
+                // closes it when asked to stop.
+                proc.terminate_on_drop();
                 proc.wait_line(&format!("welcome {}", self.id()));
                 return proc;
             }

@@ -68,14 +68,19 @@ pub struct Proc {
     child: Child,
     log: Arc<Mutex<String>>,
     lines: mpsc::Receiver<String>,
+    /// Asked to stop (SIGTERM) before it is killed on drop.
+    terminate_first: bool,
 }
 
 impl Proc {
-    /// Spawns `cmd` with stdin from /dev/null and both outputs collected.
+    /// Spawns `cmd` with stdin from /dev/null and both outputs collected,
+    /// in a process group of its own, which dies with it (see `Drop`).
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        use std::os::unix::process::CommandExt;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
@@ -101,7 +106,16 @@ impl Proc {
             child,
             log,
             lines,
+            terminate_first: false,
         }
+    }
+
+    /// On drop, SIGTERM first and up to [`TERM_GRACE`] to exit, then the
+    /// kill: for a process whose children are not in its group (a node
+    /// script's browser, which puppeteer starts detached and closes only
+    /// when the script exits by a signal it can handle).
+    pub fn terminate_on_drop(&mut self) {
+        self.terminate_first = true;
     }
 
     pub fn name(&self) -> &str {
@@ -194,8 +208,27 @@ impl Proc {
     }
 }
 
+/// How long a process asked with [`Proc::terminate_on_drop`] may take to
+/// exit on SIGTERM.
+pub const TERM_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.terminate_first {
+            self.signal(libc::SIGTERM);
+            let until = Instant::now() + TERM_GRACE;
+            while Instant::now() < until && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // The whole group: what the process started goes with it. A node
+        // script's browser outlived its SIGKILLed parent, and after a few
+        // suites dozens of Firefoxes filled the machine's memory (the OOM
+        // killer then took a test binary).
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
