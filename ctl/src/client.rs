@@ -132,6 +132,11 @@ impl RequestWriter {
         Ok(())
     }
 
+    /// The connection's writing side.
+    pub fn into_inner(self) -> impl AsyncWrite + Unpin {
+        self.writer
+    }
+
     /// Signals that no more requests follow (the daemon sees EOF).
     pub async fn finish(&mut self) -> Result<()> {
         self.writer.flush().await?;
@@ -193,6 +198,12 @@ impl ReplyReader {
     /// up. Decode it with [`decode_event`] or a lighter view of [`Event`].
     pub async fn next_event_line(&mut self) -> Result<Option<&[u8]>> {
         self.read_line().await
+    }
+
+    /// The connection's reading side, with what is buffered already (a
+    /// stream's first chunks may have come with its reply).
+    pub fn into_inner(self) -> impl AsyncRead + Unpin {
+        self.reader
     }
 
     /// Whether more bytes are already buffered (so output can wait to flush).

@@ -2,10 +2,13 @@
 //!
 //! One file per command under `cmd/`; this file parses flags, runs the
 //! command, and is the only place that prints a fatal error. Exit codes:
-//! 0 success, 1 the daemon refused, 2 usage error, 3 no daemon answering.
+//! 0 success, 1 the daemon refused, 2 usage error, 3 no daemon answering,
+//! 4 a stream failed after it opened (`connect`, `accept`; the message says
+//! why: the link was lost, the far side aborted).
 
 mod client;
 mod cmd;
+mod pipe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +54,16 @@ pub enum Command {
     Trust(cmd::trust::Args),
     /// Remove a peer's pin.
     Untrust(cmd::untrust::Args),
+    /// Serve streams to a named service from the listed peers (or --list).
+    Expose(cmd::expose::Args),
+    /// Stop serving a named service.
+    Unexpose(cmd::unexpose::Args),
+    /// Join stdin/stdout to a stream to PEER/SERVICE (pairs first when idle).
+    Connect(cmd::connect::Args),
+    /// Wait for one stream from a peer to SERVICE; join it to stdin/stdout.
+    Accept(cmd::accept::Args),
+    /// Listen on [ADDR:]PORT and open a stream to PEER/SERVICE per connection.
+    Forward(cmd::forward::Args),
     /// Print a shell completion script (bash, zsh, fish, …) on stdout.
     Completions(cmd::completions::Args),
     /// Print the p2pctl(1) man page (roff) on stdout.

@@ -13,5 +13,6 @@ mod liveness;
 mod local_users;
 mod nat_lab;
 mod pairing;
+mod streams;
 mod tls;
 mod trust;

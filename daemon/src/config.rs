@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::stream::ServiceSpec;
 use anyhow::{Context, bail};
 use clap::{ArgAction, Parser};
 use p2p_proto::control::TrustPolicy;
@@ -140,6 +141,64 @@ pub struct Cli {
     /// flows again. Chrome's 800 ms; RFC 9260's 60 s.
     #[arg(long, env = "P2PD_SCTP_RTO_MAX", default_value = "800ms", value_parser = humantime::parse_duration)]
     pub sctp_rto_max: Duration,
+
+    /// Serve streams to service NAME from the listed peers by connecting to
+    /// TARGET: `NAME:PEER[+PEER...][:allow-unverified]=TARGET`, TARGET being
+    /// `tcp:HOST:PORT` (`tcp:[::1]:22`) or `unix:/PATH`. Repeatable; in
+    /// P2PD_EXPOSE, comma-separated. Nothing is exposed by default.
+    #[arg(long = "expose", env = "P2PD_EXPOSE", value_delimiter = ',', value_parser = ServiceSpec::parse_flag)]
+    pub expose: Vec<ServiceSpec>,
+
+    /// Listen on [ADDR:]PORT (default address 127.0.0.1) and open a stream
+    /// to PEER's SERVICE per connection:
+    /// `[ADDR:]PORT=PEER/SERVICE[:allow-unverified]`. Repeatable; in
+    /// P2PD_FORWARD, comma-separated.
+    #[arg(long = "forward", env = "P2PD_FORWARD", value_delimiter = ',', value_parser = crate::stream::connect::parse_forward_flag)]
+    pub forward: Vec<ForwardSpec>,
+
+    /// Streams open at once, in all.
+    #[arg(long, env = "P2PD_MAX_STREAMS", default_value_t = 256)]
+    pub max_streams: usize,
+
+    /// Streams open at once to one service (and from us to one service).
+    #[arg(long, env = "P2PD_MAX_STREAMS_PER_SERVICE", default_value_t = 64)]
+    pub max_streams_per_service: usize,
+
+    /// `p2pctl accept`s waiting at once.
+    #[arg(long, env = "P2PD_MAX_ACCEPTS", default_value_t = 16)]
+    pub max_accepts: usize,
+
+    /// Connections one forward has open at once; more are reset.
+    #[arg(long, env = "P2PD_MAX_FORWARD_CONNECTIONS", default_value_t = 64)]
+    pub max_forward_connections: usize,
+
+    /// What one stream may have in flight toward us before we read it:
+    /// its receive window (memory per stream is bounded by it).
+    #[arg(long, env = "P2PD_STREAM_WINDOW", default_value = "1MiB", value_parser = parse_size)]
+    pub stream_window: u32,
+}
+
+/// A forward as p2pd's options give it: listen address, peer, service,
+/// and whether an unverified peer will do.
+pub type ForwardSpec = (SocketAddr, String, String, bool);
+
+/// `1MiB`, `256KiB` or bytes: a window between 64 KiB and 64 MiB.
+fn parse_size(s: &str) -> Result<u32, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let n = n * match unit {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        _ => return Err(format!("{s:?}: sizes are bytes, KiB or MiB")),
+    };
+    if !(64 * 1024..=64 * 1024 * 1024).contains(&n) {
+        return Err(format!("{s:?}: a stream window is 64KiB to 64MiB"));
+    }
+    Ok(n as u32)
 }
 
 fn parse_trust(s: &str) -> Result<TrustPolicy, String> {
@@ -191,6 +250,9 @@ pub struct Config {
     pub ice_restart_timeout: Duration,
     pub ice_relay_wait: Duration,
     pub sctp: SctpTimers,
+    pub services: Vec<ServiceSpec>,
+    pub forwards: Vec<ForwardSpec>,
+    pub stream_limits: crate::stream::Limits,
 }
 
 /// SCTP's retransmission timeout bounds (`--sctp-rto-min/max`).
@@ -251,6 +313,12 @@ impl Cli {
             }
             None
         };
+        let mut names = std::collections::HashSet::new();
+        for s in &self.expose {
+            if !names.insert(&s.name) {
+                bail!("--expose names service {} twice", s.name);
+            }
+        }
         let socket_is_default = self.socket.is_none();
         let socket = match self.socket {
             Some(s) => s,
@@ -286,6 +354,16 @@ impl Cli {
                 rto_min: self.sctp_rto_min,
                 rto_max: self.sctp_rto_max,
             },
+            services: self.expose,
+            forwards: self.forward,
+            stream_limits: crate::stream::Limits {
+                streams: self.max_streams.max(1),
+                per_service: self.max_streams_per_service.max(1),
+                accepts: self.max_accepts.max(1),
+                forward_connections: self.max_forward_connections.max(1),
+                window: self.stream_window,
+                drain: self.drain_timeout,
+            },
         })
     }
 }
@@ -311,5 +389,61 @@ mod tests {
             "127.0.0.1:5000".parse::<SocketAddr>().unwrap()
         );
         assert!(parse_bind("localhost").is_err());
+    }
+
+    #[test]
+    fn stream_options_parse_ipv6_unix_paths_and_env_lists() {
+        let cli = Cli::try_parse_from([
+            "p2pd",
+            "--expose",
+            "ssh:alice+bob=tcp:[::1]:22,db:carol:allow-unverified=unix:/run/db/s.sock",
+            "--forward",
+            "[::1]:2222=alice/ssh,15432=carol/db:allow-unverified",
+        ])
+        .unwrap();
+        assert_eq!(cli.expose.len(), 2);
+        assert_eq!(cli.expose[0].peers, ["alice", "bob"]);
+        assert_eq!(cli.expose[0].target.to_string(), "tcp:[::1]:22");
+        assert!(cli.expose[1].allow_unverified);
+        assert_eq!(cli.expose[1].target.to_string(), "unix:/run/db/s.sock");
+        assert_eq!(
+            cli.forward[0],
+            (
+                "[::1]:2222".parse().unwrap(),
+                "alice".into(),
+                "ssh".into(),
+                false
+            )
+        );
+        assert_eq!(
+            cli.forward[1].0,
+            "127.0.0.1:15432".parse::<SocketAddr>().unwrap()
+        );
+        assert!(cli.forward[1].3);
+        for bad in [
+            "ssh=tcp:127.0.0.1:22",
+            "ssh:alice",
+            "ssh:alice:yes=tcp:127.0.0.1:22",
+            "ssh:al ice=tcp:127.0.0.1:22",
+            "ssh:alice=tcp:::1:22",
+        ] {
+            assert!(
+                Cli::try_parse_from(["p2pd", "--expose", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "ssh",
+            "2222=alice",
+            "localhost:2222=alice/ssh",
+            "2222=alice/.x",
+        ] {
+            assert!(
+                Cli::try_parse_from(["p2pd", "--forward", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_size("256KiB"), Ok(256 * 1024));
+        assert!(parse_size("1KiB").is_err());
     }
 }

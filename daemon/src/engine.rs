@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use p2p_proto::control::{
-    DisconnectReason, ErrorBody, ErrorCode, EventKind, IdentityInfo, OkBody, Status,
+    DisconnectReason, ErrorBody, ErrorCode, EventKind, IdentityInfo, OkBody, PeerTrust, Status,
 };
 use p2p_proto::identity;
 use p2p_proto::signal::{ClientMsg, IceServer};
@@ -30,7 +30,7 @@ use rtc::peer_connection::transport::RTCDtlsRole;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use webrtc::data_channel::DataChannel;
-use webrtc::peer_connection::{RTCIceConnectionState, RTCPeerConnectionState};
+use webrtc::peer_connection::{PeerConnection, RTCIceConnectionState, RTCPeerConnectionState};
 
 use crate::config::Config;
 use crate::counters::Counters;
@@ -45,6 +45,7 @@ use crate::link::{
 use crate::peer::{Pc, PcContext, PcEvent, PcEventKind, PcSettings};
 use crate::signaling::SigEvent;
 use crate::status::ServerView;
+use crate::stream::Streams;
 use crate::throttle::Throttle;
 use crate::trust::{TrustEdit, TrustStore};
 use crate::udp::BufferedRuntime;
@@ -84,14 +85,20 @@ enum Asker {
     Handshake(oneshot::Sender<Result<Code, p2p_proto::control::InviteFailure>>),
 }
 
-/// The open data channel, for the send path.
+/// The open data channel, for the send path, and its connection, for
+/// streams.
 pub struct OpenLink {
     peer_id: String,
     dc: Arc<dyn DataChannel>,
-    /// The peer's key is pinned: a guarded `send --to` may use this link.
-    verified: bool,
+    /// How far the peer's key is trusted.
+    trust: PeerTrust,
     /// Told of every send, for the watch of the data flow.
     flow: crate::stall::Flow,
+    /// The connection's generation (its events carry it too).
+    generation: u64,
+    pc: Arc<dyn PeerConnection>,
+    /// The peer's description said it serves streams.
+    serves_streams: bool,
 }
 
 impl OpenLink {
@@ -99,8 +106,33 @@ impl OpenLink {
         &self.peer_id
     }
 
+    /// The peer's key is pinned: a guarded `send --to` may use this link.
     pub fn verified(&self) -> bool {
-        self.verified
+        self.trust != PeerTrust::Unverified
+    }
+
+    pub fn trust(&self) -> PeerTrust {
+        self.trust
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn serves_streams(&self) -> bool {
+        self.serves_streams
+    }
+
+    /// A new stream's channel (ordered, reliable), beside the message
+    /// channel.
+    pub async fn open_stream_channel(&self) -> webrtc::error::Result<Arc<dyn DataChannel>> {
+        let init = webrtc::data_channel::RTCDataChannelInit {
+            protocol: crate::stream::PROTOCOL.to_string(),
+            ..Default::default()
+        };
+        self.pc
+            .create_data_channel(crate::stream::LABEL, Some(init))
+            .await
     }
 
     pub fn channel(&self) -> &Arc<dyn DataChannel> {
@@ -120,6 +152,7 @@ pub struct EngineHandle {
     link: watch::Receiver<Option<Arc<OpenLink>>>,
     counters: Arc<Counters>,
     hub: Hub,
+    streams: Streams,
 }
 
 impl EngineHandle {
@@ -135,8 +168,17 @@ impl EngineHandle {
         self.link.borrow().clone()
     }
 
+    /// Wakes when the open link changes.
+    pub fn link_changes(&self) -> watch::Receiver<Option<Arc<OpenLink>>> {
+        self.link.clone()
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    pub fn streams(&self) -> &Streams {
+        &self.streams
     }
 
     pub fn hub(&self) -> &Hub {
@@ -191,6 +233,7 @@ pub struct Engine {
     runtime: Arc<BufferedRuntime>,
     /// Drained connections waiting for their peer to close them.
     retiring: Vec<tokio::task::JoinHandle<()>>,
+    streams: Streams,
 }
 
 /// What the engine is made of, from `lib.rs`'s wiring.
@@ -208,9 +251,13 @@ pub struct Parts {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// The engine's handle, and the generations of pairings that `connect`
+/// made whose last stream ended ([`Streams::new`]).
+pub type Made = (Engine, Inputs, EngineHandle, mpsc::UnboundedReceiver<u64>);
+
 impl Engine {
     /// Makes the engine and the handle control clients use.
-    pub fn new(parts: Parts) -> (Engine, Inputs, EngineHandle) {
+    pub fn new(parts: Parts) -> Made {
         let Parts {
             cfg,
             identity,
@@ -225,11 +272,17 @@ impl Engine {
         let (cmd_tx, cmds) = mpsc::channel(256);
         let (pc_tx, pc_rx) = mpsc::unbounded_channel();
         let (link_tx, link_rx) = watch::channel(None);
+        let (streams, unpairs) = Streams::new(
+            cfg.stream_limits.clone(),
+            cfg.services.clone(),
+            link_rx.clone(),
+        );
         let handle = EngineHandle {
             tx: cmd_tx,
             link: link_rx,
             counters: counters.clone(),
             hub: hub.clone(),
+            streams: streams.clone(),
         };
         let mut trust = TrustStore::open(cfg.known_peers.clone(), cfg.trust);
         let core = Core::new(
@@ -267,6 +320,7 @@ impl Engine {
             counters,
             runtime,
             retiring: Vec::new(),
+            streams,
         };
         let (net_tx, net) = mpsc::channel(1);
         crate::netwatch::start(net_tx);
@@ -277,7 +331,7 @@ impl Engine {
             net,
             shutdown,
         };
-        (engine, inputs, handle)
+        (engine, inputs, handle, unpairs)
     }
 
     /// Runs until shutdown, and after it until an open link has drained
@@ -332,6 +386,7 @@ impl Engine {
                     pc: self.pc.as_ref(),
                     ice_servers: &ice_servers,
                     counters: &self.counters,
+                    streams: &self.streams,
                 })
                 .await;
                 let _ = reply.send(status);
@@ -665,7 +720,7 @@ impl Engine {
                 }
                 None
             }
-            Effect::Expose { peer, verified } => {
+            Effect::Expose { peer, trust } => {
                 let pc = self.pc.as_mut()?;
                 pc.release();
                 let dc = pc.channel()?;
@@ -674,8 +729,11 @@ impl Engine {
                 self.link_tx.send_replace(Some(Arc::new(OpenLink {
                     peer_id: peer,
                     dc,
-                    verified,
+                    trust,
                     flow,
+                    generation: pc.generation(),
+                    pc: pc.connection(),
+                    serves_streams: pc.peer_serves_streams(),
                 })));
                 None
             }
@@ -831,6 +889,7 @@ impl Engine {
             events: self.pc_tx.clone(),
             hub: self.hub.clone(),
             counters: self.counters.clone(),
+            streams: self.streams.clone(),
         };
         match Pc::build(&settings, ctx).await {
             Ok(pc) => {

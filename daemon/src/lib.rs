@@ -25,6 +25,7 @@ pub mod peer;
 pub mod signaling;
 pub mod stall;
 pub mod status;
+pub mod stream;
 pub mod throttle;
 pub mod tls;
 pub mod trust;
@@ -93,7 +94,8 @@ pub async fn run(
     );
     let socket = cfg.socket.clone();
     tracing::info!(fingerprint = %identity.fingerprint(), trust = ?cfg.trust, known_peers = %cfg.known_peers.display(), "identity");
-    let (engine, inputs, handle) = engine::Engine::new(engine::Parts {
+    let forwards = cfg.forwards.clone();
+    let (engine, inputs, handle, unpairs) = engine::Engine::new(engine::Parts {
         cfg,
         identity,
         sig_out,
@@ -105,6 +107,31 @@ pub async fn run(
         shutdown: stop_rx.clone(),
     });
     let engine_task = tokio::spawn(engine.run(inputs));
+    tokio::spawn(stream_pairings_end(handle.clone(), unpairs));
+    for (listen, peer, service, allow_unverified) in forwards {
+        let listener = stream::connect::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("--forward: {}", e.message))?;
+        let info = p2p_proto::control::ForwardInfo {
+            listen: listener.local_addr()?.to_string(),
+            peer_id: peer,
+            service,
+            allow_unverified,
+            configured: true,
+            open_connections: 0,
+            connections: 0,
+        };
+        tracing::info!(listen = %info.listen, peer = %info.peer_id, service = %info.service, "forwarding");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(stream::connect::forward(
+            handle.clone(),
+            listener,
+            info,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
     let control_task = tokio::spawn(control::serve(listener, socket, handle, stop_rx));
     ready();
 
@@ -125,4 +152,26 @@ pub async fn run(
         tracing::warn!(?limit, "some tasks did not stop in time");
     }
     Ok(())
+}
+
+/// Ends each pairing that `connect` made once its last stream ended (and
+/// it is still the open one).
+async fn stream_pairings_end(
+    engine: engine::EngineHandle,
+    mut unpairs: mpsc::UnboundedReceiver<u64>,
+) {
+    while let Some(generation) = unpairs.recv().await {
+        if engine
+            .open_link()
+            .is_some_and(|l| l.generation() == generation)
+        {
+            tracing::info!("the last stream of a pairing that connect made ended: unpairing");
+            let _ = engine
+                .call(|reply| engine::Cmd::Link {
+                    verb: link::Verb::Unpair,
+                    reply,
+                })
+                .await;
+        }
+    }
 }

@@ -49,8 +49,32 @@ pub const MAX_REMOTE_CANDIDATES: usize = 64;
 /// Longest candidate line accepted (real ones are about 100 bytes).
 pub const MAX_CANDIDATE_BYTES: usize = 512;
 /// Data channels a peer may open on one connection (ours, and the
-/// invitation's); the others are closed at once.
+/// invitation's); the others are closed at once. Stream channels are not
+/// counted here: the streams' own caps bound them ([`crate::stream`]).
 const MAX_PEER_CHANNELS: usize = 2;
+
+/// The session-level attribute by which p2pd's descriptions say that it
+/// serves streams (docs/protocol.md, "Streams"). Every stack ignores an
+/// attribute it does not know (RFC 8866 §5.13), so a peer without it is
+/// one that must never see a stream channel: a browser page, aiortc, or
+/// an older p2pd would take it for messages or leave it unanswered.
+pub const STREAMS_ATTRIBUTE: &str = "a=x-p2pd-streams:1";
+
+/// Our description as we send it: with [`STREAMS_ATTRIBUTE`], before the
+/// first media section (where session attributes belong).
+fn with_streams_attribute(mut sdp: String) -> String {
+    if let Some(i) = sdp.find("\nm=") {
+        sdp.insert_str(i + 1, &format!("{STREAMS_ATTRIBUTE}\r\n"));
+    }
+    sdp
+}
+
+/// Whether the peer's description says it serves streams.
+fn serves_streams(sdp: &str) -> bool {
+    sdp.lines()
+        .take_while(|l| !l.starts_with("m="))
+        .any(|l| l.trim_end() == STREAMS_ATTRIBUTE)
+}
 
 /// Settings for every peer connection of this daemon.
 #[derive(Debug, Clone)]
@@ -136,6 +160,8 @@ pub struct PcContext {
     /// Told of data sent and received, for the watch of the data flow
     /// (`crate::stall`).
     pub flow: crate::stall::Flow,
+    /// Where the peer's stream channels go.
+    pub streams: crate::stream::Streams,
 }
 
 impl PcContext {
@@ -209,6 +235,8 @@ pub struct Pc {
     mid: Option<String>,
     /// A check of the path under way ([`Pc::check_path`]).
     check: Option<tokio::task::JoinHandle<()>>,
+    /// The peer's first description carried [`STREAMS_ATTRIBUTE`].
+    peer_streams: bool,
     /// The watch of the open channel's data flow (`crate::stall`).
     flow: Option<tokio::task::JoinHandle<()>>,
 }
@@ -284,6 +312,11 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        if dc.label().await.is_ok_and(|l| l == crate::stream::LABEL) {
+            // Straight to the streams, which bound them: never to the
+            // engine's queue.
+            return self.ctx.streams.incoming(dc, self.ctx.generation);
+        }
         let n = self
             .peer_channels
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -378,6 +411,7 @@ impl Pc {
             used: false,
             mid: None,
             check: None,
+            peer_streams: false,
             flow: None,
         })
     }
@@ -420,7 +454,7 @@ impl Pc {
             .await
             .map_err(stack)?;
         self.learn_mid().await;
-        Ok(offer.sdp)
+        Ok(with_streams_attribute(offer.sdp))
     }
 
     /// An ICE restart of the open connection, by whichever side noticed
@@ -436,7 +470,7 @@ impl Pc {
             .map_err(stack)?;
         // A new ICE generation: the cap counts its candidates afresh.
         self.candidates = 0;
-        Ok(offer.sdp)
+        Ok(with_streams_attribute(offer.sdp))
     }
 
     /// The answerer's side: applies the offer and returns the answer's SDP.
@@ -460,6 +494,9 @@ impl Pc {
                 .await
                 .map_err(stack)?;
         }
+        if !self.used {
+            self.peer_streams = serves_streams(&offer);
+        }
         self.used = true;
         let offer = RTCSessionDescription::offer(offer).map_err(stack)?;
         self.pc.set_remote_description(offer).await.map_err(stack)?;
@@ -470,7 +507,7 @@ impl Pc {
             .await
             .map_err(stack)?;
         self.learn_mid().await;
-        Ok(answer.sdp)
+        Ok(with_streams_attribute(answer.sdp))
     }
 
     /// The initiator applies the peer's answer (also the answer to our ICE
@@ -486,6 +523,9 @@ impl Pc {
             if before.is_some() && before == ice_ufrag(&answer) {
                 return Err(NegotiationError::NoIceRestart);
             }
+        }
+        if !self.described().await {
+            self.peer_streams = serves_streams(&answer);
         }
         let answer = RTCSessionDescription::answer(answer).map_err(stack)?;
         self.pc
@@ -684,6 +724,16 @@ impl Pc {
         if let Err(e) = self.pc.sctp_path_changed().await {
             tracing::debug!(error = %e, "telling SCTP of the new path");
         }
+    }
+
+    /// Whether the peer serves streams (its first description said so).
+    pub fn peer_serves_streams(&self) -> bool {
+        self.peer_streams
+    }
+
+    /// The connection itself, for the streams' channels.
+    pub fn connection(&self) -> Arc<dyn PeerConnection> {
+        self.pc.clone()
     }
 
     /// Whether an offer or answer was made with this connection.

@@ -104,6 +104,7 @@ pub struct Parts<'a> {
     pub pc: Option<&'a Pc>,
     pub ice_servers: &'a [IceServer],
     pub counters: &'a Counters,
+    pub streams: &'a crate::stream::Streams,
 }
 
 /// The whole `status` object.
@@ -117,6 +118,7 @@ pub async fn build(parts: Parts<'_>) -> Status {
         pc,
         ice_servers,
         counters,
+        streams,
     } = parts;
     let trust = StatusTrust {
         policy: store.policy(),
@@ -183,5 +185,9 @@ pub async fn build(parts: Parts<'_>) -> Status {
         peer_connection_state: pcs,
         data_channel_state: dcs,
         counters: counters.snapshot(),
+        services: streams.services(),
+        accepts: streams.accepts(),
+        forwards: streams.forwards(),
+        streams: streams.open_streams(),
     }
 }

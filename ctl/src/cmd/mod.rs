@@ -1,6 +1,10 @@
 //! One module per command: an `Args` struct and `run`.
 
+pub mod accept;
 pub mod completions;
+pub mod connect;
+pub mod expose;
+pub mod forward;
 pub mod id;
 pub mod invite;
 pub mod pair;
@@ -8,6 +12,7 @@ pub mod send;
 pub mod status;
 pub mod tail;
 pub mod trust;
+pub mod unexpose;
 pub mod unpair;
 pub mod untrust;
 
@@ -25,6 +30,13 @@ pub async fn run(command: Command, socket: &Path) -> Result<ExitCode> {
         // Arguments clap cannot check are checked before connecting, so a
         // usage error is one whether or not a daemon runs.
         Command::Trust(ref args) => args.check()?,
+        Command::Expose(ref args) => args.check()?,
+        Command::Connect(ref args) => {
+            connect::peer_and_service(&args.to)?;
+        }
+        Command::Forward(ref args) => {
+            connect::peer_and_service(&args.to)?;
+        }
         _ => {}
     }
     let client = Client::connect(socket).await?;
@@ -39,6 +51,11 @@ pub async fn run(command: Command, socket: &Path) -> Result<ExitCode> {
         Command::Invite(args) => invite::run(client, args).await,
         Command::Trust(args) => trust::run(client, args).await,
         Command::Untrust(args) => untrust::run(client, args).await,
+        Command::Expose(args) => expose::run(client, args).await,
+        Command::Unexpose(args) => unexpose::run(client, args).await,
+        Command::Connect(args) => connect::run(client, args).await,
+        Command::Accept(args) => accept::run(client, args).await,
+        Command::Forward(args) => forward::run(client, args).await,
     }
 }
 

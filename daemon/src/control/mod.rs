@@ -8,6 +8,7 @@
 //! event stream ([`tail`]).
 
 mod send;
+mod stream;
 mod tail;
 
 use std::io::ErrorKind;
@@ -155,6 +156,15 @@ async fn client(
                         )
                         .await;
                     }
+                    Ok(req @ (Request::Connect { .. } | Request::Accept { .. })) => {
+                        writer.flush().await?;
+                        return stream::serve(req, &mut reader, &mut writer, &engine).await;
+                    }
+                    Ok(req @ Request::Forward { .. }) => {
+                        writer.flush().await?;
+                        return stream::forward(req, &mut reader, &mut writer, &engine, shutdown)
+                            .await;
+                    }
                     Ok(req) => handle(req, &engine).await,
                 }
             }
@@ -187,7 +197,32 @@ async fn handle(req: Request, engine: &EngineHandle) -> Reply {
             }),
             None => gone(),
         },
-        Request::Tail { .. } => unreachable!("tail is handled by the connection loop"),
+        Request::Tail { .. }
+        | Request::Connect { .. }
+        | Request::Accept { .. }
+        | Request::Forward { .. } => {
+            unreachable!("these take the connection over")
+        }
+        Request::Expose { .. } | Request::Unexpose { .. } | Request::ExposeList => {
+            stream::edit(req, engine)
+        }
+        Request::Pair { ref peer_id, .. }
+            if engine.open_link().is_some_and(|l| l.peer_id() == peer_id)
+                && engine.streams().keep_pairing() =>
+        {
+            // A pairing that `connect` made: the user's now, kept after
+            // its last stream.
+            let link = engine.open_link();
+            Reply::ok(OkBody::Pair {
+                pair: p2p_proto::control::PairOutcome {
+                    peer_id: peer_id.clone(),
+                    state: p2p_proto::control::LinkState::Open,
+                    path: None,
+                    fingerprint: None,
+                    trust: link.map(|l| l.trust()),
+                },
+            })
+        }
         Request::Trust { .. } | Request::Untrust { .. } | Request::TrustList => {
             let edit = match trust_edit(req) {
                 Ok(edit) => edit,
@@ -260,7 +295,13 @@ fn verb(req: Request) -> Result<Verb, ErrorBody> {
         | Request::Trust { .. }
         | Request::Untrust { .. }
         | Request::TrustList
-        | Request::Tail { .. } => unreachable!("handled on their own paths"),
+        | Request::Tail { .. }
+        | Request::Expose { .. }
+        | Request::Unexpose { .. }
+        | Request::ExposeList
+        | Request::Connect { .. }
+        | Request::Accept { .. }
+        | Request::Forward { .. } => unreachable!("handled on their own paths"),
     })
 }
 

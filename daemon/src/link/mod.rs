@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use p2p_proto::control::{
     DisconnectReason, ErrorBody, ErrorCode, EventKind, InviteFailure, LinkState, PairOutcome, Path,
+    PeerTrust,
 };
 use p2p_proto::signal::{CandidateInit, ClientMsg, ServerMsg};
 use tokio::time::Instant;
@@ -280,11 +281,12 @@ pub enum Effect {
         sdp: String,
     },
     AddCandidate(CandidateInit),
-    /// The channel to `peer` is open: `send` may use it; `verified` when
-    /// its key is pinned (then a guarded `send --to` may use it too).
+    /// The channel to `peer` is open: `send` may use it. `trust` says how
+    /// far its key is trusted: a guarded `send --to` needs it pinned,
+    /// streams need it pinned before this pairing or proven by an invite.
     Expose {
         peer: String,
-        verified: bool,
+        trust: PeerTrust,
     },
     /// The channel is going: `send` fails from now on.
     Withdraw,
@@ -763,7 +765,7 @@ impl Core {
                 tracing::info!(peer = %o.peer, ?path, ?fingerprint, ?trust, "data channel open");
                 fx.push(Effect::Expose {
                     peer: o.peer.clone(),
-                    verified: o.identity.is_some_and(|i| i.verified()),
+                    trust: o.identity.map_or(PeerTrust::Unverified, |i| i.trust),
                 });
                 fx.push(Effect::Publish(EventKind::ChannelOpen {
                     peer_id: o.peer.clone(),

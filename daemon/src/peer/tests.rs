@@ -77,6 +77,20 @@ impl Fixture {
                 counters.clone(),
             ),
             counters,
+            // No link ever opens here: a stream channel waits and is closed.
+            streams: crate::stream::Streams::new(
+                crate::stream::Limits {
+                    streams: 4,
+                    per_service: 4,
+                    accepts: 4,
+                    forward_connections: 4,
+                    window: 1 << 16,
+                    drain: Duration::from_secs(1),
+                },
+                Vec::new(),
+                tokio::sync::watch::channel(None).1,
+            )
+            .0,
         };
         Pc::build(&self.settings, ctx).await.unwrap()
     }

@@ -10,6 +10,7 @@ mod event;
 mod reply;
 mod request;
 mod status;
+mod stream;
 
 pub use event::{DisconnectReason, Event, EventKind, InviteFailure};
 pub use reply::{
@@ -19,6 +20,10 @@ pub use request::{Request, parse_request};
 pub use status::{
     Counters, LinkState, Path, PeerTrust, ServerState, Status, StatusPeer, StatusServer,
     StatusTrust, TrustPolicy,
+};
+pub use stream::{
+    AcceptInfo, ForwardInfo, ServiceInfo, StreamDirection, StreamInfo, Target, error_chunk, pipe,
+    split_host_port, valid_service,
 };
 
 /// Version of this protocol, reported by `status`.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{LinkState, Path, PeerTrust, Status};
+use super::{ForwardInfo, LinkState, Path, PeerTrust, ServiceInfo, Status, StreamInfo};
 use crate::identity::Fingerprint;
 
 /// Error codes of failed replies.
@@ -57,6 +57,24 @@ pub enum ErrorCode {
     /// An invitation could not be made or found (too many open, no such
     /// code).
     NoInvite,
+    /// A stream to a service the peer does not expose (or one whose
+    /// `accept` is not waiting).
+    NoSuchService,
+    /// The service does not list us, or it refuses peers whose key is not
+    /// verified.
+    NotAllowed,
+    /// `connect`/`forward` to a peer whose key is not verified (pinned
+    /// only now, or not at all), without `allow_unverified`.
+    Unverified,
+    /// The serving side could not reach the service's target.
+    TargetUnreachable,
+    /// The peer does not serve streams (not p2pd, or an older one).
+    StreamsUnsupported,
+    /// A cap on streams, accepts or forwarded connections is reached.
+    Busy,
+    /// The stream broke after it opened: the link was lost, or the far
+    /// side aborted (its program died, its target reset the connection).
+    StreamFailed,
 }
 
 /// The error object of a failed reply.
@@ -155,6 +173,27 @@ pub enum OkBody {
     /// `invite_cancel`: the number of the invite cancelled.
     InviteCancel {
         cancelled: u16,
+    },
+    /// `expose`: the service as now served.
+    Exposed {
+        exposed: ServiceInfo,
+    },
+    /// `unexpose`.
+    Unexposed {
+        was_exposed: bool,
+    },
+    /// `expose_list`.
+    Services {
+        services: Vec<ServiceInfo>,
+    },
+    /// `connect` and `accept`: the stream is open; the connection carries
+    /// its bytes from now on.
+    Stream {
+        stream: StreamInfo,
+    },
+    /// `forward`: listening.
+    Forward {
+        forward: ForwardInfo,
     },
     /// `send`, `tail` (before its events) and anything else with no payload.
     Empty {},

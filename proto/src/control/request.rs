@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ErrorBody, ErrorCode};
+use super::{ErrorBody, ErrorCode, Target};
 use crate::identity::Fingerprint;
 
 /// A request from a control client.
@@ -73,6 +73,52 @@ pub enum Request {
         #[serde(default = "yes")]
         follow: bool,
     },
+    /// Serve streams to `name` from the listed peers by connecting to
+    /// `target`, until `unexpose` or the daemon exits.
+    Expose {
+        name: String,
+        target: Target,
+        peers: Vec<String>,
+        /// Peers whose key is not verified may open streams too.
+        #[serde(default)]
+        allow_unverified: bool,
+    },
+    /// Stop serving `name` (open streams carry on).
+    Unexpose { name: String },
+    /// The exposed services.
+    ExposeList,
+    /// Open a stream to `peer_id`'s service `service` (pairing first when
+    /// idle); once answered `ok` the connection carries the stream.
+    Connect {
+        peer_id: String,
+        service: String,
+        #[serde(default)]
+        allow_unverified: bool,
+        /// Bounds the pairing and the open handshake.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// Wait for one stream from `peer_id` to `service`; once answered `ok`
+    /// the connection carries it.
+    Accept {
+        service: String,
+        peer_id: String,
+        #[serde(default)]
+        allow_unverified: bool,
+        /// How long to wait for the stream (default: no limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// Listen on `listen` (`[ADDR:]PORT`) and open a stream to `peer_id`'s
+    /// `service` per accepted connection, as long as this control
+    /// connection stays open.
+    Forward {
+        listen: String,
+        peer_id: String,
+        service: String,
+        #[serde(default)]
+        allow_unverified: bool,
+    },
 }
 
 fn yes() -> bool {
@@ -92,7 +138,7 @@ fn classify_bad_request(line: &str, full: serde_json::Error) -> ErrorBody {
         #[serde(borrow)]
         cmd: std::borrow::Cow<'a, str>,
     }
-    const CMDS: [&str; 13] = [
+    const CMDS: [&str; 19] = [
         "status",
         "pair",
         "unpair",
@@ -106,6 +152,12 @@ fn classify_bad_request(line: &str, full: serde_json::Error) -> ErrorBody {
         "invite",
         "invite_list",
         "invite_cancel",
+        "expose",
+        "unexpose",
+        "expose_list",
+        "connect",
+        "accept",
+        "forward",
     ];
     match serde_json::from_str::<Head>(line) {
         Err(e) => ErrorBody {
@@ -168,6 +220,32 @@ mod tests {
                 replay: 3,
                 follow: false,
             },
+            Request::Expose {
+                name: "ssh".into(),
+                target: Target::parse("tcp:[::1]:22").unwrap(),
+                peers: vec!["alice".into()],
+                allow_unverified: false,
+            },
+            Request::Unexpose { name: "ssh".into() },
+            Request::ExposeList,
+            Request::Connect {
+                peer_id: "b".into(),
+                service: "ssh".into(),
+                allow_unverified: true,
+                timeout_ms: Some(5),
+            },
+            Request::Accept {
+                service: "ssh".into(),
+                peer_id: "b".into(),
+                allow_unverified: false,
+                timeout_ms: None,
+            },
+            Request::Forward {
+                listen: "127.0.0.1:2222".into(),
+                peer_id: "b".into(),
+                service: "ssh".into(),
+                allow_unverified: false,
+            },
         ] {
             let line = serde_json::to_string(&r).unwrap();
             assert_eq!(parse_request(&line), Ok(r));
@@ -194,6 +272,22 @@ mod tests {
         assert_eq!(
             parse_request(r#"{"cmd":"reboot"}"#).unwrap_err().code,
             ErrorCode::UnknownCommand
+        );
+        // So is a target.
+        assert_eq!(
+            parse_request(r#"{"cmd":"expose","name":"x","target":"tcp:::1:22","peers":["a"]}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"connect","peer_id":"b","service":"ssh"}"#),
+            Ok(Request::Connect {
+                peer_id: "b".into(),
+                service: "ssh".into(),
+                allow_unverified: false,
+                timeout_ms: None
+            })
         );
         // A fingerprint is checked where it is parsed.
         assert_eq!(

@@ -110,6 +110,15 @@ pub struct Status {
     /// `connecting`, `open`, `closing`, `closed`, or `null` with no channel.
     pub data_channel_state: Option<String>,
     pub counters: Counters,
+    /// Exposed services, waiting accepts, forwards and open streams.
+    #[serde(default)]
+    pub services: Vec<super::ServiceInfo>,
+    #[serde(default)]
+    pub accepts: Vec<super::AcceptInfo>,
+    #[serde(default)]
+    pub forwards: Vec<super::ForwardInfo>,
+    #[serde(default)]
+    pub streams: Vec<super::StreamInfo>,
 }
 
 /// Signaling half of [`Status`].

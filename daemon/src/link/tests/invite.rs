@@ -33,7 +33,7 @@ fn the_joiner_pairs_an_unknown_key_with_a_code_and_opens_only_after_the_handshak
     let fx = t.on(Input::InviteDone(Ok(())));
     assert!(fx.contains(&Effect::Expose {
         peer: "dave".into(),
-        verified: true
+        trust: PeerTrust::Invite
     }));
     assert_eq!(
         answered(&mut answer).unwrap().trust,
@@ -87,7 +87,7 @@ fn the_inviter_admits_an_unknown_peer_only_while_an_invite_is_open() {
     });
     assert!(fx.contains(&Effect::Expose {
         peer: "erin".into(),
-        verified: true
+        trust: PeerTrust::Invite
     }));
     // Used up: the next stranger is refused before any negotiation (no
     // connection, no candidates of ours).

@@ -51,7 +51,7 @@ fn initiator_goes_requested_connecting_open() {
         fx[0],
         Effect::Expose {
             peer: "bob".into(),
-            verified: true
+            trust: PeerTrust::Pinned
         }
     );
     assert!(matches!(events(&fx)[..], [EventKind::ChannelOpen { .. }]));

@@ -302,7 +302,7 @@ impl T {
         assert!(
             fx.contains(&Effect::Expose {
                 peer: "bob".into(),
-                verified: true
+                trust: PeerTrust::Pinned
             }),
             "{fx:?}"
         );

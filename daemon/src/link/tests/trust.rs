@@ -75,7 +75,7 @@ fn tofu_pins_the_first_key_and_refuses_a_changed_one() {
     });
     assert!(fx.contains(&Effect::Expose {
         peer: "dave".into(),
-        verified: true
+        trust: PeerTrust::Tofu
     }));
     assert!(events(&fx).iter().any(|e| matches!(
         e,
@@ -111,7 +111,7 @@ fn any_accepts_unknown_peers_unverified_but_holds_pins() {
     });
     assert!(fx.contains(&Effect::Expose {
         peer: "browser".into(),
-        verified: false
+        trust: PeerTrust::Unverified
     }));
     assert_eq!(
         answered(&mut answer).unwrap().trust,
@@ -220,10 +220,13 @@ fn a_key_named_only_by_sha384_is_judged_from_the_dtls_certificate() {
         path: None,
         certificate: Some(fp(4)),
     });
-    assert!(
-        fx.iter()
-            .any(|e| matches!(e, Effect::Expose { verified: true, .. }))
-    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Expose {
+            trust: PeerTrust::Tofu,
+            ..
+        }
+    )));
     assert_eq!(t.pinned("dave"), Some(fp(4)));
     // Unknown under known: refused before anything is applied.
     let mut t = T::new();

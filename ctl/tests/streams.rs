@@ -1,0 +1,385 @@
+//! Byte streams end to end: real signald, real p2pd pairs, the real
+//! p2pctl `connect`, `accept`, `expose` and `forward`.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+
+use p2p_testkit::{Daemon, Signald, paired};
+
+/// Reproducible bytes that no compressor or pattern makes easy.
+fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Waits until `d` shows an accept waiting for `service`.
+fn wait_accepting(d: &Daemon, service: &str) {
+    d.wait_status(&format!("accepting {service}"), |s| {
+        s.accepts.iter().any(|a| a.service == service)
+    });
+}
+
+/// Collects a p2pctl's output in a thread of its own: two ends of one
+/// stream must be read at once, or the first one's full pipe would hold
+/// up the second.
+fn collect(child: Child, what: &'static str) -> std::thread::JoinHandle<Output> {
+    std::thread::spawn(move || {
+        let out = child.wait_with_output().expect("waiting for p2pctl");
+        eprintln!(
+            "{what}: {} stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    })
+}
+
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {i}");
+    }
+}
+
+#[test]
+fn bytes_through_connect_and_accept_arrive_identical_both_ways_at_once() {
+    let (_s, a, b) = paired("st-a", "st-b");
+    let up = random_bytes(64 << 20, 1);
+    let down = random_bytes(64 << 20, 2);
+    let acc = b.spawn_ctl_stdin(&["accept", "pipe", "--peer", "st-a"], down.clone());
+    wait_accepting(&b, "pipe");
+    let started = Instant::now();
+    let acc = collect(acc, "accept");
+    let conn = collect(
+        a.spawn_ctl_stdin(&["connect", "st-b/pipe"], up.clone()),
+        "connect",
+    );
+    let (conn, acc) = (conn.join().unwrap(), acc.join().unwrap());
+    eprintln!("64 MiB each way in {:?}", started.elapsed());
+    assert!(conn.status.success() && acc.status.success());
+    assert_same(&acc.stdout, &up, "connect -> accept");
+    assert_same(&conn.stdout, &down, "accept -> connect");
+    // Nothing is left open; the link carries on.
+    assert!(a.status().streams.is_empty() && b.status().streams.is_empty());
+    a.ok(&["send", "still here"]);
+}
+
+/// A TCP service on 127.0.0.1 whose connections each run `serve`.
+fn service(serve: fn(TcpStream)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    port
+}
+
+/// Reads to EOF, then answers with what it read, reversed, and closes.
+fn reverse_after_eof(mut conn: TcpStream) {
+    let mut all = Vec::new();
+    if conn.read_to_end(&mut all).is_ok() {
+        all.reverse();
+        let _ = conn.write_all(&all);
+    }
+}
+
+/// Echoes until EOF, then closes its side too.
+fn echo(mut conn: TcpStream) {
+    let mut buf = [0u8; 65536];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = conn.shutdown(Shutdown::Write);
+}
+
+#[test]
+fn stdin_s_eof_reaches_the_service_and_its_answer_still_arrives() {
+    let (_s, a, b) = paired("eof-a", "eof-b");
+    let port = service(reverse_after_eof);
+    let target = format!("tcp:127.0.0.1:{port}");
+    let out = b.ok(&["expose", "rev", &target, "--peer", "eof-a"]);
+    assert!(out.contains("rev -> tcp:127.0.0.1:"), "{out}");
+    let input = random_bytes(3 << 20, 3);
+    let out = a.ctl_stdin(&["connect", "eof-b/rev"], &input);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut want = input.clone();
+    want.reverse();
+    assert_same(&out.stdout, &want, "the answer after EOF");
+}
+
+#[test]
+fn a_forward_carries_fifty_concurrent_connections_each_complete() {
+    let (_s, a, b) = paired("fw-a", "fw-b");
+    let port = service(echo);
+    b.ok(&[
+        "expose",
+        "echo",
+        &format!("tcp:[::ffff:127.0.0.1]:{port}"),
+        "--peer",
+        "fw-a",
+    ]);
+    let mut fwd = a
+        .ctl_cmd(&["forward", "0", "fw-b/echo"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(fwd.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let listen: std::net::SocketAddr = line
+        .strip_prefix("forwarding ")
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("forward said {line:?}"));
+    let clients: Vec<_> = (0..50)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = random_bytes(256 << 10, 100 + i);
+                let mut c = TcpStream::connect(listen).unwrap();
+                let mut w = c.try_clone().unwrap();
+                let sent = data.clone();
+                let writer = std::thread::spawn(move || {
+                    w.write_all(&sent).unwrap();
+                    w.shutdown(Shutdown::Write).unwrap();
+                });
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                writer.join().unwrap();
+                assert_same(&got, &data, &format!("connection {i}"));
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let st = a.wait_status("every forwarded stream closed", |s| s.streams.is_empty());
+    assert_eq!(st.forwards.len(), 1);
+    assert_eq!(st.forwards[0].connections, 50);
+    // Stopping p2pctl stops the forward.
+    unsafe { libc::kill(fwd.id() as i32, libc::SIGTERM) };
+    assert!(fwd.wait().unwrap().success());
+    a.wait_status("the forward gone", |s| s.forwards.is_empty());
+    assert!(TcpStream::connect(listen).is_err());
+}
+
+/// Runs `p2pctl ARGS` on `d`, expecting exit `code` and a one-line error
+/// containing `needle`.
+fn fails(d: &Daemon, args: &[&str], code: i32, needle: &str) {
+    let out = d.ctl(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "p2pctl {args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "p2pctl {args:?}: {err:?} lacks {needle:?}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+}
+
+#[test]
+fn refusals_each_say_why_and_leave_the_daemons_unharmed() {
+    let (_s, a, b) = paired("no-a", "no-b");
+    fails(
+        &a,
+        &["connect", "no-b/nothing"],
+        1,
+        "no service named nothing",
+    );
+    b.ok(&["expose", "theirs", "tcp:127.0.0.1:9", "--peer", "somebody"]);
+    fails(
+        &a,
+        &["connect", "no-b/theirs"],
+        1,
+        "theirs does not allow no-a",
+    );
+    // A port nothing listens on: the target refuses.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    b.ok(&[
+        "expose",
+        "down",
+        &format!("tcp:127.0.0.1:{port}"),
+        "--peer",
+        "no-a",
+    ]);
+    fails(&a, &["connect", "no-b/down"], 1, "cannot reach its target");
+    b.ok(&[
+        "expose",
+        "sock",
+        "unix:/nonexistent/s.sock",
+        "--peer",
+        "no-a",
+    ]);
+    fails(&a, &["connect", "no-b/sock"], 1, "cannot reach its target");
+    // Usage errors are exit 2, before anything is sent.
+    fails(&a, &["connect", "no-b"], 2, "PEER/SERVICE");
+    fails(
+        &b,
+        &["expose", "x", "tcp:::1:22", "--peer", "no-a"],
+        2,
+        "tcp:[::1]:22",
+    );
+    fails(&b, &["expose", "x", "tcp:127.0.0.1:22"], 2, "--peer");
+    fails(
+        &b,
+        &["expose", "bad/name", "tcp:127.0.0.1:22", "--peer", "no-a"],
+        1,
+        "not a valid service name",
+    );
+    // An accept for a name that is exposed would never see a stream.
+    fails(&b, &["accept", "down", "--peer", "no-a"], 1, "is exposed");
+    // `connect` while paired with another peer.
+    fails(&a, &["connect", "other/x"], 1, "paired with no-b");
+    // Nothing is left behind, and both still work.
+    let st = b.status();
+    assert!(st.streams.is_empty() && st.accepts.is_empty());
+    assert_eq!(st.services.len(), 3);
+    assert!(b.ok(&["unexpose", "down"]).is_empty());
+    assert_eq!(b.status().services.len(), 2);
+    let port = service(echo);
+    b.ok(&[
+        "expose",
+        "echo",
+        &format!("tcp:127.0.0.1:{port}"),
+        "--peer",
+        "no-a",
+    ]);
+    let out = a.ctl_stdin(&["connect", "no-b/echo"], b"still works");
+    assert_eq!(out.stdout, b"still works");
+    a.ok(&["send", "and messages too"]);
+}
+
+#[test]
+fn a_key_pinned_on_first_contact_or_not_at_all_does_not_open_streams() {
+    let s = Signald::start();
+    let a = Daemon::start_with(&s.url(), "tofu-a", &["--trust", "tofu"]);
+    let b = Daemon::start_with(&s.url(), "tofu-b", &["--trust", "tofu"]);
+    let port = service(echo);
+    let target = format!("tcp:127.0.0.1:{port}");
+    b.ok(&["expose", "echo", &target, "--peer", "tofu-a"]);
+    // First contact: each pins the other's key now, which proves nothing.
+    a.ok(&["pair", "tofu-b"]);
+    b.wait_open_with("tofu-a");
+    fails(
+        &a,
+        &["connect", "tofu-b/echo"],
+        1,
+        "pinned on this first contact",
+    );
+    // The opener may opt in; the service has not.
+    fails(
+        &a,
+        &["connect", "tofu-b/echo", "--allow-unverified"],
+        1,
+        "not pinned before this pairing",
+    );
+    b.ok(&[
+        "expose",
+        "echo",
+        &target,
+        "--peer",
+        "tofu-a",
+        "--allow-unverified",
+    ]);
+    assert!(
+        b.ok(&["expose", "--list"])
+            .contains("UNVERIFIED peers allowed")
+    );
+    let st = b.status();
+    assert!(st.services[0].allow_unverified, "status shows the opt-in");
+    let out = a.ctl_stdin(
+        &["connect", "tofu-b/echo", "--allow-unverified"],
+        b"opted in",
+    );
+    assert_eq!(out.stdout, b"opted in");
+    // The next pairing is with a key pinned before it: verified.
+    b.ok(&["expose", "echo", &target, "--peer", "tofu-a"]);
+    a.ok(&["unpair"]);
+    b.wait_idle();
+    a.ok(&["pair", "tofu-b"]);
+    b.wait_open_with("tofu-a");
+    let out = a.ctl_stdin(&["connect", "tofu-b/echo"], b"pinned before");
+    assert_eq!(out.stdout, b"pinned before");
+
+    // Under --trust any nothing is verified.
+    let c = Daemon::start_with(&s.url(), "any-c", &["--trust", "any"]);
+    let d = Daemon::start_with(&s.url(), "any-d", &["--trust", "any"]);
+    d.ok(&["expose", "echo", &target, "--peer", "any-c"]);
+    c.ok(&["pair", "any-d"]);
+    d.wait_open_with("any-c");
+    fails(
+        &c,
+        &["connect", "any-d/echo"],
+        1,
+        "not verified (--trust any)",
+    );
+    fails(
+        &c,
+        &["connect", "any-d/echo", "--allow-unverified"],
+        1,
+        "not pinned before this pairing",
+    );
+}
+
+#[test]
+fn connect_pairs_when_idle_and_the_pairing_ends_with_its_last_stream() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "auto-a");
+    let b = Daemon::start(&s.url(), "auto-b");
+    a.trust_each_other(&b);
+    let port = service(reverse_after_eof);
+    b.ok(&[
+        "expose",
+        "rev",
+        &format!("tcp:127.0.0.1:{port}"),
+        "--peer",
+        "auto-a",
+    ]);
+    // Three at once, all waiting for the same pairing.
+    let runs: Vec<_> = (0..3u8)
+        .map(|i| {
+            collect(
+                a.spawn_ctl_stdin(&["connect", "auto-b/rev"], vec![b'a' + i, b'z']),
+                "connect",
+            )
+        })
+        .collect();
+    for (i, r) in runs.into_iter().enumerate() {
+        let out = r.join().unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, [b'z', b'a' + i as u8]);
+    }
+    a.wait_idle();
+    b.wait_idle();
+    // A pairing the user asked for stays.
+    a.ok(&["pair", "auto-b"]);
+    let out = a.ctl_stdin(&["connect", "auto-b/rev"], b"ab");
+    assert_eq!(out.stdout, b"ba");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.status().link, p2p_proto::control::LinkState::Open);
+}
