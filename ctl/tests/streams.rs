@@ -383,3 +383,140 @@ fn connect_pairs_when_idle_and_the_pairing_ends_with_its_last_stream() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(a.status().link, p2p_proto::control::LinkState::Open);
 }
+
+#[test]
+fn a_stopped_reader_holds_only_its_own_stream() {
+    let (_s, a, b) = paired("slow-a", "slow-b");
+    let tail = p2p_testkit::Tail::start(&b, &[]);
+    let slow_bytes = random_bytes(16 << 20, 5);
+    let fast_bytes = random_bytes(16 << 20, 6);
+    // The slow accept's stdout is a pipe nobody reads for now.
+    let mut slow = b.spawn_ctl_stdin(&["accept", "slow", "--peer", "slow-a"], Vec::new());
+    let fast = collect(
+        b.spawn_ctl_stdin(&["accept", "fast", "--peer", "slow-a"], Vec::new()),
+        "fast accept",
+    );
+    wait_accepting(&b, "slow");
+    wait_accepting(&b, "fast");
+    let slow_conn = collect(
+        a.spawn_ctl_stdin(&["connect", "slow-b/slow"], slow_bytes.clone()),
+        "slow connect",
+    );
+    b.wait_status("the slow stream open", |s| {
+        s.streams
+            .iter()
+            .any(|st| st.service == "slow" && st.bytes_in > 0)
+    });
+    let fast_conn = collect(
+        a.spawn_ctl_stdin(&["connect", "slow-b/fast"], fast_bytes.clone()),
+        "fast connect",
+    );
+    // The other stream and the message channel move while the slow
+    // reader stands still (if they could not, this would never end).
+    let fast = fast.join().unwrap();
+    assert!(fast.status.success() && fast_conn.join().unwrap().status.success());
+    assert_same(&fast.stdout, &fast_bytes, "the moving stream");
+    a.ok(&["send", "a message past the stopped reader"]);
+    assert_eq!(tail.next_str(), "a message past the stopped reader");
+    std::thread::sleep(Duration::from_secs(2));
+    // Held meanwhile: at most the window (1 MiB) and the pipes' buffers.
+    let held = b
+        .status()
+        .streams
+        .iter()
+        .find(|s| s.service == "slow")
+        .map(|s| s.bytes_in)
+        .expect("the slow stream is still open");
+    assert!(held < 3 << 20, "{held} bytes taken in for a stopped reader");
+    let mut got = Vec::new();
+    slow.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+    assert!(slow.wait().unwrap().success());
+    assert!(slow_conn.join().unwrap().status.success());
+    assert_same(&got, &slow_bytes, "the stream that was held");
+}
+
+/// A `connect` whose stdin stays open until the returned sender is
+/// dropped; its output is collected meanwhile.
+fn held_open(
+    d: &Daemon,
+    args: &[&str],
+) -> (std::process::ChildStdin, std::thread::JoinHandle<Output>) {
+    let mut child = d
+        .ctl_cmd(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (stdin, collect(child, "held open"))
+}
+
+#[test]
+fn caps_refuse_cleanly_and_the_far_side_s_death_ends_a_stream() {
+    let s = Signald::start();
+    let a = Daemon::start(&s.url(), "cap-a");
+    let b = Daemon::start_with(
+        &s.url(),
+        "cap-b",
+        &["--max-streams-per-service", "1", "--max-accepts", "1"],
+    );
+    a.pair(&b);
+    let port = service(echo);
+    b.ok(&[
+        "expose",
+        "echo",
+        &format!("tcp:127.0.0.1:{port}"),
+        "--peer",
+        "cap-a",
+    ]);
+    let (mut first, first_out) = held_open(&a, &["connect", "cap-b/echo"]);
+    first.write_all(b"first").unwrap();
+    b.wait_status("one stream to echo", |s| s.streams.len() == 1);
+    fails(
+        &a,
+        &["connect", "cap-b/echo"],
+        1,
+        "streams to echo are open already",
+    );
+    drop(first);
+    let out = first_out.join().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"first");
+    let acc = collect(
+        b.spawn_ctl_stdin(&["accept", "one", "--peer", "cap-a"], Vec::new()),
+        "accept",
+    );
+    wait_accepting(&b, "one");
+    fails(
+        &b,
+        &["accept", "two", "--peer", "cap-a"],
+        1,
+        "accepts are waiting already",
+    );
+
+    // The far side dies mid-stream: the stream ends non-zero, within the
+    // bounds in which the link notices a dead peer.
+    let (mut feed, conn) = held_open(&a, &["connect", "cap-b/one"]);
+    let chunk = random_bytes(1 << 20, 7);
+    feed.write_all(&chunk).unwrap();
+    b.wait_status("the stream moving", |s| {
+        s.streams.iter().any(|st| st.bytes_in > 0)
+    });
+    let killed = Instant::now();
+    b.proc().signal(libc::SIGKILL);
+    let feeder = std::thread::spawn(move || while feed.write_all(&chunk).is_ok() {});
+    let out = conn.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("lost"), "{err}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        killed.elapsed()
+    );
+    feeder.join().unwrap();
+    // Its own accept saw its daemon die.
+    assert_eq!(acc.join().unwrap().status.code(), Some(4));
+    a.wait_idle();
+}

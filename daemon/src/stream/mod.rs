@@ -406,9 +406,15 @@ impl Streams {
             ))
         });
         match answer {
-            Ok(peer_window) => Ok(self.opened(dc, peer_window, slot)),
+            Ok(peer_window) => Ok(self.opened(dc, peer_window, slot, true)),
             Err(e) => {
-                let _ = dc.close().await;
+                // A refusal: the acceptor closes (see `pump::close`). Any
+                // other failure: it may never, and we do after a second.
+                let wait = match e.code {
+                    ErrorCode::Timeout => Duration::ZERO,
+                    _ => Duration::from_secs(1),
+                };
+                pump::close(&dc, true, wait).await;
                 Err(e)
             }
         }
@@ -436,8 +442,9 @@ impl Streams {
                 Err(e) => {
                     tracing::info!(code = ?e.code, reason = %e.message, "refused a stream");
                     let _ = dc.send(Frame::Refuse(e).encode()).await;
-                    pump_settle(&dc).await;
-                    let _ = dc.close().await;
+                    // Let it reach the peer before the channel closes.
+                    pump::settle(&dc, Duration::from_secs(1)).await;
+                    pump::close(&dc, false, Duration::ZERO).await;
                 }
             }
         });
@@ -493,7 +500,9 @@ impl Streams {
                 accept().await?;
                 // The waiter is there (checked just now); if it left since,
                 // the stream's channel closes with the dropped value.
-                let _ = waiter.tx.send(self.opened(dc.clone(), peer_window, slot));
+                let _ = waiter
+                    .tx
+                    .send(self.opened(dc.clone(), peer_window, slot, false));
                 Ok(Routed::Accepted)
             }
             Route::Service(target) => {
@@ -512,7 +521,7 @@ impl Streams {
                 })?;
                 accept().await?;
                 Ok(Routed::Service(Box::new((
-                    self.opened(dc.clone(), peer_window, slot),
+                    self.opened(dc.clone(), peer_window, slot, false),
                     socket,
                 ))))
             }
@@ -682,7 +691,13 @@ impl Streams {
         })
     }
 
-    fn opened(&self, dc: Arc<dyn DataChannel>, peer_window: u32, slot: Slot) -> Opened {
+    fn opened(
+        &self,
+        dc: Arc<dyn DataChannel>,
+        peer_window: u32,
+        slot: Slot,
+        opener: bool,
+    ) -> Opened {
         let info = {
             let st = self.state();
             stream_info(slot.id, &st.open[&slot.id])
@@ -694,6 +709,7 @@ impl Streams {
                 window: self.inner.limits.window,
                 peer: info.peer_id.clone(),
                 drain: self.inner.limits.drain,
+                opener,
             },
             slot,
             info,
@@ -927,17 +943,6 @@ async fn first_frame(dc: &Arc<dyn DataChannel>) -> Result<Frame, ErrorBody> {
                 ));
             }
             Some(_) => {}
-        }
-    }
-}
-
-/// Lets a refusal reach the peer before the channel closes.
-async fn pump_settle(dc: &Arc<dyn DataChannel>) {
-    let started = tokio::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(1) {
-        match dc.outstanding_bytes().await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     }
 }

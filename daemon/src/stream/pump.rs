@@ -89,6 +89,8 @@ pub struct Channel {
     pub peer: String,
     /// How long the end waits for the peer to acknowledge our last bytes.
     pub drain: Duration,
+    /// We opened the stream: the peer closes its channel (see [`close`]).
+    pub opener: bool,
 }
 
 /// Runs the stream to its end; says how it ended to a framed local end
@@ -116,13 +118,40 @@ where
             Err(f.error)
         }
     };
-    let _ = ch.dc.close().await;
     writer.finish(&outcome).await;
+    close(&ch.dc, ch.opener, ch.drain).await;
     outcome
 }
 
+/// Closes a stream's channel: the acceptor at once, the opener once the
+/// acceptor's close arrived (or, if it does not come, after `limit`).
+///
+/// The order matters. webrtc 0.21.1 frees a channel's SCTP stream id as
+/// soon as its own side closes, while SCTP's closing procedure still runs
+/// (vendor/PATCHES.md 18, which keeps a freed id unused for long). Closed
+/// by the acceptor, the opener's side of the stream ends in one step when
+/// the acceptor's reset arrives, and the two never close at once (which
+/// crossed resets and left warnings about streams that no longer exist).
+pub async fn close(dc: &Arc<dyn DataChannel>, opener: bool, limit: Duration) {
+    if !opener {
+        let _ = dc.close().await;
+        return;
+    }
+    let closed = async {
+        loop {
+            if let Some(DataChannelEvent::OnClose) | None = dc.poll().await {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(limit, closed).await.is_err() {
+        tracing::debug!("the peer did not close a stream's channel in time");
+        let _ = dc.close().await;
+    }
+}
+
 /// Waits (bounded) until the peer's stack acknowledged what we sent.
-async fn settle(dc: &Arc<dyn DataChannel>, limit: Duration) {
+pub(super) async fn settle(dc: &Arc<dyn DataChannel>, limit: Duration) {
     let started = tokio::time::Instant::now();
     while started.elapsed() < limit {
         match dc.outstanding_bytes().await {

@@ -32,6 +32,11 @@ pub(crate) struct DataChannelRegistry {
 
     /// Monotonic handle counter. Never decremented, never reused.
     next_handle: RTCDataChannelId,
+
+    /// PATCH (p2pd, vendor/PATCHES.md 18, "stream ids go round"): where the
+    /// next stream id search starts; ids go
+    /// round rather than lowest-free first.
+    next_stream_id: Option<StreamId>,
 }
 
 impl DataChannelRegistry {
@@ -40,6 +45,7 @@ impl DataChannelRegistry {
             channels: HashMap::new(),
             by_stream: HashMap::new(),
             next_handle: 0,
+            next_stream_id: None,
         }
     }
 
@@ -161,7 +167,7 @@ impl DataChannelRegistry {
         role: RTCDtlsRole,
         max_channels: Option<StreamId>,
     ) -> Result<()> {
-        let mut next: StreamId = match role {
+        let first: StreamId = match role {
             RTCDtlsRole::Client => 0,
             RTCDtlsRole::Server => 1,
             // Never guess a parity.
@@ -173,20 +179,32 @@ impl DataChannelRegistry {
         // to bound against. This matches W3C §6.1.1.3, which applies the limit at the connected
         // procedure rather than at creation.
         let max = max_channels.unwrap_or(SCTP_MAX_CHANNELS);
+        let end = max.saturating_sub(1);
 
+        // PATCH (p2pd, vendor/PATCHES.md 18, "stream ids go round"): the search starts where
+        // the last one ended and wraps, so a freed id
+        // is taken again only after every other one was. A channel's id is freed as soon as
+        // its own side closes it, while SCTP's closing procedure (RFC 8831 §6.7) still runs;
+        // taken again at once, the new channel collides with the stream still closing.
+        let mut next = self
+            .next_stream_id
+            .filter(|n| n % 2 == first % 2 && *n < end)
+            .unwrap_or(first);
         for handle in self.pending_stream_id_handles() {
             // Skip ids already claimed — by an out-of-band channel the application pinned, or
-            // by one the peer opened first. Carrying the cursor across iterations rather than
-            // restarting the scan keeps this a single pass.
-            while next < max.saturating_sub(1) && self.stream_id_in_use(&next) {
-                next += 2;
-            }
-            if next >= max.saturating_sub(1) {
-                return Err(Error::ErrMaxDataChannelID);
+            // by one the peer opened first.
+            let mut tried = 0usize;
+            while next >= end || self.stream_id_in_use(&next) {
+                next = if next >= end { first } else { next + 2 };
+                tried += 1;
+                if tried > usize::from(end) / 2 + 2 {
+                    return Err(Error::ErrMaxDataChannelID);
+                }
             }
             self.assign_stream_id(handle, next);
             next += 2;
         }
+        self.next_stream_id = Some(next);
 
         Ok(())
     }
