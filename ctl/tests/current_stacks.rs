@@ -190,6 +190,7 @@ fn current_stacks_pair_in_both_roles_under_tofu_and_any() {
             let shown = st.peer.and_then(|p| p.trust).map(|t| format!("{t:?}"));
             peer.wait_line("open p2p");
             hellos_and_echoes(&a, &tail, &format!("{id} {trust}, the stack offers"));
+            crate::interop::refuses_streams(&a, id, &tail, &format!("{id} {trust}"));
             eprintln!("{id} {trust}: the stack offered, p2pd shows trust {shown:?}");
             // `unpair` reaches the stack, which closes.
             a.ok(&["unpair"]);

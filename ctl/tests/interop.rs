@@ -182,6 +182,23 @@ pub(crate) fn hellos_then_echoes(
     echo_lines(a, tail, round, echoes);
 }
 
+/// A stream to a peer that does not serve streams (the other stack's
+/// descriptions lack p2pd's `a=x-p2pd-streams:1`) is refused at once, no
+/// channel is opened, and the message channel carries on: the next echoes
+/// come back, in order, with nothing extra among them.
+pub(crate) fn refuses_streams(a: &Daemon, peer: &str, tail: &Tail, round: &str) {
+    let started = std::time::Instant::now();
+    let err = a.refused(
+        &["connect", &format!("{peer}/anything"), "--allow-unverified"],
+        "does not serve streams",
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{err}: not at once"
+    );
+    echo_lines(a, tail, &format!("{round}, after a refused stream"), 3);
+}
+
 /// `ECHOES` lines sent from `a` come back echoed, each once and in order.
 fn echoes(a: &Daemon, tail: &Tail, round: &str) {
     echo_lines(a, tail, round, ECHOES);
@@ -226,6 +243,7 @@ fn p2pd_offers(stack: &Stack, extra: &[&str], round: &str) -> Open {
     a.ok(&["pair", stack.id(), "--timeout", "30s"]);
     peer.wait_event("open p2p");
     hellos_and_echoes(&a, &tail, round);
+    refuses_streams(&a, stack.id(), &tail, round);
     Open {
         lab,
         _signald: signald,
@@ -244,6 +262,7 @@ fn p2pd_answers(stack: &Stack) {
     a.wait_open_with(stack.id());
     peer.wait_event("open p2p");
     hellos_and_echoes(&a, &tail, "p2pd answers");
+    refuses_streams(&a, stack.id(), &tail, "p2pd answers");
 }
 
 #[test]
