@@ -376,12 +376,22 @@ fn connect_pairs_when_idle_and_the_pairing_ends_with_its_last_stream() {
     }
     a.wait_idle();
     b.wait_idle();
-    // A pairing the user asked for stays.
-    a.ok(&["pair", "auto-b"]);
+    // A pairing that connect made becomes the user's with `pair`, and
+    // stays after the last stream.
+    let (held, out) = held_open(&a, &["connect", "auto-b/rev"]);
+    a.wait_status("a stream open", |s| s.streams.len() == 1);
+    assert!(a.ok(&["pair", "auto-b"]).contains("channel open"));
+    drop(held);
+    assert!(out.join().unwrap().status.success());
+    a.wait_status("the stream closed", |s| s.streams.is_empty());
+    // The unpair it would have had comes within milliseconds (above).
+    std::thread::sleep(Duration::from_millis(500));
+    a.ok(&["send", "still paired"]);
+    assert_eq!(a.status().link, p2p_proto::control::LinkState::Open);
+    // And one the user made never ends with a stream.
     let out = a.ctl_stdin(&["connect", "auto-b/rev"], b"ab");
     assert_eq!(out.stdout, b"ba");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(a.status().link, p2p_proto::control::LinkState::Open);
+    a.ok(&["send", "still paired after another"]);
 }
 
 #[test]
