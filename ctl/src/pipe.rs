@@ -82,6 +82,14 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+/// p2pd went away (it was killed, or it crashed): the stream failed.
+fn gone(e: std::io::Error) -> Failure {
+    Failure::Stream(ErrorBody {
+        code: p2p_proto::control::ErrorCode::StreamFailed,
+        message: format!("p2pd ended the stream without saying how ({e})"),
+    })
+}
+
 /// Stdin to the daemon, then `END`.
 async fn upload<W: AsyncWrite + Unpin>(
     to: &mut W,
@@ -94,14 +102,21 @@ async fn upload<W: AsyncWrite + Unpin>(
             .read(&mut buf)
             .await
             .map_err(|e| Failure::Local(anyhow::Error::new(e).context("reading stdin").into()))?;
+        // A write to p2pd that fails means it went away: the stream
+        // failed (never a broken pipe, which `main` takes for a reader
+        // that stopped early).
         if n == 0 {
-            to.write_all(&pipe::header(pipe::END, 0)).await?;
-            to.flush().await?;
+            to.write_all(&pipe::header(pipe::END, 0))
+                .await
+                .map_err(gone)?;
+            to.flush().await.map_err(gone)?;
             return Ok(());
         }
-        to.write_all(&pipe::header(pipe::DATA, n)).await?;
-        to.write_all(&buf[..n]).await?;
-        to.flush().await?;
+        to.write_all(&pipe::header(pipe::DATA, n))
+            .await
+            .map_err(gone)?;
+        to.write_all(&buf[..n]).await.map_err(gone)?;
+        to.flush().await.map_err(gone)?;
         progress.up.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
@@ -115,16 +130,11 @@ async fn download<R: AsyncRead + Unpin>(
     let mut buf = vec![0u8; pipe::MAX_CHUNK];
     loop {
         let mut h = [0u8; pipe::HEADER];
-        if let Err(e) = from.read_exact(&mut h).await {
-            return Err(Failure::Stream(ErrorBody {
-                code: p2p_proto::control::ErrorCode::StreamFailed,
-                message: format!("p2pd ended the stream without saying how ({e})"),
-            }));
-        }
+        from.read_exact(&mut h).await.map_err(gone)?;
         let (tag, len) = pipe::parse_header(h, true)
             .map_err(|e| Failure::Local(anyhow::anyhow!("p2pd sent a {e}").into()))?;
         let body = &mut buf[..len];
-        from.read_exact(body).await?;
+        from.read_exact(body).await.map_err(gone)?;
         match tag {
             pipe::DATA => {
                 let Some(out) = stdout.as_mut() else {

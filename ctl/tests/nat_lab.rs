@@ -373,7 +373,9 @@ fn lab_a_stream_across_a_network_change_arrives_complete() {
     let b = lab.daemon("h2", "h2", &fast);
     pair_ok(&a, &b);
     let events = Tail::start(&b, &["--json"]);
-    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut acc = b
         .ctl_cmd(&["accept", "lab", "--peer", "h1", "--quiet"])
         .stdin(std::process::Stdio::null())

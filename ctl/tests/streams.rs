@@ -6,7 +6,23 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
-use p2p_testkit::{Daemon, Signald, paired};
+use p2p_testkit::{Daemon, Signald};
+
+/// A signald with relaxed pings: these tests move tens of MiB through
+/// debug builds on two cores, and signald's liveness is not what they test
+/// (the default 300 ms timeout dropped a starved daemon).
+fn signald() -> Signald {
+    Signald::start_pinging("1s", "10s", &[])
+}
+
+/// Two daemons paired, as `p2p_testkit::paired`, under [`signald`].
+fn paired(a: &str, b: &str) -> (Signald, Daemon, Daemon) {
+    let s = signald();
+    let da = Daemon::start(&s.url(), a);
+    let db = Daemon::start(&s.url(), b);
+    da.pair(&db);
+    (s, da, db)
+}
 
 /// Reproducible bytes that no compressor or pattern makes easy.
 fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
@@ -177,6 +193,8 @@ fn a_forward_carries_fifty_concurrent_connections_each_complete() {
     for c in clients {
         c.join().unwrap();
     }
+    let text = a.ok(&["status"]);
+    assert!(text.contains("forward:  127.0.0.1:"), "{text}");
     let st = a.wait_status("every forwarded stream closed", |s| s.streams.is_empty());
     assert_eq!(st.forwards.len(), 1);
     assert_eq!(st.forwards[0].connections, 50);
@@ -276,7 +294,7 @@ fn refusals_each_say_why_and_leave_the_daemons_unharmed() {
 
 #[test]
 fn a_key_pinned_on_first_contact_or_not_at_all_does_not_open_streams() {
-    let s = Signald::start();
+    let s = signald();
     let a = Daemon::start_with(&s.url(), "tofu-a", &["--trust", "tofu"]);
     let b = Daemon::start_with(&s.url(), "tofu-b", &["--trust", "tofu"]);
     let port = service(echo);
@@ -312,6 +330,9 @@ fn a_key_pinned_on_first_contact_or_not_at_all_does_not_open_streams() {
     );
     let st = b.status();
     assert!(st.services[0].allow_unverified, "status shows the opt-in");
+    let text = b.ok(&["status"]);
+    assert!(text.contains("expose:   echo -> tcp:127.0.0.1:"), "{text}");
+    assert!(text.contains("(UNVERIFIED peers allowed)"), "{text}");
     let out = a.ctl_stdin(
         &["connect", "tofu-b/echo", "--allow-unverified"],
         b"opted in",
@@ -348,7 +369,7 @@ fn a_key_pinned_on_first_contact_or_not_at_all_does_not_open_streams() {
 
 #[test]
 fn connect_pairs_when_idle_and_the_pairing_ends_with_its_last_stream() {
-    let s = Signald::start();
+    let s = signald();
     let a = Daemon::start(&s.url(), "auto-a");
     let b = Daemon::start(&s.url(), "auto-b");
     a.trust_each_other(&b);
@@ -464,7 +485,7 @@ fn held_open(
 
 #[test]
 fn caps_refuse_cleanly_and_the_far_side_s_death_ends_a_stream() {
-    let s = Signald::start();
+    let s = signald();
     let a = Daemon::start(&s.url(), "cap-a");
     let b = Daemon::start_with(
         &s.url(),

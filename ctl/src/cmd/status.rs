@@ -107,6 +107,48 @@ pub fn summary(s: &Status) -> String {
         "messages: {} sent ({} bytes), {} received ({} bytes)",
         c.messages_sent, c.bytes_sent, c.messages_received, c.bytes_received
     );
+    for svc in &s.services {
+        let _ = writeln!(out, "expose:   {}", super::expose::describe(svc));
+    }
+    for a in &s.accepts {
+        let unverified = match a.allow_unverified {
+            true => " (UNVERIFIED peers allowed)",
+            false => "",
+        };
+        let _ = writeln!(
+            out,
+            "accept:   {} from {}{unverified}, waiting",
+            a.service, a.peer_id
+        );
+    }
+    for f in &s.forwards {
+        let unverified = match f.allow_unverified {
+            true => " (to an UNVERIFIED peer allowed)",
+            false => "",
+        };
+        let _ = writeln!(
+            out,
+            "forward:  {} -> {}/{}{unverified}, {} open, {} in all",
+            f.listen, f.peer_id, f.service, f.open_connections, f.connections
+        );
+    }
+    for st in &s.streams {
+        let arrow = match st.direction {
+            p2p_proto::control::StreamDirection::Out => "to",
+            p2p_proto::control::StreamDirection::In => "from",
+        };
+        let _ = writeln!(
+            out,
+            "stream:   #{} {} {arrow} {} ({}), {}, {} bytes in, {} out",
+            st.id,
+            st.service,
+            st.peer_id,
+            st.local,
+            ago(st.age_ms),
+            st.bytes_in,
+            st.bytes_out
+        );
+    }
     if c.missed_by_subscribers > 0 {
         let _ = writeln!(
             out,
