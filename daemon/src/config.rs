@@ -161,7 +161,7 @@ pub struct Cli {
     pub max_streams: usize,
 
     /// Streams open at once to one service (and from us to one service).
-    #[arg(long, env = "P2PD_MAX_STREAMS_PER_SERVICE", default_value_t = 64)]
+    #[arg(long, env = "P2PD_MAX_STREAMS_PER_SERVICE", default_value_t = 128)]
     pub max_streams_per_service: usize,
 
     /// `p2pctl accept`s waiting at once.
@@ -169,12 +169,14 @@ pub struct Cli {
     pub max_accepts: usize,
 
     /// Connections one forward has open at once; more are reset.
-    #[arg(long, env = "P2PD_MAX_FORWARD_CONNECTIONS", default_value_t = 64)]
+    #[arg(long, env = "P2PD_MAX_FORWARD_CONNECTIONS", default_value_t = 128)]
     pub max_forward_connections: usize,
 
     /// What one stream may have in flight toward us before we read it:
-    /// its receive window (memory per stream is bounded by it).
-    #[arg(long, env = "P2PD_STREAM_WINDOW", default_value = "1MiB", value_parser = parse_size)]
+    /// its receive window. A stream whose reader stopped holds at most
+    /// this much here. 2 MiB: 1 MiB moved 161-164 MB/s on loopback, 2 MiB
+    /// 185-198, 4 MiB no more (BENCHMARKS.md, round 7).
+    #[arg(long, env = "P2PD_STREAM_WINDOW", default_value = "2MiB", value_parser = parse_size)]
     pub stream_window: u32,
 }
 

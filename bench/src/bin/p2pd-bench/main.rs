@@ -4,12 +4,14 @@
 //! raw loopback path beside them, and prints a Markdown table.
 //!
 //! Each measurement is one function of [`measure`] that returns its rows;
-//! the throughput runs are in [`one_way`]. The programs are the ones built
+//! the throughput runs are in [`one_way`], the byte streams' in
+//! [`streams`]. The programs are the ones built
 //! beside this binary (`P2P_TEST_BINS=DIR` picks others); every process is
 //! killed when the bench ends, also on error.
 
 mod measure;
 mod one_way;
+mod streams;
 
 use std::time::Duration;
 
@@ -50,6 +52,17 @@ struct Cli {
     /// leaks, not signald's limiter.
     #[arg(long)]
     default_rate_limit: bool,
+    /// MiB through one `connect` -> `accept` stream, per run (0 skips the
+    /// stream rows).
+    #[arg(long, default_value_t = 1024)]
+    stream_mib: u64,
+    /// Concurrent 1 MiB connections through `forward`.
+    #[arg(long, default_value_t = 100)]
+    forward_streams: usize,
+    /// Open idle streams for the memory per stream (at most p2pd's
+    /// default --max-streams-per-service, 128).
+    #[arg(long, default_value_t = 100)]
+    idle_streams: usize,
     /// How long one throughput run may go without progress before it is
     /// declared stalled.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -130,6 +143,11 @@ fn main() -> anyhow::Result<()> {
     }
     if cli.big > 0 {
         rows.push(one_way::row(&mut bench, &cli, cli.big, 16384, &raw));
+    }
+    if cli.stream_mib > 0 {
+        rows.push(streams::throughput(&mut bench, &cli)?);
+        rows.push(streams::forwarded(&mut bench, &cli)?);
+        rows.push(streams::idle_memory(&mut bench, &cli)?);
     }
     rows.push(measure::rss_row(&bench, rss_idle, rss_connected)?);
     rows.push(measure::cycles(&mut bench, cli.cycles)?);
