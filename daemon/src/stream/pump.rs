@@ -297,7 +297,10 @@ async fn from_local<R: AsyncRead + Unpin>(
     meter: &Meter,
 ) -> Result<(), Failure> {
     let lost = |e: webrtc::error::Error| Failure {
-        error: failed(format!("sending to {}: {e}", ch.peer)),
+        error: failed(format!(
+            "the link to {} was lost or the stream reset before it ended ({e})",
+            ch.peer
+        )),
         tell_peer: None,
     };
     loop {
