@@ -47,8 +47,10 @@ pub async fn run(client: Client, quiet: bool) -> Result<ExitCode> {
         tokio::select! {
             r = &mut up, if !up_done => {
                 up_done = true;
-                if let Err(e) = r {
-                    break Err(e);
+                match r {
+                    // p2pd stopped reading: its last chunks say why.
+                    Ok(()) | Err(Failure::Stream(_)) => {}
+                    Err(e) => break Err(e),
                 }
             }
             r = &mut down => break r,

@@ -460,7 +460,10 @@ fn a_stopped_reader_holds_only_its_own_stream() {
         .map(|s| s.bytes_in)
         .expect("the slow stream is still open");
     assert!(held < 3 << 20, "{held} bytes taken in for a stopped reader");
-    assert!(held < slow_bytes.len() as u64 / 4, "the stopped reader held back its stream");
+    assert!(
+        held < slow_bytes.len() as u64 / 4,
+        "the stopped reader held back its stream"
+    );
     let mut got = Vec::new();
     slow.stdout.take().unwrap().read_to_end(&mut got).unwrap();
     assert!(slow.wait().unwrap().success());

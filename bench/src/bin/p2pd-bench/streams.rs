@@ -79,7 +79,10 @@ fn stream_once(bench: &mut Bench, bytes: u64) -> anyhow::Result<Run> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()?;
-    bench.b.daemon.wait_status("accepting", |s| !s.accepts.is_empty());
+    bench
+        .b
+        .daemon
+        .wait_status("accepting", |s| !s.accepts.is_empty());
     let out = acc.stdout.take().expect("piped");
     let receiver = std::thread::spawn(move || receive(out));
     let mut conn = bench
