@@ -556,3 +556,34 @@ fn caps_refuse_cleanly_and_the_far_side_s_death_ends_a_stream() {
     assert_eq!(acc.join().unwrap().status.code(), Some(4));
     a.wait_idle();
 }
+
+#[test]
+fn services_and_forwards_given_as_p2pd_options_work_from_the_start() {
+    let s = signald();
+    let port = service(echo);
+    let b = Daemon::start_with(
+        &s.url(),
+        "opt-b",
+        &[
+            "--expose",
+            &format!("echo:opt-a+someone=tcp:[::ffff:127.0.0.1]:{port}"),
+        ],
+    );
+    let a = Daemon::start_with(&s.url(), "opt-a", &["--forward", "127.0.0.1:0=opt-b/echo"]);
+    a.trust_each_other(&b);
+    let st = b.status();
+    assert_eq!(st.services.len(), 1);
+    assert!(st.services[0].configured);
+    assert_eq!(st.services[0].peers, ["opt-a", "someone"]);
+    let listen: std::net::SocketAddr = a.status().forwards[0].listen.parse().unwrap();
+    // The forward pairs on its own (p2pd is idle), and lets the pairing
+    // go with its last stream.
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.write_all(b"through the options").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"through the options");
+    a.wait_idle();
+    assert_eq!(a.status().forwards[0].connections, 1);
+}
