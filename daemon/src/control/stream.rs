@@ -101,16 +101,13 @@ where
         Ok(o) => o,
         Err(e) => return refuse(writer, e).await,
     };
-    writer
-        .write_all(
-            Reply::ok(OkBody::Stream {
-                stream: info.clone(),
-            })
-            .to_line()
-            .as_bytes(),
-        )
-        .await?;
-    writer.flush().await?;
+    answer(
+        writer,
+        Reply::ok(OkBody::Stream {
+            stream: info.clone(),
+        }),
+    )
+    .await?;
     let mut reader = Reader::new(reader, Style::Framed);
     let mut writer = Writer::new(writer, Style::Framed);
     let result = pump::run(channel, &mut reader, &mut writer, slot.meter()).await;
@@ -174,16 +171,13 @@ where
         connections: 0,
     };
     tracing::info!(listen = %info.listen, peer = %info.peer_id, service = %info.service, "forwarding");
-    writer
-        .write_all(
-            Reply::ok(OkBody::Forward {
-                forward: info.clone(),
-            })
-            .to_line()
-            .as_bytes(),
-        )
-        .await?;
-    writer.flush().await?;
+    answer(
+        writer,
+        Reply::ok(OkBody::Forward {
+            forward: info.clone(),
+        }),
+    )
+    .await?;
     let stop = async move {
         tokio::select! {
             () = hung_up(reader) => {}
@@ -195,9 +189,12 @@ where
 }
 
 async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, e: ErrorBody) -> std::io::Result<()> {
-    writer
-        .write_all(Reply::from(e).to_line().as_bytes())
-        .await?;
+    answer(writer, e.into()).await
+}
+
+/// The one reply before the connection changes what it carries.
+async fn answer<W: AsyncWrite + Unpin>(writer: &mut W, reply: Reply) -> std::io::Result<()> {
+    writer.write_all(reply.to_line().as_bytes()).await?;
     writer.flush().await
 }
 
