@@ -175,7 +175,7 @@ fn a_forward_carries_fifty_concurrent_connections_each_complete() {
     let clients: Vec<_> = (0..50)
         .map(|i| {
             std::thread::spawn(move || {
-                let data = random_bytes(256 << 10, 100 + i);
+                let data = random_bytes(1 << 20, 100 + i);
                 let mut c = TcpStream::connect(listen).unwrap();
                 let mut w = c.try_clone().unwrap();
                 let sent = data.clone();

@@ -46,9 +46,6 @@ use pump::Meter;
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the acceptor tries to reach a service's target.
 const TARGET_TIMEOUT: Duration = Duration::from_secs(5);
-/// Stream channels the peer may have open before they named a service:
-/// beyond, a new one is closed at once.
-const MAX_HANDSHAKES: usize = 64;
 
 /// The caps and sizes of streams (p2pd's `--max-streams`, ...).
 #[derive(Debug, Clone)]
@@ -424,11 +421,20 @@ impl Streams {
     /// answered in a task of its own.
     pub fn incoming(&self, dc: Arc<dyn DataChannel>, generation: u64) {
         let inner = &self.inner;
-        if inner.handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+        // Streams being opened count against the cap on open streams too:
+        // a peer cannot make us hold more channels than it could open.
+        let cap = inner.limits.streams;
+        if inner.handshakes.fetch_add(1, Ordering::AcqRel) >= cap {
             inner.handshakes.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!("the peer opens stream channels faster than it names services; closing");
+            tracing::warn!("the peer opens more streams at once than --max-streams; refusing");
             tokio::spawn(async move {
-                let _ = dc.close().await;
+                let busy = refusal(
+                    ErrorCode::Busy,
+                    format!("{cap} streams are being opened already (--max-streams)"),
+                );
+                let _ = dc.send(Frame::Refuse(busy).encode()).await;
+                pump::settle(&dc, Duration::from_secs(1)).await;
+                pump::close(&dc, false, Duration::ZERO).await;
             });
             return;
         }
@@ -483,7 +489,8 @@ impl Streams {
                 .map_err(|e| lost(&peer, e))
         };
         match route {
-            Route::Accept(waiter) => {
+            Route::Accept(id) => {
+                // A place first: over a cap, the accept keeps waiting.
                 let slot = self.reserve(
                     &peer,
                     &service,
@@ -491,18 +498,28 @@ impl Streams {
                     "control".into(),
                     generation,
                 )?;
-                if waiter.tx.is_closed() {
-                    return Err(refusal(
+                let gone = || {
+                    refusal(
                         ErrorCode::NoSuchService,
                         format!("no service named {service} (its accept went away)"),
-                    ));
+                    )
+                };
+                let waiter = self.state().waiting.remove(&id).ok_or_else(gone)?;
+                if waiter.tx.is_closed() {
+                    return Err(gone());
                 }
                 accept().await?;
-                // The waiter is there (checked just now); if it left since,
-                // the stream's channel closes with the dropped value.
-                let _ = waiter
-                    .tx
-                    .send(self.opened(dc.clone(), peer_window, slot, false));
+                if let Err(opened) =
+                    waiter
+                        .tx
+                        .send(self.opened(dc.clone(), peer_window, slot, false))
+                {
+                    // It left in the moment since: the stream fails.
+                    let why = "the accepting client went away".to_string();
+                    let _ = opened.channel.dc.send(Frame::Abort(why).encode()).await;
+                    pump::settle(&dc, Duration::from_secs(1)).await;
+                    pump::close(&dc, false, Duration::ZERO).await;
+                }
                 Ok(Routed::Accepted)
             }
             Route::Service(target) => {
@@ -549,7 +566,7 @@ impl Streams {
     fn route(&self, link: &OpenLink, service: &str) -> Result<Route, ErrorBody> {
         let peer = link.peer_id();
         let ok_key = verified(link.trust());
-        let mut st = self.state();
+        let st = self.state();
         let waiting = st
             .waiting
             .iter()
@@ -559,8 +576,7 @@ impl Streams {
             if !ok_key && !allow_unverified {
                 return Err(not_verified_here(peer, service));
             }
-            let w = st.waiting.remove(&id).expect("found above");
-            return Ok(Route::Accept(w));
+            return Ok(Route::Accept(id));
         }
         let Some(s) = st.services.get(service) else {
             return Err(refusal(
@@ -832,7 +848,8 @@ impl Drop for Unwait<'_> {
 }
 
 enum Route {
-    Accept(Waiting),
+    /// The waiting `accept` of this number.
+    Accept(u64),
     Service(Target),
 }
 
