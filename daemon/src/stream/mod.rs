@@ -517,8 +517,8 @@ impl Streams {
                     // It left in the moment since: the stream fails.
                     let why = "the accepting client went away".to_string();
                     let _ = opened.channel.dc.send(Frame::Abort(why).encode()).await;
-                    pump::settle(&dc, Duration::from_secs(1)).await;
-                    pump::close(&dc, false, Duration::ZERO).await;
+                    pump::settle(dc, Duration::from_secs(1)).await;
+                    pump::close(dc, false, Duration::ZERO).await;
                 }
                 Ok(Routed::Accepted)
             }
