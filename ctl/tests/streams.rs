@@ -82,6 +82,8 @@ fn bytes_through_connect_and_accept_arrive_identical_both_ways_at_once() {
     let (conn, acc) = (conn.join().unwrap(), acc.join().unwrap());
     eprintln!("64 MiB each way in {:?}", started.elapsed());
     assert!(conn.status.success() && acc.status.success());
+    // No progress line when stderr is not a terminal, and nothing else.
+    assert!(conn.stderr.is_empty() && acc.stderr.is_empty());
     assert_same(&acc.stdout, &up, "connect -> accept");
     assert_same(&conn.stdout, &down, "accept -> connect");
     // Nothing is left open; the link carries on.
