@@ -299,6 +299,12 @@ impl Streams {
                 format!("{service:?} is not a valid service name"),
             ));
         }
+        if !p2p_proto::signal::valid_id(peer) {
+            return Err(refusal(
+                ErrorCode::BadRequest,
+                format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
+            ));
+        }
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut st = self.state();

@@ -492,3 +492,6 @@ fn stream_info(id: u64, o: &Open) -> StreamInfo {
         bytes_out: o.meter.bytes_out.load(Ordering::Relaxed),
     }
 }
+
+#[cfg(test)]
+mod tests;
