@@ -7,7 +7,9 @@
 //! socket client). [`hub`] (history and `tail` followers) is shared state
 //! behind a lock that nothing awaits under; [`status`] assembles what
 //! `p2pctl status` prints. [`consent`] finds out whether the peer still
-//! answers on the data path when signald says it went away.
+//! answers on the data path when signald says it went away. [`stream`]
+//! carries byte streams beside the messages: its table of services and
+//! streams, and a task per stream.
 
 pub mod channel;
 pub mod config;
