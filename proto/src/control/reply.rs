@@ -298,8 +298,44 @@ mod tests {
         for (code, name) in [
             (ErrorCode::BadRequest, "bad_request"),
             (ErrorCode::ShuttingDown, "shutting_down"),
+            (ErrorCode::NoSuchService, "no_such_service"),
+            (ErrorCode::NotAllowed, "not_allowed"),
+            (ErrorCode::Unverified, "unverified"),
+            (ErrorCode::TargetUnreachable, "target_unreachable"),
+            (ErrorCode::StreamsUnsupported, "streams_unsupported"),
+            (ErrorCode::Busy, "busy"),
+            (ErrorCode::StreamFailed, "stream_failed"),
         ] {
             assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));
         }
+    }
+
+    #[test]
+    fn stream_replies_have_the_documented_shape() {
+        let stream = crate::control::StreamInfo {
+            id: 3,
+            peer_id: "bob".into(),
+            service: "ssh".into(),
+            direction: crate::control::StreamDirection::Out,
+            local: "control".into(),
+            age_ms: 5,
+            bytes_in: 1,
+            bytes_out: 2,
+        };
+        let line = Reply::ok(OkBody::Stream { stream }).to_line();
+        assert_eq!(
+            line,
+            "{\"ok\":true,\"stream\":{\"id\":3,\"peer_id\":\"bob\",\"service\":\"ssh\",\"direction\":\"out\",\"local\":\"control\",\"age_ms\":5,\"bytes_in\":1,\"bytes_out\":2}}\n"
+        );
+        let back: Reply = serde_json::from_str(line.trim_end()).unwrap();
+        assert!(matches!(
+            back,
+            Reply::Ok {
+                body: OkBody::Stream { .. },
+                ..
+            }
+        ));
+        let r: Reply = serde_json::from_str(r#"{"ok":true,"was_exposed":false}"#).unwrap();
+        assert_eq!(r, Reply::ok(OkBody::Unexposed { was_exposed: false }));
     }
 }
