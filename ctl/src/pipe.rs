@@ -39,9 +39,10 @@ pub async fn run(client: Client, quiet: bool) -> Result<ExitCode> {
     let up = upload(&mut to_daemon, &progress);
     let down = download(&mut from_daemon, &progress);
     tokio::pin!(up, down);
-    // The outcome comes from the daemon; an upload failure (stdin
-    // unreadable) ends the connection without `END`, which the daemon
-    // takes for an abort, and its answer then says so.
+    // The outcome comes from the daemon (`DONE`, or an error). A failure
+    // of our own (stdin unreadable) ends the command at once: the
+    // connection closes without `END`, which p2pd takes for an abort of
+    // the stream, and the peer hears so.
     let mut up_done = false;
     let outcome = loop {
         tokio::select! {
