@@ -18,6 +18,16 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// [`valid_id`], with the one message that says what an ID is.
+pub fn check_id(id: &str) -> Result<(), String> {
+    match valid_id(id) {
+        true => Ok(()),
+        false => Err(format!(
+            "{id:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"
+        )),
+    }
+}
+
 /// A token is 16..=128 printable ASCII characters without space (`[!-~]`).
 pub fn valid_token(token: &str) -> bool {
     (16..=128).contains(&token.len()) && token.bytes().all(|b| (b'!'..=b'~').contains(&b))

@@ -251,11 +251,6 @@ fn verb(req: Request) -> Result<Verb, ErrorBody> {
         code: ErrorCode::BadRequest,
         message,
     };
-    let bad_peer = |p: &str| {
-        bad_request(format!(
-            "{p:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"
-        ))
-    };
     Ok(match req {
         Request::Pair {
             peer_id,
@@ -276,10 +271,8 @@ fn verb(req: Request) -> Result<Verb, ErrorBody> {
         },
         Request::Unpair => Verb::Unpair,
         Request::Invite { ttl_ms, for_peer } => {
-            if let Some(p) = &for_peer
-                && !p2p_proto::signal::valid_id(p)
-            {
-                return Err(bad_peer(p));
+            if let Some(p) = &for_peer {
+                p2p_proto::signal::check_id(p).map_err(bad_request)?;
             }
             let ttl = ttl_ms
                 .map(Duration::from_millis)
@@ -308,11 +301,11 @@ fn verb(req: Request) -> Result<Verb, ErrorBody> {
 /// The trust store edit a `trust`, `untrust` or `trust --list` request
 /// stands for, its peer ID checked.
 fn trust_edit(req: Request) -> Result<TrustEdit, ErrorBody> {
-    let checked = |peer: String| match p2p_proto::signal::valid_id(&peer) {
-        true => Ok(peer),
-        false => Err(ErrorBody {
+    let checked = |peer: String| match p2p_proto::signal::check_id(&peer) {
+        Ok(()) => Ok(peer),
+        Err(message) => Err(ErrorBody {
             code: ErrorCode::BadRequest,
-            message: format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
+            message,
         }),
     };
     Ok(match req {

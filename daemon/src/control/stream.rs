@@ -145,12 +145,8 @@ where
             code: p2p_proto::control::ErrorCode::BadRequest,
             message: m,
         };
-        if !p2p_proto::signal::valid_id(&peer_id) {
-            return Err(bad(format!("{peer_id:?} is not a valid peer ID")));
-        }
-        if !p2p_proto::control::valid_service(&service) {
-            return Err(bad(format!("{service:?} is not a valid service name")));
-        }
+        p2p_proto::signal::check_id(&peer_id).map_err(bad)?;
+        p2p_proto::control::check_service(&service).map_err(bad)?;
         connect::parse_listen(&listen).map_err(bad)
     })();
     let addr = match checked {

@@ -707,12 +707,7 @@ impl Core {
             }
             Signaling::Up { id, .. } => id,
         };
-        if !p2p_proto::signal::valid_id(peer) {
-            return Err(err(
-                ErrorCode::BadRequest,
-                format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
-            ));
-        }
+        p2p_proto::signal::check_id(peer).map_err(|m| err(ErrorCode::BadRequest, m))?;
         if id == peer {
             return Err(err(ErrorCode::SelfPair, "cannot pair with ourselves"));
         }

@@ -47,12 +47,7 @@ async fn link_to(
     peer: &str,
     timeout: Duration,
 ) -> Result<Arc<OpenLink>, ErrorBody> {
-    if !p2p_proto::signal::valid_id(peer) {
-        return Err(err(
-            ErrorCode::BadRequest,
-            format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
-        ));
-    }
+    p2p_proto::signal::check_id(peer).map_err(|m| err(ErrorCode::BadRequest, m))?;
     let deadline = Instant::now() + timeout;
     let mut changes = engine.link_changes();
     loop {
@@ -134,12 +129,8 @@ pub fn parse_forward_flag(s: &str) -> Result<(SocketAddr, String, String, bool),
     let (peer, service) = to
         .split_once('/')
         .ok_or_else(|| format!("{s:?}: {usage}"))?;
-    if !p2p_proto::signal::valid_id(peer) {
-        return Err(format!("{s:?}: {peer:?} is not a valid peer ID"));
-    }
-    if !p2p_proto::control::valid_service(service) {
-        return Err(format!("{s:?}: {service:?} is not a valid service name"));
-    }
+    p2p_proto::signal::check_id(peer).map_err(|m| format!("{s:?}: {m}"))?;
+    p2p_proto::control::check_service(service).map_err(|m| format!("{s:?}: {m}"))?;
     Ok((listen, peer.into(), service.into(), allow_unverified))
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use p2p_proto::control::{ErrorBody, ErrorCode, PeerTrust, StreamDirection, Target, valid_service};
+use p2p_proto::control::{ErrorBody, ErrorCode, PeerTrust, StreamDirection, Target, check_service};
 use tokio::sync::oneshot;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
@@ -32,12 +32,7 @@ impl Streams {
         allow_unverified: bool,
     ) -> Result<Opened, ErrorBody> {
         let peer = link.peer_id().to_string();
-        if !valid_service(service) {
-            return Err(refusal(
-                ErrorCode::BadRequest,
-                format!("{service:?} is not a valid service name"),
-            ));
-        }
+        check_service(service).map_err(|m| refusal(ErrorCode::BadRequest, m))?;
         if !link.serves_streams() {
             return Err(refusal(
                 ErrorCode::StreamsUnsupported,
@@ -293,18 +288,9 @@ impl Streams {
         allow_unverified: bool,
         timeout: Option<Duration>,
     ) -> Result<Opened, ErrorBody> {
-        if !valid_service(service) {
-            return Err(refusal(
-                ErrorCode::BadRequest,
-                format!("{service:?} is not a valid service name"),
-            ));
-        }
-        if !p2p_proto::signal::valid_id(peer) {
-            return Err(refusal(
-                ErrorCode::BadRequest,
-                format!("{peer:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"),
-            ));
-        }
+        check_service(service)
+            .and_then(|()| p2p_proto::signal::check_id(peer))
+            .map_err(|m| refusal(ErrorCode::BadRequest, m))?;
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut st = self.state();

@@ -1,6 +1,6 @@
 //! A service to expose: its checks, and p2pd's `--expose` syntax.
 
-use p2p_proto::control::{Target, valid_service};
+use p2p_proto::control::{Target, check_service};
 
 /// A service to expose, as p2pd's options or `expose` give it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,20 +19,14 @@ impl ServiceSpec {
         peers: Vec<String>,
         allow_unverified: bool,
     ) -> Result<ServiceSpec, String> {
-        if !valid_service(&name) {
-            return Err(format!(
-                "{name:?} is not a valid service name (1-64 of A-Z a-z 0-9 _ - ., not starting with . or -)"
-            ));
-        }
+        check_service(&name)?;
         if peers.is_empty() {
             return Err(format!(
                 "service {name} names no peer: say who may use it (--peer ID)"
             ));
         }
-        if let Some(p) = peers.iter().find(|p| !p2p_proto::signal::valid_id(p)) {
-            return Err(format!(
-                "{p:?} is not a valid peer ID (1-64 of A-Z a-z 0-9 _ -)"
-            ));
+        for p in &peers {
+            p2p_proto::signal::check_id(p)?;
         }
         Ok(ServiceSpec {
             name,

@@ -22,8 +22,8 @@ pub use status::{
     StatusTrust, TrustPolicy,
 };
 pub use stream::{
-    AcceptInfo, ForwardInfo, ServiceInfo, StreamDirection, StreamInfo, Target, error_chunk, pipe,
-    split_host_port, valid_service,
+    AcceptInfo, ForwardInfo, ServiceInfo, StreamDirection, StreamInfo, Target, check_service,
+    error_chunk, pipe, split_host_port, valid_service,
 };
 
 /// Version of this protocol, reported by `status`.

@@ -25,6 +25,16 @@ pub fn valid_service(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+/// [`valid_service`], with the one message that says what a name is.
+pub fn check_service(name: &str) -> Result<(), String> {
+    match valid_service(name) {
+        true => Ok(()),
+        false => Err(format!(
+            "{name:?} is not a valid service name (1-64 of A-Z a-z 0-9 _ - ., not starting with . or -)"
+        )),
+    }
+}
+
 /// What an exposed service reaches on the serving side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
