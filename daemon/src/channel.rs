@@ -75,26 +75,32 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 pub fn drain(dc: Arc<dyn DataChannel>, limit: Duration, ctx: PcContext) {
     tokio::spawn(async move {
         let started = tokio::time::Instant::now();
-        wake_driver(&dc).await;
-        loop {
-            match dc.outstanding_bytes().await {
-                // Err: the channel is already closed; nothing to wait for.
-                Ok(0) | Err(_) => break,
-                Ok(n) if started.elapsed() >= limit => {
-                    tracing::warn!(
-                        unacknowledged_bytes = n,
-                        "drain timed out: closing with data the peer has not acknowledged (--drain-timeout {})",
-                        humantime::format_duration(limit)
-                    );
-                    break;
-                }
-                Ok(_) => tokio::time::sleep(DRAIN_POLL).await,
-            }
+        if let Err(n) = acknowledged(&dc, limit).await {
+            tracing::warn!(
+                unacknowledged_bytes = n,
+                "drain timed out: closing with data the peer has not acknowledged (--drain-timeout {})",
+                humantime::format_duration(limit)
+            );
         }
         tracing::debug!(took = ?started.elapsed(), "drained");
         let _ = dc.close().await;
         ctx.forward(PcEventKind::Drained);
     });
+}
+
+/// Waits until the peer's SCTP stack has acknowledged everything handed
+/// to `dc`, at most `limit`; `Err` with the bytes still unacknowledged
+/// then. A closed channel has nothing to wait for.
+pub async fn acknowledged(dc: &Arc<dyn DataChannel>, limit: Duration) -> Result<(), usize> {
+    let started = tokio::time::Instant::now();
+    wake_driver(dc).await;
+    loop {
+        match dc.outstanding_bytes().await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) if started.elapsed() >= limit => return Err(n),
+            Ok(_) => tokio::time::sleep(DRAIN_POLL).await,
+        }
+    }
 }
 
 /// Wakes the connection's driver so that queued packets leave now rather

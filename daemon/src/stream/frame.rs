@@ -7,8 +7,11 @@
 //! SCTP has one receive window for the whole association; `Credit` gives
 //! each stream its own, so that a stopped reader holds only its stream.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use p2p_proto::control::{ErrorBody, ErrorCode};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
 /// The channel's label; the DCEP protocol names the version.
 pub const LABEL: &str = "p2p-stream";
@@ -114,6 +117,19 @@ impl Frame {
             ABORT => Frame::Abort(String::from_utf8_lossy(&m).into_owned()),
             _ => return Err(format!("an unknown stream message of kind {kind}")),
         })
+    }
+}
+
+/// The next message on a stream's channel, decoded (other events are
+/// skipped); `None` once the channel closed. Cancel-safe: what it skips
+/// carries nothing.
+pub async fn next(dc: &Arc<dyn DataChannel>) -> Option<Result<Frame, String>> {
+    loop {
+        match dc.poll().await? {
+            DataChannelEvent::OnMessage(m) => return Some(Frame::decode(m.data)),
+            DataChannelEvent::OnClose => return None,
+            _ => {}
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use p2p_proto::control::{ErrorBody, ErrorCode, PeerTrust, StreamDirection, Targe
 use tokio::sync::oneshot;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
-use super::frame::Frame;
+use super::frame::{self, Frame};
 use super::{Opened, Streams, Unwait, Waiting, pump, refusal, socket, verified};
 use crate::engine::OpenLink;
 
@@ -116,9 +116,7 @@ impl Streams {
                     ErrorCode::Busy,
                     format!("{cap} streams are being opened already (--max-streams)"),
                 );
-                let _ = dc.send(Frame::Refuse(busy).encode()).await;
-                pump::settle(&dc, Duration::from_secs(1)).await;
-                pump::close(&dc, false, Duration::ZERO).await;
+                pump::last_word(&dc, Frame::Refuse(busy)).await;
             });
             return;
         }
@@ -131,10 +129,7 @@ impl Streams {
                 Ok(Routed::Accepted) => {}
                 Err(e) => {
                     tracing::info!(code = ?e.code, reason = %e.message, "refused a stream");
-                    let _ = dc.send(Frame::Refuse(e).encode()).await;
-                    // Let it reach the peer before the channel closes.
-                    pump::settle(&dc, Duration::from_secs(1)).await;
-                    pump::close(&dc, false, Duration::ZERO).await;
+                    pump::last_word(&dc, Frame::Refuse(e)).await;
                 }
             }
         });
@@ -200,9 +195,7 @@ impl Streams {
                 {
                     // It left in the moment since: the stream fails.
                     let why = "the accepting client went away".to_string();
-                    let _ = opened.channel.dc.send(Frame::Abort(why).encode()).await;
-                    pump::settle(dc, Duration::from_secs(1)).await;
-                    pump::close(dc, false, Duration::ZERO).await;
+                    pump::last_word(&opened.channel.dc, Frame::Abort(why)).await;
                 }
                 Ok(Routed::Accepted)
             }
@@ -405,24 +398,16 @@ async fn wait_open(dc: &Arc<dyn DataChannel>) -> Result<(), ErrorBody> {
 
 /// The first message on a stream's channel, decoded.
 async fn first_frame(dc: &Arc<dyn DataChannel>) -> Result<Frame, ErrorBody> {
-    loop {
-        match dc.poll().await {
-            Some(DataChannelEvent::OnMessage(m)) => {
-                return Frame::decode(m.data).map_err(|e| {
-                    refusal(
-                        ErrorCode::StreamFailed,
-                        format!("a bad stream message: {e}"),
-                    )
-                });
-            }
-            Some(DataChannelEvent::OnClose) | None => {
-                return Err(refusal(
-                    ErrorCode::StreamFailed,
-                    "the stream's channel closed during its open",
-                ));
-            }
-            Some(_) => {}
-        }
+    match frame::next(dc).await {
+        Some(Ok(f)) => Ok(f),
+        Some(Err(e)) => Err(refusal(
+            ErrorCode::StreamFailed,
+            format!("a bad stream message: {e}"),
+        )),
+        None => Err(refusal(
+            ErrorCode::StreamFailed,
+            "the stream's channel closed during its open",
+        )),
     }
 }
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use p2p_proto::control::{ErrorBody, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc, watch};
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::data_channel::DataChannel;
 
 use super::frame::{self, Frame, MAX_DATA};
 use super::local::{Read, Reader, Writer};
@@ -107,13 +107,13 @@ where
 {
     let outcome = match pump(&ch, reader, writer, meter).await {
         Ok(()) => {
-            settle(&ch.dc, ch.drain).await;
+            let _ = crate::channel::acknowledged(&ch.dc, ch.drain).await;
             Ok(())
         }
         Err(f) => {
             if let Some(why) = f.tell_peer {
                 let _ = ch.dc.send(Frame::Abort(why).encode()).await;
-                settle(&ch.dc, Duration::from_millis(500)).await;
+                let _ = crate::channel::acknowledged(&ch.dc, Duration::from_millis(500)).await;
             }
             Err(f.error)
         }
@@ -137,28 +137,19 @@ pub async fn close(dc: &Arc<dyn DataChannel>, opener: bool, limit: Duration) {
         let _ = dc.close().await;
         return;
     }
-    let closed = async {
-        loop {
-            if let Some(DataChannelEvent::OnClose) | None = dc.poll().await {
-                return;
-            }
-        }
-    };
+    let closed = async { while frame::next(dc).await.is_some() {} };
     if tokio::time::timeout(limit, closed).await.is_err() {
         tracing::debug!("the peer did not close a stream's channel in time");
         let _ = dc.close().await;
     }
 }
 
-/// Waits (bounded) until the peer's stack acknowledged what we sent.
-pub(super) async fn settle(dc: &Arc<dyn DataChannel>, limit: Duration) {
-    let started = tokio::time::Instant::now();
-    while started.elapsed() < limit {
-        match dc.outstanding_bytes().await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-        }
-    }
+/// The acceptor's last word on a stream that will not run (a refusal, an
+/// abort): sent, given a second to reach the peer, and the channel closed.
+pub(super) async fn last_word(dc: &Arc<dyn DataChannel>, frame: Frame) {
+    let _ = dc.send(frame.encode()).await;
+    let _ = crate::channel::acknowledged(dc, Duration::from_secs(1)).await;
+    close(dc, false, Duration::ZERO).await;
 }
 
 async fn pump<R, W>(
@@ -206,24 +197,20 @@ async fn from_channel(
         if ended && *our_end.borrow() {
             return Ok(());
         }
-        let event = tokio::select! {
-            ev = ch.dc.poll() => ev,
+        let next = tokio::select! {
+            next = frame::next(&ch.dc) => next,
             _ = our_end.changed(), if ended => continue,
         };
-        let msg = match event {
-            Some(DataChannelEvent::OnMessage(m)) => m,
-            Some(DataChannelEvent::OnClose) | None => {
-                return Err(Failure {
-                    error: failed(format!(
-                        "the link to {} was lost or the stream reset before it ended",
-                        ch.peer
-                    )),
-                    tell_peer: None,
-                });
-            }
-            Some(_) => continue,
+        let Some(next) = next else {
+            return Err(Failure {
+                error: failed(format!(
+                    "the link to {} was lost or the stream reset before it ended",
+                    ch.peer
+                )),
+                tell_peer: None,
+            });
         };
-        match Frame::decode(msg.data).map_err(protocol)? {
+        match next.map_err(protocol)? {
             Frame::Data(_) if ended => {
                 return Err(protocol("data after its end".into()));
             }
