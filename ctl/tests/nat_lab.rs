@@ -6,6 +6,17 @@ use p2p_proto::control::LinkState;
 use p2p_testkit::lab::{Lab, Nat, PUBLIC, pair_ok, path_of};
 use p2p_testkit::{Daemon, Tail, lab_or_skip, transfer};
 
+/// Cone NATs with STUN (and coturn running), and daemons `h1` and `h2`
+/// behind them with `flags`: the setup of the network-change cases.
+fn cone_lab(flags: &[&str]) -> (Lab, p2p_testkit::Signald, Daemon, Daemon) {
+    let mut lab = Lab::build(Nat::Cone);
+    lab.start_coturn();
+    let s = lab.signald(&[Lab::stun()]);
+    let a = lab.daemon("h1", "h1", flags);
+    let b = lab.daemon("h2", "h2", flags);
+    (lab, s, a, b)
+}
+
 /// Case 1: Cone NATs, STUN only: hole punching gives a direct path.
 #[test]
 fn lab_cone_nats_with_stun_connect_directly() {
@@ -167,13 +178,8 @@ fn lab_impaired_uplink_still_pairs_and_delivers_in_order() {
 #[test]
 fn lab_nat_rebinding_mid_transfer_restarts_ice_and_loses_nothing() {
     lab_or_skip!();
-    let mut lab = Lab::build(Nat::Cone);
     // A short silence before the restart keeps the test quick.
-    let fast = ["--ice-disconnected-timeout", "1s"];
-    lab.start_coturn();
-    let s = lab.signald(&[Lab::stun()]);
-    let a = lab.daemon("h1", "h1", &fast);
-    let b = lab.daemon("h2", "h2", &fast);
+    let (lab, s, a, b) = cone_lab(&["--ice-disconnected-timeout", "1s"]);
     let before = pair_ok(&a, &b);
     assert!(
         before.remote_address.starts_with("198.51.100.12:"),
@@ -332,12 +338,7 @@ fn lab_the_answerer_moves_and_restarts_ice_itself() {
 #[test]
 fn lab_the_host_gets_a_new_address_and_the_link_follows_at_once() {
     lab_or_skip!();
-    let mut lab = Lab::build(Nat::Cone);
-    lab.start_coturn();
-    let s = lab.signald(&[Lab::stun()]);
-    let slow_ice = ["--ice-disconnected-timeout", "60s"];
-    let a = lab.daemon("h1", "h1", &slow_ice);
-    let b = lab.daemon("h2", "h2", &slow_ice);
+    let (lab, s, a, b) = cone_lab(&["--ice-disconnected-timeout", "60s"]);
     pair_ok(&a, &b);
     let at_a = Tail::start(&a, &[]);
     let at_b = Tail::start(&b, &[]);
@@ -365,12 +366,7 @@ fn lab_the_host_gets_a_new_address_and_the_link_follows_at_once() {
 fn lab_a_stream_across_a_network_change_arrives_complete() {
     lab_or_skip!();
     use std::io::{Read, Write};
-    let mut lab = Lab::build(Nat::Cone);
-    let fast = ["--ice-disconnected-timeout", "1s"];
-    lab.start_coturn();
-    let s = lab.signald(&[Lab::stun()]);
-    let a = lab.daemon("h1", "h1", &fast);
-    let b = lab.daemon("h2", "h2", &fast);
+    let (lab, s, a, b) = cone_lab(&["--ice-disconnected-timeout", "1s"]);
     pair_ok(&a, &b);
     let events = Tail::start(&b, &["--json"]);
     let data: Vec<u8> = (0..8u32 << 20)

@@ -294,17 +294,24 @@ fn refusals_each_say_why_and_leave_the_daemons_unharmed() {
     a.ok(&["send", "and messages too"]);
 }
 
+/// Daemons `a` and `b` under `--trust POLICY`, `b` exposing `echo` (at
+/// `target`) to `a`, paired for the first time.
+fn first_contact(s: &Signald, policy: &str, a: &str, b: &str, target: &str) -> (Daemon, Daemon) {
+    let da = Daemon::start_with(&s.url(), a, &["--trust", policy]);
+    let db = Daemon::start_with(&s.url(), b, &["--trust", policy]);
+    db.ok(&["expose", "echo", target, "--peer", a]);
+    da.ok(&["pair", b]);
+    db.wait_open_with(a);
+    (da, db)
+}
+
 #[test]
 fn a_key_pinned_on_first_contact_or_not_at_all_does_not_open_streams() {
     let s = signald();
-    let a = Daemon::start_with(&s.url(), "tofu-a", &["--trust", "tofu"]);
-    let b = Daemon::start_with(&s.url(), "tofu-b", &["--trust", "tofu"]);
     let port = service(echo);
     let target = format!("tcp:127.0.0.1:{port}");
-    b.ok(&["expose", "echo", &target, "--peer", "tofu-a"]);
     // First contact: each pins the other's key now, which proves nothing.
-    a.ok(&["pair", "tofu-b"]);
-    b.wait_open_with("tofu-a");
+    let (a, b) = first_contact(&s, "tofu", "tofu-a", "tofu-b", &target);
     fails(
         &a,
         &["connect", "tofu-b/echo"],
@@ -350,11 +357,7 @@ fn a_key_pinned_on_first_contact_or_not_at_all_does_not_open_streams() {
     assert_eq!(out.stdout, b"pinned before");
 
     // Under --trust any nothing is verified.
-    let c = Daemon::start_with(&s.url(), "any-c", &["--trust", "any"]);
-    let d = Daemon::start_with(&s.url(), "any-d", &["--trust", "any"]);
-    d.ok(&["expose", "echo", &target, "--peer", "any-c"]);
-    c.ok(&["pair", "any-d"]);
-    d.wait_open_with("any-c");
+    let (c, _d) = first_contact(&s, "any", "any-c", "any-d", &target);
     fails(
         &c,
         &["connect", "any-d/echo"],

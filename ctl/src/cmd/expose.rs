@@ -92,12 +92,18 @@ pub async fn run(mut client: Client, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How an opt-in to unverified peers is shown, wherever it is.
+pub fn unverified_note(allowed: bool) -> &'static str {
+    match allowed {
+        true => " (UNVERIFIED peers allowed)",
+        false => "",
+    }
+}
+
 /// `ssh -> tcp:127.0.0.1:22 for alice, bob (UNVERIFIED peers allowed), 1 open`
 pub fn describe(s: &ServiceInfo) -> String {
     let mut line = format!("{} -> {} for {}", s.name, s.target, s.peers.join(", "));
-    if s.allow_unverified {
-        line.push_str(" (UNVERIFIED peers allowed)");
-    }
+    line.push_str(unverified_note(s.allow_unverified));
     if s.open_streams > 0 {
         line.push_str(&format!(", {} open", s.open_streams));
     }

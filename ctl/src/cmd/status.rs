@@ -110,26 +110,29 @@ pub fn summary(s: &Status) -> String {
     for svc in &s.services {
         let _ = writeln!(out, "expose:   {}", super::expose::describe(svc));
     }
+    let unverified = super::expose::unverified_note;
     for a in &s.accepts {
-        let unverified = match a.allow_unverified {
-            true => " (UNVERIFIED peers allowed)",
-            false => "",
-        };
         let _ = writeln!(
             out,
-            "accept:   {} from {}{unverified}, waiting",
-            a.service, a.peer_id
+            "accept:   {} from {}{}, waiting",
+            a.service,
+            a.peer_id,
+            unverified(a.allow_unverified)
         );
     }
     for f in &s.forwards {
-        let unverified = match f.allow_unverified {
-            true => " (to an UNVERIFIED peer allowed)",
-            false => "",
-        };
         let _ = writeln!(
             out,
-            "forward:  {} -> {}/{}{unverified}, {} open, {} in all",
-            f.listen, f.peer_id, f.service, f.open_connections, f.connections
+            "forward:  {} -> {}/{}{}, {} open, {} in all",
+            f.listen,
+            f.peer_id,
+            f.service,
+            match f.allow_unverified {
+                true => " (to an UNVERIFIED peer allowed)",
+                false => "",
+            },
+            f.open_connections,
+            f.connections
         );
     }
     for st in &s.streams {
