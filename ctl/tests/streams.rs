@@ -592,3 +592,60 @@ fn services_and_forwards_given_as_p2pd_options_work_from_the_start() {
     a.wait_idle();
     assert_eq!(a.status().forwards[0].connections, 1);
 }
+
+/// The link lives as long as its peer, not as long as signald: a stream
+/// keeps moving while signald is away for three times the restart bound,
+/// a new one opens meanwhile (streams need no signald), and both end
+/// cleanly.
+#[test]
+fn streams_move_and_open_while_signald_is_away_longer_than_every_bound() {
+    let s = signald();
+    let bound = &["--ice-restart-timeout", "2s"];
+    let a = Daemon::start_with(&s.url(), "away-a", bound);
+    let b = Daemon::start_with(&s.url(), "away-b", bound);
+    a.pair(&b);
+    let port = service(echo);
+    b.ok(&[
+        "expose",
+        "echo",
+        &format!("tcp:127.0.0.1:{port}"),
+        "--peer",
+        "away-a",
+    ]);
+    let (mut held, out) = held_open(&a, &["connect", "away-b/echo"]);
+    held.write_all(b"before;").unwrap();
+    b.wait_status("the stream open", |st| st.streams.len() == 1);
+    s.proc().signal(libc::SIGKILL);
+    for d in [&a, &b] {
+        d.wait_status("signald gone", |st| {
+            st.server.state != p2p_proto::control::ServerState::Connected
+        });
+    }
+    let outage = Instant::now();
+    let mut sent = b"before;".to_vec();
+    let mut i = 0;
+    while outage.elapsed() < Duration::from_secs(6) {
+        i += 1;
+        let piece = format!("during {i};");
+        held.write_all(piece.as_bytes()).unwrap();
+        sent.extend_from_slice(piece.as_bytes());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A second stream, opened with signald still away.
+    let second = a.ctl_stdin(&["connect", "away-b/echo"], b"opened during the outage");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(second.stdout, b"opened during the outage");
+    drop(held);
+    let out = out.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(&out.stdout, &sent, "the stream across the outage");
+    assert_eq!(a.status().link, p2p_proto::control::LinkState::Open);
+}

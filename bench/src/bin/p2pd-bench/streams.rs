@@ -257,14 +257,13 @@ pub fn forwarded(bench: &mut Bench, cli: &Cli) -> anyhow::Result<Row> {
 pub fn idle_memory(bench: &mut Bench, cli: &Cli) -> anyhow::Result<Row> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
-    let held = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         // Connections are held open, never answered, until the bench ends.
         let mut conns = Vec::new();
         for c in listener.incoming().flatten() {
             conns.push(c);
         }
     });
-    drop(held);
     bench.b.daemon.ok(&[
         "expose",
         "idle",
