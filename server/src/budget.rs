@@ -2,8 +2,8 @@
 //! what every outbox holds, plus what a connection handed to the WebSocket
 //! library and the library has not yet written to the socket.
 //!
-//! The budget only counts; it never refuses a frame itself. The registry
-//! checks [`Budget::over`] after queueing, at a point where it may take its
+//! The budget only counts; it never refuses a frame itself. The shared
+//! policies (`directory::policy`) check [`Budget::over`] after queueing, at a point where it may take its
 //! map lock, and then drops the clients holding the most until the total is
 //! back under seven eighths of the budget. So one frame per concurrent push
 //! (two worker threads: two frames) is the most the total can pass it by.
@@ -30,6 +30,11 @@ pub struct Budget {
 const TRIM_AFTER: usize = 1024 * 1024;
 
 impl Budget {
+    /// The budget, in bytes.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     pub fn new(max: usize) -> Budget {
         Budget {
             used: AtomicUsize::new(0),

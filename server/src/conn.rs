@@ -34,10 +34,9 @@ use tokio_tungstenite::tungstenite::{
 };
 use tracing::debug;
 
-use crate::cluster::Unavailable;
+use crate::directory::{Kick, Refusal, Relayed, Slot, Unavailable};
 use crate::http::{self, Head, Reply, Route};
 use crate::limits::{Refused, Ticket};
-use crate::registry::{Kick, Refusal, Relayed, Slot};
 use crate::{Shared, id, proxy};
 
 /// Largest frame signald writes; longer messages are fragmented.
@@ -169,7 +168,7 @@ async fn answer<S: Io>(stream: &mut S, reply: Reply) {
 /// (fenced, or Redis unreachable): a load balancer then sends clients to
 /// another node.
 async fn healthz<S: Io>(stream: &mut S, srv: &Shared) -> std::io::Result<()> {
-    match srv.backend.healthy() {
+    match srv.directory.healthy() {
         Ok(()) => http::ok(stream, "text/plain", "ok\n").await,
         Err(why) => {
             answer(stream, Reply::Unavailable(why)).await;
@@ -268,7 +267,7 @@ async fn session<S: Io>(
         }
     };
     let slot = match srv
-        .backend
+        .directory
         .register(ask.id, ask.token, client, |id| srv.welcome(id, turn))
         .await
     {
@@ -291,7 +290,7 @@ async fn session<S: Io>(
             return refuse(&mut ws, srv, ErrorCode::ServerFull, msg, code).await;
         }
     };
-    debug!(id = %slot.id, "registered");
+    debug!(id = %slot.id(), "registered");
     let mut out = Writer::default();
     let ending = drive(&mut ws, &slot, &mut out, turn, srv).await;
     let (code, text, reason) = match ending {
@@ -324,26 +323,26 @@ async fn session<S: Io>(
             "server shutting down",
             DisconnectReason::Left,
         ),
-        Ending::Kicked(Kick::Fenced) | Ending::Unavailable => (
+        Ending::Kicked(Kick::Unavailable) | Ending::Unavailable => (
             close_code::TRY_AGAIN_LATER,
             "cluster unavailable",
             DisconnectReason::Left,
         ),
     };
     // The peer is told now, before any close handshake with this client.
-    srv.backend.remove(&slot, reason).await;
+    srv.directory.remove(&slot, reason).await;
     if matches!(ending, Ending::Timeout) {
-        srv.backend
+        srv.directory
             .metrics()
             .timeouts
             .fetch_add(1, Ordering::Relaxed);
     }
-    debug!(id = %slot.id, code, reason = ?reason, "closing");
+    debug!(id = %slot.id(), code, reason = ?reason, "closing");
     match ending {
         // The close handshake already ran or the socket is gone.
         Ending::Left => finish(&mut ws, srv).await,
         // Whatever is queued would never be read (and is already freed).
-        Ending::Kicked(Kick::SlowReader | Kick::Evicted | Kick::Fenced) => {
+        Ending::Kicked(Kick::SlowReader | Kick::Evicted | Kick::Unavailable) => {
             close(&mut ws, code, text, srv).await
         }
         _ => {
@@ -355,7 +354,7 @@ async fn session<S: Io>(
 
 /// Sends one error frame, then closes: the upgrade could not be honoured.
 async fn refuse<S: Io>(ws: &mut Ws<S>, srv: &Shared, code: ErrorCode, msg: &str, close_with: u16) {
-    srv.backend.metrics().error(code);
+    srv.directory.metrics().error(code);
     let frame = ServerMsg::Error {
         code,
         message: msg.to_string(),
@@ -495,7 +494,7 @@ async fn drive<S: Io>(
     srv: &Shared,
 ) -> Ending {
     let cfg = &srv.cfg;
-    let reg = &srv.backend;
+    let dir = &srv.directory;
     let start = Instant::now();
     // Checked at ping times: the configuration keeps the lifetime at four
     // ping intervals or more, so a renewal is never late.
@@ -524,13 +523,13 @@ async fn drive<S: Io>(
                     return Ending::Timeout;
                 }
                 if now >= next_ping {
-                    reg.send_own(slot, Utf8Bytes::from_static(PING));
+                    dir.send_own(slot, Utf8Bytes::from_static(PING));
                     next_ping = srv.ping_slot(now + cfg.ping_interval);
                 }
                 if let (Some(at), Some(t)) = (renew_at, &cfg.turn)
                     && now >= at
                 {
-                    reg.send_own(slot, srv.ice_servers_frame(&slot.id));
+                    dir.send_own(slot, srv.ice_servers_frame(slot.id()));
                     renew_at = Some(now + t.ttl / 2);
                 }
                 timer.as_mut().reset(next_ping.min(deadline));
@@ -541,11 +540,11 @@ async fn drive<S: Io>(
                 return Ending::TooLarge;
             }
             Event::ReadError(WsError::Utf8(_)) => {
-                reg.send_error(slot, ErrorCode::BadMessage, "text frame is not UTF-8");
+                dir.send_error(slot, ErrorCode::BadMessage, "text frame is not UTF-8");
                 return Ending::BadUtf8;
             }
             Event::ReadError(e) => {
-                debug!(id = %slot.id, "read: {e}");
+                debug!(id = %slot.id(), "read: {e}");
                 return Ending::Left;
             }
             Event::Frame(msg) => msg,
@@ -559,7 +558,7 @@ async fn drive<S: Io>(
         // too many were dropped.
         let mut drop_frame = |why: String| {
             dropped += 1;
-            reg.send_error(slot, ErrorCode::RateLimited, why);
+            dir.send_error(slot, ErrorCode::RateLimited, why);
             dropped >= cfg.rate_close_after
         };
         if !bucket.take(now, 1) {
@@ -598,7 +597,7 @@ async fn drive<S: Io>(
                     too_large(slot, srv);
                     return Ending::TooLarge;
                 }
-                reg.send_error(slot, ErrorCode::BadMessage, "binary frames are not allowed");
+                dir.send_error(slot, ErrorCode::BadMessage, "binary frames are not allowed");
             }
             // WebSocket-level pings are answered by the library; like every
             // frame they count as liveness.
@@ -612,25 +611,25 @@ fn too_large(slot: &Arc<Slot>, srv: &Shared) {
         "message over the limit of {} bytes",
         srv.cfg.max_message_bytes
     );
-    srv.backend.send_error(slot, ErrorCode::TooLarge, msg);
+    srv.directory.send_error(slot, ErrorCode::TooLarge, msg);
 }
 
 /// Handles one text frame from the client. `Err`: a cluster node could not
 /// carry it out; the connection then ends with 1013.
 async fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) -> Result<(), Unavailable> {
-    let reg = &srv.backend;
+    let dir = &srv.directory;
     let msg = match ClientMsg::parse(text) {
         Ok(msg) => msg,
         Err(e) => {
-            reg.send_error(slot, e.code(), e.to_string());
+            dir.send_error(slot, e.code(), e.to_string());
             return Ok(());
         }
     };
-    let from = || slot.id.to_string();
+    let from = || slot.id().to_string();
     let out = match msg {
         ClientMsg::Pong => return Ok(()),
         ClientMsg::Pair { peer_id } => {
-            if let Err(code) = reg.pair(slot, &peer_id).await? {
+            if let Err(code) = dir.pair(slot, &peer_id).await? {
                 let text = match code {
                     ErrorCode::SelfPair => "cannot pair with yourself".to_string(),
                     ErrorCode::AlreadyPaired => format!(
@@ -641,13 +640,13 @@ async fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) -> Result<(), Unava
                     ErrorCode::PeerBusy => format!("{peer_id} is paired with someone else"),
                     other => other.to_string(),
                 };
-                reg.send_error(slot, code, text);
+                dir.send_error(slot, code, text);
             }
             return Ok(());
         }
         ClientMsg::Unpair => {
-            if let Err(code) = reg.unpair(slot).await? {
-                reg.send_error(slot, code, "not paired");
+            if let Err(code) = dir.unpair(slot).await? {
+                dir.send_error(slot, code, "not paired");
             }
             return Ok(());
         }
@@ -658,8 +657,8 @@ async fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) -> Result<(), Unava
             from: from(),
         },
     };
-    if let Relayed::NotPaired = reg.relay(slot, relayed_frame(out.to_json())).await? {
-        reg.send_error(slot, ErrorCode::NotPaired, "not paired: nothing relayed");
+    if let Relayed::NotPaired = dir.relay(slot, relayed_frame(out.to_json()))? {
+        dir.send_error(slot, ErrorCode::NotPaired, "not paired: nothing relayed");
     }
     Ok(())
 }
@@ -683,7 +682,7 @@ fn poll_event<S: Io>(
     timer: Pin<&mut Sleep>,
     cx: &mut Context<'_>,
 ) -> Poll<Event> {
-    slot.waker.register(cx.waker());
+    slot.register(cx);
     if let Some(k) = slot.ended() {
         return Poll::Ready(Event::Kicked(k));
     }

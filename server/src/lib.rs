@@ -7,16 +7,14 @@
 //! [`run`] serves an already bound listener until `shutdown` resolves, so
 //! tests run the real server in-process on `127.0.0.1:0`.
 
-mod backend;
 mod budget;
-pub mod cluster;
 mod conn;
+mod directory;
 mod http;
 mod id;
 mod limits;
 mod metrics;
 pub mod proxy;
-mod registry;
 mod reserve;
 pub mod service;
 pub mod tls;
@@ -35,13 +33,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 
-use crate::backend::Backend;
-use crate::budget::Budget;
-pub use crate::cluster::{ClusterConfig, DEFAULT_PREFIX};
+use crate::directory::Directory;
+pub use crate::directory::cluster::{ClusterConfig, DEFAULT_PREFIX};
 use crate::limits::{IpLimits, Limits, Refused};
 use crate::metrics::Gauges;
 pub use crate::proxy::Cidr;
-use crate::registry::{QueueLimits, Registry};
 pub use crate::tls::Tls;
 pub use crate::turn::{TurnRest, TurnSecret};
 
@@ -250,7 +246,7 @@ impl Config {
 /// State shared by every connection task.
 struct Shared {
     cfg: Config,
-    backend: Backend,
+    directory: Directory,
     limits: Arc<Limits>,
     /// Connections refused at accept that are still being answered.
     lingering: AtomicUsize,
@@ -258,7 +254,7 @@ struct Shared {
     metrics_public: bool,
     ws_config: WebSocketConfig,
     /// Origin of the ping slots.
-    epoch: tokio::time::Instant,
+    ping_origin: tokio::time::Instant,
     /// Pings are due on multiples of this, so that one timer wake-up sends
     /// many of them: idle clients then cost a batch, not a wake-up each.
     ping_slot: Duration,
@@ -270,21 +266,18 @@ impl Shared {
     /// are never rounded.
     fn ping_slot(&self, t: tokio::time::Instant) -> tokio::time::Instant {
         let slot = self.ping_slot.as_nanos().max(1);
-        let since = t.saturating_duration_since(self.epoch).as_nanos();
+        let since = t.saturating_duration_since(self.ping_origin).as_nanos();
         let up = since.div_ceil(slot) * slot;
-        self.epoch + Duration::from_nanos(up as u64)
+        self.ping_origin + Duration::from_nanos(up as u64)
     }
 
     /// `/metrics`.
     fn render_metrics(&self) -> String {
-        let counts = self.backend.counts();
-        let budget = self.backend.budget();
-        let mut body = self.backend.metrics().render(&Gauges {
+        let counts = self.directory.counts();
+        let budget = self.directory.budget();
+        let mut body = self.directory.metrics().render(&Gauges {
             clients: counts.clients,
-            pairings: match &self.backend {
-                Backend::Memory(_) => None,
-                Backend::Cluster(c) => Some(c.pairings()),
-            },
+            pairings: self.directory.pairings(),
             reserved: counts.reserved,
             reservations_evicted: counts.reservations_evicted,
             reservations_refused: counts.reservations_refused,
@@ -299,9 +292,7 @@ impl Shared {
                 .map(|r| (*r, self.limits.refused(*r)))
                 .collect(),
         });
-        if let Backend::Cluster(c) = &self.backend {
-            c.figures().render(&mut body);
-        }
+        self.directory.render_metrics(&mut body);
         body
     }
 
@@ -367,39 +358,14 @@ pub async fn serve(
 /// fail before it says it is listening).
 pub struct Signald {
     cfg: Config,
-    backend: Backend,
+    directory: Directory,
 }
 
 impl Signald {
     pub async fn new(cfg: Config) -> anyhow::Result<Signald> {
         cfg.validate()?;
-        let queue = QueueLimits {
-            frames: cfg.max_queue,
-            bytes: cfg.max_queue_bytes,
-        };
-        let budget = Arc::new(Budget::new(cfg.max_buffered_bytes));
-        let backend = match &cfg.cluster {
-            None => Backend::Memory(Registry::new(
-                cfg.max_clients,
-                queue,
-                budget,
-                cfg.id_reserve,
-                cfg.id_reserve_per_ip,
-            )),
-            Some(c) => Backend::Cluster(
-                cluster::Cluster::join(
-                    c.clone(),
-                    cfg.max_clients,
-                    cfg.id_reserve,
-                    cfg.id_reserve_per_ip,
-                    relayed_frame_max(cfg.max_message_bytes),
-                    queue,
-                    budget,
-                )
-                .await?,
-            ),
-        };
-        Ok(Signald { cfg, backend })
+        let directory = Directory::open(&cfg).await?;
+        Ok(Signald { cfg, directory })
     }
 
     /// Serves until `shutdown` resolves (see [`serve`]).
@@ -409,7 +375,7 @@ impl Signald {
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        serve_ready(listener, metrics, self.cfg, self.backend, shutdown).await
+        serve_ready(listener, metrics, self.cfg, self.directory, shutdown).await
     }
 }
 
@@ -417,7 +383,7 @@ async fn serve_ready(
     listener: TcpListener,
     metrics: Option<TcpListener>,
     cfg: Config,
-    backend: Backend,
+    directory: Directory,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // The library's own limit sits above ours so that `too_large` is sent
@@ -447,11 +413,11 @@ async fn serve_ready(
         },
     });
     let shared = Arc::new(Shared {
-        backend,
+        directory,
         limits,
         lingering: AtomicUsize::new(0),
         metrics_public: metrics.is_none(),
-        epoch: tokio::time::Instant::now(),
+        ping_origin: tokio::time::Instant::now(),
         ping_slot: (cfg.ping_interval / 20)
             .min((cfg.ping_timeout - cfg.ping_interval) / 4)
             .min(Duration::from_millis(SLOT_MS)),
@@ -478,7 +444,7 @@ async fn serve_ready(
                 // only to the allocator; once more when the clients dropped
                 // for it have closed (the close grace), taking the
                 // library's buffers with them.
-                if shared.backend.budget().should_trim() {
+                if shared.directory.budget().should_trim() {
                     budget::trim_heap();
                     retrim = grace.as_secs() + 1;
                 } else if retrim > 0 {
@@ -530,10 +496,10 @@ async fn serve_ready(
     drop(metrics);
     drop(listener);
     info!(
-        clients = shared.backend.clients(),
+        clients = shared.directory.clients(),
         "shutting down: closing every client with 1001"
     );
-    shared.backend.shutdown();
+    shared.directory.shutdown();
     drop(done_tx);
     if tokio::time::timeout(grace * 2, done_rx.recv())
         .await
@@ -541,7 +507,7 @@ async fn serve_ready(
     {
         warn!("some connections did not close in time");
     }
-    shared.backend.leave().await;
+    shared.directory.leave().await;
     Ok(())
 }
 

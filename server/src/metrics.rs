@@ -17,10 +17,10 @@ pub struct Counts {
     pub reservations_refused: u64,
 }
 
-/// What the registry, the budget and the limits report beside the counters.
+/// What the directory, the budget and the limits report beside the counters.
 pub struct Gauges {
     pub clients: usize,
-    /// Pairings with a side on this node, when the registry does not count
+    /// Pairings with a side on this node, when the directory does not count
     /// them itself (a cluster node).
     pub pairings: Option<usize>,
     pub reserved: usize,
@@ -66,7 +66,7 @@ impl Metrics {
         self.errors[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition, with the gauges the registry knows.
+    /// The Prometheus text exposition, with the gauges the directory knows.
     pub fn render(&self, now: &Gauges) -> String {
         let mut s = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;

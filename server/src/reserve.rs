@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::{id, limits};
 
-/// The SHA-256 of a token, salted with the ID it holds: what the registry
+/// The SHA-256 of a token, salted with the ID it holds: what the directory
 /// keeps and compares (in the cluster, what Redis holds). The salt makes a
 /// table of precomputed hashes useless across IDs for whoever reads Redis;
 /// tokens themselves are meant to be long random secrets (p2pd makes 192

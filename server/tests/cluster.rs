@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use signald::Config;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{self, Client, Server, start_cluster};
+use crate::util::{self, Client, Server, start_cluster, start_cluster_of};
 use crate::{errors, flow, liveness, races};
 
 /// Runs a single-server test's body against a cluster.
@@ -352,4 +352,57 @@ async fn reservations_are_shared_by_every_node() {
         util::metric_at(srv.addrs[0], "signald_reserved_ids").await == 0.0
     })
     .await;
+}
+
+/// A client's frames to a peer on another node go through its node's
+/// writer, many to a round trip; its `unpair`, or its departure, still
+/// reaches the peer after every frame it sent before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_then_unpair_or_leaving_arrive_in_order_across_nodes() {
+    let cfg = Config {
+        rate_limit: u32::MAX,
+        rate_burst: u32::MAX,
+        rate_limit_bytes: u32::MAX,
+        rate_burst_bytes: u32::MAX,
+        ..many()
+    };
+    let Some(srv) = start_cluster_of("frames_then_unpair_in_order", cfg, 2).await else {
+        return;
+    };
+    let mut b = at(&srv, 1, "id=b").await;
+    for round in 0..20 {
+        let id = format!("a{round}");
+        let mut a = at(&srv, 0, &format!("id={id}")).await;
+        a.send(json!({"type":"pair","peer_id":"b"})).await;
+        assert_eq!(a.recv().await["type"], "paired");
+        assert_eq!(b.recv().await["type"], "paired");
+        // At most the default burst (200), so that b's queue (256 frames)
+        // holds them even when one inbox read brings all at once.
+        for i in 0..200 {
+            let f = json!({"type":"offer","sdp":format!("{round}/{i}")});
+            a.ws.feed(Message::text(f.to_string())).await.unwrap();
+        }
+        let leaves = round % 2 == 1;
+        if leaves {
+            a.ws.flush().await.unwrap();
+            a.ws.close(None).await.unwrap();
+        } else {
+            let f = json!({"type":"unpair"});
+            a.ws.feed(Message::text(f.to_string())).await.unwrap();
+            a.ws.flush().await.unwrap();
+        }
+        for i in 0..200 {
+            assert_eq!(
+                b.recv().await,
+                json!({"type":"offer","sdp":format!("{round}/{i}"),"from":id}),
+                "round {round}"
+            );
+        }
+        let reason = if leaves { "left" } else { "unpaired" };
+        assert_eq!(
+            b.recv().await,
+            json!({"type":"peer_disconnected","peer_id":id,"reason":reason})
+        );
+    }
+    assert_eq!(relayed_out(&srv, 0).await, 20.0 * 200.0);
 }

@@ -2,6 +2,12 @@
 //! them together by the global budget, and what they held is given back.
 //! Measured with the server's own accounting (`signald_buffered_bytes`);
 //! the process's RSS is the benchmark's business.
+//!
+//! The three policies both backends share (`directory::policy`): a relay
+//! into a peer that does not read, the budget running out, a client's own
+//! frames overflowing its queue. Each runs on both backends: in memory,
+//! and on a one-node cluster, where both clients are on the same node and
+//! the cluster's own path drops them. The peer is told at once on both.
 
 use std::time::Duration;
 
@@ -10,16 +16,17 @@ use serde_json::json;
 use signald::Config;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{self, Client, Server, eventually, start, start_default};
+use crate::util::{self, Client, Server, eventually, start, start_cluster_of, start_default};
 
 /// A client with a tiny receive buffer that reads its `welcome` and then
 /// only what the test asks it to.
 async fn stuck(srv: &Server, id: &str) -> Client {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(srv.addr).await.unwrap();
+    let addr = srv.next_addr();
+    let stream = sock.connect(addr).await.unwrap();
     let (ws, _) = tokio_tungstenite::client_async(
-        srv.url(&format!("id={id}")),
+        util::url_at(addr, &format!("id={id}")),
         tokio_tungstenite::MaybeTlsStream::Plain(stream),
     )
     .await
@@ -65,17 +72,50 @@ async fn buffered_back_to_zero(srv: &Server) {
     .await;
 }
 
-#[tokio::test]
-async fn a_slow_reader_is_dropped_by_bytes_and_its_peer_told_at_once() {
-    let srv = start(Config {
+/// Runs each policy test on both backends.
+macro_rules! on_both {
+    ($($test:ident($cfg:expr);)*) => {
+        mod in_memory {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::start($cfg).await).await;
+                }
+            )*
+        }
+        mod on_a_cluster_node {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let test = concat!("memory_", stringify!($test));
+                    if let Some(srv) = super::start_cluster_of(test, $cfg, 1).await {
+                        super::$test(srv).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both! {
+    a_slow_reader_is_dropped_by_bytes_and_its_peer_told_at_once(super::relay_cfg());
+    many_slow_readers_stay_within_the_global_budget(super::budget_cfg());
+    a_client_overflowing_its_own_queue_is_dropped_and_its_peer_told(super::own_cfg());
+}
+
+fn relay_cfg() -> Config {
+    Config {
         close_grace: Duration::from_millis(200),
         // The sender's own byte budget out of the way (it is tested
         // below): what is tested is the reader's bound.
         rate_limit_bytes: u32::MAX,
         rate_burst_bytes: u32::MAX,
         ..Config::default()
-    })
-    .await;
+    }
+}
+
+/// Relaying into a peer's outbox: a peer that does not read is dropped.
+async fn a_slow_reader_is_dropped_by_bytes_and_its_peer_told_at_once(srv: Server) {
     let limit = Config::default().max_queue_bytes;
     let mut target = stuck(&srv, "stuck").await;
     let mut flooder = srv.named("flooder").await;
@@ -104,21 +144,26 @@ async fn a_slow_reader_is_dropped_by_bytes_and_its_peer_told_at_once() {
     drop(target);
 }
 
-#[tokio::test]
-async fn many_slow_readers_stay_within_the_global_budget() {
-    let budget = 512 * 1024;
-    let frame_len = 64 * 1024;
-    let srv = start(Config {
+const BUDGET: usize = 512 * 1024;
+
+fn budget_cfg() -> Config {
+    Config {
         // Each reader alone may hold twice the budget: only the budget
         // stops them, by dropping whoever holds the most.
-        max_queue_bytes: 2 * budget,
-        max_buffered_bytes: budget,
+        max_queue_bytes: 2 * BUDGET,
+        max_buffered_bytes: BUDGET,
         close_grace: Duration::from_millis(200),
         rate_limit_bytes: u32::MAX,
         rate_burst_bytes: u32::MAX,
         ..Config::default()
-    })
-    .await;
+    }
+}
+
+/// Making room: when all outboxes together pass the budget, whoever holds
+/// the most goes.
+async fn many_slow_readers_stay_within_the_global_budget(srv: Server) {
+    let budget = BUDGET;
+    let frame_len = 64 * 1024;
     let (mut c, mut d) = srv.pair("c", "d").await;
     let mut pairs = Vec::new();
     for i in 0..4 {
@@ -155,6 +200,57 @@ async fn many_slow_readers_stay_within_the_global_budget() {
     c.send(json!({"type":"offer","sdp":"still here"})).await;
     assert_eq!(d.recv().await["sdp"], "still here");
     drop(pairs);
+}
+
+fn own_cfg() -> Config {
+    Config {
+        // Every frame the client sends earns it an error; none is dropped
+        // by the rate limit, which would close it for another reason.
+        rate_limit: u32::MAX,
+        rate_burst: u32::MAX,
+        rate_limit_bytes: u32::MAX,
+        rate_burst_bytes: u32::MAX,
+        max_queue: 64,
+        close_grace: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+/// A client's own frames: one that keeps asking and never reads its
+/// answers is a slow reader like any other, and its peer is told.
+async fn a_client_overflowing_its_own_queue_is_dropped_and_its_peer_told(srv: Server) {
+    let mut asker = stuck(&srv, "asker").await;
+    let mut peer = srv.named("peer").await;
+    pair_with(&mut peer, &mut asker).await;
+    // 50,000 unknown types, 50,000 `unknown_type` errors of ~80 bytes:
+    // more than the kernel holds for a reader with a 4 KiB window.
+    let bad = r#"{"type":"nope"}"#;
+    let send = async {
+        for _ in 0..50_000 {
+            if asker.ws.feed(Message::text(bad)).await.is_err() {
+                break;
+            }
+        }
+        let _ = asker.ws.flush().await;
+    };
+    tokio::time::timeout(util::WAIT, send)
+        .await
+        .expect("the asker was read");
+    assert_eq!(
+        peer.recv().await,
+        json!({"type":"peer_disconnected","peer_id":"asker","reason":"left"})
+    );
+    assert_eq!(srv.metric("signald_slow_reader_drops_total").await, 1.0);
+    // Only errors, then the close that says why.
+    let closed = loop {
+        match util::next_frame(&mut asker.ws, true).await {
+            Ok(v) => assert_eq!(v["code"], "unknown_type", "{v}"),
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(closed, Some(1008));
+    buffered_back_to_zero(&srv).await;
+    peer.probe_unpaired().await;
 }
 
 #[tokio::test]

@@ -64,6 +64,12 @@ pub async fn start(cfg: Config) -> Server {
 /// and a short heartbeat (100 ms, dead after 1 s); `None` (after one
 /// `SKIPPED` line) where redis-server is not installed.
 pub async fn start_cluster(test: &str, cfg: Config) -> Option<Server> {
+    start_cluster_of(test, cfg, 3).await
+}
+
+/// Like [`start_cluster`], with `nodes` nodes: one node runs the
+/// cluster's code for two clients of the same node.
+pub async fn start_cluster_of(test: &str, cfg: Config, nodes: usize) -> Option<Server> {
     let redis = redis::Redis::start(test)?;
     let mut srv = Server {
         addr: "127.0.0.1:1".parse().expect("an address"),
@@ -74,7 +80,7 @@ pub async fn start_cluster(test: &str, cfg: Config) -> Option<Server> {
         task: Vec::new(),
         redis: None,
     };
-    for n in 1..=3 {
+    for n in 1..=nodes {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         srv.addrs.push(listener.local_addr().expect("local addr"));
         let cfg = Config {
@@ -124,14 +130,14 @@ pub async fn start_default() -> Server {
 }
 
 impl Server {
+    /// The next node's address (always the same for one server).
+    pub fn next_addr(&self) -> SocketAddr {
+        self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()]
+    }
+
     /// The next node's WebSocket URL (always the same for one server).
     pub fn url(&self, query: &str) -> String {
-        let addr = self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()];
-        if query.is_empty() {
-            format!("ws://{addr}/ws")
-        } else {
-            format!("ws://{addr}/ws?{query}")
-        }
+        url_at(self.next_addr(), query)
     }
 
     /// The URL of a cluster's Redis.
@@ -250,6 +256,15 @@ pub async fn metric_at(addr: SocketAddr, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
         .parse()
         .expect("metric value")
+}
+
+/// The WebSocket URL of the node at `addr`.
+pub fn url_at(addr: SocketAddr, query: &str) -> String {
+    if query.is_empty() {
+        format!("ws://{addr}/ws")
+    } else {
+        format!("ws://{addr}/ws?{query}")
+    }
 }
 
 /// A test client.

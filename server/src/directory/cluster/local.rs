@@ -4,28 +4,73 @@
 //!
 //! The table belongs to one incarnation: fencing drains it (every client
 //! closed with 1013), and a new incarnation starts empty. Its lock is the
-//! map lock of the registry's lock order (map → `peer` → `out`); nothing
-//! awaits under it.
+//! table lock of the slots' lock order (table → `link` → `out`, see
+//! `directory::slot`); nothing awaits under it.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::budget::Budget;
-use crate::metrics::Metrics;
-use crate::registry::{Kick, Peer, Refusal, Slot, lock};
+use crate::directory::policy::Clients;
+use crate::directory::slot::{Kick, Slot, lock};
+use crate::directory::{Peer, Refusal};
 
 /// One incarnation's clients.
 pub struct Live {
-    pub inc: Arc<str>,
-    pub era: u64,
+    inc: Arc<str>,
+    inc_no: u64,
     table: HashMap<u64, Arc<Slot>>,
 }
 
 impl Live {
     /// The client on connection `conn`, if it is `id`.
     pub fn get(&self, conn: u64, id: &str) -> Option<&Arc<Slot>> {
-        self.table.get(&conn).filter(|s| *s.id == *id)
+        self.table.get(&conn).filter(|s| **s.id() == *id)
+    }
+
+    /// The incarnation's name.
+    pub fn inc(&self) -> &str {
+        &self.inc
+    }
+
+    /// The shared policies' view of these clients.
+    pub fn view(&self) -> View<'_> {
+        View(self)
+    }
+}
+
+/// How a cluster node drops a client for the shared policies: it is ended,
+/// and its connection task releases it in Redis at once, which tells its
+/// peer wherever that is. The pairing cached here changes only in Redis's
+/// order, so it is not touched now.
+fn drop_client(slot: &Slot, why: Kick) {
+    slot.end(why);
+}
+
+/// One incarnation's clients, while its table is locked by the caller.
+pub struct View<'a>(&'a Live);
+
+impl Clients for View<'_> {
+    fn each(&self, f: &mut dyn FnMut(&Arc<Slot>)) {
+        self.0.table.values().for_each(f);
+    }
+
+    fn drop_client(&mut self, slot: &Arc<Slot>, why: Kick) {
+        drop_client(slot, why);
+    }
+}
+
+/// The table, locked.
+pub struct Table<'a>(MutexGuard<'a, Membership>);
+
+impl Clients for Table<'_> {
+    fn each(&self, f: &mut dyn FnMut(&Arc<Slot>)) {
+        if let Some(l) = Local::live(&self.0) {
+            l.table.values().for_each(f);
+        }
+    }
+
+    fn drop_client(&mut self, slot: &Arc<Slot>, why: Kick) {
+        drop_client(slot, why);
     }
 }
 
@@ -41,14 +86,14 @@ pub enum Membership {
 
 pub struct Local {
     m: Mutex<Membership>,
-    last_era: Mutex<u64>,
+    last_inc_no: Mutex<u64>,
 }
 
 impl Local {
     pub fn new() -> Local {
         Local {
             m: Mutex::new(Membership::Out),
-            last_era: Mutex::new(0),
+            last_inc_no: Mutex::new(0),
         }
     }
 
@@ -66,17 +111,17 @@ impl Local {
         }
     }
 
-    /// A new incarnation starts (only from `Out`); its generation.
+    /// A new incarnation starts (only from `Out`); its number.
     pub fn begin(&self, inc: Arc<str>) -> Option<u64> {
         let mut m = lock(&self.m);
         if !matches!(*m, Membership::Out) {
             return None;
         }
-        let mut g = lock(&self.last_era);
+        let mut g = lock(&self.last_inc_no);
         *g += 1;
         *m = Membership::Live(Live {
             inc,
-            era: *g,
+            inc_no: *g,
             table: HashMap::new(),
         });
         Some(*g)
@@ -90,8 +135,8 @@ impl Local {
         matches!(*lock(&self.m), Membership::Stopped)
     }
 
-    pub fn era_is(&self, era: u64) -> bool {
-        Self::live(&lock(&self.m)).is_some_and(|l| l.era == era)
+    pub fn is_current(&self, inc_no: u64) -> bool {
+        Self::live(&lock(&self.m)).is_some_and(|l| l.inc_no == inc_no)
     }
 
     /// Whether the node is live (taking clients), and its incarnation.
@@ -103,9 +148,9 @@ impl Local {
         )
     }
 
-    /// The incarnation and generation while it has clients to serve.
-    pub fn incarnation_era(&self) -> Option<(Arc<str>, u64)> {
-        Self::live(&lock(&self.m)).map(|l| (l.inc.clone(), l.era))
+    /// The incarnation's name and number while it has clients to serve.
+    pub fn current(&self) -> Option<(Arc<str>, u64)> {
+        Self::live(&lock(&self.m)).map(|l| (l.inc.clone(), l.inc_no))
     }
 
     pub fn clients(&self) -> usize {
@@ -119,8 +164,8 @@ impl Local {
         let (mut remote, mut local) = (0, 0);
         for s in l.table.values() {
             match s.link().as_ref().map(|l| &l.peer) {
-                Some(Peer::Remote(_)) => remote += 1,
-                Some(Peer::Local(_)) => local += 1,
+                Some(Peer::Elsewhere(_)) => remote += 1,
+                Some(Peer::Here(_)) => local += 1,
                 None => {}
             }
         }
@@ -134,8 +179,8 @@ impl Local {
         match &mut *m {
             Membership::Live(l) => {
                 let room = l.table.len() < max;
-                l.table.insert(slot.conn, slot.clone());
-                Ok((l.inc.clone(), l.era, room))
+                l.table.insert(slot.conn(), slot.clone());
+                Ok((l.inc.clone(), l.inc_no, room))
             }
             Membership::Closing(_) | Membership::Stopped => Err(Refusal::ShuttingDown),
             Membership::Out => Err(Refusal::Unavailable),
@@ -147,10 +192,10 @@ impl Local {
     pub fn remove(&self, slot: &Arc<Slot>) -> Option<(Arc<str>, u64)> {
         let mut m = lock(&self.m);
         let l = Self::live_mut(&mut m)?;
-        match l.table.get(&slot.conn) {
+        match l.table.get(&slot.conn()) {
             Some(s) if Arc::ptr_eq(s, slot) => {
-                l.table.remove(&slot.conn);
-                Some((l.inc.clone(), l.era))
+                l.table.remove(&slot.conn());
+                Some((l.inc.clone(), l.inc_no))
             }
             _ => None,
         }
@@ -161,24 +206,24 @@ impl Local {
         let m = lock(&self.m);
         let l = Self::live(&m)?;
         l.table
-            .get(&slot.conn)
+            .get(&slot.conn())
             .filter(|s| Arc::ptr_eq(s, slot))
-            .map(|_| (l.inc.clone(), l.era))
+            .map(|_| (l.inc.clone(), l.inc_no))
     }
 
-    /// Runs `f` on incarnation `era`'s clients, if it is still current.
-    pub fn apply<R>(&self, era: u64, f: impl FnOnce(&Live) -> R) -> Option<R> {
+    /// Runs `f` on incarnation `inc_no`'s clients, if it is still current.
+    pub fn apply<R>(&self, inc_no: u64, f: impl FnOnce(&Live) -> R) -> Option<R> {
         let m = lock(&self.m);
-        Self::live(&m).filter(|l| l.era == era).map(f)
+        Self::live(&m).filter(|l| l.inc_no == inc_no).map(f)
     }
 
-    /// Fences incarnation `era`: every client closed (1013), no notices,
+    /// Fences incarnation `inc_no`: every client closed (1013), no notices,
     /// pairings forgotten. Whether it was current.
-    pub fn fence(&self, era: u64) -> bool {
+    pub fn fence(&self, inc_no: u64) -> bool {
         let mut m = lock(&self.m);
         let closing = match &*m {
-            Membership::Live(l) if l.era == era => false,
-            Membership::Closing(l) if l.era == era => true,
+            Membership::Live(l) if l.inc_no == inc_no => false,
+            Membership::Closing(l) if l.inc_no == inc_no => true,
             _ => return false,
         };
         let old = std::mem::replace(
@@ -192,7 +237,7 @@ impl Local {
         drop(m);
         if let Membership::Live(l) | Membership::Closing(l) = old {
             for s in l.table.values() {
-                s.end(Kick::Fenced);
+                s.end(Kick::Unavailable);
                 s.link().take();
             }
         }
@@ -223,38 +268,14 @@ impl Local {
                     s.end(Kick::Shutdown);
                     s.link().take();
                 }
-                Some((l.inc, l.era))
+                Some((l.inc, l.inc_no))
             }
             Membership::Out | Membership::Stopped => None,
         }
     }
 
-    /// Brings the buffered bytes back under the budget, if they passed it,
-    /// by ending the clients that hold the most (their connection tasks
-    /// release them; peers are told `left`).
-    pub fn make_room(&self, budget: &Budget, metrics: &Metrics) {
-        if !budget.over() {
-            return;
-        }
-        let m = lock(&self.m);
-        let Some(l) = Self::live(&m) else { return };
-        let mut holders: Vec<(usize, &Arc<Slot>)> = l
-            .table
-            .values()
-            .filter(|s| s.ended().is_none())
-            .filter_map(|s| {
-                let held = s.held();
-                (held > 0).then_some((held, s))
-            })
-            .collect();
-        holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
-        let target = budget.target();
-        for (_, slot) in holders {
-            if budget.used() <= target {
-                break;
-            }
-            metrics.evictions.fetch_add(1, Ordering::Relaxed);
-            slot.end(Kick::Evicted);
-        }
+    /// The table, locked, for the shared policies (see [`Table`]).
+    pub fn table(&self) -> Table<'_> {
+        Table(lock(&self.m))
     }
 }

@@ -8,7 +8,8 @@
 //! of their pairings, changed only in the order Redis made the changes: by
 //! the node's inbox, a Redis stream that the scripts and the other nodes
 //! write to and one task reads ([`inbox`]). Relayed frames to a client of
-//! another node go into that node's inbox ([`relay`]); between two clients
+//! another node go into that node's inbox, many to a round trip
+//! ([`relay`]); between two clients
 //! of one node they go straight into the outbox, without Redis.
 //!
 //! Liveness ([`node`]): each node heartbeats; a node silent for longer than
@@ -21,8 +22,8 @@
 //!
 //! The client crate is redis-rs (`redis` 1.x with tokio): its
 //! `ConnectionManager` reconnects in the background and multiplexes every
-//! task's commands over one connection in the order they were issued (which
-//! keeps one client's relayed frames and its later `unpair` in order), its
+//! task's commands over one connection in the order they were issued (the
+//! node's one writer of relayed frames relies on it, see [`relay`]), its
 //! `Script` runs `EVALSHA` and reloads a script a restarted Redis forgot,
 //! and it adds ten small crates to the build. `fred` has more (pools,
 //! managed pub/sub, Sentinel) and brings about twenty new crates, a second
@@ -48,12 +49,15 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, info, warn};
 
 use crate::budget::Budget;
+use crate::directory::policy::{Outboxes, Relay};
+use crate::directory::slot::{Kick, QueueLimits, Slot, lock};
+use crate::directory::{Refusal, Relayed};
 use crate::id;
-use crate::metrics::{ClusterFigures, Counts, Metrics};
-use crate::registry::{Kick, Link, Peer, Push, QueueLimits, Refusal, Relayed, Slot, lock};
+use crate::metrics::{ClusterFigures, Counts};
 use crate::reserve::Holder;
 
 use local::Local;
+use relay::Outgoing;
 use scripts::Scripts;
 
 /// How long one Redis command may take before the node gives up on it:
@@ -144,10 +148,8 @@ pub fn redacted(url: &str) -> String {
 /// A peer on another node: where its frames go.
 #[derive(Debug)]
 pub struct Remote {
-    pub id: Arc<str>,
-    /// Its node's incarnation.
-    pub node: Arc<str>,
-    pub conn: u64,
+    id: Arc<str>,
+    conn: u64,
     /// That node's inbox key.
     inbox: String,
 }
@@ -156,10 +158,13 @@ impl Remote {
     fn new(prefix: &str, id: &str, node: &str, conn: u64) -> Remote {
         Remote {
             id: id.into(),
-            node: node.into(),
             conn,
             inbox: relay::inbox_key(prefix, node),
         }
+    }
+
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
     }
 }
 
@@ -170,7 +175,7 @@ pub struct Unavailable;
 /// A connection ended while Redis could not be told: retried until it is
 /// (or until this incarnation is fenced, when the reaper frees it).
 struct Release {
-    era: u64,
+    inc_no: u64,
     id: Arc<str>,
     conn: u64,
     reason: DisconnectReason,
@@ -231,12 +236,12 @@ struct Inner {
     reserve_per_addr: usize,
     /// The largest relayed frame a client of this cluster can be sent.
     max_frame: usize,
-    queue: QueueLimits,
-    budget: Arc<Budget>,
-    metrics: Metrics,
+    outboxes: Outboxes,
+    /// Frames for clients of other nodes, on their way to Redis.
+    outgoing: Outgoing,
     counters: Counters,
     local: Local,
-    /// (incarnation generation, last inbox entry applied): what the
+    /// (incarnation number, last inbox entry applied): what the
     /// barrier after a script waits for.
     seen: watch::Sender<(u64, (u64, u64))>,
     /// Ms since `base` until which this incarnation is surely alive in
@@ -307,9 +312,10 @@ impl Cluster {
             reserve_ms: reserve.as_millis() as u64,
             reserve_per_addr,
             max_frame,
-            queue,
-            budget,
-            metrics: Metrics::default(),
+            // What waits for Redis is held to an eighth of the budget for
+            // what waits for clients.
+            outgoing: Outgoing::new(budget.max() / 8),
+            outboxes: Outboxes::new(queue, budget),
             counters: Counters::default(),
             local: Local::new(),
             seen: watch::Sender::new((0, (0, 0))),
@@ -335,15 +341,12 @@ impl Cluster {
             anyhow::anyhow!("joining the cluster at {where_}: {e}{hint}")
         })?;
         tokio::spawn(node::run(inner.clone()));
+        tokio::spawn(relay::run(inner.clone()));
         Ok(Cluster { inner })
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
-    }
-
-    pub fn budget(&self) -> &Arc<Budget> {
-        &self.inner.budget
+    pub(in crate::directory) fn outboxes(&self) -> &Outboxes {
+        &self.inner.outboxes
     }
 
     /// Whether `/healthz` may say ok: live, and the last heartbeat arrived.
@@ -402,7 +405,7 @@ impl Cluster {
         }
     }
 
-    /// Registers a client (see `Registry::register` for the order of
+    /// Registers a client (see `Directory::register` for the order of
     /// checks, which the claim script keeps).
     pub async fn register(
         &self,
@@ -424,11 +427,12 @@ impl Cluster {
             let tok = holder.map(|h| h.hash.hex()).unwrap_or_default();
             let addr = holder.map(|h| h.from.to_string()).unwrap_or_default();
             let conn = i.conns.fetch_add(1, Ordering::Relaxed);
-            let slot = Arc::new(Slot::new(id.clone(), holder, conn, i.budget.clone()));
+            let budget = i.outboxes.budget().clone();
+            let slot = Arc::new(Slot::new(id.clone(), holder, conn, budget));
             // Queued and in the table before the claim: once Redis has it,
             // events for it may arrive at once, and must find it.
-            slot.enqueue(welcome(&id), i.queue);
-            let (inc, era, room) = i.local.insert(&slot, i.max_clients)?;
+            i.outboxes.first(&slot, welcome(&id));
+            let (inc, inc_no, room) = i.local.insert(&slot, i.max_clients)?;
             let conn_s = conn.to_string();
             let res = i
                 .call(
@@ -446,14 +450,15 @@ impl Cluster {
                 .await;
             let refusal = match res.as_deref().map(|v| v.first().map(String::as_str)) {
                 Ok(Some("ok")) => {
-                    i.metrics.connections.fetch_add(1, Ordering::Relaxed);
+                    let m = i.outboxes.metrics();
+                    m.connections.fetch_add(1, Ordering::Relaxed);
                     return Ok(slot);
                 }
                 Ok(Some("retry")) => None,
                 Ok(Some("id_taken")) => Some(Refusal::IdTaken),
                 Ok(Some("full")) => Some(Refusal::ServerFull),
                 Ok(Some("fenced")) => {
-                    i.fence(era, "Redis says this node is dead");
+                    i.fence(inc_no, "Redis says this node is dead");
                     Some(Refusal::Unavailable)
                 }
                 Ok(other) => {
@@ -462,7 +467,7 @@ impl Cluster {
                 }
                 Err(_) => {
                     // It may have run: undo it, now or once Redis is back.
-                    i.defer_release(era, id.clone(), conn, DisconnectReason::Left);
+                    i.defer_release(inc_no, id.clone(), conn, DisconnectReason::Left);
                     Some(Refusal::Unavailable)
                 }
             };
@@ -482,11 +487,8 @@ impl Cluster {
         a: &Arc<Slot>,
         peer_id: &str,
     ) -> Result<Result<(), ErrorCode>, Unavailable> {
-        if *a.id == *peer_id {
-            return Ok(Err(ErrorCode::SelfPair));
-        }
         let i = &self.inner;
-        let Some((inc, era)) = i.local.owner(a) else {
+        let Some((inc, inc_no)) = i.local.owner(a) else {
             // Fenced away or being removed: closing anyway.
             return Ok(Ok(()));
         };
@@ -495,14 +497,18 @@ impl Cluster {
         // Redis knows for sure.
         let peer = if valid_id(peer_id) { peer_id } else { "" };
         let r = i
-            .call(&i.scripts.pair, &inc, &[&a.id, &a.conn.to_string(), peer])
+            .call(
+                &i.scripts.pair,
+                &inc,
+                &[a.id(), &a.conn().to_string(), peer],
+            )
             .await;
-        self.pair_answer(era, r).await
+        self.pair_answer(inc_no, r).await
     }
 
     async fn pair_answer(
         &self,
-        era: u64,
+        inc_no: u64,
         r: redis::RedisResult<Vec<String>>,
     ) -> Result<Result<(), ErrorCode>, Unavailable> {
         let i = &self.inner;
@@ -510,7 +516,7 @@ impl Cluster {
         // Whatever the answer, this node first applies what Redis had for
         // its clients by then (see `scripts::tail`).
         if let Some(id) = r.get(1) {
-            i.applied(era, id).await?;
+            i.applied(inc_no, id).await?;
         }
         match r.first().map(String::as_str) {
             Some("ok") => Ok(Ok(())),
@@ -520,7 +526,7 @@ impl Cluster {
             Some("not_paired") => Ok(Err(ErrorCode::NotPaired)),
             Some("gone") => Ok(Ok(())),
             Some("fenced") => {
-                i.fence(era, "Redis says this node is dead");
+                i.fence(inc_no, "Redis says this node is dead");
                 Err(Unavailable)
             }
             other => {
@@ -530,81 +536,44 @@ impl Cluster {
         }
     }
 
-    /// Ends `a`'s pairing; its peer is told `unpaired`.
+    /// Ends `a`'s pairing; its peer is told `unpaired`, after the frames
+    /// `a` relayed before (see [`relay`]).
     pub async fn unpair(&self, a: &Arc<Slot>) -> Result<Result<(), ErrorCode>, Unavailable> {
         let i = &self.inner;
-        let Some((inc, era)) = i.local.owner(a) else {
+        let Some((inc, inc_no)) = i.local.owner(a) else {
             return Ok(Ok(()));
         };
+        i.outgoing.barrier().await?;
         let r = i
-            .call(&i.scripts.unpair, &inc, &[&a.id, &a.conn.to_string()])
+            .call(&i.scripts.unpair, &inc, &[a.id(), &a.conn().to_string()])
             .await;
-        self.pair_answer(era, r).await
+        self.pair_answer(inc_no, r).await
     }
 
     /// Relays a frame to `a`'s current peer: into its outbox on this node,
-    /// into its node's inbox otherwise.
-    pub async fn relay(&self, a: &Arc<Slot>, frame: Utf8Bytes) -> Result<Relayed, Unavailable> {
+    /// into the queue for its node's inbox otherwise. Never waits.
+    pub fn relay(&self, a: &Arc<Slot>, frame: Utf8Bytes) -> Result<Relayed, Unavailable> {
         let i = &self.inner;
-        let (to, epoch) = {
-            let link = a.link();
-            match &*link {
-                None => return Ok(Relayed::NotPaired),
-                Some(Link {
-                    peer: Peer::Local(peer),
-                    ..
-                }) => {
-                    if !i.alive_locally() {
-                        return Err(Unavailable);
-                    }
-                    match peer.push(frame, i.queue) {
-                        Push::Overflow => {
-                            i.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
-                            peer.end(Kick::SlowReader);
-                        }
-                        Push::Queued | Push::Ending => {
-                            i.metrics.relayed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    drop(link);
-                    i.local.make_room(&i.budget, &i.metrics);
-                    return Ok(Relayed::Ok);
-                }
-                Some(Link {
-                    peer: Peer::Remote(r),
-                    epoch,
-                }) => (r.clone(), *epoch),
-            }
-        };
         if !i.alive_locally() {
             return Err(Unavailable);
         }
-        match relay::send(&i.redis, &to, epoch, &frame).await {
-            Ok(()) => {
+        match i.outboxes.relay(a, frame, || i.local.table()) {
+            Relay::Here => Ok(Relayed::Ok),
+            Relay::NotPaired => Ok(Relayed::NotPaired),
+            Relay::Elsewhere { to, pairing, frame } => {
+                i.outgoing.send(a, to, pairing, frame)?;
                 i.counters.relayed_out.fetch_add(1, Ordering::Relaxed);
-                i.metrics.relayed.fetch_add(1, Ordering::Relaxed);
+                let m = i.outboxes.metrics();
+                m.relayed.fetch_add(1, Ordering::Relaxed);
                 Ok(Relayed::Ok)
-            }
-            Err(e) => {
-                i.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
-                debug!("relay to {}: {e}", to.node);
-                Err(Unavailable)
             }
         }
     }
 
-    /// Queues a frame for the client itself; one that overflows its own
-    /// queue does not read, and is dropped (its task does the rest).
+    /// Queues a frame for the client itself (see [`crate::directory::policy`]).
     pub fn send_own(&self, slot: &Arc<Slot>, frame: Utf8Bytes) {
         let i = &self.inner;
-        match slot.enqueue(frame, i.queue) {
-            Push::Overflow => {
-                i.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
-                slot.end(Kick::SlowReader);
-            }
-            Push::Queued => i.local.make_room(&i.budget, &i.metrics),
-            Push::Ending => {}
-        }
+        i.outboxes.send_own(slot, frame, || i.local.table());
     }
 
     /// The connection ended: out of the table, and in Redis its pairing
@@ -614,22 +583,26 @@ impl Cluster {
         slot.end(Kick::Own);
         // Its own view of the pairing goes now: no cycle keeps it alive.
         slot.link().take();
-        let Some((inc, era)) = i.local.remove(slot) else {
+        let Some((inc, inc_no)) = i.local.remove(slot) else {
             // Fenced away: the reaper frees it.
             return;
         };
+        // Its notice goes after the frames it relayed. If Redis did not
+        // take them, the release may find them first; it is retried below
+        // either way.
+        let _ = i.outgoing.barrier().await;
         let r = i
             .call(
                 &i.scripts.release,
                 &inc,
-                &[&slot.id, &slot.conn.to_string(), reason.as_str()],
+                &[slot.id(), &slot.conn().to_string(), reason.as_str()],
             )
             .await;
         match r.as_deref().map(|v| v.first().map(String::as_str)) {
             Ok(Some("ok" | "gone")) => {}
-            Ok(Some("fenced")) => i.fence(era, "Redis says this node is dead"),
+            Ok(Some("fenced")) => i.fence(inc_no, "Redis says this node is dead"),
             Ok(other) => warn!("release: unexpected answer {other:?}"),
-            Err(_) => i.defer_release(era, slot.id.clone(), slot.conn, reason),
+            Err(_) => i.defer_release(inc_no, slot.id().clone(), slot.conn(), reason),
         }
     }
 
@@ -649,6 +622,7 @@ impl Cluster {
                 Err(e) => warn!("leaving the cluster: {e} (the others will reap this node)"),
             }
         }
+        i.outgoing.stop();
         i.bump_gen();
         i.wake.notify_one();
     }
@@ -696,33 +670,33 @@ impl Inner {
         if self.ms_since_base(Instant::now()) < d {
             return true;
         }
-        if let Some((_, era)) = self.local.incarnation_era() {
-            self.fence(era, "past its deadline without a heartbeat");
+        if let Some((_, inc_no)) = self.local.current() {
+            self.fence(inc_no, "past its deadline without a heartbeat");
         }
         false
     }
 
     /// Waits until the inbox reader applied entry `id` of incarnation
-    /// `era` (the change a script just made to this node's clients).
-    async fn applied(&self, era: u64, id: &str) -> Result<(), Unavailable> {
+    /// `inc_no` (the change a script just made to this node's clients).
+    async fn applied(&self, inc_no: u64, id: &str) -> Result<(), Unavailable> {
         let Some(target) = relay::entry_pos(id) else {
             return Ok(());
         };
         let mut rx = self.seen.subscribe();
         let waited = tokio::time::timeout(
             OP_TIMEOUT * 2,
-            rx.wait_for(|(g, pos)| *g != era || *pos >= target),
+            rx.wait_for(|(g, pos)| *g != inc_no || *pos >= target),
         )
         .await;
         match waited {
-            Ok(Ok(v)) if v.0 == era => Ok(()),
+            Ok(Ok(v)) if v.0 == inc_no => Ok(()),
             _ => Err(Unavailable),
         }
     }
 
-    fn defer_release(&self, era: u64, id: Arc<str>, conn: u64, reason: DisconnectReason) {
+    fn defer_release(&self, inc_no: u64, id: Arc<str>, conn: u64, reason: DisconnectReason) {
         lock(&self.pending).push(Release {
-            era,
+            inc_no,
             id,
             conn,
             reason,
@@ -731,10 +705,10 @@ impl Inner {
 
     /// Leaves the cluster's state alone from now on: every client closed
     /// with 1013 and no notice sent; the node task rejoins under a new
-    /// incarnation. Only the incarnation `era` is fenced (a late call from
+    /// incarnation. Only the incarnation `inc_no` is fenced (a late call from
     /// an older one changes nothing).
-    fn fence(&self, era: u64, why: &str) {
-        if self.local.fence(era) {
+    fn fence(&self, inc_no: u64, why: &str) {
+        if self.local.fence(inc_no) {
             self.deadline.store(0, Ordering::Relaxed);
             lock(&self.pending).clear();
             self.counters.fences.fetch_add(1, Ordering::Relaxed);
@@ -745,7 +719,7 @@ impl Inner {
     }
 
     /// Tells barrier waiters and the inbox reader that the incarnation
-    /// they wait on is over (generations start at 1).
+    /// they wait on is over (numbers start at 1).
     fn bump_gen(&self) {
         self.seen.send_replace((0, (0, 0)));
     }

@@ -11,12 +11,12 @@
 //! | `nodes` | sorted set | live incarnations → last heartbeat (Redis `TIME`, ms) |
 //! | `dead` | set | incarnations declared dead whose clients are still being reaped |
 //! | `dead_ms` | string | the dead-after every node must agree on |
-//! | `c:ID` | hash | the holder of ID: `n` incarnation, `c` connection, `t` token hash (hex, or empty), `a` its address key (for the reservation quota), and while paired `p` peer ID, `pn`/`pc` its incarnation and connection, `e` the pairing's epoch |
+//! | `c:ID` | hash | the holder of ID: `n` incarnation, `c` connection, `t` token hash (hex, or empty), `a` its address key (for the reservation quota), and while paired `p` peer ID, `pn`/`pc` its incarnation and connection, `e` the pairing's number |
 //! | `n:INC` | set | the IDs incarnation INC holds |
 //! | `in:INC` | stream | INC's inbox: control events and relayed frames, in the order Redis made them |
 //! | `rz`, `rh`, `ro` | sorted set, hashes | reservations: ID → expiry (ms), ID → token hash, ID → address key |
 //! | `ra:ADDR` | sorted set | the reservations made from one address key → expiry (its quota) |
-//! | `epoch`, `nclients`, `npairs`, `revicted`, `rrefused` | strings | counters |
+//! | `pairing`, `nclients`, `npairs`, `revicted`, `rrefused` | strings | counters |
 //!
 //! Every script takes `ARGV[1]` dead-after (ms), `ARGV[2]` the caller's
 //! incarnation, `ARGV[3]` the reservation time (ms), `ARGV[4]` the most
@@ -263,7 +263,7 @@ if A[3] then return {'already_paired', tail(me)} end
 local B = redis.call('HMGET', kb, 'n', 'c', 'p')
 if not B[1] or not alive(B[1]) then return {'unknown_peer', tail(me)} end
 if B[3] then return {'peer_busy', tail(me)} end
-local e = tostring(redis.call('INCR', P .. 'epoch'))
+local e = tostring(redis.call('INCR', P .. 'pairing'))
 redis.call('HSET', ka, 'p', b, 'pn', B[1], 'pc', B[2], 'e', e)
 redis.call('HSET', kb, 'p', a, 'pn', me, 'pc', ac, 'e', e)
 redis.call('INCR', P .. 'npairs')

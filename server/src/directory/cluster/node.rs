@@ -21,7 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
 use super::{Inner, REAP_BATCH, inbox};
-use crate::registry::lock;
+use crate::directory::slot::lock;
 
 /// Batches of a dead node's clients reaped per period at most, so that
 /// one node's death does not hold up the heartbeat behind it.
@@ -45,19 +45,19 @@ pub async fn join(i: &Arc<Inner>) -> anyhow::Result<()> {
         other => anyhow::bail!("unexpected answer {other:?}"),
     }
     let start = r.get(1).cloned().unwrap_or_default();
-    let Some(era) = i.local.begin(inc.clone()) else {
+    let Some(inc_no) = i.local.begin(inc.clone()) else {
         // Stopped meanwhile (SIGTERM during a rejoin): leave again.
         i.call(&i.scripts.leave, &inc, &[]).await?;
         return Ok(());
     };
     i.seen
-        .send_replace((era, super::relay::entry_pos(&start).unwrap_or((0, 0))));
+        .send_replace((inc_no, super::relay::entry_pos(&start).unwrap_or((0, 0))));
     i.deadline
         .store(i.ms_since_base(sent + i.cfg.dead_after), Ordering::Relaxed);
     i.redis_ok.store(true, Ordering::Relaxed);
     i.counters.joins.fetch_add(1, Ordering::Relaxed);
     info!(incarnation = %inc, "joined the cluster");
-    tokio::spawn(inbox::run(i.clone(), inc, era, start));
+    tokio::spawn(inbox::run(i.clone(), inc, inc_no, start));
     Ok(())
 }
 
@@ -74,8 +74,8 @@ pub async fn run(i: Arc<Inner>) {
         if i.local.is_stopped() {
             return;
         }
-        match i.local.incarnation_era() {
-            Some((inc, era)) => beat(&i, &inc, era).await,
+        match i.local.current() {
+            Some((inc, inc_no)) => beat(&i, &inc, inc_no).await,
             None => {
                 if let Err(e) = join(&i).await {
                     i.redis_ok.store(false, Ordering::Relaxed);
@@ -90,12 +90,12 @@ pub async fn run(i: Arc<Inner>) {
     }
 }
 
-async fn beat(i: &Arc<Inner>, inc: &str, era: u64) {
+async fn beat(i: &Arc<Inner>, inc: &str, inc_no: u64) {
     let sent = Instant::now();
     match i.call(&i.scripts.heartbeat, inc, &[]).await {
         Ok(r) if r.first().map(String::as_str) == Some("ok") => {
             i.redis_ok.store(true, Ordering::Relaxed);
-            if i.local.era_is(era) {
+            if i.local.is_current(inc_no) {
                 i.deadline
                     .store(i.ms_since_base(sent + i.cfg.dead_after), Ordering::Relaxed);
             }
@@ -103,7 +103,7 @@ async fn beat(i: &Arc<Inner>, inc: &str, era: u64) {
         Ok(_) => {
             i.redis_ok.store(true, Ordering::Relaxed);
             i.fence(
-                era,
+                inc_no,
                 "Redis has declared this node dead (it missed its deadline)",
             );
             return;
@@ -116,12 +116,12 @@ async fn beat(i: &Arc<Inner>, inc: &str, era: u64) {
             return;
         }
     }
-    reap(i, inc, era).await;
-    retry_releases(i, inc, era).await;
+    reap(i, inc, inc_no).await;
+    retry_releases(i, inc, inc_no).await;
     stats(i, inc).await;
 }
 
-async fn reap(i: &Arc<Inner>, inc: &str, era: u64) {
+async fn reap(i: &Arc<Inner>, inc: &str, inc_no: u64) {
     let batch = REAP_BATCH.to_string();
     for _ in 0..REAP_ROUNDS {
         let Ok(r) = i.call(&i.scripts.reap, inc, &[&batch]).await else {
@@ -139,17 +139,17 @@ async fn reap(i: &Arc<Inner>, inc: &str, era: u64) {
                     "reaped a dead node's clients"
                 );
             }
-            Some("fenced") => return i.fence(era, "Redis has declared this node dead"),
+            Some("fenced") => return i.fence(inc_no, "Redis has declared this node dead"),
             _ => return,
         }
     }
 }
 
-async fn retry_releases(i: &Arc<Inner>, inc: &str, era: u64) {
+async fn retry_releases(i: &Arc<Inner>, inc: &str, inc_no: u64) {
     let todo = std::mem::take(&mut *lock(&i.pending));
     let mut again = Vec::new();
     for r in todo {
-        if r.era != era {
+        if r.inc_no != inc_no {
             continue;
         }
         let res = i

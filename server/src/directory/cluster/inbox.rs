@@ -34,7 +34,8 @@ use tracing::{debug, warn};
 
 use super::local::Live;
 use super::{CONNECT_TIMEOUT, Inner, Remote, relay};
-use crate::registry::{Kick, Link, Peer, Push, Slot};
+use crate::directory::slot::{Kick, Slot};
+use crate::directory::{Link, Peer};
 
 /// How long one read blocks when the inbox is empty (a new entry wakes it
 /// at once); the connection's response timeout is this plus a margin.
@@ -44,29 +45,46 @@ const BLOCK_MS: u64 = 1000;
 /// one command.
 const BATCH: usize = 1024;
 
-/// One operation of a control event (see `scripts`).
+/// One operation of a control event (see `scripts`; the wire names are
+/// short because every event is stored in Redis).
 #[derive(Deserialize)]
 #[serde(tag = "o", rename_all = "snake_case")]
 enum Op {
+    /// Client `id` on connection `conn` is paired with `peer`.
     Paired {
         id: String,
-        c: String,
-        p: String,
-        pn: String,
-        pc: String,
-        e: String,
-        i: bool,
+        #[serde(rename = "c")]
+        conn: String,
+        #[serde(rename = "p")]
+        peer: String,
+        /// The peer's incarnation.
+        #[serde(rename = "pn")]
+        peer_inc: String,
+        #[serde(rename = "pc")]
+        peer_conn: String,
+        #[serde(rename = "e")]
+        pairing: String,
+        #[serde(rename = "i")]
+        initiator: bool,
     },
+    /// Pairing `pairing` of client `id` ends; with a notice (`reason`,
+    /// naming `peer`) or, for the side that ended it, without.
     End {
         id: String,
-        c: String,
-        e: String,
-        r: Option<String>,
-        p: Option<String>,
+        #[serde(rename = "c")]
+        conn: String,
+        #[serde(rename = "e")]
+        pairing: String,
+        #[serde(rename = "r")]
+        reason: Option<String>,
+        #[serde(rename = "p")]
+        peer: Option<String>,
     },
+    /// Client `id` on connection `conn` was replaced on another node.
     Kick {
         id: String,
-        c: String,
+        #[serde(rename = "c")]
+        conn: String,
     },
 }
 
@@ -91,14 +109,14 @@ fn num(b: Option<&[u8]>) -> Option<u64> {
     std::str::from_utf8(b?).ok()?.parse().ok()
 }
 
-/// Reads incarnation `era`'s inbox from after `last` until the node is
+/// Reads incarnation `inc_no`'s inbox from after `last` until the node is
 /// fenced or stops.
-pub async fn run(i: Arc<Inner>, inc: Arc<str>, era: u64, mut last: String) {
+pub async fn run(i: Arc<Inner>, inc: Arc<str>, inc_no: u64, mut last: String) {
     let key = relay::inbox_key(&i.cfg.prefix, &inc);
     let mut con: Option<MultiplexedConnection> = None;
     let mut seen = i.seen.subscribe();
     loop {
-        if !i.local.era_is(era) {
+        if !i.local.is_current(inc_no) {
             return;
         }
         let c = match &mut con {
@@ -123,7 +141,7 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, era: u64, mut last: String) {
         let read = cmd.query_async::<Option<StreamReadReply>>(c);
         let res = tokio::select! {
             r = read => r,
-            _ = seen.wait_for(|(g, _)| *g != era) => return,
+            _ = seen.wait_for(|(g, _)| *g != inc_no) => return,
         };
         match res {
             Ok(None) => {}
@@ -132,7 +150,7 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, era: u64, mut last: String) {
                 let Some(end) = entries.last().map(|e| e.id.clone()) else {
                     continue;
                 };
-                let applied = i.local.apply(era, |live| {
+                let applied = i.local.apply(inc_no, |live| {
                     for e in &entries {
                         apply(&i, live, &e.map);
                     }
@@ -140,11 +158,11 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, era: u64, mut last: String) {
                 if applied.is_none() {
                     return;
                 }
-                i.local.make_room(&i.budget, &i.metrics);
+                i.outboxes.make_room_with(|| i.local.table());
                 last = end;
                 if let Some(pos) = relay::entry_pos(&last) {
                     i.seen.send_if_modified(|s| {
-                        let now = s.0 == era && s.1 < pos;
+                        let now = s.0 == inc_no && s.1 < pos;
                         if now {
                             s.1 = pos;
                         }
@@ -207,7 +225,7 @@ fn apply(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
 /// A frame from a peer on another node: delivered only to the connection
 /// and pairing it was sent for.
 fn relayed(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
-    let (Some(id), Some(conn), Some(epoch), Some(frame)) = (
+    let (Some(id), Some(conn), Some(pairing), Some(frame)) = (
         field(map, "i").and_then(|b| std::str::from_utf8(b).ok()),
         num(field(map, "c")),
         num(field(map, "e")),
@@ -220,7 +238,7 @@ fn relayed(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
         i.counters.stale_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    if slot.link().as_ref().is_none_or(|l| l.epoch != epoch) {
+    if slot.link().as_ref().is_none_or(|l| l.pairing != pairing) {
         i.counters.stale_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -230,7 +248,7 @@ fn relayed(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
         return;
     };
     i.counters.relayed_in.fetch_add(1, Ordering::Relaxed);
-    deliver(i, slot, text.into());
+    deliver(i, live, slot, text.into());
 }
 
 /// The frame as text, if it is what `slot`'s peer could have had relayed
@@ -249,7 +267,7 @@ fn relayable(i: &Inner, slot: &Slot, frame: &[u8]) -> Option<String> {
     };
     let link = slot.link();
     match link.as_ref().map(|l| &l.peer) {
-        Some(Peer::Remote(r)) if *r.id == *from => Some(text),
+        Some(Peer::Elsewhere(r)) if *r.id == *from => Some(text),
         _ => None,
     }
 }
@@ -259,60 +277,71 @@ fn reject(i: &Inner, what: &str) {
     warn!("inbox: malformed {what}; dropped");
 }
 
-fn deliver(i: &Inner, slot: &Arc<Slot>, frame: Utf8Bytes) {
-    if let Push::Overflow = slot.push(frame, i.queue) {
-        i.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
-        slot.end(Kick::SlowReader);
-    }
+fn deliver(i: &Inner, live: &Live, slot: &Arc<Slot>, frame: Utf8Bytes) {
+    i.outboxes.deliver(slot, frame, &mut live.view());
 }
 
 fn control(i: &Inner, live: &Live, op: Op) {
     match op {
         Op::Paired {
             id,
-            c,
-            p,
-            pn,
-            pc,
-            e,
-            i: initiator,
+            conn,
+            peer: peer_id,
+            peer_inc,
+            peer_conn,
+            pairing,
+            initiator,
         } => {
-            let (Ok(c), Ok(pc), Ok(e)) = (c.parse(), pc.parse::<u64>(), e.parse()) else {
+            let (Ok(conn), Ok(peer_conn), Ok(pairing)) =
+                (conn.parse(), peer_conn.parse::<u64>(), pairing.parse())
+            else {
                 return reject(i, "paired");
             };
-            // `pn` is an incarnation: a node ID, a dot, eight hex digits.
-            if !valid_id(&p) || p == id || !super::valid_node_name(&pn, 64 + 9) {
+            // An incarnation is a node ID, a dot, eight hex digits.
+            if !valid_id(&peer_id) || peer_id == id || !super::valid_node_name(&peer_inc, 64 + 9) {
                 return reject(i, "paired");
             }
-            let Some(slot) = live.get(c, &id) else { return };
-            let peer = match live.get(pc, &p) {
-                Some(s) if *pn == *live.inc => Peer::Local(s.clone()),
+            let Some(slot) = live.get(conn, &id) else {
+                return;
+            };
+            let peer = match live.get(peer_conn, &peer_id) {
+                Some(s) if *peer_inc == *live.inc() => Peer::Here(s.clone()),
                 // A local peer already gone is a remote one nobody reads:
                 // its release, next in the inbox, ends this pairing.
-                _ => Peer::Remote(Arc::new(Remote::new(&i.cfg.prefix, &p, &pn, pc))),
+                _ => Peer::Elsewhere(Arc::new(Remote::new(
+                    &i.cfg.prefix,
+                    &peer_id,
+                    &peer_inc,
+                    peer_conn,
+                ))),
             };
-            *slot.link() = Some(Link { peer, epoch: e });
-            let frame = ServerMsg::Paired {
-                peer_id: p,
-                initiator,
-            };
-            deliver(i, slot, frame.to_json().into());
+            *slot.link() = Some(Link { peer, pairing });
+            let frame = ServerMsg::Paired { peer_id, initiator };
+            deliver(i, live, slot, frame.to_json().into());
         }
-        Op::End { id, c, e, r, p } => {
-            let (Ok(c), Ok(e)) = (c.parse(), e.parse::<u64>()) else {
+        Op::End {
+            id,
+            conn,
+            pairing,
+            reason: r,
+            peer: p,
+        } => {
+            let (Ok(conn), Ok(pairing)) = (conn.parse(), pairing.parse::<u64>()) else {
                 return reject(i, "end");
             };
-            let Some(slot) = live.get(c, &id) else { return };
+            let Some(slot) = live.get(conn, &id) else {
+                return;
+            };
             // Only the pairing the client is in ends, and a notice must
             // name its peer; otherwise nothing changes.
             let notice = {
                 let mut link = slot.link();
-                let Some(l) = link.as_ref().filter(|l| l.epoch == e) else {
+                let Some(l) = link.as_ref().filter(|l| l.pairing == pairing) else {
                     return;
                 };
                 let peer_id = match &l.peer {
-                    Peer::Local(s) => &s.id,
-                    Peer::Remote(r) => &r.id,
+                    Peer::Here(s) => s.id(),
+                    Peer::Elsewhere(r) => r.id(),
                 };
                 let notice = match (r.as_deref(), p) {
                     (None, None) => None,
@@ -330,14 +359,14 @@ fn control(i: &Inner, live: &Live, op: Op) {
                     peer_id: p,
                     reason: r,
                 };
-                deliver(i, slot, notice.to_json().into());
+                deliver(i, live, slot, notice.to_json().into());
             }
         }
-        Op::Kick { id, c } => {
-            let Ok(c) = c.parse() else {
+        Op::Kick { id, conn } => {
+            let Ok(conn) = conn.parse() else {
                 return reject(i, "kick");
             };
-            if let Some(slot) = live.get(c, &id) {
+            if let Some(slot) = live.get(conn, &id) {
                 slot.end(Kick::Replaced);
             }
         }
