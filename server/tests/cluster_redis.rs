@@ -67,8 +67,25 @@ async fn what_redis_hands_back_is_checked_like_a_clients_frame() {
             ("f".to_string(), f),
         ]
     };
+    // Frames in a batch entry, as nodes write them (`relay::encode`).
+    let batched = |f: &str| {
+        vec![
+            ("k".to_string(), "b".to_string()),
+            (
+                "f".to_string(),
+                format!("bob {conn} {epoch} {}\n{f}", f.len()),
+            ),
+        ]
+    };
     let big = "x".repeat(8192);
+    let mallory = json!({"type":"offer","sdp":"v=0","from":"mallory"}).to_string();
     let forged = [
+        batched(&mallory),
+        // Shorter than it says.
+        vec![
+            ("k".to_string(), "b".to_string()),
+            ("f".to_string(), format!("bob {conn} {epoch} 999\nshort")),
+        ],
         relayed(json!({"type":"error","code":"server_full","message":"go away"}).to_string()),
         relayed(json!({"type":"offer","sdp":"v=0","from":"mallory"}).to_string()),
         relayed(json!({"type":"offer","sdp":big,"from":"alice"}).to_string()),

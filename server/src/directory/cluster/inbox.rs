@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn};
 
 use super::local::Live;
+use super::relay::Batched;
 use super::{CONNECT_TIMEOUT, Inner, Remote, relay};
 use crate::directory::slot::{Kick, Slot};
 use crate::directory::{Link, Peer};
@@ -204,7 +205,22 @@ async fn connect(i: &Inner) -> redis::RedisResult<MultiplexedConnection> {
 /// Applies one inbox entry.
 fn apply(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
     match field(map, "k") {
-        Some(b"r") => relayed(i, live, map),
+        Some(b"b") => {
+            let Some(batch) = field(map, "f") else {
+                return reject(i, "batch");
+            };
+            for f in relay::decode(batch) {
+                match f {
+                    Ok(f) => relayed(i, live, f),
+                    Err(()) => return reject(i, "batch"),
+                }
+            }
+        }
+        // One frame an entry: what nodes before batching wrote.
+        Some(b"r") => match single(map) {
+            Some(f) => relayed(i, live, f),
+            None => reject(i, "relayed frame"),
+        },
         Some(b"x") => {
             let ops: Vec<Op> = match field(map, "j").map(serde_json::from_slice) {
                 Some(Ok(ops)) => ops,
@@ -222,18 +238,25 @@ fn apply(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
     }
 }
 
+/// An entry of one relayed frame.
+fn single(map: &HashMap<String, Value>) -> Option<Batched<'_>> {
+    Some(Batched {
+        id: field(map, "i").and_then(|b| std::str::from_utf8(b).ok())?,
+        conn: num(field(map, "c"))?,
+        pairing: num(field(map, "e"))?,
+        frame: field(map, "f")?,
+    })
+}
+
 /// A frame from a peer on another node: delivered only to the connection
 /// and pairing it was sent for.
-fn relayed(i: &Inner, live: &Live, map: &HashMap<String, Value>) {
-    let (Some(id), Some(conn), Some(pairing), Some(frame)) = (
-        field(map, "i").and_then(|b| std::str::from_utf8(b).ok()),
-        num(field(map, "c")),
-        num(field(map, "e")),
-        field(map, "f"),
-    ) else {
-        warn!("inbox: malformed relayed frame");
-        return;
-    };
+fn relayed(i: &Inner, live: &Live, f: Batched<'_>) {
+    let Batched {
+        id,
+        conn,
+        pairing,
+        frame,
+    } = f;
     let Some(slot) = live.get(conn, id) else {
         i.counters.stale_dropped.fetch_add(1, Ordering::Relaxed);
         return;

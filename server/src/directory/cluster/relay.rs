@@ -12,10 +12,12 @@
 //! pairing is stale, counted and dropped).
 //!
 //! **One writer per node.** A relay does not wait for Redis: the frame
-//! joins this node's queue of [`Outgoing`] frames, and one task sends
-//! what has queued up as one pipeline of `XADD`s on the node's Redis
-//! connection, waits for the answers, then sends the next. Under load a
-//! round trip carries hundreds of frames instead of one.
+//! joins this node's queue of [`Outgoing`] frames, and one task takes
+//! what has queued up, packs the frames for each destination node into
+//! one inbox entry (a [`batch`](encode)), sends those entries as one
+//! pipeline of `XADD`s on the node's Redis connection, waits for the
+//! answers, then takes the next. Under load one entry and one round trip
+//! carry hundreds of frames instead of one.
 //!
 //! **Order.** A client's frames enter the queue in the order it sent them,
 //! and the writer sends the queue in order over one connection, so Redis
@@ -44,6 +46,10 @@ use crate::directory::slot::{Kick, Slot, lock};
 
 /// Frames sent in one pipeline at most.
 const BATCH: usize = 1024;
+
+/// Bytes of frames in one pipeline: more waits for the next (a batch
+/// always takes at least one frame).
+const BATCH_BYTES: usize = 1024 * 1024;
 
 /// The inbox stream of incarnation `inc`, under the cluster's key prefix.
 pub fn inbox_key(prefix: &str, inc: &str) -> String {
@@ -148,7 +154,15 @@ impl Outgoing {
             {
                 let mut q = lock(&self.q);
                 if !q.frames.is_empty() {
-                    let n = q.frames.len().min(BATCH);
+                    let mut n = 0;
+                    let mut bytes = 0;
+                    for f in q.frames.iter().take(BATCH) {
+                        if n > 0 && bytes + f.frame.len() > BATCH_BYTES {
+                            break;
+                        }
+                        n += 1;
+                        bytes += f.frame.len();
+                    }
                     let rest = q.frames.split_off(n);
                     let batch = std::mem::replace(&mut q.frames, rest);
                     q.bytes -= batch.iter().map(|f| f.frame.len()).sum::<usize>();
@@ -170,24 +184,30 @@ impl Outgoing {
 pub async fn run(i: Arc<Inner>) {
     let out = &i.outgoing;
     while let Some((batch, end)) = out.next().await {
-        let mut pipe = redis::pipe();
+        // One entry per destination node, its frames in queue order.
+        let mut entries: Vec<(&str, Vec<u8>)> = Vec::new();
         for f in &batch {
+            let at = match entries.iter().position(|(k, _)| *k == f.to.inbox) {
+                Some(at) => at,
+                None => {
+                    entries.push((&f.to.inbox, Vec::new()));
+                    entries.len() - 1
+                }
+            };
+            encode(&mut entries[at].1, &f.to, f.pairing, f.frame.as_bytes());
+        }
+        let mut pipe = redis::pipe();
+        for (inbox, frames) in &entries {
             // `NOMKSTREAM`: the inbox of a node reaped meanwhile is not
-            // made again (the frame is stale anyway).
+            // made again (its frames are stale anyway).
             pipe.cmd("XADD")
-                .arg(&f.to.inbox)
+                .arg(inbox)
                 .arg("NOMKSTREAM")
                 .arg("*")
                 .arg("k")
-                .arg("r")
-                .arg("i")
-                .arg(&*f.to.id)
-                .arg("c")
-                .arg(f.to.conn)
-                .arg("e")
-                .arg(f.pairing)
+                .arg("b")
                 .arg("f")
-                .arg(f.frame.as_bytes())
+                .arg(frames)
                 .ignore();
         }
         let mut con = i.redis.clone();
@@ -203,9 +223,114 @@ pub async fn run(i: Arc<Inner>) {
     }
 }
 
+/// Appends a frame for `to` to a batch: `ID CONN PAIRING LEN`, a line
+/// feed, then the frame's `LEN` bytes. IDs hold no space; the length
+/// makes any frame content safe.
+fn encode(out: &mut Vec<u8>, to: &Remote, pairing: u64, frame: &[u8]) {
+    use std::io::Write;
+    let _ = writeln!(out, "{} {} {} {}", to.id, to.conn, pairing, frame.len());
+    out.extend_from_slice(frame);
+}
+
+/// One frame of a batch: for client `id` on connection `conn`, in
+/// pairing `pairing`.
+pub struct Batched<'a> {
+    pub id: &'a str,
+    pub conn: u64,
+    pub pairing: u64,
+    pub frame: &'a [u8],
+}
+
+/// The frames of a batch, in order; an `Err` ends it (whatever follows a
+/// malformed frame cannot be found).
+pub fn decode(mut b: &[u8]) -> impl Iterator<Item = Result<Batched<'_>, ()>> {
+    std::iter::from_fn(move || {
+        if b.is_empty() {
+            return None;
+        }
+        let next = || -> Option<(Batched<'_>, &[u8])> {
+            let nl = b.iter().take(128).position(|&c| c == b'\n')?;
+            let head = std::str::from_utf8(&b[..nl]).ok()?;
+            let mut parts = head.split(' ');
+            let id = parts.next()?;
+            let conn = parts.next()?.parse().ok()?;
+            let pairing = parts.next()?.parse().ok()?;
+            let len: usize = parts.next()?.parse().ok()?;
+            if parts.next().is_some() {
+                return None;
+            }
+            let body = &b[nl + 1..];
+            let frame = body.get(..len)?;
+            Some((
+                Batched {
+                    id,
+                    conn,
+                    pairing,
+                    frame,
+                },
+                &body[len..],
+            ))
+        };
+        match next() {
+            Some((f, rest)) => {
+                b = rest;
+                Some(Ok(f))
+            }
+            None => {
+                b = &[];
+                Some(Err(()))
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_reads_back_as_its_frames_in_order() {
+        let to = Remote::new("sd:", "bob", "n1.0000abcd", 7);
+        let mut b = Vec::new();
+        encode(&mut b, &to, 3, br#"{"type":"offer","sdp":"a\nb 1 2 3\n"}"#);
+        encode(&mut b, &to, 3, b"");
+        encode(&mut b, &to, 4, "é\n".as_bytes());
+        let got: Vec<_> = decode(&b)
+            .map(|f| f.map(|f| (f.id, f.conn, f.pairing, f.frame.to_vec())))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Ok((
+                    "bob",
+                    7,
+                    3,
+                    br#"{"type":"offer","sdp":"a\nb 1 2 3\n"}"#.to_vec()
+                )),
+                Ok(("bob", 7, 3, Vec::new())),
+                Ok(("bob", 7, 4, "é\n".as_bytes().to_vec())),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_batch_ends_at_the_first_bad_frame() {
+        for bad in [
+            &b"bob 7 3 10\nshort"[..],
+            b"bob 7 x 1\na",
+            b"bob 7 3\na",
+            b"bob 7 3 1 extra\na",
+            b"no line feed at all",
+            b"\xff 7 3 1\na",
+        ] {
+            let got: Vec<_> = decode(bad).map(|f| f.map(|f| f.frame.to_vec())).collect();
+            assert_eq!(got, vec![Err(())], "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut b = b"bob 1 2 1\nx".to_vec();
+        b.extend_from_slice(b"garbage");
+        let got: Vec<_> = decode(&b).map(|f| f.map(|f| f.frame.to_vec())).collect();
+        assert_eq!(got, vec![Ok(b"x".to_vec()), Err(())]);
+    }
 
     #[test]
     fn entry_ids_order_as_positions() {
