@@ -62,18 +62,50 @@ const PING: &str = r#"{"type":"ping"}"#;
 
 /// Serves one admitted connection to its end. `ticket` counts it for its
 /// client's address until then.
-pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv: Arc<Shared>) {
+///
+/// A connection's task is as large as the largest state its future can be
+/// in, for as long as it lives. So everything up to a registered client
+/// (the HTTP head, the upgrade, the registration) runs in a box of its own,
+/// freed once it is done, and so does the close: the task itself holds only
+/// what a registered client needs between frames.
+///
+/// (A block rather than an `async fn`: an `async fn` keeps a second copy
+/// of each argument it moves, for the whole life of the connection.)
+#[allow(clippy::manual_async_fn)]
+pub fn handle<S: Io>(
+    stream: S,
+    peer: IpAddr,
+    mut ticket: Ticket,
+    srv: Arc<Shared>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let Some((mut ws, slot, turn)) = cold(open(stream, peer, &mut ticket, &srv)).await else {
+            return;
+        };
+        session(&mut ws, slot, turn, &srv).await;
+        drop(ticket);
+    }
+}
+
+/// Everything before a registered client: the request head, an HTTP answer
+/// or the upgrade, the ID asked for, the registration. The WebSocket, the
+/// client, and whether it was given TURN credentials; `None` when there is
+/// nothing more to do with this connection.
+async fn open<S: Io>(
+    mut stream: S,
+    peer: IpAddr,
+    ticket: &mut Ticket,
+    srv: &Shared,
+) -> Option<(Ws<S>, Arc<Slot>, bool)> {
     let head = tokio::select! {
-        head = read_head(&mut stream, &srv) => head,
+        head = read_head(&mut stream, srv) => head,
         // Shed for a newcomer (limits.rs): closed without an answer.
         _ = ticket.shed() => {
             debug!("handshake shed to make room");
-            return;
+            None
         }
     };
-    let Some((buf, len)) = head else {
-        return;
-    };
+    let (buf, len) = head?;
     ticket.handshake_done();
     let req = http::parse(&buf[..len]);
     // Behind a trusted proxy the client is known only now.
@@ -81,28 +113,36 @@ pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv:
     if proxy::is_trusted(peer, &srv.cfg.trusted_proxies)
         && let Err(why) = ticket.attribute(client)
     {
-        return answer(&mut stream, refusal(why)).await;
+        answer(&mut stream, refusal(why)).await;
+        return None;
     }
     let res = match req.route {
-        Route::Healthz => healthz(&mut stream, &srv).await,
-        Route::Metrics if srv.metrics_public => metrics(&mut stream, &srv).await,
-        Route::Metrics => return answer(&mut stream, Reply::NotFound).await,
-        Route::Refuse(reply) => return answer(&mut stream, reply).await,
+        Route::Healthz => healthz(&mut stream, srv).await,
+        Route::Metrics if srv.metrics_public => metrics(&mut stream, srv).await,
+        Route::Metrics => {
+            answer(&mut stream, Reply::NotFound).await;
+            return None;
+        }
+        Route::Refuse(reply) => {
+            answer(&mut stream, reply).await;
+            return None;
+        }
         Route::Upgrade {
             query,
             accept,
             bearer,
         } => {
             if let Err(why) = ticket.register() {
-                return answer(&mut stream, refusal(why)).await;
+                answer(&mut stream, refusal(why)).await;
+                return None;
             }
             // TURN credentials are an allowance of the client's address.
             let turn = srv.cfg.turn.is_some() && ticket.take_turn();
             if let Err(e) = http::accept(&mut stream, &accept).await {
                 debug!("upgrade response: {e}");
-                return;
+                return None;
             }
-            let ws = WebSocketStream::from_partially_read(
+            let mut ws = WebSocketStream::from_partially_read(
                 stream,
                 buf[len..].to_vec(),
                 Role::Server,
@@ -110,14 +150,14 @@ pub async fn handle<S: Io>(mut stream: S, peer: IpAddr, mut ticket: Ticket, srv:
             )
             .await;
             drop(buf);
-            session(ws, query, bearer, client, turn, &srv).await;
-            drop(ticket);
-            return;
+            let slot = register(&mut ws, query, bearer, client, turn, srv).await?;
+            return Some((ws, slot, turn));
         }
     };
     if let Err(e) = res {
         debug!("http response: {e}");
     }
+    None
 }
 
 /// Reads the request head within the handshake timeout; answers one that
@@ -252,83 +292,114 @@ enum Ending {
     Unavailable,
 }
 
-async fn session<S: Io>(
-    mut ws: Ws<S>,
+/// Registers the client under the ID it asked for, or refuses it.
+async fn register<S: Io>(
+    ws: &mut Ws<S>,
     query: Option<String>,
     bearer: Result<Option<String>, &'static str>,
     client: IpAddr,
     turn: bool,
     srv: &Shared,
-) {
+) -> Option<Arc<Slot>> {
     let ask = match id::parse_ask(query.as_deref(), bearer) {
         Ok(ask) => ask,
         Err(msg) => {
-            return refuse(&mut ws, srv, ErrorCode::BadId, msg, close_code::BAD_ID).await;
+            refuse(ws, srv, ErrorCode::BadId, msg, close_code::BAD_ID).await;
+            return None;
         }
     };
-    let slot = match srv
+    let registered = srv
         .directory
         .register(ask.id, ask.token, client, |id| srv.welcome(id, turn))
-        .await
-    {
-        Ok(slot) => slot,
-        Err(Refusal::IdTaken) => {
-            let msg = "this ID is held by another connection";
-            return refuse(&mut ws, srv, ErrorCode::IdTaken, msg, close_code::ID_TAKEN).await;
+        .await;
+    let (code, msg, close_with) = match registered {
+        Ok(slot) => {
+            debug!(id = %slot.id(), "registered");
+            return Some(slot);
         }
-        Err(Refusal::ServerFull) => {
-            let msg = "the server has reached its client limit";
-            let code = close_code::TRY_AGAIN_LATER;
-            return refuse(&mut ws, srv, ErrorCode::ServerFull, msg, code).await;
-        }
-        Err(Refusal::ShuttingDown) => {
-            return close(&mut ws, close_code::GOING_AWAY, "server shutting down", srv).await;
-        }
-        Err(Refusal::Unavailable) => {
-            let msg = "this node cannot reach the cluster's state (Redis); try again";
-            let code = close_code::TRY_AGAIN_LATER;
-            return refuse(&mut ws, srv, ErrorCode::ServerFull, msg, code).await;
-        }
-    };
-    debug!(id = %slot.id(), "registered");
-    let mut out = Writer::default();
-    let ending = drive(&mut ws, &slot, &mut out, turn, srv).await;
-    let (code, text, reason) = match ending {
-        Ending::Left => (1000, "", DisconnectReason::Left),
-        Ending::Timeout => (
-            close_code::TIMEOUT,
-            "ping timeout",
-            DisconnectReason::Timeout,
+        Err(Refusal::IdTaken) => (
+            ErrorCode::IdTaken,
+            "this ID is held by another connection",
+            close_code::ID_TAKEN,
         ),
-        Ending::TooLarge => (
-            close_code::TOO_BIG,
-            "message too large",
-            DisconnectReason::Left,
-        ),
-        Ending::RateLimited => (close_code::POLICY, "rate limit", DisconnectReason::Left),
-        Ending::BadUtf8 => (1007, "text frame is not UTF-8", DisconnectReason::Left),
-        Ending::Kicked(Kick::Replaced) => {
-            (close_code::REPLACED, "replaced", DisconnectReason::Replaced)
-        }
-        Ending::Kicked(Kick::SlowReader) => {
-            (close_code::POLICY, "not reading", DisconnectReason::Left)
-        }
-        Ending::Kicked(Kick::Evicted) => (
-            close_code::POLICY,
-            "not reading (server buffer budget)",
-            DisconnectReason::Left,
-        ),
-        Ending::Kicked(Kick::Shutdown | Kick::Own) => (
-            close_code::GOING_AWAY,
-            "server shutting down",
-            DisconnectReason::Left,
-        ),
-        Ending::Kicked(Kick::Unavailable) | Ending::Unavailable => (
+        Err(Refusal::ServerFull) => (
+            ErrorCode::ServerFull,
+            "the server has reached its client limit",
             close_code::TRY_AGAIN_LATER,
-            "cluster unavailable",
-            DisconnectReason::Left,
+        ),
+        Err(Refusal::ShuttingDown) => {
+            close(ws, close_code::GOING_AWAY, "server shutting down", srv).await;
+            return None;
+        }
+        Err(Refusal::Unavailable) => (
+            ErrorCode::ServerFull,
+            "this node cannot reach the cluster's state (Redis); try again",
+            close_code::TRY_AGAIN_LATER,
         ),
     };
+    refuse(ws, srv, code, msg, close_with).await;
+    None
+}
+
+impl Ending {
+    /// The close code and reason the client gets, and what its peer is told.
+    fn close(&self) -> (u16, &'static str, DisconnectReason) {
+        match self {
+            Ending::Left => (1000, "", DisconnectReason::Left),
+            Ending::Timeout => (
+                close_code::TIMEOUT,
+                "ping timeout",
+                DisconnectReason::Timeout,
+            ),
+            Ending::TooLarge => (
+                close_code::TOO_BIG,
+                "message too large",
+                DisconnectReason::Left,
+            ),
+            Ending::RateLimited => (close_code::POLICY, "rate limit", DisconnectReason::Left),
+            Ending::BadUtf8 => (1007, "text frame is not UTF-8", DisconnectReason::Left),
+            Ending::Kicked(Kick::Replaced) => {
+                (close_code::REPLACED, "replaced", DisconnectReason::Replaced)
+            }
+            Ending::Kicked(Kick::SlowReader) => {
+                (close_code::POLICY, "not reading", DisconnectReason::Left)
+            }
+            Ending::Kicked(Kick::Evicted) => (
+                close_code::POLICY,
+                "not reading (server buffer budget)",
+                DisconnectReason::Left,
+            ),
+            Ending::Kicked(Kick::Shutdown | Kick::Own) => (
+                close_code::GOING_AWAY,
+                "server shutting down",
+                DisconnectReason::Left,
+            ),
+            Ending::Kicked(Kick::Unavailable) | Ending::Unavailable => (
+                close_code::TRY_AGAIN_LATER,
+                "cluster unavailable",
+                DisconnectReason::Left,
+            ),
+        }
+    }
+}
+
+/// A registered client, to its end and its close.
+async fn session<S: Io>(ws: &mut Ws<S>, slot: Arc<Slot>, turn: bool, srv: &Shared) {
+    let mut out = Writer::default();
+    let ending = drive(ws, &slot, &mut out, turn, srv).await;
+    cold(close_session(ws, slot, out, ending, srv)).await;
+}
+
+/// Tells the directory the client is gone, then closes its WebSocket as
+/// `ending` says.
+async fn close_session<S: Io>(
+    ws: &mut Ws<S>,
+    slot: Arc<Slot>,
+    mut out: Writer,
+    ending: Ending,
+    srv: &Shared,
+) {
+    let (code, text, reason) = ending.close();
     // The peer is told now, before any close handshake with this client.
     srv.directory.remove(&slot, reason).await;
     if matches!(ending, Ending::Timeout) {
@@ -340,16 +411,26 @@ async fn session<S: Io>(
     debug!(id = %slot.id(), code, reason = ?reason, "closing");
     match ending {
         // The close handshake already ran or the socket is gone.
-        Ending::Left => finish(&mut ws, srv).await,
+        Ending::Left => finish(ws, srv).await,
         // Whatever is queued would never be read (and is already freed).
         Ending::Kicked(Kick::SlowReader | Kick::Evicted | Kick::Unavailable) => {
-            close(&mut ws, code, text, srv).await
+            close(ws, code, text, srv).await
         }
         _ => {
-            flush_outbox(&mut ws, &slot, &mut out, srv).await;
-            close(&mut ws, code, text, srv).await;
+            flush_outbox(ws, &slot, &mut out, srv).await;
+            close(ws, code, text, srv).await;
         }
     }
+}
+
+/// A step a connection takes once (the handshake, a refusal, the close),
+/// allocated only while it runs: a connection's task is as large as the
+/// largest state its future can be in, for as long as it lives, and the
+/// idle state that most connections spend their life in is the smallest.
+fn cold<'a, T>(
+    f: impl Future<Output = T> + Send + 'a,
+) -> Pin<Box<dyn Future<Output = T> + Send + 'a>> {
+    Box::pin(f)
 }
 
 /// Sends one error frame, then closes: the upgrade could not be honoured.
@@ -510,98 +591,110 @@ async fn drive<S: Io>(
     let mut bytes = Bucket::new(cfg.rate_limit_bytes, cfg.rate_burst_bytes, start);
     let mut dropped: u32 = 0;
     loop {
-        let ev = poll_fn(|cx| poll_event(ws, slot, out, timer.as_mut(), cx)).await;
-        let msg = match ev {
-            Event::Kicked(k) => return Ending::Kicked(k),
-            Event::Closed => return Ending::Left,
-            Event::Timer => {
-                // The timer is only reset here: a frame moves the deadline
-                // later, and the next wake-up recomputes it.
-                let now = Instant::now();
-                let deadline = last_seen + cfg.ping_timeout;
-                if now >= deadline {
-                    return Ending::Timeout;
-                }
-                if now >= next_ping {
-                    dir.send_own(slot, Utf8Bytes::from_static(PING));
-                    next_ping = srv.ping_slot(now + cfg.ping_interval);
-                }
-                if let (Some(at), Some(t)) = (renew_at, &cfg.turn)
-                    && now >= at
-                {
-                    dir.send_own(slot, srv.ice_servers_frame(slot.id()));
-                    renew_at = Some(now + t.ttl / 2);
-                }
-                timer.as_mut().reset(next_ping.min(deadline));
-                continue;
-            }
-            Event::ReadError(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
-                too_large(slot, srv);
-                return Ending::TooLarge;
-            }
-            Event::ReadError(WsError::Utf8(_)) => {
-                dir.send_error(slot, ErrorCode::BadMessage, "text frame is not UTF-8");
-                return Ending::BadUtf8;
-            }
-            Event::ReadError(e) => {
-                debug!(id = %slot.id(), "read: {e}");
-                return Ending::Left;
-            }
-            Event::Frame(msg) => msg,
-        };
-        let now = Instant::now();
-        last_seen = now;
-        if let Message::Close(_) = msg {
-            return Ending::Left;
-        }
-        // A frame dropped by either limit: its error, and the close once
-        // too many were dropped.
-        let mut drop_frame = |why: String| {
-            dropped += 1;
-            dir.send_error(slot, ErrorCode::RateLimited, why);
-            dropped >= cfg.rate_close_after
-        };
-        if !bucket.take(now, 1) {
-            let why = format!(
-                "over {} frames/s (burst {}); frame dropped",
-                cfg.rate_limit, cfg.rate_burst
-            );
-            if drop_frame(why) {
-                return Ending::RateLimited;
-            }
-            continue;
-        }
-        match msg {
-            Message::Text(text) => {
-                if text.len() > cfg.max_message_bytes {
-                    too_large(slot, srv);
-                    return Ending::TooLarge;
-                }
-                // The sender pays for its bursts, not its peer's queue.
-                if !bytes.take(now, text.len()) {
-                    let why = format!(
-                        "over {} bytes/s (burst {}); frame dropped",
-                        cfg.rate_limit_bytes, cfg.rate_burst_bytes
-                    );
-                    if drop_frame(why) {
-                        return Ending::RateLimited;
+        // What the frame asks for that may wait; a block of its own, so
+        // that the frame is gone while it waits (the task is sized for the
+        // largest state it can wait in).
+        let req = {
+            let ev = poll_fn(|cx| poll_event(ws, slot, out, timer.as_mut(), cx)).await;
+            let msg = match ev {
+                Event::Kicked(k) => return Ending::Kicked(k),
+                Event::Closed => return Ending::Left,
+                Event::Timer => {
+                    // The timer is only reset here: a frame moves the deadline
+                    // later, and the next wake-up recomputes it.
+                    let now = Instant::now();
+                    let deadline = last_seen + cfg.ping_timeout;
+                    if now >= deadline {
+                        return Ending::Timeout;
                     }
+                    if now >= next_ping {
+                        dir.send_own(slot, Utf8Bytes::from_static(PING));
+                        next_ping = srv.ping_slot(now + cfg.ping_interval);
+                    }
+                    if let (Some(at), Some(t)) = (renew_at, &cfg.turn)
+                        && now >= at
+                    {
+                        dir.send_own(slot, srv.ice_servers_frame(slot.id()));
+                        renew_at = Some(now + t.ttl / 2);
+                    }
+                    timer.as_mut().reset(next_ping.min(deadline));
                     continue;
                 }
-                if on_text(&text, slot, srv).await.is_err() {
-                    return Ending::Unavailable;
-                }
-            }
-            Message::Binary(b) => {
-                if b.len() > cfg.max_message_bytes {
+                Event::ReadError(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
                     too_large(slot, srv);
                     return Ending::TooLarge;
                 }
-                dir.send_error(slot, ErrorCode::BadMessage, "binary frames are not allowed");
+                Event::ReadError(WsError::Utf8(_)) => {
+                    dir.send_error(slot, ErrorCode::BadMessage, "text frame is not UTF-8");
+                    return Ending::BadUtf8;
+                }
+                Event::ReadError(e) => {
+                    debug!(id = %slot.id(), "read: {e}");
+                    return Ending::Left;
+                }
+                Event::Frame(msg) => msg,
+            };
+            let now = Instant::now();
+            last_seen = now;
+            if let Message::Close(_) = msg {
+                return Ending::Left;
             }
-            // WebSocket-level pings are answered by the library; like every
-            // frame they count as liveness.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+            // A frame dropped by either limit: its error, and the close once
+            // too many were dropped.
+            let mut drop_frame = |why: String| {
+                dropped += 1;
+                dir.send_error(slot, ErrorCode::RateLimited, why);
+                dropped >= cfg.rate_close_after
+            };
+            if !bucket.take(now, 1) {
+                let why = format!(
+                    "over {} frames/s (burst {}); frame dropped",
+                    cfg.rate_limit, cfg.rate_burst
+                );
+                if drop_frame(why) {
+                    return Ending::RateLimited;
+                }
+                continue;
+            }
+            match msg {
+                Message::Text(text) => {
+                    if text.len() > cfg.max_message_bytes {
+                        too_large(slot, srv);
+                        return Ending::TooLarge;
+                    }
+                    // The sender pays for its bursts, not its peer's queue.
+                    if !bytes.take(now, text.len()) {
+                        let why = format!(
+                            "over {} bytes/s (burst {}); frame dropped",
+                            cfg.rate_limit_bytes, cfg.rate_burst_bytes
+                        );
+                        if drop_frame(why) {
+                            return Ending::RateLimited;
+                        }
+                        continue;
+                    }
+                    match on_text(&text, slot, srv) {
+                        Ok(req) => req,
+                        Err(Unavailable) => return Ending::Unavailable,
+                    }
+                }
+                Message::Binary(b) => {
+                    if b.len() > cfg.max_message_bytes {
+                        too_large(slot, srv);
+                        return Ending::TooLarge;
+                    }
+                    dir.send_error(slot, ErrorCode::BadMessage, "binary frames are not allowed");
+                    None
+                }
+                // WebSocket-level pings are answered by the library; like every
+                // frame they count as liveness.
+                Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => None,
+            }
+        };
+        if let Some(req) = req
+            && cold(request(req, slot, srv)).await.is_err()
+        {
+            return Ending::Unavailable;
         }
     }
 }
@@ -614,21 +707,49 @@ fn too_large(slot: &Arc<Slot>, srv: &Shared) {
     srv.directory.send_error(slot, ErrorCode::TooLarge, msg);
 }
 
-/// Handles one text frame from the client. `Err`: a cluster node could not
-/// carry it out; the connection then ends with 1013.
-async fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) -> Result<(), Unavailable> {
+/// What a client asked for that may wait on the directory (a cluster node
+/// asks Redis): carried out in a box of its own, so that the connection's
+/// task is not sized for it.
+enum Request {
+    Pair(String),
+    Unpair,
+}
+
+/// Handles one text frame from the client, but for the requests that may
+/// wait, which it returns. `Err`: a cluster node could not carry it out;
+/// the connection then ends with 1013.
+fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) -> Result<Option<Request>, Unavailable> {
     let dir = &srv.directory;
     let msg = match ClientMsg::parse(text) {
         Ok(msg) => msg,
         Err(e) => {
             dir.send_error(slot, e.code(), e.to_string());
-            return Ok(());
+            return Ok(None);
         }
     };
     let from = || slot.id().to_string();
     let out = match msg {
-        ClientMsg::Pong => return Ok(()),
-        ClientMsg::Pair { peer_id } => {
+        ClientMsg::Pong => return Ok(None),
+        ClientMsg::Pair { peer_id } => return Ok(Some(Request::Pair(peer_id))),
+        ClientMsg::Unpair => return Ok(Some(Request::Unpair)),
+        ClientMsg::Offer { sdp } => ServerMsg::Offer { sdp, from: from() },
+        ClientMsg::Answer { sdp } => ServerMsg::Answer { sdp, from: from() },
+        ClientMsg::Candidate { candidate } => ServerMsg::Candidate {
+            candidate,
+            from: from(),
+        },
+    };
+    if let Relayed::NotPaired = dir.relay(slot, relayed_frame(out.to_json()))? {
+        dir.send_error(slot, ErrorCode::NotPaired, "not paired: nothing relayed");
+    }
+    Ok(None)
+}
+
+/// Carries out a `pair` or `unpair`; a refusal is an error frame.
+async fn request(req: Request, slot: &Arc<Slot>, srv: &Shared) -> Result<(), Unavailable> {
+    let dir = &srv.directory;
+    match req {
+        Request::Pair(peer_id) => {
             if let Err(code) = dir.pair(slot, &peer_id).await? {
                 let text = match code {
                     ErrorCode::SelfPair => "cannot pair with yourself".to_string(),
@@ -642,23 +763,12 @@ async fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) -> Result<(), Unava
                 };
                 dir.send_error(slot, code, text);
             }
-            return Ok(());
         }
-        ClientMsg::Unpair => {
+        Request::Unpair => {
             if let Err(code) = dir.unpair(slot).await? {
                 dir.send_error(slot, code, "not paired");
             }
-            return Ok(());
         }
-        ClientMsg::Offer { sdp } => ServerMsg::Offer { sdp, from: from() },
-        ClientMsg::Answer { sdp } => ServerMsg::Answer { sdp, from: from() },
-        ClientMsg::Candidate { candidate } => ServerMsg::Candidate {
-            candidate,
-            from: from(),
-        },
-    };
-    if let Relayed::NotPaired = dir.relay(slot, relayed_frame(out.to_json()))? {
-        dir.send_error(slot, ErrorCode::NotPaired, "not paired: nothing relayed");
     }
     Ok(())
 }

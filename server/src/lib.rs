@@ -390,7 +390,7 @@ async fn serve_ready(
     // before the close; small buffers keep an idle client at a few KiB.
     let lib_limit = cfg.max_message_bytes.saturating_mul(2).max(64 * 1024);
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(128)
         .write_buffer_size(conn::WRITE_BUFFER)
         // Never reached: frames are handed to the library only while it has
         // written what it had (`poll_ready`), and in pieces of at most
@@ -463,10 +463,18 @@ async fn serve_ready(
                     let admitted = shared.limits.admit(peer.ip(), per_ip);
                     let srv = shared.clone();
                     let done = done_tx.clone();
+                    // One layer of futures: each layer keeps its own copy of
+                    // what it was given, for as long as the connection lives.
                     tokio::spawn(async move {
-                        match admitted {
-                            Ok(ticket) => serve_conn(stream, peer, ticket, srv).await,
-                            Err(why) => conn::refuse_unread(stream, why, &srv).await,
+                        match (admitted, srv.cfg.tls.clone()) {
+                            (Ok(ticket), None) => conn::handle(stream, peer.ip(), ticket, srv).await,
+                            // Boxed: the TLS stream's state (rustls's
+                            // connection) is large, and unboxed every
+                            // connection's task would be sized for it.
+                            (Ok(ticket), Some(tls)) => {
+                                Box::pin(serve_tls(stream, peer, ticket, srv, tls)).await
+                            }
+                            (Err(why), _) => Box::pin(conn::refuse_unread(stream, why, &srv)).await,
                         }
                         drop(done);
                     });
@@ -511,22 +519,7 @@ async fn serve_ready(
     Ok(())
 }
 
-/// One admitted connection: TLS first if configured, then HTTP.
-async fn serve_conn(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    ticket: limits::Ticket,
-    srv: Arc<Shared>,
-) {
-    match srv.cfg.tls.clone() {
-        None => conn::handle(stream, peer.ip(), ticket, srv).await,
-        // Boxed: the TLS stream's state (rustls's connection) is large, and
-        // unboxed every connection's task would be sized for it, plain
-        // ones included.
-        Some(tls) => Box::pin(serve_tls(stream, peer, ticket, srv, tls)).await,
-    }
-}
-
+/// One admitted connection over TLS: the handshake, then HTTP.
 async fn serve_tls(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
