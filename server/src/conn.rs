@@ -37,6 +37,7 @@ use tracing::debug;
 use crate::directory::{Kick, Refusal, Relayed, Slot, Unavailable};
 use crate::http::{self, Head, Reply, Route};
 use crate::limits::{Refused, Ticket};
+use crate::read_ahead::ReadAhead;
 use crate::{Shared, id, proxy};
 
 /// Largest frame signald writes; longer messages are fragmented.
@@ -96,7 +97,7 @@ async fn open<S: Io>(
     peer: IpAddr,
     ticket: &mut Ticket,
     srv: &Shared,
-) -> Option<(Ws<S>, Arc<Slot>, bool)> {
+) -> Option<(Ws<ReadAhead<S>>, Arc<Slot>, bool)> {
     let head = tokio::select! {
         head = read_head(&mut stream, srv) => head,
         // Shed for a newcomer (limits.rs): closed without an answer.
@@ -143,7 +144,7 @@ async fn open<S: Io>(
                 return None;
             }
             let mut ws = WebSocketStream::from_partially_read(
-                stream,
+                ReadAhead::new(stream),
                 buf[len..].to_vec(),
                 Role::Server,
                 Some(srv.ws_config),

@@ -15,6 +15,7 @@ mod id;
 mod limits;
 mod metrics;
 pub mod proxy;
+mod read_ahead;
 mod reserve;
 pub mod service;
 pub mod tls;
