@@ -78,15 +78,24 @@ pub fn handle<S: Io>(
     peer: IpAddr,
     mut ticket: Ticket,
     srv: Arc<Shared>,
+    done: Done,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let Some((mut ws, slot, turn)) = cold(open(stream, peer, &mut ticket, &srv)).await else {
-            return;
+        // Taken apart in the `let` itself: a value matched by `if let`
+        // lives, a second copy beside its parts, until the block ends.
+        let (mut ws, slot, turn) = match cold(open(stream, peer, &mut ticket, &srv)).await {
+            Some(opened) => opened,
+            None => return,
         };
         session(&mut ws, slot, turn, &srv).await;
         drop(ticket);
+        drop(done);
     }
 }
+
+/// Held by every connection's task until it ends: shutdown waits for the
+/// last one to be dropped.
+pub type Done = tokio::sync::mpsc::Sender<()>;
 
 /// Everything before a registered client: the request head, an HTTP answer
 /// or the upgrade, the ID asked for, the registration. The WebSocket, the

@@ -464,21 +464,26 @@ async fn serve_ready(
                     let admitted = shared.limits.admit(peer.ip(), per_ip);
                     let srv = shared.clone();
                     let done = done_tx.clone();
-                    // One layer of futures: each layer keeps its own copy of
-                    // what it was given, for as long as the connection lives.
-                    tokio::spawn(async move {
-                        match (admitted, srv.cfg.tls.clone()) {
-                            (Ok(ticket), None) => conn::handle(stream, peer.ip(), ticket, srv).await,
-                            // Boxed: the TLS stream's state (rustls's
-                            // connection) is large, and unboxed every
-                            // connection's task would be sized for it.
-                            (Ok(ticket), Some(tls)) => {
-                                Box::pin(serve_tls(stream, peer, ticket, srv, tls)).await
-                            }
-                            (Err(why), _) => Box::pin(conn::refuse_unread(stream, why, &srv)).await,
+                    // A plain connection's task is `conn::handle` itself:
+                    // each layer of futures around it would keep its own
+                    // copy of what it was given, for the connection's life.
+                    match (admitted, srv.cfg.tls.clone()) {
+                        (Ok(ticket), None) => {
+                            tokio::spawn(conn::handle(stream, peer.ip(), ticket, srv, done));
                         }
-                        drop(done);
-                    });
+                        // Boxed: the TLS stream's state (rustls's connection)
+                        // is large, and unboxed every connection's task
+                        // would be sized for it.
+                        (Ok(ticket), Some(tls)) => {
+                            tokio::spawn(Box::pin(serve_tls(stream, peer, ticket, srv, tls, done)));
+                        }
+                        (Err(why), _) => {
+                            tokio::spawn(async move {
+                                conn::refuse_unread(stream, why, &srv).await;
+                                drop(done);
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors, usually: back off, keep serving.
@@ -527,6 +532,7 @@ async fn serve_tls(
     ticket: limits::Ticket,
     srv: Arc<Shared>,
     tls: Arc<Tls>,
+    done: conn::Done,
 ) {
     let accept = tls.acceptor().accept(stream);
     let accepted = tokio::select! {
@@ -535,7 +541,7 @@ async fn serve_tls(
         _ = ticket.shed() => return,
     };
     match accepted {
-        Ok(Ok(stream)) => conn::handle(stream, peer.ip(), ticket, srv).await,
+        Ok(Ok(stream)) => conn::handle(stream, peer.ip(), ticket, srv, done).await,
         Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
         Err(_) => tracing::debug!("TLS handshake not complete in time"),
     }

@@ -178,8 +178,9 @@ impl Slot {
                 out.queued -= f.len();
                 out.inflight += f.len();
             }
-            None if out.frames.capacity() > 16 => {
-                // Give back what a burst grew, so idle clients stay small.
+            None if out.frames.capacity() > 0 => {
+                // Drained: give the slots back, so that a quiet client holds
+                // none (a burst allocates them once, not per frame).
                 out.frames = VecDeque::new();
             }
             None => {}
