@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::frames::{PING, PONG, Ws, candidate, relay_window};
+use crate::frames::{PING, PONG, Proto, Side, Ws, candidate, relay_window};
 
 fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
@@ -78,7 +78,18 @@ pub fn relay(
 ) -> anyhow::Result<(u64, f64)> {
     rt()?.block_on(async {
         let pairs = pairs(url_a, url_b, n, prefix).await?;
-        let received = relay_window(pairs, window);
+        let frame = candidate(0);
+        let sides = pairs
+            .into_iter()
+            .map(|(a, b)| {
+                let side = |ws| Side {
+                    ws,
+                    frame: frame.clone(),
+                };
+                (side(a), side(b))
+            })
+            .collect();
+        let received = relay_window(sides, window, Proto::Signald);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let c0 = received.load(Ordering::Relaxed);
         let t0 = Instant::now();
@@ -161,21 +172,22 @@ pub fn latency(
     })
 }
 
-/// `n` pairs of clients (`a` on `url_a`, `b` on `url_b`) that pair, see
-/// `paired` on both sides, unpair and see the notice, over and over for
-/// `dur`: completed pairings.
+/// For each link, `n` pairs of clients (`a` on its first URL, `b` on its
+/// second) that pair, see `paired` on both sides, unpair and see the
+/// notice, over and over for `dur`: completed pairings.
 pub fn pairings(
-    url_a: &str,
-    url_b: &str,
+    links: &[(&str, &str)],
     n: usize,
     dur: Duration,
     prefix: &str,
 ) -> anyhow::Result<(u64, f64)> {
     rt()?.block_on(async {
         let mut clients = Vec::new();
-        for i in 0..n {
-            let (ia, ib) = (format!("{prefix}a{i}"), format!("{prefix}b{i}"));
-            clients.push((connect(url_a, &ia).await?, connect(url_b, &ib).await?, ib));
+        for (k, (url_a, url_b)) in links.iter().enumerate() {
+            for i in 0..n {
+                let (ia, ib) = (format!("{prefix}{k}a{i}"), format!("{prefix}{k}b{i}"));
+                clients.push((connect(url_a, &ia).await?, connect(url_b, &ib).await?, ib));
+            }
         }
         let done = Arc::new(AtomicU64::new(0));
         let t0 = Instant::now();

@@ -1,6 +1,11 @@
 //! `signald-bench`: runs signald under `signald-load` processes and prints a
 //! Markdown table of what the server costs (RSS and CPU from `/proc`).
 //!
+//! With `--peerjs PATH` (the `peerjs` command of npm's `peer`), every idle,
+//! relay and latency scenario runs against the PeerJS server too, in the
+//! same run, and a last table sets each figure beside its target and its
+//! ratio to PeerJS's.
+//!
 //! Each scenario gets a fresh server. Idle clients are spread over several
 //! load processes (at most `--per-process` each, under the 20,000-fd limit),
 //! each from its own 127.0.0.x source address so ephemeral ports never run out.
@@ -32,12 +37,16 @@ struct Cli {
     /// Ping interval for the idle runs.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     ping_interval: Duration,
-    /// How long idle CPU is measured.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    /// How long idle clients are held before RSS is read (idle CPU is
+    /// measured over it): two ping intervals and 2 s by default.
+    #[arg(long, default_value = "12s", value_parser = humantime::parse_duration)]
     idle_window: Duration,
     /// Pair counts for the relay runs (0 skips).
     #[arg(long, value_delimiter = ',', default_value = "1,1000")]
     relay: Vec<usize>,
+    /// Frames in flight per pair in the relay runs.
+    #[arg(long, default_value_t = 64)]
+    relay_window: usize,
     /// Relay measurement time.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     relay_duration: Duration,
@@ -70,16 +79,71 @@ struct Cli {
     /// Each cluster measurement's length.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     cluster_duration: Duration,
+    /// The PeerJS server's command (`node_modules/.bin/peerjs` of npm's
+    /// `peer`): measured beside signald.
+    #[arg(long)]
+    peerjs: Option<PathBuf>,
 }
 
-/// A signald under test, started with the testkit (readiness line, killed
+/// The server a scenario measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Signald,
+    Peerjs,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Signald => "signald",
+            Kind::Peerjs => "PeerJS",
+        }
+    }
+
+    /// `signald-load --protocol`.
+    fn proto_arg(self) -> &'static str {
+        match self {
+            Kind::Signald => "signald",
+            Kind::Peerjs => "peerjs",
+        }
+    }
+}
+
+/// A server under test, started with the testkit (readiness line, killed
 /// on drop) plus what the bench reads from it.
 struct Server {
-    signald: p2p_testkit::Signald,
+    proc: Started,
     url: String,
 }
 
+enum Started {
+    Signald(p2p_testkit::Signald),
+    Peerjs(p2p_testkit::Proc),
+}
+
 impl Server {
+    /// Signald, or the PeerJS server, for a scenario; `signald_args` only
+    /// for signald. PeerJS gets what the issue's method gave it: its
+    /// liveness timeout at 10 s (two keepalives) and no client limit.
+    fn of(cli: &Cli, kind: Kind, signald_args: &[&str]) -> anyhow::Result<Self> {
+        let Some(bin) = cli.peerjs.as_ref().filter(|_| kind == Kind::Peerjs) else {
+            return Server::start(&cli.signald, signald_args);
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--key", "peerjs", "--path", "/"])
+            .args(["--alive_timeout", "10000", "--concurrent_limit", "10000000"]);
+        let proc = p2p_testkit::Proc::spawn("peerjs", cmd);
+        proc.wait_line("Started PeerServer");
+        Ok(Self {
+            proc: Started::Peerjs(proc),
+            url: format!("ws://127.0.0.1:{port}/peerjs"),
+        })
+    }
+
     fn start(bin: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
         // Every client comes from 127.0.0.1: the per-address limits that
@@ -92,17 +156,24 @@ impl Server {
         let signald = p2p_testkit::Signald::spawn(cmd);
         Ok(Self {
             url: signald.url(),
-            signald,
+            proc: Started::Signald(signald),
         })
     }
 
     fn pid(&self) -> u32 {
-        self.signald.proc().pid() as u32
+        match &self.proc {
+            Started::Signald(s) => s.proc().pid() as u32,
+            Started::Peerjs(p) => p.pid() as u32,
+        }
     }
 
-    fn metric(&self, name: &str) -> anyhow::Result<f64> {
+    /// One of signald's metrics; `None` for PeerJS, which has none.
+    fn metric(&self, name: &str) -> anyhow::Result<Option<f64>> {
         use std::io::Read;
-        let mut s = std::net::TcpStream::connect(self.signald.addr())?;
+        let Started::Signald(signald) = &self.proc else {
+            return Ok(None);
+        };
+        let mut s = std::net::TcpStream::connect(signald.addr())?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
         let mut body = String::new();
         s.read_to_string(&mut body)?;
@@ -110,17 +181,27 @@ impl Server {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .with_context(|| format!("metric {name}"))?
             .parse()
+            .map(Some)
             .context("metric value")
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
-        self.signald.proc().signal(libc::SIGTERM);
-        let status = self.signald.proc_mut().wait_exit();
+    fn stop(self) -> anyhow::Result<()> {
+        let Started::Signald(mut signald) = self.proc else {
+            // The PeerJS server is killed on drop.
+            return Ok(());
+        };
+        signald.proc().signal(libc::SIGTERM);
+        let status = signald.proc_mut().wait_exit();
         if !status.success() {
             bail!("signald exited with {status}");
         }
         Ok(())
     }
+}
+
+/// A figure, or a dash where a server has none.
+fn or_dash(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v}"))
 }
 
 struct Load {
@@ -175,28 +256,135 @@ fn source_ip(scenario: usize, k: usize) -> String {
     format!("127.{run}.{}.{}", scenario % 250, 10 + k)
 }
 
+/// What the last table compares: each figure of signald, and of PeerJS
+/// where it ran.
+#[derive(Default)]
+struct Summary {
+    /// (clients, signald KiB per client, PeerJS KiB per client)
+    idle: Vec<(usize, f64, Option<f64>)>,
+    /// (pairs, signald µs per frame, PeerJS µs per frame)
+    relay: Vec<(usize, f64, Option<f64>)>,
+    /// signald's p50 and p99, and PeerJS's
+    latency: Option<(Percentiles, Option<Percentiles>)>,
+    cluster: Option<ClusterFigures>,
+}
+
+/// p50 and p99, ms.
+type Percentiles = (f64, f64);
+
+struct ClusterFigures {
+    same_node_us: f64,
+    across_us: f64,
+    pairings_per_s: f64,
+    nodes: usize,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let kinds: &[Kind] = if cli.peerjs.is_some() {
+        &[Kind::Signald, Kind::Peerjs]
+    } else {
+        &[Kind::Signald]
+    };
+    let mut sum = Summary::default();
     println!("| scenario | figure |");
     println!("| --- | --- |");
     let mut scenario = 0;
     // A count of 0 skips that scenario.
     for &n in cli.idle.iter().filter(|&&n| n > 0) {
-        scenario += 1;
-        idle(&cli, n, scenario)?;
+        let mut got = Vec::new();
+        for &kind in kinds {
+            scenario += 1;
+            got.push(idle(&cli, kind, n, scenario)?);
+        }
+        sum.idle.push((n, got[0], got.get(1).copied()));
     }
     for &pairs in cli.relay.iter().filter(|&&n| n > 0) {
-        scenario += 1;
-        relay(&cli, pairs, scenario)?;
+        let mut got = Vec::new();
+        for &kind in kinds {
+            scenario += 1;
+            got.push(relay(&cli, kind, pairs, scenario)?);
+        }
+        sum.relay.push((pairs, got[0], got.get(1).copied()));
     }
     if cli.latency_pairs > 0 {
-        scenario += 1;
-        latency(&cli, scenario)?;
+        let mut got = Vec::new();
+        for &kind in kinds {
+            scenario += 1;
+            got.push(latency(&cli, kind, scenario)?);
+        }
+        sum.latency = Some((got[0], got.get(1).copied()));
     }
     if cli.cluster {
-        cluster(&cli, scenario + 1)?;
+        sum.cluster = Some(cluster(&cli, scenario + 1)?);
     }
+    summary(&cli, &sum);
     Ok(())
+}
+
+/// The last table: each figure beside its target and its ratio to PeerJS.
+fn summary(cli: &Cli, sum: &Summary) {
+    println!();
+    println!("| figure | signald | PeerJS | signald ÷ PeerJS | target | met? |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let ratio = |a: f64, b: Option<f64>| b.map_or("–".into(), |b| format!("{:.2}", a / b));
+    let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+    for &(n, ours, theirs) in &sum.idle {
+        let target = if n >= 10_000 { "≤ 3 KiB" } else { "–" };
+        let met = if n >= 10_000 { yes(ours <= 3.0) } else { "–" };
+        println!(
+            "| memory per idle client, {n} clients | {ours:.2} KiB | {} | {} | {target} | {met} |",
+            theirs.map_or("–".into(), |t| format!("{t:.2} KiB")),
+            ratio(ours, theirs),
+        );
+    }
+    for &(pairs, ours, theirs) in &sum.relay {
+        let (target, met) = match (pairs >= 1000, theirs) {
+            (true, Some(t)) => ("≤ 0.15 of PeerJS", yes(ours / t <= 0.15)),
+            (true, None) => ("≤ 0.15 of PeerJS", "– (no PeerJS run)"),
+            (false, _) => ("–", "–"),
+        };
+        println!(
+            "| CPU per relayed frame, {pairs} pairs × {} in flight | {ours:.2} µs | {} | {} | {target} | {met} |",
+            cli.relay_window,
+            theirs.map_or("–".into(), |t| format!("{t:.2} µs")),
+            ratio(ours, theirs),
+        );
+    }
+    if let Some(((p50, p99), theirs)) = sum.latency {
+        println!(
+            "| relay latency p50 / p99, {} pairs × 10 frames/s | {p50:.3} / {p99:.3} ms | {} | {} | p99 < 1 ms | {} |",
+            cli.latency_pairs,
+            theirs.map_or("–".into(), |(a, b)| format!("{a:.3} / {b:.3} ms")),
+            ratio(p99, theirs.map(|t| t.1)),
+            yes(p99 < 1.0),
+        );
+    }
+    if let Some(c) = &sum.cluster {
+        println!(
+            "| cluster: CPU per relayed frame, same node | {:.2} µs | – | – | – | – |",
+            c.same_node_us
+        );
+        println!(
+            "| cluster: CPU per relayed frame across nodes (both nodes and Redis) | {:.2} µs ({:.2} × same node) | – | – | ≤ 2 × same node | {} |",
+            c.across_us,
+            c.across_us / c.same_node_us,
+            yes(c.across_us <= 2.0 * c.same_node_us),
+        );
+        println!(
+            "| cluster: pairings per second, {} nodes | {:.0}/s | – | – | – | – |",
+            c.nodes, c.pairings_per_s
+        );
+    }
+    // Scale: what one node would hold in 4 GiB, from the largest idle run.
+    if let Some(&(n, ours, theirs)) = sum.idle.last() {
+        let per_4g = |kib: f64| 4.0 * 1024.0 * 1024.0 / kib;
+        println!(
+            "| idle clients one process would hold in 4 GiB (from the {n}-client figure) | {:.0} | {} | – | – | – |",
+            per_4g(ours),
+            theirs.map_or("–".into(), |t| format!("{:.0}", per_4g(t))),
+        );
+    }
 }
 
 /// A redis-server for the cluster runs: loopback, a free port, no
@@ -253,7 +441,9 @@ fn cpus(pids: &[u32]) -> anyhow::Result<Vec<Duration>> {
     pids.iter().map(|p| procfs::cpu_time(*p)).collect()
 }
 
-fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
+/// Three nodes on one Redis: relay on one node and across two, pairings
+/// across all three, idle clients on one.
+fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<ClusterFigures> {
     let redis = Redis::start(&cli.redis_server)?;
     let node = |name: &str| {
         Server::start(
@@ -265,9 +455,10 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
                 .collect::<Vec<_>>(),
         )
     };
-    let (n1, n2) = (node("n1")?, node("n2")?);
-    let pids = [n1.pid(), n2.pid(), redis.pid()];
+    let (n1, n2, n3) = (node("n1")?, node("n2")?, node("n3")?);
+    let pids = [n1.pid(), n2.pid(), redis.pid(), n3.pid()];
     let dur = cli.cluster_duration;
+    let mut relay_us = [0.0; 2];
     for (k, (label, b)) in [("same node", &n1.url), ("across nodes", &n2.url)]
         .into_iter()
         .enumerate()
@@ -283,15 +474,17 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
             || cpu0 = cpus(&pids).unwrap_or_default(),
         )?;
         let us = per_event(&pids, &cpu0, frames as f64)?;
+        relay_us[k] = us.iter().sum::<f64>();
         println!(
             "| cluster relay, {label}, {} pairs × 8 in flight, candidate-sized JSON | \
-             {:.0} frames/s; CPU per frame: node 1 {:.2} µs, node 2 {:.2} µs, redis {:.2} µs \
-             (total {:.2} µs) |",
+             {:.0} frames/s; CPU per frame: node 1 {:.2} µs, node 2 {:.2} µs, redis {:.2} µs, \
+             node 3 (idle) {:.2} µs (total {:.2} µs) |",
             cli.cluster_pairs,
             frames as f64 / secs,
             us[0],
             us[1],
             us[2],
+            us[3],
             us.iter().sum::<f64>(),
         );
         let samples = p2p_bench::cluster::latency(
@@ -317,16 +510,20 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
         );
     }
     let cpu0 = cpus(&pids)?;
-    let (done, secs) = p2p_bench::cluster::pairings(&n1.url, &n2.url, 50, dur, "p-")?;
+    let links = [
+        (n1.url.as_str(), n2.url.as_str()),
+        (n2.url.as_str(), n3.url.as_str()),
+        (n3.url.as_str(), n1.url.as_str()),
+    ];
+    let (done, secs) = p2p_bench::cluster::pairings(&links, 50, dur, "p-")?;
     let us = per_event(&pids, &cpu0, done as f64)?;
+    let pairings_per_s = done as f64 / secs;
     println!(
-        "| cluster pairings across nodes, 50 pairs pairing and unpairing in a loop | \
-         {:.0} pairings/s (each: pair, both `paired`, unpair, the notice); CPU per pairing: \
-         node 1 {:.0} µs, node 2 {:.0} µs, redis {:.0} µs |",
-        done as f64 / secs,
-        us[0],
-        us[1],
-        us[2],
+        "| cluster pairings across 3 nodes, 3 × 50 pairs (node 1→2, 2→3, 3→1) pairing and \
+         unpairing in a loop | {pairings_per_s:.0} pairings/s (each: pair, both `paired`, \
+         unpair, the notice); CPU per pairing: node 1 {:.0} µs, node 2 {:.0} µs, node 3 {:.0} µs, \
+         redis {:.0} µs |",
+        us[0], us[1], us[3], us[2],
     );
     if cli.cluster_idle > 0 {
         let (rss0, redis0) = (
@@ -375,14 +572,22 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
     }
     n1.stop()?;
     n2.stop()?;
-    Ok(())
+    n3.stop()?;
+    Ok(ClusterFigures {
+        same_node_us: relay_us[0],
+        across_us: relay_us[1],
+        pairings_per_s,
+        nodes: 3,
+    })
 }
 
-fn idle(cli: &Cli, n: usize, scenario: usize) -> anyhow::Result<()> {
+/// `n` idle clients; their cost per client (KiB of RSS).
+fn idle(cli: &Cli, kind: Kind, n: usize, scenario: usize) -> anyhow::Result<f64> {
     let interval = humantime::format_duration(cli.ping_interval).to_string();
-    let timeout = humantime::format_duration(cli.ping_interval * 3 / 2).to_string();
-    let srv = Server::start(
-        &cli.signald,
+    let timeout = humantime::format_duration(cli.ping_interval * 2).to_string();
+    let srv = Server::of(
+        cli,
+        kind,
         &["--ping-interval", &interval, "--ping-timeout", &timeout],
     )?;
     std::thread::sleep(Duration::from_millis(200));
@@ -396,6 +601,8 @@ fn idle(cli: &Cli, n: usize, scenario: usize) -> anyhow::Result<()> {
             &srv.url,
             "--source-ip",
             &source_ip(scenario, k),
+            "--protocol",
+            kind.proto_arg(),
             "idle",
             "--clients",
             &share.to_string(),
@@ -422,8 +629,8 @@ fn idle(cli: &Cli, n: usize, scenario: usize) -> anyhow::Result<()> {
     let cpu = procfs::cpu_time(srv.pid())? - cpu0;
     let window = w0.elapsed();
     let rss = procfs::rss_bytes(srv.pid())?;
-    let timeouts = srv.metric("signald_timeouts_total")?;
-    let clients_now = srv.metric("signald_clients")?;
+    let timeouts = or_dash(srv.metric("signald_timeouts_total")?);
+    let clients_now = or_dash(srv.metric("signald_clients")?);
     let mut closes = 0;
     let mut pings = 0;
     for mut l in loads {
@@ -436,17 +643,22 @@ fn idle(cli: &Cli, n: usize, scenario: usize) -> anyhow::Result<()> {
     srv.stop()?;
     let per_client = (rss.saturating_sub(rss0)) as f64 / connected.max(1) as f64 / 1024.0;
     let cpu_pct = cpu.as_secs_f64() / window.as_secs_f64() * 100.0;
+    let (keep, name) = match kind {
+        Kind::Signald => ("pings every", "pings answered"),
+        Kind::Peerjs => ("a HEARTBEAT every", "heartbeats sent"),
+    };
     println!(
-        "| idle {n} clients ({procs} load processes), pings every {interval} | \
+        "| {} idle {n} clients ({procs} load processes), {keep} {interval} | \
          {connected} connected ({failed} failed) in {connect_secs:.1} s = {:.0} conn/s; \
          server RSS {:.1} MiB → {per_client:.2} KiB/client; idle CPU {cpu_pct:.2}% of a core \
-         over {:.0} s; {pings} pings answered; false timeouts {timeouts} (server) + \
+         over {:.0} s; {pings} {name}; false timeouts {timeouts} (server) + \
          {closes} unexpected closes; clients at end {clients_now} |",
+        kind.name(),
         connected as f64 / connect_secs,
         rss as f64 / 1048576.0,
         window.as_secs_f64(),
     );
-    Ok(())
+    Ok(per_client)
 }
 
 /// The per-connection rate limits (100 frames/s and 64 KiB/s by default)
@@ -462,18 +674,22 @@ const NO_RATE_LIMITS: [&str; 8] = [
     "4000000000",
 ];
 
-fn relay_server(cli: &Cli) -> anyhow::Result<Server> {
-    Server::start(&cli.signald, &NO_RATE_LIMITS)
+fn relay_server(cli: &Cli, kind: Kind) -> anyhow::Result<Server> {
+    Server::of(cli, kind, &NO_RATE_LIMITS)
 }
 
-fn relay(cli: &Cli, pairs: usize, scenario: usize) -> anyhow::Result<()> {
-    let srv = relay_server(cli)?;
-    let window = if pairs == 1 { 64 } else { 8 };
+/// `pairs` pairs relaying with `--relay-window` in flight; the server's CPU
+/// per frame, in µs.
+fn relay(cli: &Cli, kind: Kind, pairs: usize, scenario: usize) -> anyhow::Result<f64> {
+    let srv = relay_server(cli, kind)?;
+    let window = cli.relay_window;
     let args: Vec<String> = [
         "--url",
         &srv.url,
         "--source-ip",
         &source_ip(scenario, 0),
+        "--protocol",
+        kind.proto_arg(),
         "relay",
         "--pairs",
         &pairs.to_string(),
@@ -492,24 +708,26 @@ fn relay(cli: &Cli, pairs: usize, scenario: usize) -> anyhow::Result<()> {
     let v = l.expect("done")?;
     let cpu = procfs::cpu_time(srv.pid())? - cpu0;
     l.finish()?;
-    let relayed = srv.metric("signald_frames_relayed_total")?;
+    let relayed = or_dash(srv.metric("signald_frames_relayed_total")?);
     srv.stop()?;
     let frames = v["frames"].as_f64().unwrap_or(0.0);
     let secs = v["secs"].as_f64().unwrap_or(1.0);
     let us = cpu.as_secs_f64() * 1e6 / frames.max(1.0);
     println!(
-        "| relay {pairs} pair(s), {window} frames in flight per pair, candidate-sized JSON | \
+        "| {} relay {pairs} pair(s), {window} frames in flight per pair, candidate-sized JSON | \
          {:.0} frames/s over {secs:.1} s ({relayed} relayed in all); server CPU {:.2} s \
          = {:.4} CPU s per 1,000 frames = {us:.2} µs/frame |",
+        kind.name(),
         frames / secs,
         cpu.as_secs_f64(),
         us / 1000.0,
     );
-    Ok(())
+    Ok(us)
 }
 
-fn latency(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
-    let srv = relay_server(cli)?;
+/// Pairs sending 10 frames/s each; p50 and p99 from send to receipt, ms.
+fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<(f64, f64)> {
+    let srv = relay_server(cli, kind)?;
     let procs = cli.latency_procs.max(1);
     let mut loads = Vec::new();
     for k in 0..procs {
@@ -521,6 +739,8 @@ fn latency(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
             &source_ip(scenario, k),
             "--prefix",
             &format!("lat{k}-"),
+            "--protocol",
+            kind.proto_arg(),
             "latency",
             "--pairs",
             &pairs.to_string(),
@@ -567,9 +787,10 @@ fn latency(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
         samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1000.0
     };
     println!(
-        "| latency {} pairs × 10 frames/s ({procs} load processes), send → receipt | \
+        "| {} latency {} pairs × 10 frames/s ({procs} load processes), send → receipt | \
          {} samples: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; \
          server CPU {:.1}% of a core |",
+        kind.name(),
         cli.latency_pairs,
         samples.len(),
         ms(0.50),
@@ -578,5 +799,5 @@ fn latency(cli: &Cli, scenario: usize) -> anyhow::Result<()> {
         ms(1.0),
         cpu.as_secs_f64() / wall * 100.0,
     );
-    Ok(())
+    Ok((ms(0.50), ms(0.99)))
 }

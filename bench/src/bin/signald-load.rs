@@ -1,8 +1,10 @@
-//! `signald-load`: WebSocket load against signald, one scenario per run.
+//! `signald-load`: WebSocket load against signald, or with `--protocol
+//! peerjs` against the PeerJS server, one scenario per run.
 //!
 //! Prints one JSON object per line on stdout (`connected`, `start`, `done`)
 //! so that `signald-bench` can time its measurements of the server.
-//! - `idle`: N clients answer every `ping` until stdin closes.
+//! - `idle`: N clients answer every `ping` (PeerJS: send a `HEARTBEAT`
+//!   every 5 s) until stdin closes.
 //! - `relay`: P pairs bounce candidate-sized frames, W in flight per pair.
 //! - `latency`: P pairs, each initiator sends R frames/s; send→receipt times.
 
@@ -23,7 +25,7 @@ use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use p2p_bench::frames::{PING, PONG, Ws, candidate, relay_window};
+use p2p_bench::frames::{PING, PONG, Proto, Side, Ws, relay_window};
 
 #[derive(Parser)]
 struct Cli {
@@ -39,6 +41,9 @@ struct Cli {
     /// Prefix of the IDs this process asks for.
     #[arg(long, default_value = "load")]
     prefix: String,
+    /// The server's protocol.
+    #[arg(long, value_enum, default_value = "signald")]
+    protocol: Proto,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -91,10 +96,11 @@ struct Target {
     url: String,
     addr: SocketAddr,
     source: Option<IpAddr>,
+    proto: Proto,
 }
 
 impl Target {
-    fn new(url: &str, source: Option<IpAddr>) -> anyhow::Result<Self> {
+    fn new(url: &str, source: Option<IpAddr>, proto: Proto) -> anyhow::Result<Self> {
         let hostport = url
             .strip_prefix("ws://")
             .and_then(|r| r.split('/').next())
@@ -105,10 +111,11 @@ impl Target {
                 .parse()
                 .context("HOST:PORT must be an IP address")?,
             source,
+            proto,
         })
     }
 
-    /// Connects (as `id` if given) and reads the `welcome`.
+    /// Connects (as `id` if given) and reads the server's greeting.
     async fn connect(&self, id: Option<&str>) -> anyhow::Result<Ws> {
         let sock = if self.addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -137,8 +144,8 @@ impl Target {
         }
         let stream = sock.connect(self.addr).await.context("connect")?;
         stream.set_nodelay(true)?;
-        let url = match id {
-            Some(id) => format!("{}?id={id}", self.url),
+        let url = match self.proto.query(id) {
+            Some(q) => format!("{}?{q}", self.url),
             None => self.url.clone(),
         };
         // Small buffers: thousands of clients live in this process.
@@ -153,8 +160,8 @@ impl Target {
         .await
         .context("upgrade")?;
         match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => Ok(ws),
-            other => bail!("expected welcome, got {other:?}"),
+            Some(Ok(Message::Text(t))) if t.starts_with(self.proto.greeting()) => Ok(ws),
+            other => bail!("expected {}, got {other:?}", self.proto.greeting()),
         }
     }
 }
@@ -184,9 +191,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let target = Arc::new(Target::new(&cli.url, cli.source_ip)?);
+        let target = Arc::new(Target::new(&cli.url, cli.source_ip, cli.protocol)?);
         match cli.mode {
-            Mode::Idle { clients } => idle(target, clients, cli.concurrency).await,
+            Mode::Idle { clients } => idle(target, clients, &cli.prefix, cli.concurrency).await,
             Mode::Relay {
                 pairs,
                 window,
@@ -194,7 +201,7 @@ fn main() -> anyhow::Result<()> {
                 duration,
             } => {
                 let pairs = connect_pairs(&target, pairs, &cli.prefix, cli.concurrency).await?;
-                relay(pairs, window, warmup, duration).await
+                relay(pairs, window, warmup, duration, cli.protocol).await
             }
             Mode::Latency {
                 pairs,
@@ -203,20 +210,31 @@ fn main() -> anyhow::Result<()> {
                 duration,
             } => {
                 let pairs = connect_pairs(&target, pairs, &cli.prefix, cli.concurrency).await?;
-                latency(pairs, rate, warmup, duration).await
+                latency(pairs, rate, warmup, duration, cli.protocol).await
             }
         }
     })
 }
 
-async fn idle(target: Arc<Target>, clients: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn idle(
+    target: Arc<Target>,
+    clients: usize,
+    prefix: &str,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let sem = Arc::new(Semaphore::new(concurrency));
     let pings = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut setups = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for k in 0..clients {
+        // signald draws IDs; a PeerJS client names its own.
+        let id =
+            (target.proto == Proto::Peerjs).then(|| format!("{prefix}{}-{k}", std::process::id()));
+        // Keepalives spread over their period, as clients that came and
+        // went at random would send them.
+        let offset = Duration::from_secs(5).mul_f64(k as f64 / clients.max(1) as f64);
         let (target, sem, pings, closed, failed) = (
             target.clone(),
             sem.clone(),
@@ -226,7 +244,7 @@ async fn idle(target: Arc<Target>, clients: usize, concurrency: usize) -> anyhow
         );
         setups.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.expect("semaphore open");
-            let ws = target.connect(None).await;
+            let ws = target.connect(id.as_deref()).await;
             drop(permit);
             let mut ws = match ws {
                 Ok(ws) => ws,
@@ -237,9 +255,25 @@ async fn idle(target: Arc<Target>, clients: usize, concurrency: usize) -> anyhow
                     return;
                 }
             };
+            let proto = target.proto;
             tokio::spawn(async move {
+                let (alive, every) = proto.keepalive().unwrap_or(("", Duration::from_secs(3600)));
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
                 loop {
-                    match ws.next().await {
+                    let msg = tokio::select! {
+                        msg = ws.next() => msg,
+                        _ = tick.tick() => {
+                            // A PeerJS keepalive counts as a ping answered.
+                            pings.fetch_add(1, Ordering::Relaxed);
+                            if ws.send(Message::text(alive)).await.is_err() {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                            continue;
+                        }
+                    };
+                    match msg {
                         Some(Ok(Message::Text(t))) if t.as_str() == PING => {
                             pings.fetch_add(1, Ordering::Relaxed);
                             if ws.send(Message::text(PONG)).await.is_err() {
@@ -280,13 +314,22 @@ async fn idle(target: Arc<Target>, clients: usize, concurrency: usize) -> anyhow
     Ok(())
 }
 
-/// Connects `n` pairs `{prefix}a{i}` ↔ `{prefix}b{i}` and pairs them.
+/// Two clients that relay to each other.
+struct Pair {
+    a: Ws,
+    b: Ws,
+    a_id: String,
+    b_id: String,
+}
+
+/// Connects `n` pairs `{prefix}a{i}` ↔ `{prefix}b{i}` and pairs them
+/// (PeerJS has no pairing: a frame names its peer).
 async fn connect_pairs(
     target: &Arc<Target>,
     n: usize,
     prefix: &str,
     concurrency: usize,
-) -> anyhow::Result<Vec<(Ws, Ws)>> {
+) -> anyhow::Result<Vec<Pair>> {
     let sem = Arc::new(Semaphore::new(concurrency));
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(n);
@@ -297,13 +340,15 @@ async fn connect_pairs(
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             let mut a = target.connect(Some(&a_id)).await?;
             let mut b = target.connect(Some(&b_id)).await?;
-            a.send(Message::text(
-                json!({"type":"pair","peer_id":b_id}).to_string(),
-            ))
-            .await?;
-            wait_for(&mut a, r#"{"type":"paired""#).await?;
-            wait_for(&mut b, r#"{"type":"paired""#).await?;
-            anyhow::Ok((a, b))
+            if target.proto == Proto::Signald {
+                a.send(Message::text(
+                    json!({"type":"pair","peer_id":b_id}).to_string(),
+                ))
+                .await?;
+                wait_for(&mut a, r#"{"type":"paired""#).await?;
+                wait_for(&mut b, r#"{"type":"paired""#).await?;
+            }
+            anyhow::Ok(Pair { a, b, a_id, b_id })
         }));
     }
     let mut pairs = Vec::with_capacity(n);
@@ -315,12 +360,27 @@ async fn connect_pairs(
 }
 
 async fn relay(
-    pairs: Vec<(Ws, Ws)>,
+    pairs: Vec<Pair>,
     window: usize,
     warmup: Duration,
     duration: Duration,
+    proto: Proto,
 ) -> anyhow::Result<()> {
-    let received = relay_window(pairs, window);
+    let sides = pairs
+        .into_iter()
+        .map(|p| {
+            let a = Side {
+                ws: p.a,
+                frame: proto.candidate(&p.b_id, 0),
+            };
+            let b = Side {
+                ws: p.b,
+                frame: proto.candidate(&p.a_id, 0),
+            };
+            (a, b)
+        })
+        .collect();
+    let received = relay_window(sides, window, proto);
     tokio::time::sleep(warmup).await;
     let c0 = received.load(Ordering::Relaxed);
     let t0 = Instant::now();
@@ -333,10 +393,11 @@ async fn relay(
 }
 
 async fn latency(
-    pairs: Vec<(Ws, Ws)>,
+    pairs: Vec<Pair>,
     rate: f64,
     warmup: Duration,
     duration: Duration,
+    proto: Proto,
 ) -> anyhow::Result<()> {
     let samples = Arc::new(Mutex::new(Vec::<u32>::new()));
     let measure_from = now_us() + warmup.as_micros() as u64;
@@ -344,19 +405,26 @@ async fn latency(
     let period = Duration::from_secs_f64(1.0 / rate);
     let n = pairs.len().max(1) as u64;
     let mut receivers = Vec::new();
-    for (i, (mut a, mut b)) in pairs.into_iter().enumerate() {
+    let (alive, every) = proto.keepalive().unwrap_or(("", Duration::from_secs(3600)));
+    for (i, p) in pairs.into_iter().enumerate() {
+        let Pair {
+            mut a, mut b, b_id, ..
+        } = p;
         // Spread the senders evenly over one period.
         let offset = period.mul_f64(i as f64 / n as f64);
         tokio::spawn(async move {
             tokio::time::sleep(offset).await;
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut keep = tokio::time::interval(every);
+            keep.tick().await;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         if now_us() > measure_to + 500_000 { break; }
-                        a.send(Message::text(candidate(now_us()))).await?;
+                        a.send(Message::text(proto.candidate(&b_id, now_us()))).await?;
                     }
+                    _ = keep.tick() => a.send(Message::text(alive)).await?,
                     msg = a.next() => match msg {
                         Some(Ok(Message::Text(t))) if t.as_str() == PING => {
                             a.send(Message::text(PONG)).await?;
@@ -371,20 +439,28 @@ async fn latency(
         let samples = samples.clone();
         receivers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
+            let mut keep = tokio::time::interval(every);
+            keep.tick().await;
             loop {
-                let msg = tokio::time::timeout(Duration::from_secs(2), b.next()).await;
+                let msg = tokio::select! {
+                    msg = tokio::time::timeout(Duration::from_secs(2), b.next()) => msg,
+                    _ = keep.tick() => {
+                        b.send(Message::text(alive)).await?;
+                        continue;
+                    }
+                };
                 let Ok(Some(Ok(msg))) = msg else { break };
                 let Message::Text(t) = msg else { continue };
-                if t.as_str() == PING {
-                    b.send(Message::text(PONG)).await?;
+                if let Some(r) = proto.reply(&t) {
+                    b.send(Message::text(r)).await?;
+                    continue;
+                }
+                if !proto.is_candidate(&t) {
                     continue;
                 }
                 let now = now_us();
                 let v: serde_json::Value = serde_json::from_str(&t)?;
-                let Some(sent) = v["candidate"]["sdpMid"]
-                    .as_str()
-                    .and_then(|s| s.parse::<u64>().ok())
-                else {
+                let Some(sent) = proto.stamp(&v) else {
                     continue;
                 };
                 if sent >= measure_from && sent < measure_to {
