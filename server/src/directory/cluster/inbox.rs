@@ -142,7 +142,7 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, inc_no: u64, mut last: String) {
         let read = cmd.query_async::<Option<StreamReadReply>>(c);
         let res = tokio::select! {
             r = read => r,
-            _ = seen.wait_for(|(g, _)| *g != inc_no) => return,
+            _ = seen.wait_for(|(n, _)| *n != inc_no) => return,
         };
         match res {
             Ok(None) => {}

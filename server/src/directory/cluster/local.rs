@@ -117,14 +117,14 @@ impl Local {
         if !matches!(*m, Membership::Out) {
             return None;
         }
-        let mut g = lock(&self.last_inc_no);
-        *g += 1;
+        let mut last = lock(&self.last_inc_no);
+        *last += 1;
         *m = Membership::Live(Live {
             inc,
-            inc_no: *g,
+            inc_no: *last,
             table: HashMap::new(),
         });
-        Some(*g)
+        Some(*last)
     }
 
     pub fn is_live(&self) -> bool {

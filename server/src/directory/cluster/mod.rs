@@ -623,7 +623,7 @@ impl Cluster {
             }
         }
         i.outgoing.stop();
-        i.bump_gen();
+        i.incarnation_over();
         i.wake.notify_one();
     }
 }
@@ -685,7 +685,7 @@ impl Inner {
         let mut rx = self.seen.subscribe();
         let waited = tokio::time::timeout(
             OP_TIMEOUT * 2,
-            rx.wait_for(|(g, pos)| *g != inc_no || *pos >= target),
+            rx.wait_for(|(n, pos)| *n != inc_no || *pos >= target),
         )
         .await;
         match waited {
@@ -712,7 +712,7 @@ impl Inner {
             self.deadline.store(0, Ordering::Relaxed);
             lock(&self.pending).clear();
             self.counters.fences.fetch_add(1, Ordering::Relaxed);
-            self.bump_gen();
+            self.incarnation_over();
             warn!("fenced: {why}; clients closed, rejoining as a new incarnation");
             self.wake.notify_one();
         }
@@ -720,7 +720,7 @@ impl Inner {
 
     /// Tells barrier waiters and the inbox reader that the incarnation
     /// they wait on is over (numbers start at 1).
-    fn bump_gen(&self) {
+    fn incarnation_over(&self) {
         self.seen.send_replace((0, (0, 0)));
     }
 }
