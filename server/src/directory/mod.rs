@@ -14,9 +14,9 @@
 //!
 //! Both backends keep the same contract; `server/tests` runs one suite
 //! against both. The in-memory side answers at once. The cluster's pair,
-//! unpair, register and remove wait for Redis, and their futures are boxed:
-//! unboxed, their Redis state would be part of every connection task's
-//! future, idle ones included. A relay never waits, on either backend: it
+//! unpair, register and remove wait for Redis; the connection code runs
+//! them in boxes of their own (`conn::cold`), so that an idle connection's
+//! task is not sized for them. A relay never waits, on either backend: it
 //! goes into the peer's outbox, or into the queue of frames for other
 //! nodes.
 
@@ -179,7 +179,7 @@ impl Directory {
     ) -> Result<Arc<Slot>, Refusal> {
         match self {
             Directory::Memory(m) => m.register(requested, token, from, welcome),
-            Directory::Cluster(c) => Box::pin(c.register(requested, token, from, welcome)).await,
+            Directory::Cluster(c) => c.register(requested, token, from, welcome).await,
         }
     }
 
@@ -197,7 +197,7 @@ impl Directory {
         }
         match self {
             Directory::Memory(m) => Ok(m.pair(a, peer_id)),
-            Directory::Cluster(c) => Box::pin(c.pair(a, peer_id)).await,
+            Directory::Cluster(c) => c.pair(a, peer_id).await,
         }
     }
 
@@ -206,7 +206,7 @@ impl Directory {
     pub async fn unpair(&self, a: &Arc<Slot>) -> Result<Result<(), ErrorCode>, Unavailable> {
         match self {
             Directory::Memory(m) => Ok(m.unpair(a)),
-            Directory::Cluster(c) => Box::pin(c.unpair(a)).await,
+            Directory::Cluster(c) => c.unpair(a).await,
         }
     }
 
@@ -223,7 +223,7 @@ impl Directory {
     pub async fn remove(&self, slot: &Arc<Slot>, reason: DisconnectReason) {
         match self {
             Directory::Memory(m) => m.remove(slot, reason, Kick::Own),
-            Directory::Cluster(c) => Box::pin(c.remove(slot, reason)).await,
+            Directory::Cluster(c) => c.remove(slot, reason).await,
         }
     }
 

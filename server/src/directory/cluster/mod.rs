@@ -181,7 +181,7 @@ struct Release {
     reason: DisconnectReason,
 }
 
-/// Cluster counters beside the server's [`Metrics`].
+/// Cluster counters beside the server's metrics (`crate::metrics`).
 #[derive(Default)]
 struct Counters {
     joins: AtomicU64,
