@@ -137,6 +137,36 @@ async fn a_node_stopped_past_its_deadline_fences_itself_and_sends_no_second_noti
     assert!(stale <= 6.0, "{stale} stale frames for 6 late offers");
 }
 
+/// Redis stops answering (SIGSTOP) for less than dead-after: a frame for a
+/// peer on another node cannot be handed to Redis, so its sender is
+/// closed with 1013 rather than have the frame vanish unnoticed; the peer
+/// stays, and once Redis answers again it is told `left` (after the frame,
+/// if Redis took it after all).
+#[tokio::test]
+async fn a_relay_redis_does_not_take_closes_its_sender_with_1013() {
+    let Some(redis) = Redis::start("relay_not_taken") else {
+        return;
+    };
+    let n1 = Node::start_timed(&redis.url(), "n1", "30s", &[]);
+    let n2 = Node::start_timed(&redis.url(), "n2", "30s", &[]);
+    let mut pairs = pairs(1, &n1, [&n2, &n2]).await;
+    let (a, b) = &mut pairs[0];
+    redis.proc().signal(libc::SIGSTOP);
+    a.send(json!({"type":"offer","sdp":"maybe"})).await;
+    a.expect_close(1013).await;
+    redis.proc().signal(libc::SIGCONT);
+    let mut got = b.recv().await;
+    if got["type"] == "offer" {
+        assert_eq!(got["sdp"], "maybe");
+        got = b.recv().await;
+    }
+    assert_eq!(
+        got,
+        json!({"type":"peer_disconnected","peer_id":"a0","reason":"left"})
+    );
+    assert_eq!(n1.metric("signald_cluster_fences_total").await, 0.0);
+}
+
 #[tokio::test]
 async fn redis_restarted_mid_run() {
     let Some(mut redis) = Redis::start("redis_restarted_mid_run") else {

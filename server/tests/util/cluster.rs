@@ -38,6 +38,12 @@ impl Node {
 
     /// A node on the Redis at `url` (credentials, `rediss://`).
     pub fn start_on(url: &str, name: &str, extra: &[&str]) -> Node {
+        Node::start_timed(url, name, "1s", extra)
+    }
+
+    /// A node declared dead after `dead_after` instead of 1 s: for a test
+    /// that needs Redis away for a while without anyone fencing.
+    pub fn start_timed(url: &str, name: &str, dead_after: &str, extra: &[&str]) -> Node {
         let args = [
             &[
                 "--listen",
@@ -49,7 +55,7 @@ impl Node {
                 "--cluster-heartbeat",
                 "100ms",
                 "--cluster-dead-after",
-                "1s",
+                dead_after,
             ],
             extra,
         ]
