@@ -13,7 +13,7 @@ use signald::Config;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::util::{self, Client, Server, start_cluster, start_cluster_of};
-use crate::{errors, flow, liveness, races};
+use crate::{errors, flow, liveness, memory, races};
 
 /// Runs a single-server test's body against a cluster.
 macro_rules! on_cluster {
@@ -47,6 +47,10 @@ on_cluster! {
     races_both_sides_unpair_at_the_same_instant => races::both_sides_unpair_at_the_same_instant_on, both_sides_unpair_at_the_same_instant_cfg;
     races_one_leaves_while_the_other_unpairs => races::one_leaves_while_the_other_unpairs_on, one_leaves_while_the_other_unpairs_cfg;
     races_both_leave_at_once_and_the_ids_are_freed => races::both_leave_at_once_and_the_ids_are_freed_on, both_leave_at_once_and_the_ids_are_freed_cfg;
+    races_a_stuck_reader_is_dropped_and_nobody_else_stalls => races::a_stuck_reader_is_dropped_and_nobody_else_stalls_on, a_stuck_reader_is_dropped_and_nobody_else_stalls_cfg;
+    errors_too_large_closes_1009_exact_limit_is_fine => errors::too_large_closes_1009_exact_limit_is_fine_on, too_large_closes_1009_exact_limit_is_fine_cfg;
+    memory_a_large_message_reaches_a_reader_whole => memory::a_large_message_reaches_a_reader_whole_on, a_large_message_reaches_a_reader_whole_cfg;
+    memory_a_burst_is_paid_by_its_sender_not_by_its_peer => memory::a_burst_is_paid_by_its_sender_not_by_its_peer_on, a_burst_is_paid_by_its_sender_not_by_its_peer_cfg;
 }
 
 /// Clients from one address by the thousand: the per-address limits would

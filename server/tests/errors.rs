@@ -254,14 +254,25 @@ async fn server_full_closes_1013_but_replacement_still_works() {
     a.expect_close(4002).await;
 }
 
+const TOO_LARGE_LIMIT: usize = 2000;
+
+pub fn too_large_closes_1009_exact_limit_is_fine_cfg() -> Config {
+    Config {
+        max_message_bytes: TOO_LARGE_LIMIT,
+        ..Config::default()
+    }
+}
+
 #[tokio::test]
 async fn too_large_closes_1009_exact_limit_is_fine() {
-    let limit = 2000;
-    let srv = start(Config {
-        max_message_bytes: limit,
-        ..Config::default()
-    })
+    too_large_closes_1009_exact_limit_is_fine_on(
+        start(too_large_closes_1009_exact_limit_is_fine_cfg()).await,
+    )
     .await;
+}
+
+pub async fn too_large_closes_1009_exact_limit_is_fine_on(srv: Server) {
+    let limit = TOO_LARGE_LIMIT;
     let (mut a, mut b) = srv.pair("a", "b").await;
     let frame = |len: usize| {
         let head = r#"{"type":"offer","sdp":""#;

@@ -16,7 +16,7 @@ use serde_json::json;
 use signald::Config;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{self, Client, Server, eventually, start, start_cluster_of, start_default};
+use crate::util::{self, Client, Server, eventually, start, start_cluster_of};
 
 /// A client with a tiny receive buffer that reads its `welcome` and then
 /// only what the test asks it to.
@@ -255,9 +255,19 @@ async fn a_client_overflowing_its_own_queue_is_dropped_and_its_peer_told(srv: Se
 
 #[tokio::test]
 async fn a_large_message_reaches_a_reader_whole() {
+    a_large_message_reaches_a_reader_whole_on(
+        start(a_large_message_reaches_a_reader_whole_cfg()).await,
+    )
+    .await;
+}
+
+pub fn a_large_message_reaches_a_reader_whole_cfg() -> Config {
+    Config::default()
+}
+
+pub async fn a_large_message_reaches_a_reader_whole_on(srv: Server) {
     // Sent as fragments; the client sees one message, byte for byte,
     // multi-byte characters across the fragment boundaries included.
-    let srv = start_default().await;
     let (mut a, mut b) = srv.pair("a", "b").await;
     let sdp: String = "é€😀x".repeat(6000);
     a.send(json!({"type":"offer","sdp":sdp})).await;
@@ -280,7 +290,15 @@ async fn a_large_message_reaches_a_reader_whole() {
 /// peer left.
 #[tokio::test]
 async fn a_burst_is_paid_by_its_sender_not_by_its_peer() {
-    let srv = start_default().await;
+    let srv = start(a_burst_is_paid_by_its_sender_not_by_its_peer_cfg()).await;
+    a_burst_is_paid_by_its_sender_not_by_its_peer_on(srv).await;
+}
+
+pub fn a_burst_is_paid_by_its_sender_not_by_its_peer_cfg() -> Config {
+    Config::default()
+}
+
+pub async fn a_burst_is_paid_by_its_sender_not_by_its_peer_on(srv: Server) {
     let mut victim = stuck(&srv, "victim").await;
     let mut attacker = srv.named("attacker").await;
     pair_with(&mut attacker, &mut victim).await;

@@ -190,7 +190,12 @@ async fn many_clients_pair_concurrently() {
 
 #[tokio::test]
 async fn a_stuck_reader_is_dropped_and_nobody_else_stalls() {
-    let srv = start(Config {
+    let srv = start(a_stuck_reader_is_dropped_and_nobody_else_stalls_cfg()).await;
+    a_stuck_reader_is_dropped_and_nobody_else_stalls_on(srv).await;
+}
+
+pub fn a_stuck_reader_is_dropped_and_nobody_else_stalls_cfg() -> Config {
+    Config {
         max_queue: 16,
         rate_limit: 1_000_000,
         rate_burst: 1_000_000,
@@ -198,14 +203,17 @@ async fn a_stuck_reader_is_dropped_and_nobody_else_stalls() {
         rate_burst_bytes: u32::MAX,
         close_grace: Duration::from_millis(200),
         ..Config::default()
-    })
-    .await;
+    }
+}
+
+pub async fn a_stuck_reader_is_dropped_and_nobody_else_stalls_on(srv: Server) {
     // `stuck` has a tiny receive buffer and never reads after `paired`.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(srv.addr).await.unwrap();
+    let addr = srv.next_addr();
+    let stream = sock.connect(addr).await.unwrap();
     let (ws, _) = tokio_tungstenite::client_async(
-        srv.url("id=stuck"),
+        util::url_at(addr, "id=stuck"),
         tokio_tungstenite::MaybeTlsStream::Plain(stream),
     )
     .await
