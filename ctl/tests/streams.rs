@@ -240,13 +240,7 @@ fn refusals_each_say_why_and_leave_the_daemons_unharmed() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    b.ok(&[
-        "expose",
-        "down",
-        &format!("tcp:127.0.0.1:{port}"),
-        "--peer",
-        "no-a",
-    ]);
+    expose_tcp(&b, "down", port, "no-a");
     fails(&a, &["connect", "no-b/down"], 1, "cannot reach its target");
     b.ok(&[
         "expose",
@@ -282,13 +276,7 @@ fn refusals_each_say_why_and_leave_the_daemons_unharmed() {
     assert!(b.ok(&["unexpose", "down"]).is_empty());
     assert_eq!(b.status().services.len(), 2);
     let port = service(echo);
-    b.ok(&[
-        "expose",
-        "echo",
-        &format!("tcp:127.0.0.1:{port}"),
-        "--peer",
-        "no-a",
-    ]);
+    expose_tcp(&b, "echo", port, "no-a");
     let out = a.ctl_stdin(&["connect", "no-b/echo"], b"still works");
     assert_eq!(out.stdout, b"still works");
     a.ok(&["send", "and messages too"]);
@@ -379,13 +367,7 @@ fn connect_pairs_when_idle_and_the_pairing_ends_with_its_last_stream() {
     let b = Daemon::start(&s.url(), "auto-b");
     a.trust_each_other(&b);
     let port = service(reverse_after_eof);
-    b.ok(&[
-        "expose",
-        "rev",
-        &format!("tcp:127.0.0.1:{port}"),
-        "--peer",
-        "auto-a",
-    ]);
+    expose_tcp(&b, "rev", port, "auto-a");
     // Three at once, all waiting for the same pairing.
     let runs: Vec<_> = (0..3u8)
         .map(|i| {
@@ -476,6 +458,17 @@ fn a_stopped_reader_holds_only_its_own_stream() {
     assert_same(&got, &slow_bytes, "the stream that was held");
 }
 
+/// `d` exposes `name`, a TCP service on 127.0.0.1:`port`, to `peer`.
+fn expose_tcp(d: &Daemon, name: &str, port: u16, peer: &str) {
+    d.ok(&[
+        "expose",
+        name,
+        &format!("tcp:127.0.0.1:{port}"),
+        "--peer",
+        peer,
+    ]);
+}
+
 /// A `connect` whose stdin stays open until the returned sender is
 /// dropped; its output is collected meanwhile.
 fn held_open(
@@ -504,13 +497,7 @@ fn caps_refuse_cleanly_and_the_far_side_s_death_ends_a_stream() {
     );
     a.pair(&b);
     let port = service(echo);
-    b.ok(&[
-        "expose",
-        "echo",
-        &format!("tcp:127.0.0.1:{port}"),
-        "--peer",
-        "cap-a",
-    ]);
+    expose_tcp(&b, "echo", port, "cap-a");
     let (mut first, first_out) = held_open(&a, &["connect", "cap-b/echo"]);
     first.write_all(b"first").unwrap();
     b.wait_status("one stream to echo", |s| s.streams.len() == 1);
@@ -605,13 +592,7 @@ fn streams_move_and_open_while_signald_is_away_longer_than_every_bound() {
     let b = Daemon::start_with(&s.url(), "away-b", bound);
     a.pair(&b);
     let port = service(echo);
-    b.ok(&[
-        "expose",
-        "echo",
-        &format!("tcp:127.0.0.1:{port}"),
-        "--peer",
-        "away-a",
-    ]);
+    expose_tcp(&b, "echo", port, "away-a");
     let (mut held, out) = held_open(&a, &["connect", "away-b/echo"]);
     held.write_all(b"before;").unwrap();
     b.wait_status("the stream open", |st| st.streams.len() == 1);

@@ -99,7 +99,7 @@ impl Node {
 }
 
 pub async fn raw_at(addr: SocketAddr, query: &str) -> Ws {
-    let url = format!("ws://{addr}/ws?{query}");
+    let url = super::url_at(addr, query);
     let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
         .await
         .expect("connect timed out")
