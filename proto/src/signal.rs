@@ -7,6 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
+mod inbound;
+
+#[cfg(test)]
+pub(crate) use inbound::general;
+pub use inbound::{Candidate, ClientFrame, Relayable, Text};
+
 /// Version number sent in `welcome.protocol`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -286,64 +292,10 @@ impl ParseError {
 }
 
 impl ClientMsg {
-    /// Parses one text frame, telling a malformed frame from an unknown type.
+    /// Parses one text frame, telling a malformed frame from an unknown type
+    /// (signald reads frames as [`ClientFrame`]s; this is the same parse).
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        #[derive(Deserialize)]
-        struct Head<'a> {
-            #[serde(rename = "type", borrow)]
-            ty: std::borrow::Cow<'a, str>,
-        }
-        let head: Head = serde_json::from_str(text).map_err(|e| {
-            ParseError::BadMessage(format!(
-                "expected a JSON object with a string \"type\": {e}"
-            ))
-        })?;
-        // Each type's members straight into a struct of its own (other
-        // members, `type` among them, are ignored as the enum would): the
-        // enum's own derive buffers the whole frame first to find its tag,
-        // which was a third of signald's CPU per relayed frame.
-        #[derive(Deserialize)]
-        struct Empty {}
-        #[derive(Deserialize)]
-        struct Pair {
-            peer_id: String,
-        }
-        #[derive(Deserialize)]
-        struct Sdp {
-            sdp: String,
-        }
-        #[derive(Deserialize)]
-        struct Candidate {
-            #[serde(deserialize_with = "required_nullable")]
-            candidate: Option<CandidateInit>,
-        }
-        fn body<'a, T: Deserialize<'a>>(text: &'a str, ty: &str) -> Result<T, ParseError> {
-            serde_json::from_str(text)
-                .map_err(|e| ParseError::BadMessage(format!("bad {ty:?} message: {e}")))
-        }
-        let ty = head.ty.as_ref();
-        if too_deep(text) {
-            return Err(ParseError::BadMessage(format!(
-                "bad {ty:?} message: nested deeper than {MAX_DEPTH} levels"
-            )));
-        }
-        Ok(match ty {
-            "pong" => body::<Empty>(text, ty).map(|_| ClientMsg::Pong)?,
-            "pair" => ClientMsg::Pair {
-                peer_id: body::<Pair>(text, ty)?.peer_id,
-            },
-            "unpair" => body::<Empty>(text, ty).map(|_| ClientMsg::Unpair)?,
-            "offer" => ClientMsg::Offer {
-                sdp: body::<Sdp>(text, ty)?.sdp,
-            },
-            "answer" => ClientMsg::Answer {
-                sdp: body::<Sdp>(text, ty)?.sdp,
-            },
-            "candidate" => ClientMsg::Candidate {
-                candidate: body::<Candidate>(text, ty)?.candidate,
-            },
-            _ => return Err(ParseError::UnknownType(head.ty.into_owned())),
-        })
+        ClientFrame::parse(text).map(ClientFrame::into_owned)
     }
 }
 

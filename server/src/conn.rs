@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use p2p_proto::signal::{ClientMsg, DisconnectReason, ErrorCode, ServerMsg, close_code};
+use p2p_proto::signal::{ClientFrame, DisconnectReason, ErrorCode, ServerMsg, close_code};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, timeout};
@@ -730,26 +730,24 @@ enum Request {
 /// the connection then ends with 1013.
 fn on_text(text: &str, slot: &Arc<Slot>, srv: &Shared) -> Result<Option<Request>, Unavailable> {
     let dir = &srv.directory;
-    let msg = match ClientMsg::parse(text) {
+    let msg = match ClientFrame::parse(text) {
         Ok(msg) => msg,
         Err(e) => {
             dir.send_error(slot, e.code(), e.to_string());
             return Ok(None);
         }
     };
-    let from = || slot.id().to_string();
     let out = match msg {
-        ClientMsg::Pong => return Ok(None),
-        ClientMsg::Pair { peer_id } => return Ok(Some(Request::Pair(peer_id))),
-        ClientMsg::Unpair => return Ok(Some(Request::Unpair)),
-        ClientMsg::Offer { sdp } => ServerMsg::Offer { sdp, from: from() },
-        ClientMsg::Answer { sdp } => ServerMsg::Answer { sdp, from: from() },
-        ClientMsg::Candidate { candidate } => ServerMsg::Candidate {
-            candidate,
-            from: from(),
-        },
+        ClientFrame::Pong => return Ok(None),
+        ClientFrame::Pair { peer_id } => {
+            return Ok(Some(Request::Pair(peer_id.as_str().to_string())));
+        }
+        ClientFrame::Unpair => return Ok(Some(Request::Unpair)),
+        // Written in an allocation of its exact size: what is counted
+        // against the outbox bounds is what is held.
+        ClientFrame::Relay(frame) => frame.to_json(slot.id()),
     };
-    if let Relayed::NotPaired = dir.relay(slot, relayed_frame(out.to_json()))? {
+    if let Relayed::NotPaired = dir.relay(slot, out.into())? {
         dir.send_error(slot, ErrorCode::NotPaired, "not paired: nothing relayed");
     }
     Ok(None)
@@ -781,16 +779,6 @@ async fn request(req: Request, slot: &Arc<Slot>, srv: &Shared) -> Result<(), Una
         }
     }
     Ok(())
-}
-
-/// A relayed frame as queued: without the spare capacity the JSON writer
-/// grew (up to half of a large frame), so that what is counted is what is
-/// held.
-fn relayed_frame(mut json: String) -> Utf8Bytes {
-    if json.capacity() - json.len() > 1024 {
-        json.shrink_to_fit();
-    }
-    json.into()
 }
 
 /// One step of the connection: moves queued frames to the socket, then

@@ -1,0 +1,630 @@
+//! A client frame as signald reads it, on its hot path: parsed in one pass,
+//! borrowing from the frame's text, and the frame relayed to the peer
+//! written straight from it.
+//!
+//! [`ClientMsg`] is the frame as a value (what clients build and send);
+//! this is the same frame seen by the server, which relays most of what it
+//! reads. Building owned values, then a [`ServerMsg`], then serialising it
+//! again cost an allocation per string and a second escaping pass per
+//! frame; here a string without escapes stays a slice of the frame, and
+//! one with nothing that needs an escape is written out again as it is. What
+//! [`Relayable::to_json`] writes is byte for byte what
+//! [`ServerMsg::to_json`] writes for the same frame (a property test holds
+//! the two together).
+//!
+//! Members that come before `type` are kept as the slices of text they
+//! are and read once the type says what they should be (every client we
+//! know writes `type` first). A frame that might nest too deeply, and one
+//! that is not a JSON object with a string `type`, goes the general way
+//! ([`general`]), which reads it twice and words the error; the outcome is
+//! the same either way (a property test holds the two together).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Write;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use super::{CandidateInit, ClientMsg, MAX_DEPTH, ParseError, ServerMsg, too_deep};
+
+/// A client frame, borrowing from its text where it can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame<'a> {
+    Pong,
+    Pair {
+        peer_id: Text<'a>,
+    },
+    Unpair,
+    /// An offer, an answer or a candidate: for the peer.
+    Relay(Relayable<'a>),
+}
+
+/// A frame signald relays to the client's peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relayable<'a> {
+    Offer { sdp: Text<'a> },
+    Answer { sdp: Text<'a> },
+    Candidate { candidate: Option<Candidate<'a>> },
+}
+
+/// [`CandidateInit`], borrowing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Candidate<'a> {
+    #[serde(borrow)]
+    candidate: Text<'a>,
+    #[serde(rename = "sdpMid", default, borrow)]
+    sdp_mid: Option<Text<'a>>,
+    #[serde(rename = "sdpMLineIndex", default)]
+    sdp_mline_index: Option<u16>,
+    #[serde(rename = "usernameFragment", default, borrow)]
+    username_fragment: Option<Text<'a>>,
+}
+
+/// A JSON string member, kept as the frame had it where it can be written
+/// out again as it is.
+#[derive(Debug, Clone)]
+pub struct Text<'a>(Repr<'a>);
+
+#[derive(Debug, Clone)]
+enum Repr<'a> {
+    /// Nothing in it needs an escape (no `"`, no `\`, no control
+    /// character): written between quotes as it is. Only [`Text::new`]
+    /// makes one, and it checks.
+    Plain(&'a str),
+    /// Written escaped, as serde_json escapes strings.
+    Escaped(Cow<'a, str>),
+}
+
+impl<'a> Text<'a> {
+    fn new(s: Cow<'a, str>) -> Text<'a> {
+        match s {
+            // One pass that the compiler vectorises (no early exit).
+            Cow::Borrowed(b) if b.bytes().fold(true, |ok, c| ok & (escaped_len(c) == 1)) => {
+                Text(Repr::Plain(b))
+            }
+            s => Text(Repr::Escaped(s)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Plain(s) => s,
+            Repr::Escaped(s) => s,
+        }
+    }
+
+    fn into_owned(self) -> String {
+        match self.0 {
+            Repr::Plain(s) => s.to_string(),
+            Repr::Escaped(s) => s.into_owned(),
+        }
+    }
+
+    /// Bytes it takes written as a JSON string, quotes and escapes
+    /// included.
+    fn written_len(&self) -> usize {
+        match &self.0 {
+            Repr::Plain(s) => s.len() + 2,
+            Repr::Escaped(s) => s.bytes().map(escaped_len).sum::<usize>() + 2,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            Repr::Plain(s) => {
+                out.push(b'"');
+                out.extend_from_slice(s.as_bytes());
+                out.push(b'"');
+            }
+            Repr::Escaped(s) => {
+                serde_json::to_writer(out, s.as_ref()).expect("a string always serialises")
+            }
+        }
+    }
+}
+
+impl PartialEq for Text<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text<'_> {}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text::new(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text::new(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'de>, E> {
+                Ok(Text::new(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'a> ClientFrame<'a> {
+    /// Parses one text frame, telling a malformed frame from an unknown
+    /// type; the outcome [`ClientMsg::parse`] gives, which is this.
+    pub fn parse(text: &'a str) -> Result<ClientFrame<'a>, ParseError> {
+        if !may_be_too_deep(text) {
+            one_pass(text)
+        } else {
+            general(text).map(ClientFrame::from)
+        }
+    }
+
+    pub fn into_owned(self) -> ClientMsg {
+        match self {
+            ClientFrame::Pong => ClientMsg::Pong,
+            ClientFrame::Pair { peer_id } => ClientMsg::Pair {
+                peer_id: peer_id.into_owned(),
+            },
+            ClientFrame::Unpair => ClientMsg::Unpair,
+            ClientFrame::Relay(Relayable::Offer { sdp }) => ClientMsg::Offer {
+                sdp: sdp.into_owned(),
+            },
+            ClientFrame::Relay(Relayable::Answer { sdp }) => ClientMsg::Answer {
+                sdp: sdp.into_owned(),
+            },
+            ClientFrame::Relay(Relayable::Candidate { candidate }) => ClientMsg::Candidate {
+                candidate: candidate.map(|c| CandidateInit {
+                    candidate: c.candidate.into_owned(),
+                    sdp_mid: c.sdp_mid.map(Text::into_owned),
+                    sdp_mline_index: c.sdp_mline_index,
+                    username_fragment: c.username_fragment.map(Text::into_owned),
+                }),
+            },
+        }
+    }
+}
+
+impl From<ClientMsg> for ClientFrame<'_> {
+    fn from(m: ClientMsg) -> Self {
+        match m {
+            ClientMsg::Pong => ClientFrame::Pong,
+            ClientMsg::Pair { peer_id } => ClientFrame::Pair {
+                peer_id: Text::new(Cow::Owned(peer_id)),
+            },
+            ClientMsg::Unpair => ClientFrame::Unpair,
+            ClientMsg::Offer { sdp } => ClientFrame::Relay(Relayable::Offer {
+                sdp: Text::new(Cow::Owned(sdp)),
+            }),
+            ClientMsg::Answer { sdp } => ClientFrame::Relay(Relayable::Answer {
+                sdp: Text::new(Cow::Owned(sdp)),
+            }),
+            ClientMsg::Candidate { candidate } => ClientFrame::Relay(Relayable::Candidate {
+                candidate: candidate.map(|c| Candidate {
+                    candidate: Text::new(Cow::Owned(c.candidate)),
+                    sdp_mid: c.sdp_mid.map(|s| Text::new(Cow::Owned(s))),
+                    sdp_mline_index: c.sdp_mline_index,
+                    username_fragment: c.username_fragment.map(|s| Text::new(Cow::Owned(s))),
+                }),
+            }),
+        }
+    }
+}
+
+impl Relayable<'_> {
+    /// The frame the peer gets: what [`ServerMsg::to_json`] writes for the
+    /// same message from `from`, in one allocation of the exact size.
+    pub fn to_json(&self, from: &str) -> String {
+        let from = Text::new(Cow::Borrowed(from));
+        let len = self.written_len() + FROM.len() + from.written_len() + 1;
+        let mut out = Vec::with_capacity(len);
+        match self {
+            Relayable::Offer { sdp } => {
+                out.extend_from_slice(OFFER);
+                sdp.write(&mut out);
+            }
+            Relayable::Answer { sdp } => {
+                out.extend_from_slice(ANSWER);
+                sdp.write(&mut out);
+            }
+            Relayable::Candidate { candidate: None } => out.extend_from_slice(NO_CANDIDATE),
+            Relayable::Candidate { candidate: Some(c) } => {
+                out.extend_from_slice(CANDIDATE);
+                c.candidate.write(&mut out);
+                out.extend_from_slice(SDP_MID);
+                write_opt(&mut out, c.sdp_mid.as_ref());
+                out.extend_from_slice(SDP_MLINE_INDEX);
+                match c.sdp_mline_index {
+                    Some(i) => write!(out, "{i}").expect("writing to a Vec"),
+                    None => out.extend_from_slice(NULL),
+                }
+                out.extend_from_slice(USERNAME_FRAGMENT);
+                write_opt(&mut out, c.username_fragment.as_ref());
+                out.push(b'}');
+            }
+        }
+        out.extend_from_slice(FROM);
+        from.write(&mut out);
+        out.push(b'}');
+        debug_assert_eq!(out.len(), len, "the length is computed exactly");
+        String::from_utf8(out).expect("JSON written from UTF-8 strings")
+    }
+
+    /// What [`to_json`](Self::to_json) writes before `from`.
+    fn written_len(&self) -> usize {
+        fn opt(t: Option<&Text>) -> usize {
+            t.map_or(NULL.len(), Text::written_len)
+        }
+        match self {
+            Relayable::Offer { sdp } => OFFER.len() + sdp.written_len(),
+            Relayable::Answer { sdp } => ANSWER.len() + sdp.written_len(),
+            Relayable::Candidate { candidate: None } => NO_CANDIDATE.len(),
+            Relayable::Candidate { candidate: Some(c) } => {
+                let index = match c.sdp_mline_index {
+                    Some(i) => i.checked_ilog10().unwrap_or(0) as usize + 1,
+                    None => NULL.len(),
+                };
+                CANDIDATE.len()
+                    + c.candidate.written_len()
+                    + SDP_MID.len()
+                    + opt(c.sdp_mid.as_ref())
+                    + SDP_MLINE_INDEX.len()
+                    + index
+                    + USERNAME_FRAGMENT.len()
+                    + opt(c.username_fragment.as_ref())
+                    + 1
+            }
+        }
+    }
+
+    /// As the server message it stands for (tests hold the two writers
+    /// together with this).
+    pub fn to_server_msg(&self, from: &str) -> ServerMsg {
+        let from = from.to_string();
+        match ClientFrame::Relay(self.clone()).into_owned() {
+            ClientMsg::Offer { sdp } => ServerMsg::Offer { sdp, from },
+            ClientMsg::Answer { sdp } => ServerMsg::Answer { sdp, from },
+            ClientMsg::Candidate { candidate } => ServerMsg::Candidate { candidate, from },
+            _ => unreachable!("a relayable frame is an offer, an answer or a candidate"),
+        }
+    }
+}
+
+// The fixed parts of a relayed frame, in serde's order for `ServerMsg`.
+const OFFER: &[u8] = br#"{"type":"offer","sdp":"#;
+const ANSWER: &[u8] = br#"{"type":"answer","sdp":"#;
+const NO_CANDIDATE: &[u8] = br#"{"type":"candidate","candidate":null"#;
+const CANDIDATE: &[u8] = br#"{"type":"candidate","candidate":{"candidate":"#;
+const SDP_MID: &[u8] = br#","sdpMid":"#;
+const SDP_MLINE_INDEX: &[u8] = br#","sdpMLineIndex":"#;
+const USERNAME_FRAGMENT: &[u8] = br#","usernameFragment":"#;
+const FROM: &[u8] = br#","from":"#;
+const NULL: &[u8] = b"null";
+
+fn write_opt(out: &mut Vec<u8>, t: Option<&Text>) {
+    match t {
+        Some(t) => t.write(out),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// What serde_json writes for this byte of a string: itself, a
+/// two-character escape, or `\u00XX`.
+fn escaped_len(b: u8) -> usize {
+    match b {
+        b'"' | b'\\' | b'\x08' | b'\t' | b'\n' | b'\x0c' | b'\r' => 2,
+        0..0x20 => 6,
+        _ => 1,
+    }
+}
+
+/// Whether the frame could nest deeper than [`MAX_DEPTH`]: not if it has
+/// no more opening brackets than that, in strings or not (a count the
+/// compiler vectorises, where the exact walk goes a byte at a time).
+fn may_be_too_deep(text: &str) -> bool {
+    // Byte-wide counts over chunks that cannot overflow one.
+    let opening: usize = text
+        .as_bytes()
+        .chunks(255)
+        .map(|c| {
+            let n = c
+                .iter()
+                .fold(0u8, |n, &b| n + u8::from(b == b'{' || b == b'['));
+            usize::from(n)
+        })
+        .sum::<usize>();
+    opening > MAX_DEPTH
+}
+
+/// The frame's type in one pass, then its members as that type reads
+/// them; other members are skipped.
+fn one_pass(text: &str) -> Result<ClientFrame<'_>, ParseError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut ty: Option<Text> = None;
+    let res = de.deserialize_map(Frame { ty: &mut ty });
+    let res = res.and_then(|frame| de.end().map(|()| frame));
+    match (res, ty) {
+        (Ok(Some(frame)), _) => Ok(frame),
+        (Ok(None), Some(ty)) => Err(ParseError::UnknownType(ty.into_owned())),
+        (Err(e), Some(ty)) if !e.is_syntax() && !e.is_eof() => Err(ParseError::BadMessage(
+            format!("bad {:?} message: {e}", ty.as_str()),
+        )),
+        (Ok(None), None) | (Err(_), _) => general(text).map(ClientFrame::from),
+    }
+}
+
+/// The map visitor of [`one_pass`]: `None` for an unknown type. The type
+/// is left in `ty`, for the caller's error message.
+struct Frame<'t, 'a> {
+    ty: &'t mut Option<Text<'a>>,
+}
+
+impl<'de> Visitor<'de> for Frame<'_, 'de> {
+    type Value = Option<ClientFrame<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object with a string \"type\"")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut kind: Option<Kind> = None;
+        let mut got: Option<ClientFrame<'de>> = None;
+        // Members seen before `type`, as written, and whether each came
+        // twice: what they are depends on the type.
+        let mut early: [(Option<&'de RawValue>, bool); 3] = [(None, false); 3];
+        while let Some(key) = map.next_key::<Key>()? {
+            match (key, kind) {
+                (Key::Type, _) if self.ty.is_some() => {
+                    return Err(de::Error::duplicate_field("type"));
+                }
+                (Key::Type, _) => {
+                    let ty: Text = map.next_value()?;
+                    kind = Kind::of(ty.as_str());
+                    *self.ty = Some(ty);
+                    if kind.is_none() {
+                        // Not a client type: the rest is only checked.
+                        while let Some(key) = map.next_key::<Key>()? {
+                            if key == Key::Type {
+                                return Err(de::Error::duplicate_field("type"));
+                            }
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        return Ok(None);
+                    }
+                }
+                (Key::Other, _) => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                (_, None) => {
+                    let (raw, twice) = &mut early[key.early()];
+                    *twice |= raw.is_some();
+                    *raw = Some(map.next_value()?);
+                }
+                (_, Some(k)) if k.member() != Some(key) => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                (_, Some(k)) => {
+                    if got.is_some() {
+                        return Err(de::Error::duplicate_field(key.name()));
+                    }
+                    got = Some(k.read(map.next_value_seed(Member(k))?));
+                }
+            }
+        }
+        let Some(kind) = kind else {
+            return Err(de::Error::missing_field("type"));
+        };
+        let Some(member) = kind.member() else {
+            return Ok(Some(match kind {
+                Kind::Pong => ClientFrame::Pong,
+                _ => ClientFrame::Unpair,
+            }));
+        };
+        match (early[member.early()], got) {
+            ((Some(_), true), _) | ((Some(_), _), Some(_)) => {
+                Err(de::Error::duplicate_field(member.name()))
+            }
+            ((Some(raw), false), None) => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                let value = Member(kind)
+                    .deserialize(&mut de)
+                    .map_err(de::Error::custom)?;
+                Ok(Some(kind.read(value)))
+            }
+            ((None, _), Some(frame)) => Ok(Some(frame)),
+            ((None, _), None) => Err(de::Error::missing_field(member.name())),
+        }
+    }
+}
+
+/// The value of a type's one member.
+enum Value<'a> {
+    Text(Text<'a>),
+    Candidate(Option<Candidate<'a>>),
+}
+
+/// Reads the member of type `.0`.
+struct Member(Kind);
+
+impl<'de> DeserializeSeed<'de> for Member {
+    type Value = Value<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value<'de>, D::Error> {
+        match self.0 {
+            Kind::Candidate => Option::<Candidate>::deserialize(d).map(Value::Candidate),
+            _ => Text::deserialize(d).map(Value::Text),
+        }
+    }
+}
+
+/// The client types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pong,
+    Pair,
+    Unpair,
+    Offer,
+    Answer,
+    Candidate,
+}
+
+impl Kind {
+    fn of(ty: &str) -> Option<Kind> {
+        Some(match ty {
+            "pong" => Kind::Pong,
+            "pair" => Kind::Pair,
+            "unpair" => Kind::Unpair,
+            "offer" => Kind::Offer,
+            "answer" => Kind::Answer,
+            "candidate" => Kind::Candidate,
+            _ => return None,
+        })
+    }
+
+    /// The one member the type reads.
+    fn member(self) -> Option<Key> {
+        match self {
+            Kind::Pong | Kind::Unpair => None,
+            Kind::Pair => Some(Key::PeerId),
+            Kind::Offer | Kind::Answer => Some(Key::Sdp),
+            Kind::Candidate => Some(Key::Candidate),
+        }
+    }
+
+    /// The frame, from its member's value.
+    fn read(self, v: Value<'_>) -> ClientFrame<'_> {
+        match (self, v) {
+            (Kind::Pair, Value::Text(peer_id)) => ClientFrame::Pair { peer_id },
+            (Kind::Offer, Value::Text(sdp)) => ClientFrame::Relay(Relayable::Offer { sdp }),
+            (Kind::Answer, Value::Text(sdp)) => ClientFrame::Relay(Relayable::Answer { sdp }),
+            (Kind::Candidate, Value::Candidate(candidate)) => {
+                ClientFrame::Relay(Relayable::Candidate { candidate })
+            }
+            _ => unreachable!("`Member` reads what the type holds"),
+        }
+    }
+}
+
+/// A member name, as far as client frames care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Type,
+    PeerId,
+    Sdp,
+    Candidate,
+    Other,
+}
+
+impl Key {
+    fn name(self) -> &'static str {
+        match self {
+            Key::Type => "type",
+            Key::PeerId => "peer_id",
+            Key::Sdp => "sdp",
+            Key::Candidate => "candidate",
+            Key::Other => "",
+        }
+    }
+
+    /// Where a member seen before `type` is kept.
+    fn early(self) -> usize {
+        match self {
+            Key::PeerId => 0,
+            Key::Sdp => 1,
+            _ => 2,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
+                Ok(match s {
+                    "type" => Key::Type,
+                    "peer_id" => Key::PeerId,
+                    "sdp" => Key::Sdp,
+                    "candidate" => Key::Candidate,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Frame<'_, 'de> {
+    type Value = Option<ClientFrame<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+/// Any frame, in two passes: its `type`, then its members into a struct
+/// of that type's own (other members, `type` among them, are skipped as a
+/// derived enum would skip them; the enum's own derive buffers the whole
+/// frame first to find its tag).
+pub(crate) fn general(text: &str) -> Result<ClientMsg, ParseError> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: Cow<'a, str>,
+    }
+    let head: Head = serde_json::from_str(text).map_err(|e| {
+        ParseError::BadMessage(format!(
+            "expected a JSON object with a string \"type\": {e}"
+        ))
+    })?;
+    #[derive(Deserialize)]
+    struct Empty {}
+    #[derive(Deserialize)]
+    struct Pair {
+        peer_id: String,
+    }
+    #[derive(Deserialize)]
+    struct Sdp {
+        sdp: String,
+    }
+    #[derive(Deserialize)]
+    struct Candidate {
+        #[serde(deserialize_with = "super::required_nullable")]
+        candidate: Option<CandidateInit>,
+    }
+    fn body<'a, T: Deserialize<'a>>(text: &'a str, ty: &str) -> Result<T, ParseError> {
+        serde_json::from_str(text)
+            .map_err(|e| ParseError::BadMessage(format!("bad {ty:?} message: {e}")))
+    }
+    let ty = head.ty.as_ref();
+    if too_deep(text) {
+        return Err(ParseError::BadMessage(format!(
+            "bad {ty:?} message: nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    Ok(match ty {
+        "pong" => body::<Empty>(text, ty).map(|_| ClientMsg::Pong)?,
+        "pair" => ClientMsg::Pair {
+            peer_id: body::<Pair>(text, ty)?.peer_id,
+        },
+        "unpair" => body::<Empty>(text, ty).map(|_| ClientMsg::Unpair)?,
+        "offer" => ClientMsg::Offer {
+            sdp: body::<Sdp>(text, ty)?.sdp,
+        },
+        "answer" => ClientMsg::Answer {
+            sdp: body::<Sdp>(text, ty)?.sdp,
+        },
+        "candidate" => ClientMsg::Candidate {
+            candidate: body::<Candidate>(text, ty)?.candidate,
+        },
+        _ => return Err(ParseError::UnknownType(head.ty.into_owned())),
+    })
+}
