@@ -264,13 +264,19 @@ struct Summary {
     idle: Vec<(usize, f64, Option<f64>)>,
     /// (pairs, signald µs per frame, PeerJS µs per frame)
     relay: Vec<(usize, f64, Option<f64>)>,
-    /// signald's p50 and p99, and PeerJS's
-    latency: Option<(Percentiles, Option<Percentiles>)>,
+    /// signald's p50, p99 and CPU per frame, and PeerJS's
+    latency: Option<(Latency, Option<Latency>)>,
     cluster: Option<ClusterFigures>,
 }
 
-/// p50 and p99, ms.
-type Percentiles = (f64, f64);
+/// The latency run: p50 and p99 in ms, and the server's CPU per frame in
+/// µs at that fixed rate.
+#[derive(Clone, Copy)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    cpu_us: f64,
+}
 
 struct ClusterFigures {
     same_node_us: f64,
@@ -289,6 +295,7 @@ fn main() -> anyhow::Result<()> {
     let mut sum = Summary::default();
     println!("| scenario | figure |");
     println!("| --- | --- |");
+    work_per_frame();
     let mut scenario = 0;
     // A count of 0 skips that scenario.
     for &n in cli.idle.iter().filter(|&&n| n > 0) {
@@ -351,13 +358,23 @@ fn summary(cli: &Cli, sum: &Summary) {
             ratio(ours, theirs),
         );
     }
-    if let Some(((p50, p99), theirs)) = sum.latency {
+    if let Some((ours, theirs)) = sum.latency {
         println!(
-            "| relay latency p50 / p99, {} pairs × 10 frames/s | {p50:.3} / {p99:.3} ms | {} | {} | p99 < 1 ms | {} |",
+            "| relay latency p50 / p99, {} pairs × 10 frames/s | {:.3} / {:.3} ms | {} | {} | p99 < 1 ms | {} |",
             cli.latency_pairs,
-            theirs.map_or("–".into(), |(a, b)| format!("{a:.3} / {b:.3} ms")),
-            ratio(p99, theirs.map(|t| t.1)),
-            yes(p99 < 1.0),
+            ours.p50,
+            ours.p99,
+            theirs.map_or("–".into(), |t| format!("{:.3} / {:.3} ms", t.p50, t.p99)),
+            ratio(ours.p99, theirs.map(|t| t.p99)),
+            yes(ours.p99 < 1.0),
+        );
+        println!(
+            "| CPU per relayed frame at a fixed {} frames/s ({} pairs × 10/s) | {:.2} µs | {} | {} | – | – |",
+            cli.latency_pairs * 10,
+            cli.latency_pairs,
+            ours.cpu_us,
+            theirs.map_or("–".into(), |t| format!("{:.2} µs", t.cpu_us)),
+            ratio(ours.cpu_us, theirs.map(|t| t.cpu_us)),
         );
     }
     if let Some(c) = &sum.cluster {
@@ -661,6 +678,48 @@ fn idle(cli: &Cli, kind: Kind, n: usize, scenario: usize) -> anyhow::Result<f64>
     Ok(per_client)
 }
 
+/// signald's own work on one relayed candidate, in process and on one
+/// thread: parsing and checking it, and writing the frame its peer gets.
+/// The relay figures add the sockets, the wake-ups and the scheduling,
+/// and how those batch depends on the load (BENCHMARKS.md, round 9).
+fn work_per_frame() {
+    use p2p_proto::signal::ClientFrame;
+    let frames = [
+        (
+            "as the load sends it, `type` last",
+            p2p_bench::frames::candidate(12345),
+        ),
+        (
+            "`type` first, as browsers send it",
+            type_first(&p2p_bench::frames::candidate(12345)),
+        ),
+    ];
+    for (how, text) in frames {
+        let n = 200_000;
+        let t0 = Instant::now();
+        let mut bytes = 0;
+        for _ in 0..n {
+            let Ok(ClientFrame::Relay(frame)) = ClientFrame::parse(std::hint::black_box(&text))
+            else {
+                panic!("the bench's candidate is relayable: {text}");
+            };
+            bytes += frame.to_json("b5c3d6e1f0a9").len();
+        }
+        let ns = t0.elapsed().as_nanos() as f64 / n as f64;
+        println!(
+            "| signald's work per relayed candidate ({} bytes, {how}; parse, check, rewrite; one thread) | {ns:.0} ns ({} bytes out) |",
+            text.len(),
+            bytes / n,
+        );
+    }
+}
+
+/// The same frame with `type` moved to the front.
+fn type_first(text: &str) -> String {
+    let v: Value = serde_json::from_str(text).expect("the bench's own JSON");
+    format!(r#"{{"type":{},"candidate":{}}}"#, v["type"], v["candidate"])
+}
+
 /// The per-connection rate limits (100 frames/s and 64 KiB/s by default)
 /// out of the way: the relay figures would measure them.
 const NO_RATE_LIMITS: [&str; 8] = [
@@ -726,7 +785,7 @@ fn relay(cli: &Cli, kind: Kind, pairs: usize, scenario: usize) -> anyhow::Result
 }
 
 /// Pairs sending 10 frames/s each; p50 and p99 from send to receipt, ms.
-fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<(f64, f64)> {
+fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<Latency> {
     let srv = relay_server(cli, kind)?;
     let procs = cli.latency_procs.max(1);
     let mut loads = Vec::new();
@@ -780,6 +839,7 @@ fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<(f64, f64)>
     }
     srv.stop()?;
     samples.sort_unstable();
+    let cpu_us = cpu.as_secs_f64() * 1e6 / samples.len().max(1) as f64;
     let ms = |p: f64| -> f64 {
         if samples.is_empty() {
             return 0.0;
@@ -789,7 +849,7 @@ fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<(f64, f64)>
     println!(
         "| {} latency {} pairs × 10 frames/s ({procs} load processes), send → receipt | \
          {} samples: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; \
-         server CPU {:.1}% of a core |",
+         server CPU {:.1}% of a core = {cpu_us:.2} µs/frame |",
         kind.name(),
         cli.latency_pairs,
         samples.len(),
@@ -799,5 +859,9 @@ fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<(f64, f64)>
         ms(1.0),
         cpu.as_secs_f64() / wall * 100.0,
     );
-    Ok((ms(0.50), ms(0.99)))
+    Ok(Latency {
+        p50: ms(0.50),
+        p99: ms(0.99),
+        cpu_us,
+    })
 }
