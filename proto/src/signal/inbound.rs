@@ -310,7 +310,7 @@ const NULL: &[u8] = b"null";
 fn write_opt(out: &mut Vec<u8>, t: Option<&Text>) {
     match t {
         Some(t) => t.write(out),
-        None => out.extend_from_slice(b"null"),
+        None => out.extend_from_slice(NULL),
     }
 }
 
