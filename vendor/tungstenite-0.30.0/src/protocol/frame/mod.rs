@@ -197,7 +197,15 @@ impl FrameCodec {
             if let Some((_, len)) = &self.header {
                 let len = *len as usize;
                 if len <= self.in_buffer.len() {
-                    break self.in_buffer.split_to(len);
+                    let payload = self.in_buffer.split_to(len);
+                    // PATCH (signald, vendor/PATCHES.md 19): once a frame larger than a read is
+                    // taken and nothing else waits, start again at the
+                    // configured size: what is left shares the frame's
+                    // allocation and would keep it for the connection's life.
+                    if len > self.in_buf_max_read && self.in_buffer.is_empty() {
+                        self.in_buffer = BytesMut::with_capacity(self.in_buf_max_read);
+                    }
+                    break payload;
                 }
             }
 
@@ -285,6 +293,12 @@ impl FrameCodec {
                 .into());
             }
             self.out_buffer.drain(0..len);
+        }
+        // PATCH (signald, vendor/PATCHES.md 19): written out, the buffer keeps no more than the
+        // read buffer's size (the size a connection at rest is configured
+        // to hold), rather than the largest write it ever made.
+        if self.out_buffer.capacity() > self.in_buf_max_read {
+            self.out_buffer = Vec::new();
         }
 
         Ok(())
