@@ -31,6 +31,13 @@ struct Cli {
     /// Idle client counts to measure (0 skips).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,19000")]
     idle: Vec<usize>,
+    /// Client counts for signald clients held idle after an offer and an
+    /// answer (0 skips): p2pd stays on its signaling link once paired.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    signaled: Vec<usize>,
+    /// The size of that offer's and answer's SDP.
+    #[arg(long, default_value_t = 4096)]
+    sdp_bytes: usize,
     /// Idle clients per load process (the fd limit is 20,000 per process).
     #[arg(long, default_value_t = 5000)]
     per_process: usize,
@@ -262,6 +269,8 @@ fn source_ip(scenario: usize, k: usize) -> String {
 struct Summary {
     /// (clients, signald KiB per client, PeerJS KiB per client)
     idle: Vec<(usize, f64, Option<f64>)>,
+    /// (clients, signald KiB per client idle after an offer and answer)
+    signaled: Vec<(usize, f64)>,
     /// (pairs, signald µs per frame, PeerJS µs per frame)
     relay: Vec<(usize, f64, Option<f64>)>,
     /// signald's p50, p99 and CPU per frame, and PeerJS's
@@ -306,6 +315,11 @@ fn main() -> anyhow::Result<()> {
         }
         sum.idle.push((n, got[0], got.get(1).copied()));
     }
+    for &n in cli.signaled.iter().filter(|&&n| n > 0) {
+        scenario += 1;
+        let ours = idle_after(&cli, Kind::Signald, n, scenario, Some(cli.sdp_bytes))?;
+        sum.signaled.push((n, ours));
+    }
     for &pairs in cli.relay.iter().filter(|&&n| n > 0) {
         let mut got = Vec::new();
         for &kind in kinds {
@@ -343,6 +357,12 @@ fn summary(cli: &Cli, sum: &Summary) {
             "| memory per idle client, {n} clients | {ours:.2} KiB | {} | {} | {target} | {met} |",
             theirs.map_or("–".into(), |t| format!("{t:.2} KiB")),
             ratio(ours, theirs),
+        );
+    }
+    for &(n, ours) in &sum.signaled {
+        println!(
+            "| memory per idle client after an offer and an answer of {} bytes, {n} clients | {ours:.2} KiB | – | – | – | – |",
+            cli.sdp_bytes,
         );
     }
     for &(pairs, ours, theirs) in &sum.relay {
@@ -600,6 +620,18 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<ClusterFigures> {
 
 /// `n` idle clients; their cost per client (KiB of RSS).
 fn idle(cli: &Cli, kind: Kind, n: usize, scenario: usize) -> anyhow::Result<f64> {
+    idle_after(cli, kind, n, scenario, None)
+}
+
+/// [`idle`], or with `sdp` each pair of the `n` clients first exchanges an
+/// offer and an answer of that many bytes (signald only).
+fn idle_after(
+    cli: &Cli,
+    kind: Kind,
+    n: usize,
+    scenario: usize,
+    sdp: Option<usize>,
+) -> anyhow::Result<f64> {
     let interval = humantime::format_duration(cli.ping_interval).to_string();
     let timeout = humantime::format_duration(cli.ping_interval * 2).to_string();
     let srv = Server::of(
@@ -613,20 +645,29 @@ fn idle(cli: &Cli, kind: Kind, n: usize, scenario: usize) -> anyhow::Result<f64>
     let mut loads = Vec::new();
     for k in 0..procs {
         let share = n / procs + usize::from(k < n % procs);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--url",
             &srv.url,
             "--source-ip",
             &source_ip(scenario, k),
             "--protocol",
             kind.proto_arg(),
-            "idle",
-            "--clients",
-            &share.to_string(),
+            "--prefix",
+            &format!("idle{k}-"),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        match sdp {
+            None => args.extend(["idle".into(), "--clients".into(), share.to_string()]),
+            Some(bytes) => args.extend([
+                "signaled".into(),
+                "--pairs".into(),
+                (share / 2).to_string(),
+                "--sdp-bytes".into(),
+                bytes.to_string(),
+            ]),
+        }
         loads.push(Load::start(&cli.load, &args)?);
     }
     let t0 = Instant::now();
@@ -636,6 +677,9 @@ fn idle(cli: &Cli, kind: Kind, n: usize, scenario: usize) -> anyhow::Result<f64>
         let v = l.expect("connected")?;
         connected += v["clients"].as_u64().unwrap_or(0);
         failed += v["failed"].as_u64().unwrap_or(0);
+        if sdp.is_some() {
+            l.expect("signaled")?;
+        }
     }
     let connect_secs = t0.elapsed().as_secs_f64();
     // Let the first round of pings pass before measuring.
@@ -664,8 +708,11 @@ fn idle(cli: &Cli, kind: Kind, n: usize, scenario: usize) -> anyhow::Result<f64>
         Kind::Signald => ("pings every", "pings answered"),
         Kind::Peerjs => ("a HEARTBEAT every", "heartbeats sent"),
     };
+    let after = sdp.map_or(String::new(), |b| {
+        format!(" after an offer and an answer of {b} bytes")
+    });
     println!(
-        "| {} idle {n} clients ({procs} load processes), {keep} {interval} | \
+        "| {} idle {n} clients{after} ({procs} load processes), {keep} {interval} | \
          {connected} connected ({failed} failed) in {connect_secs:.1} s = {:.0} conn/s; \
          server RSS {:.1} MiB → {per_client:.2} KiB/client; idle CPU {cpu_pct:.2}% of a core \
          over {:.0} s; {pings} {name}; false timeouts {timeouts} (server) + \

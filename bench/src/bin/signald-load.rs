@@ -55,6 +55,14 @@ enum Mode {
         #[arg(long)]
         clients: usize,
     },
+    /// Hold N pairs that each exchanged an offer and an answer of
+    /// `sdp_bytes`, then stay idle answering pings, until stdin closes.
+    Signaled {
+        #[arg(long)]
+        pairs: usize,
+        #[arg(long, default_value_t = 4096)]
+        sdp_bytes: usize,
+    },
     /// Bounce frames between paired clients with a bounded window.
     Relay {
         #[arg(long)]
@@ -194,6 +202,10 @@ fn main() -> anyhow::Result<()> {
         let target = Arc::new(Target::new(&cli.url, cli.source_ip, cli.protocol)?);
         match cli.mode {
             Mode::Idle { clients } => idle(target, clients, &cli.prefix, cli.concurrency).await,
+            Mode::Signaled { pairs, sdp_bytes } => {
+                let pairs = connect_pairs(&target, pairs, &cli.prefix, cli.concurrency).await?;
+                signaled(pairs, sdp_bytes).await
+            }
             Mode::Relay {
                 pairs,
                 window,
@@ -246,7 +258,7 @@ async fn idle(
             let permit = sem.acquire_owned().await.expect("semaphore open");
             let ws = target.connect(id.as_deref()).await;
             drop(permit);
-            let mut ws = match ws {
+            let ws = match ws {
                 Ok(ws) => ws,
                 Err(e) => {
                     if failed.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -255,40 +267,7 @@ async fn idle(
                     return;
                 }
             };
-            let proto = target.proto;
-            tokio::spawn(async move {
-                let (alive, every) = proto.keepalive().unwrap_or(("", Duration::from_secs(3600)));
-                let mut tick =
-                    tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
-                loop {
-                    let msg = tokio::select! {
-                        msg = ws.next() => msg,
-                        _ = tick.tick() => {
-                            // A PeerJS keepalive counts as a ping answered.
-                            pings.fetch_add(1, Ordering::Relaxed);
-                            if ws.send(Message::text(alive)).await.is_err() {
-                                closed.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
-                            continue;
-                        }
-                    };
-                    match msg {
-                        Some(Ok(Message::Text(t))) if t.as_str() == PING => {
-                            pings.fetch_add(1, Ordering::Relaxed);
-                            if ws.send(Message::text(PONG)).await.is_err() {
-                                closed.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => {
-                            closed.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(hold(ws, target.proto, offset, pings, closed));
         }));
     }
     for s in setups {
@@ -300,6 +279,88 @@ async fn idle(
                 "secs":t0.elapsed().as_secs_f64()}),
     );
     // Hold until the orchestrator closes stdin.
+    tokio::task::spawn_blocking(|| {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            if line.is_err() {
+                break;
+            }
+        }
+    })
+    .await?;
+    emit(json!({"event":"done","pings":pings.load(Ordering::Relaxed),
+                "unexpected_closes":closed.load(Ordering::Relaxed)}));
+    Ok(())
+}
+
+/// Answers pings (or sends PeerJS's keepalive, the first after `offset`)
+/// until the connection ends.
+async fn hold(
+    mut ws: Ws,
+    proto: Proto,
+    offset: Duration,
+    pings: Arc<AtomicU64>,
+    closed: Arc<AtomicUsize>,
+) {
+    let (alive, every) = proto.keepalive().unwrap_or(("", Duration::from_secs(3600)));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+    loop {
+        let msg = tokio::select! {
+            msg = ws.next() => msg,
+            _ = tick.tick() => {
+                // A PeerJS keepalive counts as a ping answered.
+                pings.fetch_add(1, Ordering::Relaxed);
+                if ws.send(Message::text(alive)).await.is_err() {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                continue;
+            }
+        };
+        match msg {
+            Some(Ok(Message::Text(t))) if t.as_str() == PING => {
+                pings.fetch_add(1, Ordering::Relaxed);
+                if ws.send(Message::text(PONG)).await.is_err() {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// Each pair exchanges an offer and an answer of `sdp_bytes` (as a p2pd
+/// does once per pairing), then both stay connected and idle, as p2pd
+/// stays on its signaling link, until stdin closes.
+async fn signaled(pairs: Vec<Pair>, sdp_bytes: usize) -> anyhow::Result<()> {
+    let sdp = "v=0 ".repeat(sdp_bytes / 4);
+    let offer = json!({"type":"offer","sdp":sdp}).to_string();
+    let answer = json!({"type":"answer","sdp":sdp}).to_string();
+    let pings = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let n = pairs.len();
+    for (i, mut p) in pairs.into_iter().enumerate() {
+        p.a.send(Message::text(offer.clone())).await?;
+        wait_for(&mut p.b, r#"{"type":"offer""#).await?;
+        p.b.send(Message::text(answer.clone())).await?;
+        wait_for(&mut p.a, r#"{"type":"answer""#).await?;
+        let offset = Duration::from_secs(5).mul_f64(i as f64 / n.max(1) as f64);
+        for ws in [p.a, p.b] {
+            tokio::spawn(hold(
+                ws,
+                Proto::Signald,
+                offset,
+                pings.clone(),
+                closed.clone(),
+            ));
+        }
+    }
+    emit(json!({"event":"signaled","clients":2 * n}));
     tokio::task::spawn_blocking(|| {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
