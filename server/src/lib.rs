@@ -8,6 +8,7 @@
 //! tests run the real server in-process on `127.0.0.1:0`.
 
 mod budget;
+pub mod coalesce;
 mod conn;
 mod directory;
 mod http;

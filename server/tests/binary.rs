@@ -63,6 +63,7 @@ async fn bad_flags_fail_with_one_clear_line() {
         &["--ping-interval", "2s", "--ping-timeout", "1s"][..],
         &["--ice-server", "http://x"][..],
         &["--ping-interval", "soon"][..],
+        &["--coalesce", "5ms"][..],
         &[
             "--listen",
             "127.0.0.1:0",
