@@ -278,16 +278,7 @@ async fn idle(
         json!({"event":"connected","clients":clients - failed_n,"failed":failed_n,
                 "secs":t0.elapsed().as_secs_f64()}),
     );
-    // Hold until the orchestrator closes stdin.
-    tokio::task::spawn_blocking(|| {
-        let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
-            if line.is_err() {
-                break;
-            }
-        }
-    })
-    .await?;
+    until_stdin_closes().await?;
     emit(json!({"event":"done","pings":pings.load(Ordering::Relaxed),
                 "unexpected_closes":closed.load(Ordering::Relaxed)}));
     Ok(())
@@ -361,6 +352,14 @@ async fn signaled(pairs: Vec<Pair>, sdp_bytes: usize) -> anyhow::Result<()> {
         }
     }
     emit(json!({"event":"signaled","clients":2 * n}));
+    until_stdin_closes().await?;
+    emit(json!({"event":"done","pings":pings.load(Ordering::Relaxed),
+                "unexpected_closes":closed.load(Ordering::Relaxed)}));
+    Ok(())
+}
+
+/// Holds until the orchestrator closes stdin.
+async fn until_stdin_closes() -> anyhow::Result<()> {
     tokio::task::spawn_blocking(|| {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
@@ -370,8 +369,6 @@ async fn signaled(pairs: Vec<Pair>, sdp_bytes: usize) -> anyhow::Result<()> {
         }
     })
     .await?;
-    emit(json!({"event":"done","pings":pings.load(Ordering::Relaxed),
-                "unexpected_closes":closed.load(Ordering::Relaxed)}));
     Ok(())
 }
 

@@ -4,12 +4,12 @@
 //!
 //! [`ClientMsg`] is the frame as a value (what clients build and send);
 //! this is the same frame seen by the server, which relays most of what it
-//! reads. Building owned values, then a [`ServerMsg`], then serialising it
+//! reads. Building owned values, then a [`ServerMsg`](super::ServerMsg), then serialising it
 //! again cost an allocation per string and a second escaping pass per
 //! frame; here a string without escapes stays a slice of the frame, and
 //! one with nothing that needs an escape is written out again as it is. What
 //! [`Relayable::to_json`] writes is byte for byte what
-//! [`ServerMsg::to_json`] writes for the same frame (a property test holds
+//! [`ServerMsg::to_json`](super::ServerMsg::to_json) writes for the same frame (a property test holds
 //! the two together).
 //!
 //! Members that come before `type` are kept as the slices of text they
@@ -27,7 +27,9 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{CandidateInit, ClientMsg, MAX_DEPTH, ParseError, ServerMsg, too_deep};
+#[cfg(test)]
+use super::ServerMsg;
+use super::{CandidateInit, ClientMsg, MAX_DEPTH, ParseError, too_deep};
 
 /// A client frame, borrowing from its text where it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,7 +220,7 @@ impl From<ClientMsg> for ClientFrame<'_> {
 }
 
 impl Relayable<'_> {
-    /// The frame the peer gets: what [`ServerMsg::to_json`] writes for the
+    /// The frame the peer gets: what [`ServerMsg::to_json`](super::ServerMsg::to_json) writes for the
     /// same message from `from`, in one allocation of the exact size.
     pub fn to_json(&self, from: &str) -> String {
         let from = Text::new(Cow::Borrowed(from));
@@ -285,7 +287,8 @@ impl Relayable<'_> {
 
     /// As the server message it stands for (tests hold the two writers
     /// together with this).
-    pub fn to_server_msg(&self, from: &str) -> ServerMsg {
+    #[cfg(test)]
+    pub(crate) fn to_server_msg(&self, from: &str) -> ServerMsg {
         let from = from.to_string();
         match ClientFrame::Relay(self.clone()).into_owned() {
             ClientMsg::Offer { sdp } => ServerMsg::Offer { sdp, from },
