@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::control::{Request, parse_request};
 use crate::identity::{Fingerprint, parse_token, token};
 use crate::lines::{LineRead, read_line_capped};
-use crate::signal::{ClientFrame, ClientMsg, ServerMsg, general, valid_id};
+use crate::signal::{ClientFrame, ClientMsg, Relayable, ServerMsg, Text, general, valid_id};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -158,6 +158,39 @@ fn member_value() -> impl Strategy<Value = String> {
 /// Client frames as text, member by member (so that members can repeat
 /// and come in any order), with the names and types clients use.
 fn client_frame() -> impl Strategy<Value = String> {
+    frame(&["type", "peer_id", "sdp", "candidate", "x", "s\\u0064p"])
+}
+
+/// Relayed frames as one node reads them from another: client frames with
+/// a `from` (mostly one string, sometimes none, two or another value) and
+/// also the server's own types.
+fn relayed_frame() -> impl Strategy<Value = String> {
+    let from = prop_oneof![
+        8 => json_str(),
+        1 => Just("null".to_string()),
+        1 => Just("5".to_string()),
+    ];
+    (
+        frame(&["type", "sdp", "candidate", "from", "x", "fr\\u006fm"]),
+        prop::option::weighted(0.9, from),
+        any::<prop::sample::Index>(),
+    )
+        .prop_map(|(text, from, at)| {
+            let Some(from) = from else { return text };
+            // After one of the frame's commas or its opening brace.
+            let places: Vec<usize> = text
+                .char_indices()
+                .filter(|&(i, c)| c == ',' || (c == '{' && i == 0))
+                .map(|(i, _)| i + 1)
+                .collect();
+            let at = places[at.index(places.len())];
+            let sep = if text[at..].starts_with('}') { "" } else { "," };
+            format!("{}\"from\":{from}{sep}{}", &text[..at], &text[at..])
+        })
+}
+
+/// Frames as text, member by member, with names from `keys`.
+fn frame(keys: &[&'static str]) -> impl Strategy<Value = String> {
     let ty = prop::sample::select(vec![
         "\"pong\"",
         "\"pair\"",
@@ -171,14 +204,7 @@ fn client_frame() -> impl Strategy<Value = String> {
         "null",
     ])
     .prop_map(str::to_string);
-    let key = prop::sample::select(vec![
-        "type",
-        "peer_id",
-        "sdp",
-        "candidate",
-        "x",
-        "s\\u0064p",
-    ]);
+    let key = prop::sample::select(keys.to_vec());
     let member = prop_oneof![
         1 => ty.clone().prop_map(|v| ("type".to_string(), v)),
         6 => (key, member_value()).prop_map(|(k, v)| (k.to_string(), v)),
@@ -381,5 +407,18 @@ proptest! {
             prop_assert_eq!(&ours, &r.to_server_msg(&from).to_json());
             prop_assert_eq!(ours.capacity(), ours.len());
         }
+    }
+
+    /// What a node reads back from another through Redis is taken exactly
+    /// where serde would read it as a relayed `ServerMsg`, with the same
+    /// content and sender.
+    #[test]
+    fn a_relayed_frame_is_read_back_as_serde_reads_it(text in relayed_frame()) {
+        let fast = Relayable::parse_relayed(&text);
+        let general = Relayable::parse_relayed_general(&text);
+        let show = |r: &Option<(Relayable, Text)>| {
+            r.as_ref().map(|(f, from)| (f.to_json(from.as_str()), from.as_str().to_string()))
+        };
+        prop_assert_eq!(show(&fast), show(&general), "{}", text);
     }
 }

@@ -18,6 +18,11 @@
 //! that is not a JSON object with a string `type`, goes the general way
 //! ([`general`]), which reads it twice and words the error; the outcome is
 //! the same either way (a property test holds the two together).
+//!
+//! The same parse, keeping `from` as well, reads a relayed frame back
+//! where a cluster node gets it from another through Redis
+//! ([`Relayable::parse_relayed`]): what came through Redis is checked as
+//! if a client had sent it, without building a [`ServerMsg`](super::ServerMsg).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -27,9 +32,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-#[cfg(test)]
-use super::ServerMsg;
-use super::{CandidateInit, ClientMsg, MAX_DEPTH, ParseError, too_deep};
+use super::{CandidateInit, ClientMsg, MAX_DEPTH, ParseError, ServerMsg, too_deep};
 
 /// A client frame, borrowing from its text where it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +165,7 @@ impl<'a> ClientFrame<'a> {
     /// type; the outcome [`ClientMsg::parse`] gives, which is this.
     pub fn parse(text: &'a str) -> Result<ClientFrame<'a>, ParseError> {
         if !may_be_too_deep(text) {
-            one_pass(text)
+            one_pass(text, None)
         } else {
             general(text).map(ClientFrame::from)
         }
@@ -215,6 +218,48 @@ impl From<ClientMsg> for ClientFrame<'_> {
                     username_fragment: c.username_fragment.map(|s| Text::new(Cow::Owned(s))),
                 }),
             }),
+        }
+    }
+}
+
+impl<'a> Relayable<'a> {
+    /// `text` as a frame relayed between cluster nodes: an `offer`,
+    /// `answer` or `candidate` server frame with one string `from` (what
+    /// [`to_json`](Self::to_json) writes). The frame and its `from`; `None`
+    /// for anything else, exactly where reading it as a [`ServerMsg`]
+    /// would not give one of those three (a property test holds the two
+    /// together).
+    pub fn parse_relayed(text: &'a str) -> Option<(Relayable<'a>, Text<'a>)> {
+        let mut from = Sender::default();
+        let fast = (!may_be_too_deep(text))
+            .then(|| one_pass(text, Some(&mut from)))
+            .and_then(Result::ok);
+        match (fast, from) {
+            (
+                Some(ClientFrame::Relay(frame)),
+                Sender {
+                    text: Some(from),
+                    twice: false,
+                },
+            ) => Some((frame, from)),
+            // A frame the one pass did not take (or took as something
+            // else) may still be one serde reads: deep nesting and syntax
+            // errors go the general way, as for a client's.
+            _ => Self::parse_relayed_general(text),
+        }
+    }
+
+    /// [`parse_relayed`](Self::parse_relayed) through [`ServerMsg`].
+    pub(crate) fn parse_relayed_general(text: &str) -> Option<(Relayable<'a>, Text<'a>)> {
+        let (msg, from) = match serde_json::from_str::<ServerMsg>(text).ok()? {
+            ServerMsg::Offer { sdp, from } => (ClientMsg::Offer { sdp }, from),
+            ServerMsg::Answer { sdp, from } => (ClientMsg::Answer { sdp }, from),
+            ServerMsg::Candidate { candidate, from } => (ClientMsg::Candidate { candidate }, from),
+            _ => return None,
+        };
+        match ClientFrame::from(msg) {
+            ClientFrame::Relay(frame) => Some((frame, Text::new(Cow::Owned(from)))),
+            _ => unreachable!("an offer, an answer or a candidate is relayable"),
         }
     }
 }
@@ -346,11 +391,14 @@ fn may_be_too_deep(text: &str) -> bool {
 }
 
 /// The frame's type in one pass, then its members as that type reads
-/// them; other members are skipped.
-fn one_pass(text: &str) -> Result<ClientFrame<'_>, ParseError> {
+/// them; other members are skipped, and `from` is kept in `from` if given.
+fn one_pass<'a>(
+    text: &'a str,
+    from: Option<&mut Sender<'a>>,
+) -> Result<ClientFrame<'a>, ParseError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let mut ty: Option<Text> = None;
-    let res = de.deserialize_map(Frame { ty: &mut ty });
+    let res = de.deserialize_map(Frame { ty: &mut ty, from });
     let res = res.and_then(|frame| de.end().map(|()| frame));
     match (res, ty) {
         (Ok(Some(frame)), _) => Ok(frame),
@@ -363,9 +411,19 @@ fn one_pass(text: &str) -> Result<ClientFrame<'_>, ParseError> {
 }
 
 /// The map visitor of [`one_pass`]: `None` for an unknown type. The type
-/// is left in `ty`, for the caller's error message.
+/// is left in `ty`, for the caller's error message; with `from`, that
+/// member is read as a string and kept there (a client's `from` is just
+/// an unknown member).
 struct Frame<'t, 'a> {
     ty: &'t mut Option<Text<'a>>,
+    from: Option<&'t mut Sender<'a>>,
+}
+
+/// A relayed frame's `from`, and whether it came twice.
+#[derive(Default)]
+struct Sender<'a> {
+    text: Option<Text<'a>>,
+    twice: bool,
 }
 
 impl<'de> Visitor<'de> for Frame<'_, 'de> {
@@ -375,7 +433,7 @@ impl<'de> Visitor<'de> for Frame<'_, 'de> {
         f.write_str("a JSON object with a string \"type\"")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut kind: Option<Kind> = None;
         let mut got: Option<ClientFrame<'de>> = None;
         // Members seen before `type`, as written, and whether each came
@@ -401,6 +459,15 @@ impl<'de> Visitor<'de> for Frame<'_, 'de> {
                         return Ok(None);
                     }
                 }
+                (Key::From, _) => match self.from.as_deref_mut() {
+                    Some(from) => {
+                        from.twice |= from.text.is_some();
+                        from.text = Some(map.next_value()?);
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                },
                 (Key::Other, _) => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -520,6 +587,8 @@ enum Key {
     PeerId,
     Sdp,
     Candidate,
+    /// Read only in a relayed frame; a client's is an unknown member.
+    From,
     Other,
 }
 
@@ -530,6 +599,7 @@ impl Key {
             Key::PeerId => "peer_id",
             Key::Sdp => "sdp",
             Key::Candidate => "candidate",
+            Key::From => "from",
             Key::Other => "",
         }
     }
@@ -558,6 +628,7 @@ impl<'de> Deserialize<'de> for Key {
                     "peer_id" => Key::PeerId,
                     "sdp" => Key::Sdp,
                     "candidate" => Key::Candidate,
+                    "from" => Key::From,
                     _ => Key::Other,
                 })
             }
@@ -630,4 +701,32 @@ pub(crate) fn general(text: &str) -> Result<ClientMsg, ParseError> {
         },
         _ => return Err(ParseError::UnknownType(head.ty.into_owned())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame as nodes write it is read in the one pass, its strings
+    /// left in the frame; the property test compares outcomes only.
+    #[test]
+    fn a_relayed_frame_as_nodes_write_it_takes_the_one_pass() {
+        let msg = ServerMsg::Candidate {
+            candidate: Some(CandidateInit {
+                candidate: "candidate:1 1 udp 2122260223 10.0.0.1 5000 typ host".into(),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
+                username_fragment: None,
+            }),
+            from: "alice".into(),
+        };
+        let text = msg.to_json();
+        let (frame, from) = Relayable::parse_relayed(&text).expect("a relayed candidate");
+        assert!(matches!(from.0, Repr::Plain("alice")));
+        assert_eq!(frame.to_json(from.as_str()), text);
+        let Relayable::Candidate { candidate: Some(c) } = frame else {
+            panic!("a candidate");
+        };
+        assert!(matches!(c.candidate.0, Repr::Plain(_)));
+    }
 }
