@@ -81,6 +81,8 @@ async fn what_redis_hands_back_is_checked_like_a_clients_frame() {
     let mallory = json!({"type":"offer","sdp":"v=0","from":"mallory"}).to_string();
     let forged = [
         batched(&mallory),
+        // The peer's name, but a second `from` too.
+        batched(r#"{"type":"offer","from":"alice","sdp":"v=0","from":"mallory"}"#),
         // Shorter than it says.
         vec![
             ("k".to_string(), "b".to_string()),
@@ -128,6 +130,58 @@ async fn what_redis_hands_back_is_checked_like_a_clients_frame() {
     bob.send(json!({"type":"answer","sdp":"still paired"}))
         .await;
     assert_eq!(alice.recv().await["sdp"], "still paired");
+}
+
+/// A node trims what it applied from its inbox: after 300 frames relayed
+/// one at a time (each its own inbox entry) and a quiet spell, the inbox
+/// holds no more than one stream node of entries (`~` trims whole ones;
+/// Redis's default is 100 entries a node) instead of all of them.
+#[tokio::test]
+async fn a_node_trims_its_inbox_of_what_it_applied() {
+    let cfg = Config {
+        rate_burst: 1000,
+        ..Config::default()
+    };
+    let Some(srv) = util::start_cluster("trims_its_inbox", cfg).await else {
+        return;
+    };
+    let url = srv.redis_url().expect("a cluster's redis");
+    let mut con = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let mut alice: Client = util::cluster::client_at(srv.addrs[0], "id=alice").await;
+    let mut bob: Client = util::cluster::client_at(srv.addrs[1], "id=bob").await;
+    alice.send(json!({"type":"pair","peer_id":"bob"})).await;
+    assert_eq!(alice.recv().await["type"], "paired");
+    assert_eq!(bob.recv().await["type"], "paired");
+    let inc: String = redis::cmd("HGET")
+        .arg("sd:c:bob")
+        .arg("n")
+        .query_async(&mut con)
+        .await
+        .expect("bob's node");
+    let inbox = format!("sd:in:{inc}");
+    const FRAMES: usize = 300;
+    for n in 0..FRAMES {
+        alice
+            .send(json!({"type":"offer","sdp":n.to_string()}))
+            .await;
+        assert_eq!(bob.recv().await["sdp"], n.to_string());
+    }
+    util::eventually("bob's inbox trimmed", || {
+        let (mut con, inbox) = (con.clone(), inbox.clone());
+        async move {
+            let len: usize = redis::cmd("XLEN")
+                .arg(&inbox)
+                .query_async(&mut con)
+                .await
+                .expect("XLEN");
+            len <= 100
+        }
+    })
+    .await;
 }
 
 /// `rediss://` with the cluster's CA, as an ACL user whose keys are only

@@ -6,7 +6,8 @@
 //! connection forgetting its own when it ends and a fence forgetting all.
 //!
 //! After each batch it records how far it got (what a script's caller
-//! waits for) and trims what it applied from the stream.
+//! waits for) and, in the round trip of its next read, trims what it
+//! applied from the stream.
 //!
 //! Nothing read here is trusted because it came from Redis: whoever can
 //! write to Redis could put anything in an inbox. A relayed frame reaches
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use p2p_proto::signal::{DisconnectReason, ServerMsg, valid_id};
+use p2p_proto::signal::{DisconnectReason, Relayable, ServerMsg, valid_id};
 use redis::AsyncConnectionConfig;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
@@ -42,9 +43,15 @@ use crate::directory::{Link, Peer};
 /// at once); the connection's response timeout is this plus a margin.
 const BLOCK_MS: u64 = 1000;
 
-/// Entries per read: a batch is applied under one lock, and trimmed with
-/// one command.
+/// Entries per read: a batch is applied under one lock.
 const BATCH: usize = 1024;
+
+/// Applied entries are trimmed from the inbox once this many bytes of
+/// frames (or [`TRIM_ENTRIES`] entries) have piled up, or the inbox is
+/// quiet: a trim is a command of its own for Redis, as costly as the
+/// `XADD` of a batch, and under load one per read doubled Redis's work.
+const TRIM_BYTES: usize = 256 * 1024;
+const TRIM_ENTRIES: usize = 64;
 
 /// One operation of a control event (see `scripts`; the wire names are
 /// short because every event is stored in Redis).
@@ -116,6 +123,10 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, inc_no: u64, mut last: String) {
     let key = relay::inbox_key(&i.cfg.prefix, &inc);
     let mut con: Option<MultiplexedConnection> = None;
     let mut seen = i.seen.subscribe();
+    // Applied entries not yet trimmed: how many and their frames' bytes.
+    let mut untrimmed = (0usize, 0usize);
+    // The last read found nothing new.
+    let mut quiet = false;
     loop {
         if !i.local.is_current(inc_no) {
             return;
@@ -131,66 +142,88 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, inc_no: u64, mut last: String) {
                 }
             },
         };
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
+        // What was applied is trimmed in the same round trip as a read:
+        // the node that owns an inbox is the only one that trims it, and
+        // nothing it applied is needed again. `~` frees whole stream
+        // nodes only, which costs Redis less than an exact cut.
+        let trim =
+            untrimmed.0 >= TRIM_ENTRIES || untrimmed.1 >= TRIM_BYTES || (quiet && untrimmed.0 > 0);
+        let mut pipe = redis::pipe();
+        if trim {
+            pipe.cmd("XTRIM")
+                .arg(&key)
+                .arg("MINID")
+                .arg("~")
+                .arg(&last)
+                .ignore();
+        }
+        pipe.cmd("XREAD")
+            .arg("COUNT")
             .arg(BATCH)
             .arg("BLOCK")
             .arg(BLOCK_MS)
             .arg("STREAMS")
             .arg(&key)
             .arg(&last);
-        let read = cmd.query_async::<Option<StreamReadReply>>(c);
+        let read = pipe.query_async::<(Option<StreamReadReply>,)>(c);
         let res = tokio::select! {
             r = read => r,
             _ = seen.wait_for(|(n, _)| *n != inc_no) => return,
         };
-        match res {
-            Ok(None) => {}
-            Ok(Some(reply)) => {
-                let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
-                let Some(end) = entries.last().map(|e| e.id.clone()) else {
-                    continue;
-                };
-                let applied = i.local.apply(inc_no, |live| {
-                    for e in &entries {
-                        apply(&i, live, &e.map);
-                    }
-                });
-                if applied.is_none() {
-                    return;
-                }
-                i.outboxes.make_room_with(|| i.local.table());
-                last = end;
-                if let Some(pos) = relay::entry_pos(&last) {
-                    i.seen.send_if_modified(|s| {
-                        let now = s.0 == inc_no && s.1 < pos;
-                        if now {
-                            s.1 = pos;
-                        }
-                        now
-                    });
-                }
-                // What is applied is not needed again; the node that owns
-                // an inbox is the only one that trims it.
-                let mut m = i.redis.clone();
-                let trimmed = redis::cmd("XTRIM")
-                    .arg(&key)
-                    .arg("MINID")
-                    .arg(&last)
-                    .query_async::<Value>(&mut m)
-                    .await;
-                if let Err(e) = trimmed {
-                    debug!("trimming the inbox: {e}");
-                }
-            }
+        let reply = match res {
+            Ok((reply,)) => reply,
             Err(e) => {
                 i.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
                 debug!("reading the inbox: {e}");
                 con = None;
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
+        };
+        if trim {
+            untrimmed = (0, 0);
         }
+        let entries: Vec<_> = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect();
+        quiet = entries.is_empty();
+        let Some(end) = entries.last().map(|e| e.id.clone()) else {
+            continue;
+        };
+        let applied = i.local.apply(inc_no, |live| {
+            for e in &entries {
+                apply(&i, live, &e.map);
+            }
+        });
+        if applied.is_none() {
+            return;
+        }
+        i.outboxes.make_room_with(|| i.local.table());
+        last = end;
+        if let Some(pos) = relay::entry_pos(&last) {
+            i.seen.send_if_modified(|s| {
+                let now = s.0 == inc_no && s.1 < pos;
+                if now {
+                    s.1 = pos;
+                }
+                now
+            });
+        }
+        untrimmed.0 += entries.len();
+        untrimmed.1 += entries.iter().map(|e| entry_bytes(&e.map)).sum::<usize>();
     }
+}
+
+/// The bytes of an entry's values.
+fn entry_bytes(map: &HashMap<String, Value>) -> usize {
+    map.values()
+        .map(|v| match v {
+            Value::BulkString(b) => b.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 async fn connect(i: &Inner) -> redis::RedisResult<MultiplexedConnection> {
@@ -281,16 +314,11 @@ fn relayable(i: &Inner, slot: &Slot, frame: &[u8]) -> Option<String> {
     if frame.len() > i.max_frame {
         return None;
     }
-    let text = String::from_utf8(frame.to_vec()).ok()?;
-    let from = match serde_json::from_str::<ServerMsg>(&text).ok()? {
-        ServerMsg::Offer { from, .. }
-        | ServerMsg::Answer { from, .. }
-        | ServerMsg::Candidate { from, .. } => from,
-        _ => return None,
-    };
+    let text = std::str::from_utf8(frame).ok()?;
+    let (_, from) = Relayable::parse_relayed(text)?;
     let link = slot.link();
     match link.as_ref().map(|l| &l.peer) {
-        Some(Peer::Elsewhere(r)) if *r.id == *from => Some(text),
+        Some(Peer::Elsewhere(r)) if *r.id == *from.as_str() => Some(text.to_owned()),
         _ => None,
     }
 }
