@@ -36,3 +36,42 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
         (utime + stime) * 1_000_000_000 / ticks,
     ))
 }
+
+/// The machine's CPU time so far, in clock ticks: all of it, and what the
+/// hypervisor gave to others while this machine wanted it (`steal`, the
+/// eighth figure of `/proc/stat`'s `cpu` line). In a VM, time stolen
+/// during a latency run shows as late frames no server could avoid.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineTicks {
+    pub total: u64,
+    pub steal: u64,
+}
+
+impl MachineTicks {
+    pub fn now() -> anyhow::Result<MachineTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let line = stat
+            .lines()
+            .find(|l| l.starts_with("cpu "))
+            .context("no cpu line in /proc/stat")?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .context("/proc/stat cpu line")?;
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already in user).
+        anyhow::ensure!(fields.len() >= 8, "/proc/stat cpu line too short");
+        Ok(MachineTicks {
+            total: fields[..8].iter().sum(),
+            steal: fields[7],
+        })
+    }
+
+    /// The share of the machine's time stolen since `earlier`, in percent.
+    pub fn steal_pct_since(&self, earlier: &MachineTicks) -> f64 {
+        let total = self.total.saturating_sub(earlier.total).max(1);
+        self.steal.saturating_sub(earlier.steal) as f64 * 100.0 / total as f64
+    }
+}

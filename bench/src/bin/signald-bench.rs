@@ -285,6 +285,8 @@ struct Latency {
     p50: f64,
     p99: f64,
     cpu_us: f64,
+    /// The host's steal during the run, in percent of the machine's time.
+    steal: f64,
 }
 
 struct ClusterFigures {
@@ -380,10 +382,11 @@ fn summary(cli: &Cli, sum: &Summary) {
     }
     if let Some((ours, theirs)) = sum.latency {
         println!(
-            "| relay latency p50 / p99, {} pairs × 10 frames/s | {:.3} / {:.3} ms | {} | {} | p99 < 1 ms | {} |",
+            "| relay latency p50 / p99, {} pairs × 10 frames/s | {:.3} / {:.3} ms (host steal {:.1}%) | {} | {} | p99 < 1 ms | {} |",
             cli.latency_pairs,
             ours.p50,
             ours.p99,
+            ours.steal,
             theirs.map_or("–".into(), |t| format!("{:.3} / {:.3} ms", t.p50, t.p99)),
             ratio(ours.p99, theirs.map(|t| t.p99)),
             yes(ours.p99 < 1.0),
@@ -867,6 +870,7 @@ fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<Latency> {
         l.expect("start")?;
     }
     let cpu0 = procfs::cpu_time(srv.pid())?;
+    let ticks0 = procfs::MachineTicks::now()?;
     let t0 = Instant::now();
     let mut samples: Vec<u64> = Vec::new();
     for l in &mut loads {
@@ -880,6 +884,7 @@ fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<Latency> {
         );
     }
     let cpu = procfs::cpu_time(srv.pid())? - cpu0;
+    let steal = procfs::MachineTicks::now()?.steal_pct_since(&ticks0);
     let wall = t0.elapsed().as_secs_f64();
     for l in loads {
         l.finish()?;
@@ -896,7 +901,8 @@ fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<Latency> {
     println!(
         "| {} latency {} pairs × 10 frames/s ({procs} load processes), send → receipt | \
          {} samples: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; \
-         server CPU {:.1}% of a core = {cpu_us:.2} µs/frame |",
+         server CPU {:.1}% of a core = {cpu_us:.2} µs/frame; host steal {steal:.1}% of the \
+         machine's time |",
         kind.name(),
         cli.latency_pairs,
         samples.len(),
@@ -910,5 +916,6 @@ fn latency(cli: &Cli, kind: Kind, scenario: usize) -> anyhow::Result<Latency> {
         p50: ms(0.50),
         p99: ms(0.99),
         cpu_us,
+        steal,
     })
 }
