@@ -13,7 +13,7 @@ pub enum ErrorCode {
     BadRequest,
     /// `cmd` names no request.
     UnknownCommand,
-    /// The line is longer than [`MAX_LINE_BYTES`].
+    /// The line is longer than [`MAX_LINE_BYTES`](super::MAX_LINE_BYTES).
     LineTooLong,
     /// No signaling connection right now.
     NotConnected,

@@ -9,7 +9,7 @@ use crate::identity::Fingerprint;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
-    /// The daemon's state as a [`Status`].
+    /// The daemon's state as a [`Status`](super::Status).
     Status,
     /// Pair with `peer_id`. With `wait` the reply comes once the data channel
     /// is open (or the attempt failed); `timeout_ms` bounds that wait.

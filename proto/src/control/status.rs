@@ -86,7 +86,7 @@ pub struct StatusTrust {
 /// `status`: the daemon's whole state. Stable: fields are only added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
-    /// [`CONTROL_VERSION`].
+    /// [`CONTROL_VERSION`](super::CONTROL_VERSION).
     pub control_version: u32,
     /// The daemon's version (`CARGO_PKG_VERSION`).
     pub version: String,
