@@ -28,7 +28,6 @@ use p2p_proto::signal::{DisconnectReason, Relayable, ServerMsg, valid_id};
 use redis::AsyncConnectionConfig;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
-use redis::streams::StreamReadReply;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn};
@@ -165,16 +164,19 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, inc_no: u64, mut last: String) {
             .arg("STREAMS")
             .arg(&key)
             .arg(&last);
-        let read = pipe.query_async::<(Option<StreamReadReply>,)>(c);
+        let read = pipe.query_async::<(Value,)>(c);
         let res = tokio::select! {
             r = read => r,
             _ = seen.wait_for(|(n, _)| *n != inc_no) => return,
         };
-        let reply = match res {
-            Ok((reply,)) => reply,
-            Err(e) => {
+        let entries = match res.map(|(reply,)| entries(reply)) {
+            Ok(Some(entries)) => entries,
+            failed => {
                 i.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
-                debug!("reading the inbox: {e}");
+                match failed {
+                    Err(e) => debug!("reading the inbox: {e}"),
+                    _ => warn!("reading the inbox: a reply that is not a stream's entries"),
+                }
                 con = None;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -183,18 +185,13 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, inc_no: u64, mut last: String) {
         if trim {
             untrimmed = (0, 0);
         }
-        let entries: Vec<_> = reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .collect();
         quiet = entries.is_empty();
         let Some(end) = entries.last().map(|e| e.id.clone()) else {
             continue;
         };
         let applied = i.local.apply(inc_no, |live| {
             for e in &entries {
-                apply(&i, live, &e.map);
+                apply(&i, live, &e.fields);
             }
         });
         if applied.is_none() {
@@ -212,8 +209,73 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, inc_no: u64, mut last: String) {
             });
         }
         untrimmed.0 += entries.len();
-        untrimmed.1 += entries.iter().map(|e| entry_bytes(&e.map)).sum::<usize>();
+        untrimmed.1 += entries
+            .iter()
+            .map(|e| entry_bytes(&e.fields))
+            .sum::<usize>();
     }
+}
+
+/// One inbox entry: its ID and its fields.
+struct Entry {
+    id: String,
+    fields: HashMap<String, Value>,
+}
+
+/// The entries of an `XREAD` reply, taken apart in place (`None` for a
+/// reply of another shape). redis-rs's `StreamReadReply` copies the whole
+/// reply before it reads it: every frame of every batch once more.
+fn entries(reply: Value) -> Option<Vec<Entry>> {
+    fn text(v: Value) -> Option<String> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b).ok(),
+            Value::SimpleString(s) => Some(s),
+            _ => None,
+        }
+    }
+    let streams: Vec<Value> = match reply {
+        // Nothing new within the block.
+        Value::Nil => return Some(Vec::new()),
+        // RESP2: `[[key, entries], ...]`.
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect::<Option<_>>()?,
+        // RESP3 (`?protocol=resp3` in the URL): `{key: entries, ...}`.
+        Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
+        _ => return None,
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(items) = stream else {
+            return None;
+        };
+        for item in items {
+            let Value::Array(item) = item else {
+                return None;
+            };
+            let [id, fields]: [Value; 2] = item.try_into().ok()?;
+            let fields = match fields {
+                Value::Array(f) => f,
+                // An entry deleted meanwhile.
+                Value::Nil => Vec::new(),
+                _ => return None,
+            };
+            let mut map = HashMap::with_capacity(fields.len() / 2);
+            let mut fields = fields.into_iter();
+            while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+                map.insert(text(k)?, v);
+            }
+            out.push(Entry {
+                id: text(id)?,
+                fields: map,
+            });
+        }
+    }
+    Some(out)
 }
 
 /// The bytes of an entry's values.
@@ -420,6 +482,93 @@ fn control(i: &Inner, live: &Live, op: Op) {
             if let Some(slot) = live.get(conn, &id) {
                 slot.end(Kick::Replaced);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
+        let fields = fields
+            .iter()
+            .flat_map(|(k, v)| [bulk(k), bulk(v)])
+            .collect();
+        Value::Array(vec![bulk(id), Value::Array(fields)])
+    }
+
+    /// An entry's ID and its fields, sorted.
+    type Read = (String, Vec<(String, String)>);
+
+    fn read(reply: Value) -> Option<Vec<Read>> {
+        let mut got: Vec<_> = entries(reply)?
+            .into_iter()
+            .map(|e| {
+                let mut f: Vec<_> = e
+                    .fields
+                    .into_iter()
+                    .map(|(k, v)| match v {
+                        Value::BulkString(b) => (k, String::from_utf8(b).unwrap()),
+                        other => (k, format!("{other:?}")),
+                    })
+                    .collect();
+                f.sort();
+                (e.id, f)
+            })
+            .collect();
+        got.sort();
+        Some(got)
+    }
+
+    #[test]
+    fn a_read_reply_comes_apart_as_its_entries_in_either_protocol() {
+        let items = || {
+            Value::Array(vec![
+                entry("1-0", &[("k", "b"), ("f", "frames")]),
+                entry("1-1", &[("k", "x"), ("j", "[]")]),
+            ])
+        };
+        let want = Some(vec![
+            (
+                "1-0".to_string(),
+                vec![("f".into(), "frames".into()), ("k".into(), "b".into())],
+            ),
+            (
+                "1-1".to_string(),
+                vec![("j".into(), "[]".into()), ("k".into(), "x".into())],
+            ),
+        ]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("sd:in:n1.0"), items()])]);
+        assert_eq!(read(resp2), want);
+        let resp3 = Value::Map(vec![(bulk("sd:in:n1.0"), items())]);
+        assert_eq!(read(resp3), want);
+        assert_eq!(read(Value::Nil), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_reply_of_another_shape_is_refused() {
+        for bad in [
+            Value::Int(1),
+            Value::Array(vec![bulk("key only")]),
+            Value::Array(vec![Value::Array(vec![bulk("k"), Value::Int(3)])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("k"),
+                Value::Array(vec![Value::Array(vec![bulk("1-0")])]),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("k"),
+                Value::Array(vec![Value::Array(vec![
+                    Value::Int(1),
+                    Value::Array(vec![]),
+                ])]),
+            ])]),
+        ] {
+            assert!(entries(bad.clone()).is_none(), "{bad:?}");
         }
     }
 }

@@ -227,8 +227,14 @@ pub async fn run(i: Arc<Inner>) {
 /// feed, then the frame's `LEN` bytes. IDs hold no space; the length
 /// makes any frame content safe.
 fn encode(out: &mut Vec<u8>, to: &Remote, pairing: u64, frame: &[u8]) {
-    use std::io::Write;
-    let _ = writeln!(out, "{} {} {} {}", to.id, to.conn, pairing, frame.len());
+    let mut n = itoa::Buffer::new();
+    out.reserve(to.id.len() + 3 * 21 + frame.len());
+    out.extend_from_slice(to.id.as_bytes());
+    for x in [to.conn, pairing, frame.len() as u64] {
+        out.push(b' ');
+        out.extend_from_slice(n.format(x).as_bytes());
+    }
+    out.push(b'\n');
     out.extend_from_slice(frame);
 }
 
