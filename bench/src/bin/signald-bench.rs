@@ -504,6 +504,7 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<ClusterFigures> {
         .enumerate()
     {
         let mut cpu0 = Vec::new();
+        let mut ticks0 = None;
         let (frames, secs) = p2p_bench::cluster::relay(
             &n1.url,
             b,
@@ -511,14 +512,19 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<ClusterFigures> {
             8,
             dur,
             &format!("r{k}-"),
-            || cpu0 = cpus(&pids).unwrap_or_default(),
+            || {
+                cpu0 = cpus(&pids).unwrap_or_default();
+                ticks0 = procfs::MachineTicks::now().ok();
+            },
         )?;
         let us = per_event(&pids, &cpu0, frames as f64)?;
+        let steal = procfs::MachineTicks::now()?
+            .steal_pct_since(&ticks0.context("the relay never started measuring")?);
         relay_us[k] = us.iter().sum::<f64>();
         println!(
             "| cluster relay, {label}, {} pairs × 8 in flight, candidate-sized JSON | \
              {:.0} frames/s; CPU per frame: node 1 {:.2} µs, node 2 {:.2} µs, redis {:.2} µs, \
-             node 3 (idle) {:.2} µs (total {:.2} µs) |",
+             node 3 (idle) {:.2} µs (total {:.2} µs); host steal {steal:.1}% |",
             cli.cluster_pairs,
             frames as f64 / secs,
             us[0],
