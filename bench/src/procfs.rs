@@ -43,8 +43,8 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 /// during a latency run shows as late frames no server could avoid.
 #[derive(Debug, Clone, Copy)]
 pub struct MachineTicks {
-    pub total: u64,
-    pub steal: u64,
+    total: u64,
+    steal: u64,
 }
 
 impl MachineTicks {
