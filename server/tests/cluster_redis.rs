@@ -22,6 +22,53 @@ async fn xadd(con: &mut redis::aio::MultiplexedConnection, key: &str, fields: &[
     let _: String = cmd.query_async(con).await.expect("XADD");
 }
 
+/// Alice on node 1 paired with bob on node 2, on a cluster started with
+/// `cfg`, and a connection of the test's own to its Redis; `None` where
+/// redis-server is missing.
+struct AcrossNodes {
+    // Keeps the cluster up.
+    _srv: util::Server,
+    con: redis::aio::MultiplexedConnection,
+    alice: Client,
+    bob: Client,
+}
+
+impl AcrossNodes {
+    async fn start(test: &str, cfg: Config) -> Option<AcrossNodes> {
+        let srv = util::start_cluster(test, cfg).await?;
+        let url = srv.redis_url().expect("a cluster's redis");
+        let con = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let mut alice: Client = util::cluster::client_at(srv.addrs[0], "id=alice").await;
+        let mut bob: Client = util::cluster::client_at(srv.addrs[1], "id=bob").await;
+        alice.send(json!({"type":"pair","peer_id":"bob"})).await;
+        assert_eq!(alice.recv().await["type"], "paired");
+        assert_eq!(bob.recv().await["type"], "paired");
+        Some(AcrossNodes {
+            _srv: srv,
+            con,
+            alice,
+            bob,
+        })
+    }
+
+    /// Bob's record: his node's incarnation, his connection and the
+    /// pairing's number.
+    async fn bobs_record(&mut self) -> (String, String, String) {
+        redis::cmd("HMGET")
+            .arg("sd:c:bob")
+            .arg("n")
+            .arg("c")
+            .arg("e")
+            .query_async(&mut self.con)
+            .await
+            .expect("bob's record")
+    }
+}
+
 /// Whoever can write to Redis writes frames and events into a node's
 /// inbox: a `welcome` posing as relayed, an offer from someone who is not
 /// the peer, one over the size limit, a `peer_disconnected` naming another
@@ -34,29 +81,16 @@ async fn what_redis_hands_back_is_checked_like_a_clients_frame() {
         max_message_bytes: 4096,
         ..Config::default()
     };
-    let Some(srv) = util::start_cluster("redis_hands_back", cfg).await else {
+    let Some(mut pair) = AcrossNodes::start("redis_hands_back", cfg).await else {
         return;
     };
-    let url = srv.redis_url().expect("a cluster's redis");
-    let mut con = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let mut alice: Client = util::cluster::client_at(srv.addrs[0], "id=alice").await;
-    let mut bob: Client = util::cluster::client_at(srv.addrs[1], "id=bob").await;
-    alice.send(json!({"type":"pair","peer_id":"bob"})).await;
-    assert_eq!(alice.recv().await["type"], "paired");
-    assert_eq!(bob.recv().await["type"], "paired");
-
-    let (inc, conn, epoch): (String, String, String) = redis::cmd("HMGET")
-        .arg("sd:c:bob")
-        .arg("n")
-        .arg("c")
-        .arg("e")
-        .query_async(&mut con)
-        .await
-        .expect("bob's record");
+    let (inc, conn, epoch) = pair.bobs_record().await;
+    let AcrossNodes {
+        _srv: srv,
+        mut con,
+        mut alice,
+        mut bob,
+    } = pair;
     let inbox = format!("sd:in:{inc}");
     let relayed = |f: String| {
         vec![
@@ -144,26 +178,16 @@ async fn a_node_trims_its_inbox_of_what_it_applied() {
         rate_burst: 1000,
         ..Config::default()
     };
-    let Some(srv) = util::start_cluster("trims_its_inbox", cfg).await else {
+    let Some(mut pair) = AcrossNodes::start("trims_its_inbox", cfg).await else {
         return;
     };
-    let url = srv.redis_url().expect("a cluster's redis");
-    let mut con = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let mut alice: Client = util::cluster::client_at(srv.addrs[0], "id=alice").await;
-    let mut bob: Client = util::cluster::client_at(srv.addrs[1], "id=bob").await;
-    alice.send(json!({"type":"pair","peer_id":"bob"})).await;
-    assert_eq!(alice.recv().await["type"], "paired");
-    assert_eq!(bob.recv().await["type"], "paired");
-    let inc: String = redis::cmd("HGET")
-        .arg("sd:c:bob")
-        .arg("n")
-        .query_async(&mut con)
-        .await
-        .expect("bob's node");
+    let (inc, _, _) = pair.bobs_record().await;
+    let AcrossNodes {
+        _srv: _cluster,
+        con,
+        mut alice,
+        mut bob,
+    } = pair;
     let inbox = format!("sd:in:{inc}");
     const FRAMES: usize = 300;
     for n in 0..FRAMES {
