@@ -413,10 +413,7 @@ async fn close_session<S: Io>(
     // The peer is told now, before any close handshake with this client.
     srv.directory.remove(&slot, reason).await;
     if matches!(ending, Ending::Timeout) {
-        srv.directory
-            .metrics()
-            .timeouts
-            .fetch_add(1, Ordering::Relaxed);
+        srv.directory.metrics().timed_out();
     }
     debug!(id = %slot.id(), code, reason = ?reason, "closing");
     match ending {

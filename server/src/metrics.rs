@@ -42,21 +42,61 @@ pub struct Gauges {
 #[derive(Default)]
 pub struct Metrics {
     /// Clients registered since start.
-    pub connections: AtomicU64,
-    /// Pairings in force now.
-    pub pairings: AtomicI64,
+    connections: AtomicU64,
+    /// Pairings in force now (a node's own count; a cluster's gauge comes
+    /// from Redis).
+    pairings: AtomicI64,
     /// `offer`/`answer`/`candidate` frames handed to a peer.
-    pub relayed: AtomicU64,
+    relayed: AtomicU64,
     /// Clients closed with 4000 for missing pings.
-    pub timeouts: AtomicU64,
+    timeouts: AtomicU64,
     /// Clients dropped because their outbound queue overflowed.
-    pub slow_readers: AtomicU64,
+    slow_readers: AtomicU64,
     /// Clients dropped to bring the global buffer budget back.
-    pub evictions: AtomicU64,
+    evictions: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
 impl Metrics {
+    /// A client registered.
+    pub fn connected(&self) {
+        bump(&self.connections);
+    }
+
+    /// A pairing was made.
+    pub fn paired(&self) {
+        self.pairings.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A pairing ended.
+    pub fn unpaired(&self) {
+        self.pairings.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A frame was handed to a peer.
+    pub fn relayed(&self) {
+        bump(&self.relayed);
+    }
+
+    /// A client was closed for missing pings.
+    pub fn timed_out(&self) {
+        bump(&self.timeouts);
+    }
+
+    /// A client was dropped for not reading.
+    pub fn slow_reader(&self) {
+        bump(&self.slow_readers);
+    }
+
+    /// A client was dropped to bring the buffer budget back.
+    pub fn evicted(&self) {
+        bump(&self.evictions);
+    }
+
     /// Counts one `error` frame.
     pub fn error(&self, code: ErrorCode) {
         let i = ErrorCode::ALL

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -94,7 +93,7 @@ impl Locked<'_> {
             peer
         };
         let m = self.mem.outboxes.metrics();
-        m.pairings.fetch_sub(1, Ordering::Relaxed);
+        m.unpaired();
         let notice = ServerMsg::PeerDisconnected {
             peer_id: slot.id().to_string(),
             reason,
@@ -216,7 +215,7 @@ impl Memory {
         self.outboxes.first(&slot, welcome(&id));
         l.map.clients.insert(id, slot.clone());
         let m = self.outboxes.metrics();
-        m.connections.fetch_add(1, Ordering::Relaxed);
+        m.connected();
         l.make_room();
         Ok(slot)
     }
@@ -276,7 +275,7 @@ impl Memory {
             }
         }
         let m = self.outboxes.metrics();
-        m.pairings.fetch_add(1, Ordering::Relaxed);
+        m.paired();
         for (to, pushed) in paired {
             self.outboxes.settle(&to, pushed, &mut l);
         }

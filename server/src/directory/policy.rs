@@ -22,7 +22,6 @@
 //! `left` without waiting for any timeout.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -89,7 +88,7 @@ impl Outboxes {
 
     /// The client does not read: dropped, its peer told.
     fn overflowed(&self, slot: &Arc<Slot>, clients: &mut impl Clients) {
-        self.metrics.slow_readers.fetch_add(1, Ordering::Relaxed);
+        self.metrics.slow_reader();
         clients.drop_client(slot, Kick::SlowReader);
     }
 
@@ -160,7 +159,7 @@ impl Outboxes {
             // The peer does not read: drop it, never stall the sender.
             Some(peer) => self.overflowed(&peer, &mut clients()),
             None => {
-                self.metrics.relayed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.relayed();
                 self.make_room_with(clients);
             }
         }
@@ -196,7 +195,7 @@ impl Outboxes {
             if self.budget.used() <= target {
                 break;
             }
-            self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
+            self.metrics.evicted();
             clients.drop_client(&slot, Kick::Evicted);
         }
     }

@@ -451,7 +451,7 @@ impl Cluster {
             let refusal = match res.as_deref().map(|v| v.first().map(String::as_str)) {
                 Ok(Some("ok")) => {
                     let m = i.outboxes.metrics();
-                    m.connections.fetch_add(1, Ordering::Relaxed);
+                    m.connected();
                     return Ok(slot);
                 }
                 Ok(Some("retry")) => None,
@@ -564,7 +564,7 @@ impl Cluster {
                 i.outgoing.send(a, to, pairing, frame)?;
                 i.counters.relayed_out.fetch_add(1, Ordering::Relaxed);
                 let m = i.outboxes.metrics();
-                m.relayed.fetch_add(1, Ordering::Relaxed);
+                m.relayed();
                 Ok(Relayed::Ok)
             }
         }
