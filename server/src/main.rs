@@ -167,7 +167,10 @@ struct Cli {
     /// for more before it sleeps, so that one wake-up reads and writes a
     /// burst of frames at once: less CPU per frame, at most this much more
     /// latency per hop, and only while events come faster than this
-    /// (signald's `coalesce` module). 0 turns it off; at most 2ms.
+    /// (signald's `coalesce` module). With --cluster, also how long a node
+    /// under load gathers frames for other nodes between pipelines to
+    /// Redis (rounded up to the timer's millisecond). 0 turns it off; at
+    /// most 2ms.
     #[arg(long, env = "SIGNALD_COALESCE", default_value = "300us", value_parser = coalesce_window)]
     coalesce: Duration,
     /// Log output: text or json on stderr, or journald. Default: journald
@@ -268,6 +271,7 @@ fn run() -> anyhow::Result<()> {
                 },
                 heartbeat: cli.cluster_heartbeat,
                 dead_after: cli.cluster_dead_after,
+                gather: cli.coalesce,
             }),
             None => None,
         },

@@ -22,6 +22,8 @@ pub fn config(url: &str, node: &str) -> ClusterConfig {
         node_id: node.to_string(),
         heartbeat: HEARTBEAT,
         dead_after: DEAD_AFTER,
+        // signald's default `--coalesce`.
+        gather: Duration::from_micros(300),
     }
 }
 

@@ -92,6 +92,10 @@ pub struct ClusterConfig {
     /// A node silent for longer is dead; the same on every node (a node
     /// with another value is refused while others are live).
     pub dead_after: Duration,
+    /// Under load, how long the node gathers frames for other nodes after
+    /// each pipeline before it sends the next (0: never). signald passes
+    /// its `--coalesce` window; see [`relay`] for why and what it costs.
+    pub gather: Duration,
 }
 
 /// Whether `s` is 1 to `max` of `A-Z a-z 0-9 - _ .`: a node ID, or (with

@@ -19,6 +19,19 @@
 //! answers, then takes the next. Under load one entry and one round trip
 //! carry hundreds of frames instead of one.
 //!
+//! **Gathering under load.** At a steady stream of frames, a batch holds
+//! what arrived during the previous round trip, a few dozen frames, and
+//! each batch costs Redis an `XADD` and the receiving node an `XREAD` of
+//! its own whatever its size: those per-batch costs were most of what a
+//! frame cost Redis. So once a pipeline has carried [`BUSY`] frames or
+//! more, the writer waits [`gather`](super::ClusterConfig::gather) (the
+//! `--coalesce` window, which tokio's millisecond timer rounds up to its
+//! next tick) before it takes the next batch. At 90,000 frames/s across
+//! two nodes this cut Redis's CPU per frame by a third (BENCHMARKS.md,
+//! round 11); the price is at most that wait per cross-node hop, and
+//! only under load: a node relaying fewer frames than [`BUSY`] per round
+//! trip sends each batch as soon as the last one is answered.
+//!
 //! **Order.** A client's frames enter the queue in the order it sent them,
 //! and the writer sends the queue in order over one connection, so Redis
 //! appends them in that order. Everything else a client asks of Redis
@@ -36,6 +49,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -50,6 +64,16 @@ const BATCH: usize = 1024;
 /// Bytes of frames in one pipeline: more waits for the next (a batch
 /// always takes at least one frame).
 const BATCH_BYTES: usize = 1024 * 1024;
+
+/// A pipeline of this many frames or more means the node is under load:
+/// the writer gathers before it takes the next batch.
+const BUSY: usize = 8;
+
+/// How long the writer waits after sending `sent` frames in a pipeline
+/// before it takes the next batch.
+fn gather_after(sent: usize, gather: Duration) -> Option<Duration> {
+    (sent >= BUSY && !gather.is_zero()).then_some(gather)
+}
 
 /// The inbox stream of incarnation `inc`, under the cluster's key prefix.
 pub fn inbox_key(prefix: &str, inc: &str) -> String {
@@ -220,6 +244,11 @@ pub async fn run(i: Arc<Inner>) {
             }
         }
         out.done.send_replace(end);
+        if let Some(wait) = gather_after(batch.len(), i.cfg.gather) {
+            // Frames queued meanwhile wait; a barrier (an `unpair`) too,
+            // as it would behind a slow Redis.
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -336,6 +365,16 @@ mod tests {
         b.extend_from_slice(b"garbage");
         let got: Vec<_> = decode(&b).map(|f| f.map(|f| f.frame.to_vec())).collect();
         assert_eq!(got, vec![Ok(b"x".to_vec()), Err(())]);
+    }
+
+    #[test]
+    fn the_writer_gathers_only_under_load_and_only_when_asked_to() {
+        let w = Duration::from_micros(300);
+        assert_eq!(gather_after(1, w), None, "a lone frame goes at once");
+        assert_eq!(gather_after(BUSY - 1, w), None);
+        assert_eq!(gather_after(BUSY, w), Some(w));
+        assert_eq!(gather_after(BATCH, w), Some(w));
+        assert_eq!(gather_after(BATCH, Duration::ZERO), None, "--coalesce 0");
     }
 
     #[test]
