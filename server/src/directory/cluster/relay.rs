@@ -27,10 +27,11 @@
 //! more, the writer waits [`gather`](super::ClusterConfig::gather) (the
 //! `--coalesce` window, which tokio's millisecond timer rounds up to its
 //! next tick) before it takes the next batch. At 90,000 frames/s across
-//! two nodes this cut Redis's CPU per frame by a third (BENCHMARKS.md,
-//! round 11); the price is at most that wait per cross-node hop, and
-//! only under load: a node relaying fewer frames than [`BUSY`] per round
-//! trip sends each batch as soon as the last one is answered.
+//! two nodes this cut Redis's CPU per frame by a fifth to a third
+//! (BENCHMARKS.md, round 11); the price is at most that wait per
+//! cross-node hop, and only under load: a node relaying fewer frames than
+//! [`BUSY`] per round trip sends each batch as soon as the last one is
+//! answered.
 //!
 //! **Order.** A client's frames enter the queue in the order it sent them,
 //! and the writer sends the queue in order over one connection, so Redis
