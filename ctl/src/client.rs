@@ -195,7 +195,8 @@ impl ReplyReader {
     }
 
     /// The next streamed event line, undecoded; `None` when the daemon hung
-    /// up. Decode it with [`decode_event`] or a lighter view of [`Event`].
+    /// up. Decode it with [`decode_event`] or a lighter view of
+    /// [`Event`](p2p_proto::control::Event).
     pub async fn next_event_line(&mut self) -> Result<Option<&[u8]>> {
         self.read_line().await
     }

@@ -62,6 +62,8 @@ pub enum Command {
     Connect(cmd::connect::Args),
     /// Wait for one stream from a peer to SERVICE; join it to stdin/stdout.
     Accept(cmd::accept::Args),
+    // The brackets are usage notation in --help, not doc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Listen on [ADDR:]PORT and open a stream to PEER/SERVICE per connection.
     Forward(cmd::forward::Args),
     /// Print a shell completion script (bash, zsh, fish, …) on stdout.

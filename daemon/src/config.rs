@@ -66,6 +66,8 @@ pub struct Cli {
     #[arg(long = "bind", env = "P2PD_BIND", value_delimiter = ',', value_parser = parse_bind)]
     pub bind: Vec<SocketAddr>,
 
+    // The brackets are usage notation in --help, not doc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Extra STUN/TURN server, URL[,username,credential] (repeatable), used
     /// beside the ones signald's welcome lists.
     #[arg(long = "ice-server", env = "P2PD_ICE_SERVER", value_parser = IceServer::parse_flag)]
@@ -149,6 +151,8 @@ pub struct Cli {
     #[arg(long = "expose", env = "P2PD_EXPOSE", value_delimiter = ',', value_parser = ServiceSpec::parse_flag)]
     pub expose: Vec<ServiceSpec>,
 
+    // The brackets are usage notation in --help, not doc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Listen on [ADDR:]PORT (default address 127.0.0.1) and open a stream
     /// to PEER's SERVICE per connection:
     /// `[ADDR:]PORT=PEER/SERVICE[:allow-unverified]`. Repeatable; in

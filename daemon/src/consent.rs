@@ -65,7 +65,7 @@ pub enum Step {
     Verdict(PathCheck),
 }
 
-/// One check of the path: [`CHECKS`] consent checks spaced by the round
+/// One check of the path: `CHECKS` consent checks spaced by the round
 /// trip, and a verdict when one is answered or the last one's grace ends.
 #[derive(Debug)]
 pub struct Checker {
@@ -125,7 +125,7 @@ async fn answers(pc: &dyn PeerConnection) -> (u64, Option<Duration>) {
 }
 
 /// Checks the path of `pc`: sends consent checks until one is answered or
-/// [`CHECKS`] of them went unanswered.
+/// `CHECKS` of them went unanswered.
 pub async fn run(pc: &dyn PeerConnection, pace: Pace) -> PathCheck {
     let started = Instant::now();
     let (before, _) = answers(pc).await;

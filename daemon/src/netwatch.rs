@@ -6,7 +6,7 @@
 //! The kernel tells us on a netlink socket (`NETLINK_ROUTE`, the address
 //! and route groups); we read only the fixed message headers, to keep
 //! address changes and changes of a default route of the main table, and
-//! coalesce what comes within [`SETTLE`] into one report. No crate: a
+//! coalesce what comes within `SETTLE` into one report. No crate: a
 //! subscription and two header fields are all we need, and the netlink
 //! crates would bring a full message model for them.
 

@@ -114,7 +114,7 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// The upgrade URL: the server URL plus the `id` query parameter. The
 /// token goes in an `Authorization: Bearer` header instead (see
-/// [`connect`]): reverse proxies log request lines, not that header.
+/// `connect`): reverse proxies log request lines, not that header.
 pub fn connect_url(server: &str, id: Option<&str>) -> String {
     let mut url = server.to_string();
     if let Some(id) = id {

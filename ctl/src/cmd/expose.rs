@@ -14,6 +14,8 @@ pub struct Args {
     /// The service's name, what peers connect to (PEER/NAME).
     #[arg(required_unless_present = "list")]
     pub name: Option<String>,
+    // The brackets are usage notation in --help, not doc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// What it reaches here: tcp:HOST:PORT, tcp:[V6]:PORT or unix:/PATH.
     #[arg(required_unless_present = "list")]
     pub target: Option<String>,

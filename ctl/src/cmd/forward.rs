@@ -10,6 +10,8 @@ use crate::client::{Client, Result};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    // The brackets are usage notation in --help, not doc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Where to listen: PORT (on 127.0.0.1), ADDR:PORT or [V6]:PORT; port 0
     /// takes a free one (printed).
     pub listen: String,

@@ -4,8 +4,9 @@
 //! Requests on one connection are answered in order. Replies are flushed
 //! when no further request is already buffered, so a client that pipelines
 //! (`p2pctl send`) gets its acknowledgements in batches rather than one
-//! write per line. `send` is [`send`]'s; `tail` turns the connection into an
-//! event stream ([`tail`]).
+//! write per line. The `send` verb has a module of its own (`send`), and
+//! `tail` (the module of that name) turns the connection into an event
+//! stream.
 
 mod send;
 mod stream;

@@ -5,7 +5,7 @@
 //! the [`Effect`]s the engine must carry out: frames to send, offers to
 //! make, events to publish, the connection to reset. Results of effects
 //! that can fail come back as inputs. Every change of state goes through
-//! [`Core::apply`], which also emits what goes with it (the event, the
+//! `Core::apply`, which also emits what goes with it (the event, the
 //! answer to a waiting `pair`, the `unpair` to signald), so no transition
 //! can forget one. Unit tests drive the core with fake inputs and explicit
 //! instants (`tests/`), with no runtime, socket or file.
@@ -343,7 +343,7 @@ pub struct Policy {
     pub allow_peers: Vec<String>,
     /// Longest a pairing may take to open its channel.
     pub connect_timeout: Duration,
-    /// Longest an ending link waits for data in flight ([`Awaiting`]).
+    /// Longest an ending link waits for data in flight (`Awaiting`).
     pub drain_timeout: Duration,
     /// Longest an ICE restart may take before the link resets.
     pub restart_timeout: Duration,

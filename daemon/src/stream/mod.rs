@@ -173,7 +173,7 @@ pub struct Opened {
 impl Streams {
     /// The streams of a daemon whose open link `link` shows, serving
     /// `services` from the start. The receiver yields the generations of
-    /// pairings to end (see [`Inner::unpair`]).
+    /// pairings to end (see `Inner::unpair`).
     pub fn new(
         limits: Limits,
         services: Vec<ServiceSpec>,

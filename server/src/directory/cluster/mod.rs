@@ -94,7 +94,8 @@ pub struct ClusterConfig {
     pub dead_after: Duration,
     /// Under load, how long the node gathers frames for other nodes after
     /// each pipeline before it sends the next (0: never). signald passes
-    /// its `--coalesce` window; see [`relay`] for why and what it costs.
+    /// its `--coalesce` window; the `relay` module says why and what it
+    /// costs.
     pub gather: Duration,
 }
 
