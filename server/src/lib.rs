@@ -37,6 +37,11 @@ use tracing::{info, warn};
 
 use crate::directory::Directory;
 pub use crate::directory::cluster::{ClusterConfig, DEFAULT_PREFIX};
+use crate::limits::{IpLimits, Limits, Refused};
+use crate::metrics::Gauges;
+pub use crate::proxy::Cidr;
+pub use crate::tls::Tls;
+pub use crate::turn::{TurnRest, TurnSecret};
 
 /// jemalloc, not glibc's malloc. A frame is allocated by the task that
 /// reads it and freed by the one that writes it, often on the other
@@ -49,11 +54,6 @@ pub use crate::directory::cluster::{ClusterConfig, DEFAULT_PREFIX};
 /// the library, so that the in-process tests run on it too.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use crate::limits::{IpLimits, Limits, Refused};
-use crate::metrics::Gauges;
-pub use crate::proxy::Cidr;
-pub use crate::tls::Tls;
-pub use crate::turn::{TurnRest, TurnSecret};
 
 /// Longest ping slot, in milliseconds.
 const SLOT_MS: u64 = 20;
