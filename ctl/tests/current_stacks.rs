@@ -288,7 +288,7 @@ fn firefox_restarts_ice_over_the_open_link_in_both_roles() {
 fn current_stacks_whose_signaling_drops_keep_the_link_and_hear_nothing_extra() {
     for stack in stacks() {
         let id = stack.id();
-        // Pings at the tests' 300 ms timeout made a busy node process (werift
+        // Pings at a 300 ms timeout made a busy node process (werift
         // starting under the full suite's load) time out at signald before
         // its channel opened; the drop itself is a closed WebSocket, which
         // signald reports at once whatever the ping timing.

@@ -33,7 +33,7 @@ fn status_json_has_the_documented_fields() {
     assert_eq!(idle.id.as_deref(), Some("alice"));
     assert_eq!(idle.server.state, ServerState::Connected);
     assert_eq!(idle.server.ping_interval_ms, Some(100));
-    assert_eq!(idle.server.ping_timeout_ms, Some(300));
+    assert_eq!(idle.server.ping_timeout_ms, Some(2000));
     assert!(idle.server.ice_servers.is_empty());
     assert_eq!(idle.link, LinkState::Idle);
     assert!(idle.peer.is_none());

@@ -10,7 +10,7 @@ use p2p_testkit::{Daemon, Signald};
 
 /// A signald with relaxed pings: these tests move tens of MiB through
 /// debug builds on two cores, and signald's liveness is not what they test
-/// (the default 300 ms timeout dropped a starved daemon).
+/// (a 300 ms timeout dropped a starved daemon).
 fn signald() -> Signald {
     Signald::start_pinging("1s", "10s", &[])
 }

@@ -8,7 +8,7 @@ use p2p_testkit::{Daemon, Signald, Tail};
 
 fn tls_signald(cert: &std::path::Path, key: &std::path::Path) -> Signald {
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    Signald::start_pinging("100ms", "300ms", &["--tls-cert", &cert, "--tls-key", &key])
+    Signald::start_plus(&["--tls-cert", &cert, "--tls-key", &key])
 }
 
 #[test]

@@ -41,7 +41,7 @@ fn an_impostor_cannot_take_a_reserved_id_and_the_owner_gets_it_back() {
 
 #[test]
 fn without_the_reservation_the_impostor_registers_but_no_one_talks_to_it() {
-    let s = Signald::start_pinging("100ms", "300ms", &["--id-reserve", "0"]);
+    let s = Signald::start_plus(&["--id-reserve", "0"]);
     let alice = Daemon::start(&s.url(), "alice");
     let bob = Daemon::start_with(&s.url(), "bob", &["--allow-peer", "alice"]);
     alice.trust_each_other(&bob);
