@@ -36,9 +36,15 @@ fn tiny_messages_held_up_by_a_stopped_reader_all_arrive_in_order() {
     unsafe { libc::kill(tail.pid(), libc::SIGCONT) };
     for i in 0..N {
         let Some(line) = tail.next_within(p2p_testkit::WAIT) else {
+            // Which side holds the rest: alice's stack (sent < N), bob's
+            // stack (received < sent), or bob's hub (received = N).
             panic!(
-                "tail stopped after {i} of {N} messages; bob counted {} received",
-                b.status().counters.messages_received
+                "tail stopped after {i} of {N} messages; alice: {:?}\nbob: {:?}\n\
+                 alice's log:\n{}\nbob's log:\n{}",
+                a.status().counters,
+                b.status().counters,
+                a.proc().log(),
+                b.proc().log(),
             );
         };
         assert_eq!(
