@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use p2p_proto::control::LinkState;
-use p2p_testkit::{Daemon, Proc, Signald, Tail, skip};
+use p2p_testkit::{BROWSER_START, Daemon, Proc, Signald, Tail, skip};
 
 const HELLOS: usize = 20;
 const ECHOES: usize = 200;
@@ -89,7 +89,7 @@ impl Stack {
                 // Its Firefox is not in its process group: the script
                 // closes it when asked to stop.
                 proc.terminate_on_drop();
-                proc.wait_line(&format!("welcome {}", self.id()));
+                proc.wait_line_within(&format!("welcome {}", self.id()), BROWSER_START);
                 return proc;
             }
         };

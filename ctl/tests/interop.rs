@@ -128,7 +128,9 @@ impl Stack {
                 }
             }
         };
-        peer.wait_event(&format!("welcome {id}"));
+        let welcome = format!("{}welcome {id}", peer.prefix);
+        peer.proc
+            .wait_line_within(&welcome, p2p_testkit::BROWSER_START);
         peer
     }
 }

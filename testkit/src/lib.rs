@@ -34,7 +34,7 @@ pub mod tls;
 
 pub use control::{Control, Follower};
 pub use daemon::{Daemon, DaemonBuilder, paired};
-pub use proc::{Proc, WAIT, bin, manifest_dir, wait_for};
+pub use proc::{BROWSER_START, Proc, WAIT, bin, manifest_dir, wait_for};
 pub use signald::Signald;
 pub use skip::{skip, systemd_analyze, systemd_verify};
 pub use tail::{Tail, transfer};

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 /// Upper bound for any single awaited state; reaching it fails the test.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// How long a browser may take to start and reach signald: Firefox took
+/// over [`WAIT`] while the rest of the suite ran on the same two cores.
+pub const BROWSER_START: Duration = Duration::from_secs(60);
+
 /// A program built by this workspace, found beside the running test or
 /// benchmark executable (`target/<profile>/` or its `deps/`): `cargo test
 /// --workspace` builds every binary of the workspace there.
@@ -122,9 +126,16 @@ impl Proc {
         &self.name
     }
 
-    /// Waits for an output line containing `needle`; returns it.
+    /// Waits (at most [`WAIT`]) for an output line containing `needle`;
+    /// returns it.
     pub fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
+        self.wait_line_within(needle, WAIT)
+    }
+
+    /// [`wait_line`](Self::wait_line) with its own bound, for a start-up
+    /// that is slow by nature (a browser under the full suite's load).
+    pub fn wait_line_within(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
