@@ -166,6 +166,42 @@ async fn what_redis_hands_back_is_checked_like_a_clients_frame() {
     assert_eq!(alice.recv().await["sdp"], "still paired");
 }
 
+/// A rolling upgrade from nodes before batching (5dbb59e): such a node
+/// writes one frame per inbox entry (`k` = `r`), and a current node
+/// delivers it as its own batches, in the entries' order. (The other way
+/// round cannot work: an older node drops a batch entry as an unknown
+/// kind, which docs/operations.md says.)
+#[tokio::test]
+async fn frames_written_one_an_entry_by_an_older_node_still_arrive_in_order() {
+    let Some(mut pair) = AcrossNodes::start("older_node_entries", Config::default()).await else {
+        return;
+    };
+    let (inc, conn, epoch) = pair.bobs_record().await;
+    let inbox = format!("sd:in:{inc}");
+    for n in 0..3 {
+        let frame = json!({"type":"offer","sdp":n.to_string(),"from":"alice"}).to_string();
+        let entry = [
+            ("k", "r"),
+            ("i", "bob"),
+            ("c", &*conn),
+            ("e", &*epoch),
+            ("f", &*frame),
+        ];
+        xadd(&mut pair.con, &inbox, &entry).await;
+    }
+    for n in 0..3 {
+        assert_eq!(
+            pair.bob.recv().await,
+            json!({"type":"offer","sdp":n.to_string(),"from":"alice"})
+        );
+    }
+    // And the node's own batches still follow.
+    pair.alice
+        .send(json!({"type":"answer","sdp":"batched"}))
+        .await;
+    assert_eq!(pair.bob.recv().await["sdp"], "batched");
+}
+
 /// A node trims what it applied from its inbox: after 300 frames relayed
 /// one at a time (each its own inbox entry, so trims are due every 64),
 /// the inbox holds no more than one stream node of entries (`~` trims
