@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 
 use super::local::Live;
 use super::relay::Batched;
-use super::{CONNECT_TIMEOUT, Inner, Remote, relay};
+use super::{CONNECT_TIMEOUT, Inner, Remote, Throttled, relay};
 use crate::directory::slot::{Kick, Slot};
 use crate::directory::{Link, Peer};
 
@@ -126,6 +126,7 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, inc_no: u64, mut last: String) {
     let mut untrimmed = (0usize, 0usize);
     // The last read found nothing new.
     let mut quiet = false;
+    let mut misread = Throttled::default();
     loop {
         if !i.local.is_current(inc_no) {
             return;
@@ -175,7 +176,10 @@ pub async fn run(i: Arc<Inner>, inc: Arc<str>, inc_no: u64, mut last: String) {
                 i.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
                 match failed {
                     Err(e) => debug!("reading the inbox: {e}"),
-                    _ => warn!("reading the inbox: a reply that is not a stream's entries"),
+                    _ if misread.now() => {
+                        warn!("reading the inbox: a reply that is not a stream's entries")
+                    }
+                    _ => {}
                 }
                 con = None;
                 tokio::time::sleep(Duration::from_millis(50)).await;

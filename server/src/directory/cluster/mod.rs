@@ -73,6 +73,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// script never holds Redis for long (Redis runs nothing else meanwhile).
 const REAP_BATCH: usize = 256;
 
+/// A warning about a failure that repeats every retry (a rejoin, a read of
+/// the inbox), said once every few seconds instead of every period.
+#[derive(Debug, Default)]
+struct Throttled {
+    said: Option<Instant>,
+}
+
+impl Throttled {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    /// Whether to say it now; if so, the next time is [`EVERY`](Self::EVERY) on.
+    fn now(&mut self) -> bool {
+        let due = self.said.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if due {
+            self.said = Some(Instant::now());
+        }
+        due
+    }
+}
+
 /// How the node takes part in a cluster (`--cluster` and its companions).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -727,5 +747,22 @@ impl Inner {
     /// they wait on is over (numbers start at 1).
     fn incarnation_over(&self) {
         self.seen.send_replace((0, (0, 0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeated_warning_is_said_once_every_few_seconds() {
+        let mut t = Throttled::default();
+        assert!(t.now(), "the first time");
+        assert!(!t.now(), "not again at once");
+        tokio::time::advance(Throttled::EVERY - Duration::from_millis(1)).await;
+        assert!(!t.now(), "nor just before the period is over");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(t.now(), "then again");
+        assert!(!t.now());
     }
 }

@@ -15,12 +15,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
-use super::{Inner, REAP_BATCH, inbox};
+use super::{Inner, REAP_BATCH, Throttled, inbox};
 use crate::directory::slot::lock;
 
 /// Batches of a dead node's clients reaped per period at most, so that
@@ -65,7 +64,7 @@ pub async fn join(i: &Arc<Inner>) -> anyhow::Result<()> {
 pub async fn run(i: Arc<Inner>) {
     let mut tick = tokio::time::interval(i.cfg.heartbeat);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut warned_at: Option<Instant> = None;
+    let mut rejoin_failed = Throttled::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -79,10 +78,8 @@ pub async fn run(i: Arc<Inner>) {
             None => {
                 if let Err(e) = join(&i).await {
                     i.redis_ok.store(false, Ordering::Relaxed);
-                    // Once a few seconds, not every period.
-                    if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    if rejoin_failed.now() {
                         warn!("rejoining the cluster: {e:#}");
-                        warned_at = Some(Instant::now());
                     }
                 }
             }
