@@ -12,9 +12,11 @@
 //! [`ServerMsg::to_json`](super::ServerMsg::to_json) writes for the same frame (a property test holds
 //! the two together).
 //!
-//! Members that come before `type` are kept as the slices of text they
-//! are and read once the type says what they should be (every client we
-//! know writes `type` first). A frame that might nest too deeply, and one
+//! Members that come before `type` (every client we know writes `type`
+//! first, but a serialiser that sorts keys puts `candidate` and `sdp`
+//! before it) are read as the one type that has them reads them; only if
+//! that fails is the frame read again, keeping them as text until the
+//! type says what they should be. A frame that might nest too deeply, and one
 //! that is not a JSON object with a string `type`, goes the general way
 //! ([`general`]), which reads it twice and words the error; the outcome is
 //! the same either way (a property test holds the two together).
@@ -392,14 +394,25 @@ fn may_be_too_deep(text: &str) -> bool {
 
 /// The frame's type in one pass, then its members as that type reads
 /// them; other members are skipped, and `from` is kept in `from` if given.
+///
+/// A member before `type` is read at once as the one type that has it
+/// reads it (an `sdp` as a string, a `candidate` as a candidate). Should
+/// that fail (the member may belong to no type of this frame, and then
+/// it is only skipped), the frame is read again with such members kept
+/// as text until the type is known, so that what is accepted and every
+/// error stay as they were.
 fn one_pass<'a>(
     text: &'a str,
-    from: Option<&mut Sender<'a>>,
+    mut from: Option<&mut Sender<'a>>,
 ) -> Result<ClientFrame<'a>, ParseError> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let mut ty: Option<Text> = None;
-    let res = de.deserialize_map(Frame { ty: &mut ty, from });
-    let res = res.and_then(|frame| de.end().map(|()| frame));
+    let mut missed = false;
+    let (mut res, mut ty) = read_frame(text, from.as_deref_mut(), Some(&mut missed));
+    if missed {
+        if let Some(from) = from.as_deref_mut() {
+            *from = Sender::default();
+        }
+        (res, ty) = read_frame(text, from, None);
+    }
     match (res, ty) {
         (Ok(Some(frame)), _) => Ok(frame),
         (Ok(None), Some(ty)) => Err(ParseError::UnknownType(ty.into_owned())),
@@ -410,13 +423,44 @@ fn one_pass<'a>(
     }
 }
 
+/// One read of [`one_pass`]: the frame (`None` for an unknown type) and
+/// its type, if it got that far. With `speculate`, members before `type`
+/// are read as their type would read them, and a failure to read one
+/// sets it.
+#[allow(clippy::type_complexity)]
+fn read_frame<'a>(
+    text: &'a str,
+    from: Option<&mut Sender<'a>>,
+    speculate: Option<&mut bool>,
+) -> (
+    Result<Option<ClientFrame<'a>>, serde_json::Error>,
+    Option<Text<'a>>,
+) {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut ty: Option<Text> = None;
+    let res = de.deserialize_map(Frame {
+        ty: &mut ty,
+        from,
+        speculate,
+    });
+    let res = res.and_then(|frame| de.end().map(|()| frame));
+    (res, ty)
+}
+
 /// The map visitor of [`one_pass`]: `None` for an unknown type. The type
 /// is left in `ty`, for the caller's error message; with `from`, that
 /// member is read as a string and kept there (a client's `from` is just
-/// an unknown member).
+/// an unknown member). With `speculate`, see [`read_frame`].
 struct Frame<'t, 'a> {
     ty: &'t mut Option<Text<'a>>,
     from: Option<&'t mut Sender<'a>>,
+    speculate: Option<&'t mut bool>,
+}
+
+/// A member seen before `type`: read already, or kept as text.
+enum Early<'a> {
+    Read(Value<'a>),
+    Raw(&'a RawValue),
 }
 
 /// A relayed frame's `from`, and whether it came twice.
@@ -438,7 +482,7 @@ impl<'de> Visitor<'de> for Frame<'_, 'de> {
         let mut got: Option<ClientFrame<'de>> = None;
         // Members seen before `type`, as written, and whether each came
         // twice: what they are depends on the type.
-        let mut early: [(Option<&'de RawValue>, bool); 3] = [(None, false); 3];
+        let mut early: [(Option<Early<'de>>, bool); 3] = [const { (None, false) }; 3];
         while let Some(key) = map.next_key::<Key>()? {
             match (key, kind) {
                 (Key::Type, _) if self.ty.is_some() => {
@@ -472,9 +516,19 @@ impl<'de> Visitor<'de> for Frame<'_, 'de> {
                     map.next_value::<IgnoredAny>()?;
                 }
                 (_, None) => {
-                    let (raw, twice) = &mut early[key.early()];
-                    *twice |= raw.is_some();
-                    *raw = Some(map.next_value()?);
+                    let value = match self.speculate.as_deref_mut() {
+                        Some(missed) => match map.next_value_seed(Member(key.kind())) {
+                            Ok(v) => Early::Read(v),
+                            Err(e) => {
+                                *missed = true;
+                                return Err(e);
+                            }
+                        },
+                        None => Early::Raw(map.next_value()?),
+                    };
+                    let (seen, twice) = &mut early[key.early()];
+                    *twice |= seen.is_some();
+                    *seen = Some(value);
                 }
                 (_, Some(k)) if k.member() != Some(key) => {
                     map.next_value::<IgnoredAny>()?;
@@ -496,11 +550,12 @@ impl<'de> Visitor<'de> for Frame<'_, 'de> {
                 _ => ClientFrame::Unpair,
             }));
         };
-        match (early[member.early()], got) {
+        match (std::mem::take(&mut early[member.early()]), got) {
             ((Some(_), true), _) | ((Some(_), _), Some(_)) => {
                 Err(de::Error::duplicate_field(member.name()))
             }
-            ((Some(raw), false), None) => {
+            ((Some(Early::Read(value)), false), None) => Ok(Some(kind.read(value))),
+            ((Some(Early::Raw(raw)), false), None) => {
                 let mut de = serde_json::Deserializer::from_str(raw.get());
                 let value = Member(kind)
                     .deserialize(&mut de)
@@ -610,6 +665,17 @@ impl Key {
             Key::PeerId => 0,
             Key::Sdp => 1,
             _ => 2,
+        }
+    }
+
+    /// A type that reads this member, and so how it reads it (every type
+    /// with the member reads it alike: `sdp` is a string in an offer and
+    /// in an answer).
+    fn kind(self) -> Kind {
+        match self {
+            Key::PeerId => Kind::Pair,
+            Key::Sdp => Kind::Offer,
+            _ => Kind::Candidate,
         }
     }
 }
