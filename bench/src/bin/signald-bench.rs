@@ -57,6 +57,12 @@ struct Cli {
     /// Relay measurement time.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     relay_duration: Duration,
+    /// Rounds of each relay run, signald then PeerJS in each; the summary
+    /// takes the median round (by the ratio when PeerJS runs): the host's
+    /// phases moved one server's figure by a third between runs a minute
+    /// apart.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    relay_rounds: u64,
     /// Pairs for the latency run (0 skips it).
     #[arg(long, default_value_t = 1000)]
     latency_pairs: usize,
@@ -275,11 +281,37 @@ struct Summary {
     idle: Vec<(usize, f64, Option<f64>)>,
     /// (clients, signald KiB per client idle after an offer and answer)
     signaled: Vec<(usize, f64)>,
-    /// (pairs, signald µs per frame, PeerJS µs per frame)
-    relay: Vec<(usize, f64, Option<f64>)>,
+    relay: Vec<RelayFigures>,
     /// signald's p50, p99 and CPU per frame, and PeerJS's
     latency: Option<(Latency, Option<Latency>)>,
     cluster: Option<ClusterFigures>,
+}
+
+/// One relay scenario's figures: the median round's.
+struct RelayFigures {
+    pairs: usize,
+    /// signald's and PeerJS's CPU per frame, in µs.
+    ours: f64,
+    theirs: Option<f64>,
+    /// Every round's signald ÷ PeerJS (or signald's figure alone),
+    /// lowest first.
+    rounds: Vec<f64>,
+}
+
+impl RelayFigures {
+    /// The median round (the lower middle of an even count) of `rounds`,
+    /// each signald's and PeerJS's figure.
+    fn median(pairs: usize, mut rounds: Vec<(f64, Option<f64>)>) -> RelayFigures {
+        let key = |&(ours, theirs): &(f64, Option<f64>)| theirs.map_or(ours, |t| ours / t);
+        rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        let (ours, theirs) = rounds[(rounds.len() - 1) / 2];
+        RelayFigures {
+            pairs,
+            ours,
+            theirs,
+            rounds: rounds.iter().map(key).collect(),
+        }
+    }
 }
 
 /// The latency run: p50 and p99 in ms, and the server's CPU per frame in
@@ -330,12 +362,16 @@ fn main() -> anyhow::Result<()> {
         sum.signaled.push((n, ours));
     }
     for &pairs in cli.relay.iter().filter(|&&n| n > 0) {
-        let mut got = Vec::new();
-        for &kind in kinds {
-            scenario += 1;
-            got.push(relay(&cli, kind, pairs, scenario)?);
+        let mut rounds = Vec::new();
+        for round in 1..=cli.relay_rounds {
+            let mut got = Vec::new();
+            for &kind in kinds {
+                scenario += 1;
+                got.push(relay(&cli, kind, pairs, scenario, round)?);
+            }
+            rounds.push((got[0], got.get(1).copied()));
         }
-        sum.relay.push((pairs, got[0], got.get(1).copied()));
+        sum.relay.push(RelayFigures::median(pairs, rounds));
     }
     if cli.latency_pairs > 0 {
         let mut got = Vec::new();
@@ -374,17 +410,21 @@ fn summary(cli: &Cli, sum: &Summary) {
             cli.sdp_bytes,
         );
     }
-    for &(pairs, ours, theirs) in &sum.relay {
+    for r in &sum.relay {
+        let (pairs, ours, theirs) = (r.pairs, r.ours, r.theirs);
         let (target, met) = match (pairs >= 1000, theirs) {
             (true, Some(t)) => ("≤ 0.15 of PeerJS", yes(ours / t <= 0.15)),
             (true, None) => ("≤ 0.15 of PeerJS", "– (no PeerJS run)"),
             (false, _) => ("–", "–"),
         };
+        let rounds: Vec<String> = r.rounds.iter().map(|x| format!("{x:.3}")).collect();
         println!(
-            "| CPU per relayed frame, {pairs} pairs × {} in flight | {ours:.2} µs | {} | {} | {target} | {met} |",
+            "| CPU per relayed frame, {pairs} pairs × {} in flight, the median of {} rounds | {ours:.2} µs | {} | {} (rounds {}) | {target} | {met} |",
             cli.relay_window,
+            r.rounds.len(),
             theirs.map_or("–".into(), |t| format!("{t:.2} µs")),
-            ratio(ours, theirs),
+            theirs.map_or("–".into(), |t| format!("{:.3}", ours / t)),
+            rounds.join(", "),
         );
     }
     if let Some((ours, theirs)) = sum.latency {
@@ -826,7 +866,7 @@ fn relay_server(cli: &Cli, kind: Kind) -> anyhow::Result<Server> {
 
 /// `pairs` pairs relaying with `--relay-window` in flight; the server's CPU
 /// per frame, in µs.
-fn relay(cli: &Cli, kind: Kind, pairs: usize, scenario: usize) -> anyhow::Result<f64> {
+fn relay(cli: &Cli, kind: Kind, pairs: usize, scenario: usize, round: u64) -> anyhow::Result<f64> {
     let srv = relay_server(cli, kind)?;
     let window = cli.relay_window;
     let args: Vec<String> = [
@@ -851,8 +891,10 @@ fn relay(cli: &Cli, kind: Kind, pairs: usize, scenario: usize) -> anyhow::Result
     l.expect("connected")?;
     l.expect("start")?;
     let cpu0 = procfs::cpu_time(srv.pid())?;
+    let ticks0 = procfs::MachineTicks::now()?;
     let v = l.expect("done")?;
     let cpu = procfs::cpu_time(srv.pid())? - cpu0;
+    let steal = procfs::MachineTicks::now()?.steal_pct_since(&ticks0);
     l.finish()?;
     let relayed = or_dash(srv.metric("signald_frames_relayed_total")?);
     srv.stop()?;
@@ -860,9 +902,9 @@ fn relay(cli: &Cli, kind: Kind, pairs: usize, scenario: usize) -> anyhow::Result
     let secs = v["secs"].as_f64().unwrap_or(1.0);
     let us = cpu.as_secs_f64() * 1e6 / frames.max(1.0);
     println!(
-        "| {} relay {pairs} pair(s), {window} frames in flight per pair, candidate-sized JSON | \
+        "| {} relay {pairs} pair(s), {window} frames in flight per pair, candidate-sized JSON (round {round}) | \
          {:.0} frames/s over {secs:.1} s ({relayed} relayed in all); server CPU {:.2} s \
-         = {:.4} CPU s per 1,000 frames = {us:.2} µs/frame |",
+         = {:.4} CPU s per 1,000 frames = {us:.2} µs/frame; host steal {steal:.1}% |",
         kind.name(),
         frames / secs,
         cpu.as_secs_f64(),
