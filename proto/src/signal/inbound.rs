@@ -480,8 +480,8 @@ impl<'de> Visitor<'de> for Frame<'_, 'de> {
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut kind: Option<Kind> = None;
         let mut got: Option<ClientFrame<'de>> = None;
-        // Members seen before `type`, as written, and whether each came
-        // twice: what they are depends on the type.
+        // Members seen before `type` (read, or kept as written), and
+        // whether each came twice: which one counts depends on the type.
         let mut early: [(Option<Early<'de>>, bool); 3] = [const { (None, false) }; 3];
         while let Some(key) = map.next_key::<Key>()? {
             match (key, kind) {
