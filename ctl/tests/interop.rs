@@ -157,7 +157,7 @@ impl Peer {
 fn lab_with_p2pd(extra: &[&str]) -> (Lab, p2p_testkit::Signald, Daemon) {
     let mut lab = Lab::build(Nat::Cone);
     lab.start_coturn();
-    let s = lab.signald(&[Lab::stun()]);
+    let s = lab.signald_for_stacks(&[Lab::stun()]);
     let a = lab.daemon("h1", "h1", &[&["--trust", "any"], extra].concat());
     (lab, s, a)
 }

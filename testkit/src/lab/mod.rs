@@ -303,13 +303,28 @@ impl Lab {
 
     /// signald with `ice` and `extra` arguments.
     pub fn signald_with(&self, ice: &[String], extra: &[&str]) -> Signald {
+        self.signald_pinging(ice, extra, ("500ms", "2s"))
+    }
+
+    /// signald for a test with another WebRTC stack: pings every second
+    /// and a 5 s timeout. aiortc's one asyncio thread, setting up its next
+    /// connection under the full suite's load, once left signald's pings
+    /// unanswered past 2 s, and signald dropped it mid-pairing; how soon
+    /// signald notices a stalled client is not what these tests test.
+    pub fn signald_for_stacks(&self, ice: &[String]) -> Signald {
+        self.signald_pinging(ice, &[], ("1s", "5s"))
+    }
+
+    /// signald with `ice`, `extra` arguments and these ping interval and
+    /// timeout.
+    fn signald_pinging(&self, ice: &[String], extra: &[&str], pings: (&str, &str)) -> Signald {
         let mut args: Vec<String> = vec![
             "--listen".into(),
             format!("{PUBLIC}:8765"),
             "--ping-interval".into(),
-            "500ms".into(),
+            pings.0.into(),
             "--ping-timeout".into(),
-            "2s".into(),
+            pings.1.into(),
         ];
         if ice.iter().any(|s| s.starts_with("turn:")) {
             let secret = self.dir.path().join("turn-secret");
