@@ -17,9 +17,9 @@ impl Signald {
     /// timeout. The timeout is long enough that a loaded CI machine (two
     /// cores, a dozen daemons, browsers starting) does not see a signaling
     /// link drop that no test asked for: at 300 ms, `pair` now and then met
-    /// a peer that was reconnecting after a scheduling stall. Tests of a
-    /// lost client or a lost signald pick their own timings with
-    /// [`start_pinging`](Self::start_pinging).
+    /// a peer that was reconnecting after a scheduling stall. Tests that
+    /// must hold a process still, or need other timings, pick their own
+    /// with [`start_pinging`](Self::start_pinging).
     pub fn start() -> Signald {
         Self::start_on(0)
     }
@@ -43,8 +43,8 @@ impl Signald {
     }
 
     /// On 127.0.0.1 with these ping timings and extra arguments, for tests
-    /// whose subject is how soon a loss shows, or that must hold a process
-    /// still for longer than the default timeout.
+    /// that must hold a process still for longer than the default timeout,
+    /// or need other timings.
     pub fn start_pinging(interval: &str, timeout: &str, extra: &[&str]) -> Signald {
         let args = [
             &[
