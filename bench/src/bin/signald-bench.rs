@@ -287,6 +287,13 @@ struct Summary {
     cluster: Option<ClusterFigures>,
 }
 
+/// Sorts `rounds` by `key`, lowest first, and returns the median one (the
+/// lower middle of an even count): what each multi-round figure reports.
+fn median_round<T: Copy>(rounds: &mut [T], key: impl Fn(&T) -> f64) -> T {
+    rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    rounds[(rounds.len() - 1) / 2]
+}
+
 /// One relay scenario's figures: the median round's.
 struct RelayFigures {
     pairs: usize,
@@ -299,12 +306,10 @@ struct RelayFigures {
 }
 
 impl RelayFigures {
-    /// The median round (the lower middle of an even count) of `rounds`,
-    /// each signald's and PeerJS's figure.
+    /// The median round of `rounds`, each signald's and PeerJS's figure.
     fn median(pairs: usize, mut rounds: Vec<(f64, Option<f64>)>) -> RelayFigures {
         let key = |&(ours, theirs): &(f64, Option<f64>)| theirs.map_or(ours, |t| ours / t);
-        rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
-        let (ours, theirs) = rounds[(rounds.len() - 1) / 2];
+        let (ours, theirs) = median_round(&mut rounds, key);
         RelayFigures {
             pairs,
             ours,
@@ -685,10 +690,8 @@ fn cluster(cli: &Cli, scenario: usize) -> anyhow::Result<ClusterFigures> {
     n1.stop()?;
     n2.stop()?;
     n3.stop()?;
-    // The median round by its ratio (the lower middle of an even count).
-    rounds.sort_by(|a, b| (a[1] / a[0]).total_cmp(&(b[1] / b[0])));
+    let [same_node_us, across_us] = median_round(&mut rounds, |r| r[1] / r[0]);
     let ratios: Vec<f64> = rounds.iter().map(|r| r[1] / r[0]).collect();
-    let [same_node_us, across_us] = rounds[(rounds.len() - 1) / 2];
     Ok(ClusterFigures {
         same_node_us,
         across_us,
