@@ -757,6 +757,10 @@ impl Engine {
                     None => Err(NegotiationError::NoConnection),
                 }))
             }
+            Effect::ResendOffer => Some(Input::Offered(match self.pc.as_mut() {
+                Some(pc) => pc.pending_offer().await,
+                None => Err(NegotiationError::NoConnection),
+            })),
             Effect::Restarted { peer } => {
                 if let Some(pc) = &self.pc {
                     pc.path_changed().await;

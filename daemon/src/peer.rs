@@ -32,7 +32,7 @@ use crate::channel::{self, Reader};
 use crate::counters::Counters;
 use crate::hub::Hub;
 use crate::invite::handshake::Sides;
-use crate::link::{InviteRole, NegotiationError};
+use crate::link::{InviteRole, NegotiationError, ice_ufrag};
 use crate::udp::BufferedRuntime;
 
 /// Label of the channel p2pd creates (any label is accepted from others).
@@ -130,12 +130,6 @@ fn keepalive_interval(disconnected_timeout: Duration) -> Duration {
 /// The stack's refusal, in its own words, for the link's core.
 fn stack(e: impl std::fmt::Display) -> NegotiationError {
     NegotiationError::Stack(format!("{e:#}"))
-}
-
-/// The session's ICE username fragment (`a=ice-ufrag`, the first one).
-fn ice_ufrag(sdp: &str) -> Option<&str> {
-    sdp.lines()
-        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
 }
 
 /// The SCTP timers our connections use (vendor/PATCHES.md, "SCTP timers").
@@ -471,6 +465,17 @@ impl Pc {
         // A new ICE generation: the cap counts its candidates afresh.
         self.candidates = 0;
         Ok(with_streams_attribute(offer.sdp))
+    }
+
+    /// Our restart offer still waiting for its answer, for a new pairing
+    /// at signald: the same offer (with the candidates gathered since),
+    /// so that an answer to it already on its way still fits. A new
+    /// restart offer if none is pending (an answer came meanwhile).
+    pub async fn pending_offer(&mut self) -> Result<String, NegotiationError> {
+        match self.pc.pending_local_description().await {
+            Some(d) if d.sdp_type == RTCSdpType::Offer => Ok(with_streams_attribute(d.sdp)),
+            _ => self.restart_offer().await,
+        }
     }
 
     /// The answerer's side: applies the offer and returns the answer's SDP.

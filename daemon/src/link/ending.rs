@@ -112,6 +112,7 @@ impl Core {
             },
             Link::Closing(c) if c.until <= now => Some(c.ending.clone()),
             Link::Open(_) => {
+                self.answer_deferred_offer(now, fx);
                 self.restart_timed_out(now, fx);
                 self.ask_to_pair_again(now, fx);
                 None

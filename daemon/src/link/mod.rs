@@ -45,9 +45,10 @@ use p2p_proto::signal::{CandidateInit, ClientMsg, ServerMsg};
 use tokio::time::Instant;
 
 pub use invite::{InviteEdit, InviteProgress, InviteRole};
+pub(crate) use restart::ice_ufrag;
 use state::{
-    AtSignald, Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open, Probe, Requested,
-    Restart, Waiter,
+    AnsweredOffer, AtSignald, Awaiting, Closing, Connecting, Ending, Link, Negotiation, Open,
+    OurOffer, Probe, Requested, Restart, Waiter,
 };
 pub use trust::PeerIdentity;
 
@@ -305,6 +306,11 @@ pub enum Effect {
     /// Make an ICE restart offer on the open connection; answer with
     /// [`Input::Offered`].
     RestartIce,
+    /// The restart offer made before (the connection's pending local
+    /// description, with the candidates gathered since), for a new
+    /// pairing at signald; a new restart offer if none is pending.
+    /// Answer with [`Input::Offered`].
+    ResendOffer,
     /// The restart found a path: count it and publish `ice_restarted`.
     Restarted {
         peer: String,
@@ -541,7 +547,10 @@ impl Core {
                         &self.link,
                         Link::Connecting(_)
                             | Link::Open(Open {
-                                restart: Some(Restart { offered: true, .. }),
+                                restart: Some(Restart {
+                                    ours: OurOffer::Made { sent: true },
+                                    ..
+                                }),
                                 at_signald: AtSignald::Paired,
                                 ..
                             })
@@ -559,8 +568,14 @@ impl Core {
                             c.negotiation = Negotiation::Described;
                             fx.push(Effect::Signal(ClientMsg::Answer { sdp }));
                         }
-                        // The answer to the peer's restart offer.
-                        Link::Open(_) => fx.push(Effect::Signal(ClientMsg::Answer { sdp })),
+                        // The answer to the peer's restart offer, kept
+                        // for the same offer made again.
+                        Link::Open(o) => {
+                            if let Some(a) = &mut o.answered_offer {
+                                a.answer.get_or_insert_with(|| sdp.clone());
+                            }
+                            fx.push(Effect::Signal(ClientMsg::Answer { sdp }))
+                        }
                         _ => {}
                     }
                     self.maybe_run_invite(&mut fx);

@@ -144,6 +144,7 @@ impl Core {
             restart: None,
             at_signald: AtSignald::Paired,
             probe: None,
+            answered_offer: None,
         };
         self.apply(Change::Open(open, path), fx);
     }

@@ -6,10 +6,16 @@
 //! through signald while DTLS, SCTP and the data channel stay up, and what
 //! was sent meanwhile is delivered once a new path is found. Only when no
 //! path is found within the bound (`--ice-restart-timeout`) does the link
-//! end. The original initiator makes the restart offer; the answerer waits
-//! for it (and answers a peer's restart offer whenever one comes, as
-//! browsers may send them). So two offers never cross, at the price that
-//! a silence only the answerer notices ends at the bound.
+//! end. Whichever side notices the silence offers (a move only one side
+//! sees must not wait for the bound); when offers cross, the original
+//! initiator's stands and the answerer answers it.
+//!
+//! An offer is made once per restart, and one that is out is never
+//! replaced by another: an offer lost with a pairing is sent again, the
+//! same, once signald pairs the two again, and the same offer seen again
+//! is answered with the same answer. Two different offers in flight
+//! would let an answer to the first be applied over the second, leaving
+//! each side checking with credentials the other does not hold.
 //!
 //! signald's view is never enough to end a link. Its pairing ends with a
 //! network change, a signald restart or outage, or the peer's death, and
@@ -34,12 +40,13 @@ use p2p_proto::control::ErrorCode;
 
 use super::state::Suspicion;
 use super::{
-    AtSignald, Change, Core, Effect, Ending, Link, PathCheck, Probe, Restart, Signaling, err,
+    AnsweredOffer, AtSignald, Change, Core, Effect, Ending, Link, OurOffer, PathCheck, Probe,
+    Restart, Signaling, err,
 };
 
 /// A peer's restart offers are taken at most this often: each one costs
 /// us a new ICE generation (gathering, checks).
-const MIN_OFFER_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const MIN_OFFER_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Core {
     /// The open link's path went silent: restart ICE rather than reset.
@@ -62,7 +69,12 @@ impl Core {
             since: now,
             deadline,
             answered: None,
-            offered: offer,
+            deferred: None,
+            ours: if offer {
+                OurOffer::Made { sent: true }
+            } else {
+                OurOffer::Wanted
+            },
         });
         fx.push(Effect::Publish(EventKind::IceRestarting {
             peer_id: o.peer.clone(),
@@ -86,10 +98,14 @@ impl Core {
         let Link::Open(o) = &mut self.link else {
             return false;
         };
-        if let Some(r) = &mut o.restart {
-            // An offer of ours went with the pairing (or never left): it
-            // is made again once the pairing is back.
-            r.offered = false;
+        if let Some(Restart {
+            ours: OurOffer::Made { sent },
+            ..
+        }) = &mut o.restart
+        {
+            // An offer of ours may have gone with the pairing (or never
+            // left): it is sent again once the pairing is back.
+            *sent = false;
         }
         match &mut o.at_signald {
             AtSignald::Paired => {
@@ -230,8 +246,11 @@ impl Core {
     }
 
     /// signald paired us with the peer of our open link again: the link
-    /// goes on (and a restart waiting for the pairing makes its offer).
-    /// False for any other pairing.
+    /// goes on, and a restart under way goes on through the new pairing:
+    /// an offer of ours is sent again (the same one), one waiting for the
+    /// pairing is made, and the initiator of a restart whose offer was
+    /// answered makes a new one (candidates trickled while the pairing was
+    /// gone are lost). False for any other pairing.
     pub(super) fn paired_again(&mut self, peer: &str, fx: &mut Vec<Effect>) -> bool {
         let Link::Open(o) = &mut self.link else {
             return false;
@@ -241,11 +260,27 @@ impl Core {
         }
         tracing::info!(%peer, "paired again at signald; the channel went on");
         o.at_signald = AtSignald::Paired;
-        if let Some(r) = &mut o.restart
-            && !r.offered
-        {
-            r.offered = true;
-            fx.push(Effect::RestartIce);
+        let Some(r) = &mut o.restart else {
+            return true;
+        };
+        match r.ours {
+            OurOffer::Made { sent: true } => {}
+            OurOffer::Made { sent: false } => {
+                tracing::debug!(%peer, "sending our restart offer again on the new pairing");
+                r.ours = OurOffer::Made { sent: true };
+                fx.push(Effect::ResendOffer);
+            }
+            OurOffer::Wanted => {
+                r.ours = OurOffer::Made { sent: true };
+                fx.push(Effect::RestartIce);
+            }
+            // The answerer waits for the initiator's, so that the two do
+            // not cross.
+            OurOffer::None if o.initiator => {
+                r.ours = OurOffer::Made { sent: true };
+                fx.push(Effect::RestartIce);
+            }
+            OurOffer::None => {}
         }
         true
     }
@@ -268,7 +303,8 @@ impl Core {
         true
     }
 
-    /// An offer from the peer of the open link: its restart.
+    /// An offer from the peer of the open link: its restart, a restart
+    /// offer seen before, or one that comes too soon after the last.
     pub(super) fn on_restart_offer(
         &mut self,
         from: &str,
@@ -288,25 +324,56 @@ impl Core {
             tracing::warn!(peer = %from, "ignoring a restart offer that carries another key");
             return;
         }
+        let ufrag = ice_ufrag(&sdp);
+        if let Some(seen) = &o.answered_offer
+            && ufrag == Some(seen.ufrag.as_str())
+        {
+            // The offer we answered, again: the peer sent it again on a
+            // new pairing (our answer may be lost), or it came late.
+            match &seen.answer {
+                Some(answer) => {
+                    tracing::debug!(peer = %from, "a restart offer we answered came again; answering it the same");
+                    fx.push(Effect::Signal(ClientMsg::Answer {
+                        sdp: answer.clone(),
+                    }));
+                }
+                None => {
+                    tracing::debug!(peer = %from, "a restart offer we are answering came again");
+                }
+            }
+            return;
+        }
+        let answered_offer = ufrag.map(|u| AnsweredOffer {
+            ufrag: u.to_owned(),
+            answer: None,
+        });
         match &mut o.restart {
             // Glare: the original initiator's offer stands; the peer
             // answers ours.
-            Some(Restart { offered: true, .. }) if o.initiator => {
+            Some(Restart {
+                ours: OurOffer::Made { .. },
+                ..
+            }) if o.initiator => {
                 tracing::debug!(peer = %from, "ignoring the peer's restart offer: ours is out and stands");
             }
             Some(Restart {
-                answered: Some(at), ..
+                answered: Some(at),
+                deferred,
+                ..
             }) if now - *at < MIN_OFFER_INTERVAL => {
-                tracing::debug!(peer = %from, "ignoring a second restart offer within a second");
+                tracing::debug!(peer = %from, "a new restart offer within a second of the last; answering it at the end of that second");
+                *deferred = Some(sdp);
             }
             Some(r) => {
-                if r.offered {
+                if r.ours != OurOffer::None {
                     // Glare: the answerer gives its own offer up (the
                     // shell rolls it back) and answers the initiator's.
                     tracing::debug!(peer = %from, "our restart offer crossed the initiator's; answering theirs");
-                    r.offered = false;
+                    r.ours = OurOffer::None;
                 }
                 r.answered = Some(now);
+                r.deferred = None;
+                o.answered_offer = answered_offer;
                 fx.push(Effect::Answer { sdp });
             }
             None => {
@@ -315,8 +382,10 @@ impl Core {
                     since: now,
                     deadline,
                     answered: Some(now),
-                    offered: false,
+                    deferred: None,
+                    ours: OurOffer::None,
                 });
+                o.answered_offer = answered_offer;
                 fx.push(Effect::Publish(EventKind::IceRestarting {
                     peer_id: o.peer.clone(),
                 }));
@@ -325,18 +394,43 @@ impl Core {
         }
     }
 
-    /// The answer to our restart offer.
-    pub(super) fn on_restart_answer(&mut self, from: &str, sdp: String, fx: &mut Vec<Effect>) {
-        let Link::Open(o) = &self.link else { return };
-        let ours_out = o.restart.as_ref().is_some_and(|r| r.offered);
-        if o.peer != from || !ours_out {
-            tracing::debug!(%from, "ignoring an answer we did not ask for");
+    /// A restart offer of the peer's that came too soon after the last is
+    /// answered once the interval is over.
+    pub(super) fn answer_deferred_offer(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Link::Open(o) = &mut self.link else {
+            return;
+        };
+        let Some(r) = &mut o.restart else { return };
+        if r.answered.is_some_and(|at| now - at < MIN_OFFER_INTERVAL) {
             return;
         }
-        if !same_key(o.identity.map(|i| i.fingerprint), &sdp) {
+        if let Some(sdp) = r.deferred.take() {
+            let peer = o.peer.clone();
+            self.on_restart_offer(&peer, sdp, now, fx);
+        }
+    }
+
+    /// The answer to our restart offer.
+    pub(super) fn on_restart_answer(&mut self, from: &str, sdp: String, fx: &mut Vec<Effect>) {
+        let Link::Open(o) = &mut self.link else {
+            return;
+        };
+        let key = o.identity.map(|i| i.fingerprint);
+        let ours = o
+            .restart
+            .as_mut()
+            .filter(|r| matches!(r.ours, OurOffer::Made { .. }));
+        let Some(r) = ours.filter(|_| o.peer == from) else {
+            tracing::debug!(%from, "ignoring an answer we did not ask for");
+            return;
+        };
+        if !same_key(key, &sdp) {
             tracing::warn!(peer = %from, "ignoring a restart answer that carries another key");
             return;
         }
+        // One answer per offer: the same answer again (to our offer sent
+        // again) is not applied twice.
+        r.ours = OurOffer::None;
         fx.push(Effect::AcceptAnswer { sdp });
     }
 
@@ -359,6 +453,13 @@ impl Core {
         };
         self.apply(Change::End(e), fx);
     }
+}
+
+/// A description's ICE username fragment (its first: we make one media
+/// section, and a restart changes them all).
+pub(crate) fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
 }
 
 /// Whether a renegotiation carries the key the link was opened with (the

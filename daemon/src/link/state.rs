@@ -117,6 +117,19 @@ pub struct Open {
     /// signaling connection ended (`left`) or went silent (`timeout`), and
     /// only the path can say whether the peer itself is still there.
     pub probe: Option<Probe>,
+    /// The peer's last restart offer we answered, kept after its restart
+    /// ends: the same offer again (made again after a re-pairing, or late)
+    /// is answered with the same answer, not taken as a new restart.
+    pub answered_offer: Option<AnsweredOffer>,
+}
+
+/// A restart offer of the peer's we answered, known by its ICE username
+/// fragment (a restart always brings a new one).
+#[derive(Debug)]
+pub struct AnsweredOffer {
+    pub ufrag: String,
+    /// Our answer, once the shell made it.
+    pub answer: Option<String>,
 }
 
 /// A check of whether the peer still answers on the data path, asked for
@@ -173,8 +186,27 @@ pub struct Restart {
     pub deadline: Instant,
     /// When we last answered a restart offer of the peer's.
     pub answered: Option<Instant>,
-    /// Our restart offer is out (or being made), its answer not applied.
-    pub offered: bool,
+    /// A new restart offer of the peer's that came too soon after the last
+    /// one we answered: answered once the interval is over (the latest
+    /// only: each replaces the peer's one before).
+    pub deferred: Option<String>,
+    pub ours: OurOffer,
+}
+
+/// Our own offer in a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OurOffer {
+    /// None out: none needed, ours answered, or ours given up for the
+    /// peer's.
+    None,
+    /// To be made once signald holds the pairing again.
+    Wanted,
+    /// Made (or being made): the shell holds it as its pending local
+    /// description until an answer comes. `sent`: it went out on the
+    /// pairing signald holds now (a new pairing gets the same offer
+    /// again, not a new one: a second offer would cross the peer's answer
+    /// to the first).
+    Made { sent: bool },
 }
 
 #[derive(Debug)]
@@ -305,7 +337,13 @@ impl Link {
                     } if o.initiator => Some(*at + super::repair_interval(*asks)),
                     _ => None,
                 };
-                [o.restart.as_ref().map(|r| r.deadline), gone]
+                // A peer's offer that came too soon is answered once the
+                // interval is over.
+                let deferred = o.restart.as_ref().and_then(|r| {
+                    r.deferred.as_ref()?;
+                    Some(r.answered? + super::restart::MIN_OFFER_INTERVAL)
+                });
+                [o.restart.as_ref().map(|r| r.deadline), gone, deferred]
                     .into_iter()
                     .flatten()
                     .min()
