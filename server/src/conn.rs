@@ -20,24 +20,21 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use p2p_proto::signal::{ClientFrame, DisconnectReason, ErrorCode, ServerMsg, close_code};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, timeout};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::{
-    Bytes, Error as WsError, Message, Utf8Bytes, error::CapacityError,
-};
 use tracing::debug;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes, error::CapacityError};
 
 use crate::directory::{Kick, Refusal, Relayed, Slot, Unavailable};
 use crate::http::{self, Head, Reply, Route};
 use crate::limits::{Refused, Ticket};
 use crate::read_ahead::ReadAhead;
+use crate::ws::Ws;
 use crate::{Shared, id, proxy};
 
 /// Largest frame signald writes; longer messages are fragmented.
@@ -56,8 +53,6 @@ const LINGER: Duration = Duration::from_secs(1);
 /// A client's byte stream: plain TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
-
-type Ws<S> = WebSocketStream<S>;
 
 const PING: &str = r#"{"type":"ping"}"#;
 
@@ -152,13 +147,8 @@ async fn open<S: Io>(
                 debug!("upgrade response: {e}");
                 return None;
             }
-            let mut ws = WebSocketStream::from_partially_read(
-                ReadAhead::new(stream),
-                buf[len..].to_vec(),
-                Role::Server,
-                Some(srv.ws_config),
-            )
-            .await;
+            let mut ws =
+                Ws::from_partially_read(ReadAhead::new(stream), buf[len..].to_vec(), srv.ws_config);
             drop(buf);
             let slot = register(&mut ws, query, bearer, client, turn, srv).await?;
             return Some((ws, slot, turn));
@@ -794,17 +784,17 @@ fn poll_event<S: Io>(
     // Write while the socket takes it; a full socket leaves frames queued in
     // the outbox, whose bound then drops this client.
     loop {
-        match ws.poll_ready_unpin(cx) {
+        match ws.poll_ready(cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(_)) => return Poll::Ready(Event::Closed),
             Poll::Pending => break,
         }
         let Some(msg) = out.next(slot) else { break };
-        if ws.start_send_unpin(msg).is_err() {
+        if ws.start_send(cx, msg).is_err() {
             return Poll::Ready(Event::Closed);
         }
     }
-    match ws.poll_flush_unpin(cx) {
+    match ws.poll_flush(cx) {
         Poll::Ready(Ok(())) => out.flushed(slot),
         Poll::Ready(Err(_)) => return Poll::Ready(Event::Closed),
         Poll::Pending => {}
@@ -812,7 +802,7 @@ fn poll_event<S: Io>(
     if timer.poll(cx).is_ready() {
         return Poll::Ready(Event::Timer);
     }
-    match ws.poll_next_unpin(cx) {
+    match ws.poll_next(cx) {
         Poll::Ready(Some(Ok(msg))) => Poll::Ready(Event::Frame(msg)),
         Poll::Ready(Some(Err(e))) => Poll::Ready(Event::ReadError(e)),
         Poll::Ready(None) => Poll::Ready(Event::Closed),

@@ -21,6 +21,7 @@ mod reserve;
 pub mod service;
 pub mod tls;
 pub mod turn;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,9 +32,9 @@ use std::time::Duration;
 use p2p_proto::signal::{IceServer, PROTOCOL_VERSION, ServerMsg};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
+use tungstenite::Utf8Bytes;
+use tungstenite::protocol::WebSocketConfig;
 
 use crate::directory::Directory;
 pub use crate::directory::cluster::{ClusterConfig, DEFAULT_PREFIX};

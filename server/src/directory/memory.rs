@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use p2p_proto::signal::{DisconnectReason, ErrorCode, ServerMsg};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tungstenite::Utf8Bytes;
 
 use super::policy::{Clients, Outboxes, Relay};
 use super::slot::{Kick, QueueLimits, Slot, lock};

@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use p2p_proto::signal::{DisconnectReason, ErrorCode, ServerMsg};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tungstenite::Utf8Bytes;
 
 pub use self::cluster::Unavailable;
 use self::cluster::{Cluster, Remote};

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tungstenite::Utf8Bytes;
 
 use super::slot::{Kick, Push, QueueLimits, Slot};
 use super::{Link, Peer};

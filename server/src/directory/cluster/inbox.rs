@@ -29,8 +29,8 @@ use redis::AsyncConnectionConfig;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn};
+use tungstenite::Utf8Bytes;
 
 use super::local::Live;
 use super::relay::Batched;

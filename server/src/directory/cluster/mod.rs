@@ -45,8 +45,8 @@ use p2p_proto::signal::{DisconnectReason, ErrorCode, valid_id};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, info, warn};
+use tungstenite::Utf8Bytes;
 
 use crate::budget::Budget;
 use crate::directory::policy::{Outboxes, Relay};

@@ -53,8 +53,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::debug;
+use tungstenite::Utf8Bytes;
 
 use super::{Inner, OP_TIMEOUT, Remote, Unavailable};
 use crate::directory::slot::{Kick, Slot, lock};
