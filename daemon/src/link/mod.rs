@@ -601,9 +601,13 @@ impl Core {
                 Link::Open(o) => {
                     if let Some(r) = o.restart.take() {
                         tracing::info!(peer = %o.peer, took = ?now - r.since, "ICE restart found a new path");
-                        fx.push(Effect::Restarted {
-                            peer: o.peer.clone(),
-                        });
+                        let peer = o.peer.clone();
+                        fx.push(Effect::Restarted { peer: peer.clone() });
+                        // The peer's newer offer, held for its second, is
+                        // still waiting for an answer on its side.
+                        if let Some(sdp) = r.deferred {
+                            self.on_restart_offer(&peer, sdp, now, &mut fx);
+                        }
                     }
                 }
                 _ => {}

@@ -214,6 +214,23 @@ fn a_restart_offer_the_answerer_did_not_see_coming_is_answered_too() {
         [Effect::Answer { sdp: r3.clone() }]
     );
     assert!(offer_from(&mut t, "carol", &restart_sdp(CAROL, "r4")).is_empty());
+    // The path comes back before that second is over: the offer held is
+    // answered then (carol still waits for it), as a restart of its own.
+    let fx = t.on(Input::IceConnected);
+    assert_eq!(
+        fx,
+        [
+            Effect::Restarted {
+                peer: "carol".into()
+            },
+            Effect::Publish(EventKind::IceRestarting {
+                peer_id: "carol".into()
+            }),
+            Effect::Answer {
+                sdp: restart_sdp(CAROL, "r4")
+            }
+        ]
+    );
 }
 
 /// Seen in the NAT lab: the answerer's restart offer (1) was still on its
