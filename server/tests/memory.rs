@@ -1,7 +1,8 @@
 //! Memory under a slow reader: every outbox is bounded in bytes, all of
 //! them together by the global budget, and what they held is given back.
 //! Measured with the server's own accounting (`signald_buffered_bytes`);
-//! the process's RSS is the benchmark's business.
+//! the process's RSS is the benchmark's business. A reader that pauses
+//! within its bound loses nothing: the bound's other side.
 //!
 //! The three policies both backends share (`directory::policy`): a relay
 //! into a peer that does not read, the budget running out, a client's own
@@ -98,6 +99,7 @@ macro_rules! on_both {
 }
 
 on_both! {
+    a_reader_that_pauses_within_its_bound_gets_every_frame_in_order(super::pause_cfg());
     a_slow_reader_is_dropped_by_bytes_and_its_peer_told_at_once(super::relay_cfg());
     many_slow_readers_stay_within_the_global_budget(super::budget_cfg());
     a_client_overflowing_its_own_queue_is_dropped_and_its_peer_told(super::own_cfg());
@@ -111,6 +113,56 @@ fn relay_cfg() -> Config {
         rate_limit_bytes: u32::MAX,
         rate_burst_bytes: u32::MAX,
         ..Config::default()
+    }
+}
+
+/// The other side of the bound: a peer that stops reading for a while,
+/// until its socket takes no more and frames wait in its outbox, loses
+/// none of them once it reads again (signald's writes that would block
+/// are finished later, in order, fragments and all).
+async fn a_reader_that_pauses_within_its_bound_gets_every_frame_in_order(srv: Server) {
+    let mut target = stuck(&srv, "paused").await;
+    let mut sender = srv.named("sender").await;
+    pair_with(&mut sender, &mut target).await;
+    // 128 offers of 64 KiB (each written as eight fragments): 8 MiB, under
+    // the bound, twice what signald's socket may take (its send buffer
+    // grows to 4 MiB at most, `tcp_wmem`; the reader's takes 4 KiB).
+    const N: usize = 128;
+    let frames: Vec<String> = (0..N)
+        .map(|i| {
+            let head = format!(r#"{{"type":"offer","sdp":"{i:03}"#);
+            format!("{head}{}\"}}", "x".repeat(64 * 1024 - head.len() - 2))
+        })
+        .collect();
+    for f in &frames {
+        flood(&mut sender, f, 1).await;
+    }
+    eventually("frames waiting in the paused reader's outbox", || async {
+        srv.metric("signald_buffered_bytes").await >= (2 << 20) as f64
+    })
+    .await;
+    for (i, f) in frames.iter().enumerate() {
+        let v = target.recv().await;
+        let sent: serde_json::Value = serde_json::from_str(f).unwrap();
+        assert!(v["sdp"] == sent["sdp"], "frame {i} is not the {i}th sent");
+        assert_eq!(v["from"], "sender", "frame {i}");
+    }
+    buffered_back_to_zero(&srv).await;
+    assert_eq!(srv.metric("signald_slow_reader_drops_total").await, 0.0);
+    // Still paired, both ways.
+    target
+        .send(json!({"type":"answer","sdp":"after the pause"}))
+        .await;
+    assert_eq!(
+        sender.recv().await,
+        json!({"type":"answer","sdp":"after the pause","from":"paused"})
+    );
+}
+
+fn pause_cfg() -> Config {
+    Config {
+        max_queue_bytes: 16 << 20,
+        ..relay_cfg()
     }
 }
 
