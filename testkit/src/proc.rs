@@ -72,6 +72,8 @@ pub struct Proc {
     child: Child,
     log: Arc<Mutex<String>>,
     lines: mpsc::Receiver<String>,
+    /// The threads collecting stdout and stderr: done once both reach EOF.
+    readers: Vec<std::thread::JoinHandle<()>>,
     /// Asked to stop (SIGTERM) before it is killed on drop.
     terminate_first: bool,
 }
@@ -90,26 +92,28 @@ impl Proc {
             .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = mpsc::channel();
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().expect("piped")),
         ] {
             let log = log.clone();
             let tx = tx.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
                     log.lock().unwrap().push_str(&format!("{line}\n"));
                     // The test may have stopped listening; the log still has it.
                     let _ = tx.send(line);
                 }
-            });
+            }));
         }
         Proc {
             name: name.to_string(),
             child,
             log,
             lines,
+            readers,
             terminate_first: false,
         }
     }
@@ -191,11 +195,18 @@ impl Proc {
         });
     }
 
-    /// Waits (at most [`WAIT`]) for the process to exit.
+    /// Waits (at most [`WAIT`]) for the process to exit, and for what it
+    /// wrote to be in [`Proc::log`] (a loaded CI run read an empty log
+    /// just after an exit whose message the failure dump then showed).
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
+                // The pipes reach EOF once every holder is gone (children
+                // left in its group may keep them open: not past WAIT).
+                while !self.readers.iter().all(|r| r.is_finished()) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return st;
             }
             assert!(
