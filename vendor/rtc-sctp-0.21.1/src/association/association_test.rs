@@ -1665,12 +1665,12 @@ fn unread_tiny_messages_are_bounded_and_all_readable() -> Result<()> {
     assert!(within_window as usize <= MAX_UNREAD_MESSAGES, "{within_window}");
     assert!(within_window > 10_000, "only {within_window} tiny messages fit");
     // One that counts only payload bytes (as every sender does) goes on;
-    // the receiver takes messages up to its cap and drops the rest.
+    // the receiver takes messages up to its SSN span and drops the rest.
     for i in within_window..40_000 {
         receiver.handle_data(&chunk(i))?;
     }
     let queued = receiver.streams[&0].get_num_messages_in_reassembly_queue();
-    assert_eq!(queued, UNREAD_MESSAGES_CAP);
+    assert_eq!(queued, usize::from(UNREAD_SSN_SPAN));
     let mut read = 0u32;
     while let Some(chunks) = receiver.stream(0)?.read_sctp()? {
         let mut buf = [0u8; 16];
@@ -1679,6 +1679,83 @@ fn unread_tiny_messages_are_bounded_and_all_readable() -> Result<()> {
         read += 1;
     }
     assert_eq!(read as usize, queued, "every queued message is readable, in order");
+    assert_eq!(
+        receiver.get_my_receiver_window_credit(),
+        receiver.max_receive_buffer_size
+    );
+    Ok(())
+}
+
+/// PATCH (p2pd, vendor/PATCHES.md 12): what bounds the reassembly queue is the
+/// span of its SSNs, not how many messages it holds. Chunks dropped over the
+/// bound leave a hole; the reader then frees room and chunks from beyond the
+/// hole are taken. With a cap on the count alone, those could lie 32,768 or
+/// more SSNs past the next one to read: the queue took such a chunk for an
+/// old one and discarded it, after the association had acknowledged it, and
+/// the stream stopped at that message for good (a ctl test's tail stopped
+/// after 95,578 of 100,000 tiny messages).
+#[test]
+fn messages_taken_past_a_hole_stay_within_the_ssn_order() -> Result<()> {
+    let mut receiver = timed_test_association();
+    receiver.ack_mode = AckMode::NoDelay;
+    let ppi = PayloadProtocolIdentifier::Binary;
+    receiver.open_stream(0, ppi)?;
+    let first_tsn = receiver.peer_last_tsn.wrapping_add(1);
+    let chunk = |i: u32| ChunkPayloadData {
+        stream_identifier: 0,
+        beginning_fragment: true,
+        ending_fragment: true,
+        tsn: first_tsn.wrapping_add(i),
+        stream_sequence_number: i as u16,
+        payload_type: ppi,
+        user_data: Bytes::from(format!("{i}")),
+        ..Default::default()
+    };
+    let read_some = |receiver: &mut Association, read: &mut u32, n: u32| -> Result<u32> {
+        let mut got = 0;
+        while got < n {
+            let Some(chunks) = receiver.stream(0)?.read_sctp()? else {
+                break;
+            };
+            let mut buf = [0u8; 16];
+            let len = chunks.read(&mut buf)?;
+            assert_eq!(&buf[..len], read.to_string().as_bytes(), "in order");
+            *read += 1;
+            got += 1;
+        }
+        Ok(got)
+    };
+    let mut read = 0u32;
+    // A sender that counts only bytes sends 40,000 tiny messages with the
+    // reader stopped, then the reader takes 256 while the next 256 arrive.
+    const BURST: u32 = 40_000;
+    for i in 0..BURST {
+        receiver.handle_data(&chunk(i))?;
+    }
+    assert_eq!(read_some(&mut receiver, &mut read, 256)?, 256);
+    for i in BURST..BURST + 256 {
+        receiver.handle_data(&chunk(i))?;
+    }
+    let ordered = &receiver.streams[&0].reassembly_queue.ordered;
+    let span = ordered
+        .back()
+        .unwrap()
+        .ssn
+        .wrapping_sub(receiver.streams[&0].reassembly_queue.next_ssn);
+    assert!(span < 32_768, "the queued SSNs span {span}");
+    // The sender retransmits what was not acknowledged, in TSN order, while
+    // the reader reads, until everything is across.
+    let total = BURST + 256;
+    let mut rounds = 0;
+    while read < total {
+        rounds += 1;
+        assert!(rounds < 1_000, "stuck at message {read} of {total}");
+        let acked = receiver.peer_last_tsn.wrapping_sub(first_tsn).wrapping_add(1);
+        for i in acked..total {
+            receiver.handle_data(&chunk(i))?;
+        }
+        read_some(&mut receiver, &mut read, 4_096)?;
+    }
     assert_eq!(
         receiver.get_my_receiver_window_credit(),
         receiver.max_receive_buffer_size

@@ -72,13 +72,18 @@ mod association_test;
 /// the buffer in the window we advertise.
 pub(crate) const MAX_UNREAD_MESSAGES: usize = 16_384;
 
-/// PATCH (p2pd, vendor/PATCHES.md 12): past this many unread messages DATA is
-/// dropped, whatever the byte credit. The reassembly queue's serial-number order
-/// needs its SSNs to span less than half of the 16-bit space (32,768). A sender
+/// PATCH (p2pd, vendor/PATCHES.md 12): an ordered DATA chunk this many SSNs or
+/// more past the next one its stream reads is dropped, whatever the byte credit.
+/// The reassembly queue's serial-number order needs its SSNs to span less than
+/// half of the 16-bit space (32,768): past that, a chunk ahead looks like an old
+/// one and is discarded after we acknowledged it, and the stream stops there for
+/// good. It is the span that must be bounded, not the count: drops leave holes,
+/// and chunks from beyond a hole are taken once the reader frees room. A sender
 /// counts only payload bytes against our window, so it may send more small
-/// messages than the charged window announced: up to this cap they are taken
-/// rather than dropped (a drop costs a retransmission timeout).
-pub(crate) const UNREAD_MESSAGES_CAP: usize = 28_672;
+/// messages than the charged window announced: within the span they are taken
+/// rather than dropped (a drop costs a retransmission). The next SSN itself is
+/// always within it, so a full queue can always be relieved.
+pub(crate) const UNREAD_SSN_SPAN: u16 = 28_672;
 
 /// Reasons why an association might be lost
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -1373,8 +1378,13 @@ impl Association {
         let mut stream_handle_data = false;
         if can_push {
             if self.get_or_create_stream(d.stream_identifier).is_some() {
-                // PATCH (p2pd, vendor/PATCHES.md 12): bytes and unread messages, not the charged credit.
-                if self.receive_buffer_has_room() {
+                // PATCH (p2pd, vendor/PATCHES.md 12): bytes and the SSN span, not the charged credit.
+                if !self.within_unread_ssn_span(d) {
+                    debug!(
+                        "[{}] too far ahead of the reader. dropping DATA with tsn={} ssn={}",
+                        self.side, d.tsn, d.stream_sequence_number
+                    );
+                } else if self.receive_buffer_has_room() {
                     // Pass the new chunk to stream level as soon as it arrives
                     self.payload_queue.push(d.clone(), self.peer_last_tsn);
                     stream_handle_data = true;
@@ -2293,18 +2303,37 @@ impl Association {
         self.max_receive_buffer_size.saturating_sub(charged)
     }
 
-    /// PATCH (p2pd, vendor/PATCHES.md 12): whether a DATA chunk is taken into the
-    /// receive buffer. Bytes as before (what the peer counts against our window),
-    /// and at most [`UNREAD_MESSAGES_CAP`] unread messages on any stream.
+    /// PATCH (p2pd, vendor/PATCHES.md 12): whether a DATA chunk fits the receive
+    /// buffer: bytes as before (what the peer counts against our window), not the
+    /// window we advertise with its charge per message.
     fn receive_buffer_has_room(&self) -> bool {
-        let mut bytes: usize = 0;
-        for s in self.streams.values() {
-            if s.get_num_messages_in_reassembly_queue() >= UNREAD_MESSAGES_CAP {
-                return false;
-            }
-            bytes = bytes.saturating_add(s.get_num_bytes_in_reassembly_queue());
-        }
+        let bytes = self
+            .streams
+            .values()
+            .fold(0usize, |n, s| n.saturating_add(s.get_num_bytes_in_reassembly_queue()));
         bytes < self.max_receive_buffer_size as usize
+    }
+
+    /// PATCH (p2pd, vendor/PATCHES.md 12): whether an ordered chunk lies less than
+    /// [`UNREAD_SSN_SPAN`] past the next SSN its stream reads. A 16-bit SSN cannot
+    /// tell a chunk 40,000 ahead from one 25,536 behind, and serial arithmetic calls
+    /// it behind: the reassembly queue would discard it after we acknowledged it. So
+    /// the distance is measured forward only. A chunk with a new TSN is never truly
+    /// behind: what a FORWARD TSN skipped lies below the cumulative TSN, and a stream
+    /// reset by the peer and used again starts a new queue at SSN 0. One that looks
+    /// behind (a reused stream's first chunk before the reset is performed) is
+    /// dropped and comes again, as any drop does; it was discarded after its
+    /// acknowledgement before.
+    fn within_unread_ssn_span(&self, d: &ChunkPayloadData) -> bool {
+        if d.unordered {
+            return true;
+        }
+        let Some(s) = self.streams.get(&d.stream_identifier) else {
+            return true;
+        };
+        d.stream_sequence_number
+            .wrapping_sub(s.reassembly_queue.next_ssn)
+            < UNREAD_SSN_SPAN
     }
 
     /// gather_outbound gathers outgoing packets. The returned bool value set to
