@@ -120,7 +120,11 @@ impl Stack {
                     "--v=0",
                 ])
                 .arg(format!("--user-data-dir={}", profile.path().display()))
-                .arg(page);
+                .arg(page)
+                // Its process-singleton directory goes in TMPDIR; a
+                // browser that is killed leaves it behind, so it goes
+                // with the profile rather than into /tmp.
+                .env("TMPDIR", profile.path());
                 Peer {
                     proc: Proc::spawn(id, cmd),
                     prefix: "P2P ",
