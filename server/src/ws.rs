@@ -91,9 +91,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
         if self.ready {
             return Poll::Ready(Ok(()));
         }
-        let r = std::task::ready!(pending(self.with(cx, |ws, io| ws.flush(io))));
-        self.ready = true;
-        Poll::Ready(r)
+        self.poll_flush(cx)
     }
 
     /// Takes a message (after [`Ws::poll_ready`]): buffered, and written as

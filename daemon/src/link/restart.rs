@@ -416,11 +416,11 @@ impl Core {
             return;
         };
         let key = o.identity.map(|i| i.fingerprint);
-        let ours = o
+        let Some(r) = o
             .restart
             .as_mut()
-            .filter(|r| matches!(r.ours, OurOffer::Made { .. }));
-        let Some(r) = ours.filter(|_| o.peer == from) else {
+            .filter(|r| o.peer == from && matches!(r.ours, OurOffer::Made { .. }))
+        else {
             tracing::debug!(%from, "ignoring an answer we did not ask for");
             return;
         };
